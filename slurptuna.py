@@ -1,0 +1,2187 @@
+"""slurptuna: tune a stochastic model's parameters with Optuna, one trial = the mean
+of a loss over many random seeds, evaluated locally or on a Slurm cluster.
+
+The contract, in the order a run happens:
+
+* ``@loss`` registers ``fn(params, seed)`` (or ``fn(params, seed, context)``) with
+  its parameter space. ``optimize_run`` asks Optuna for parameters, evaluates the
+  loss on every seed and tells Optuna the mean.
+* The seeds of a trial are cut into chunks of ``chunk_size``. Each chunk is one
+  task: ``python -m slurptuna worker chunk RUN_DIR TRIAL`` evaluates its seeds in
+  ``worker_parallelism`` processes and writes one small JSON file of statistics
+  (count, mean, M2, min, max, component means). ``worker reduce`` merges the chunk
+  files exactly (Chan's pooled variance) into the trial's ``summary.json``.
+* ``single`` mode runs those tasks as local processes, never more at once than
+  the machine has cores; ``distributed`` mode submits them to Slurm as one array
+  job per trial plus a reduce job that depends on it, and polls ``squeue``.
+* Everything is a file under ``runs/<loss>_v0001/``, written atomically; the
+  Optuna study lives in ``optuna.db`` beside them. Re-running with ``run_name``
+  of an existing run resumes it: finished trials stay, interrupted ones are
+  finished with their old parameters, reusing every chunk already computed and
+  adopting Slurm jobs that are still queued.
+
+Workers never import optuna: only the controller does, lazily.
+This file is the whole tool (stdlib + optuna); copy it into a project to use it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import importlib.util
+import inspect
+import itertools
+import json
+import logging
+import math
+import multiprocessing
+import numbers
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timedelta, timezone
+from enum import Enum
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+__version__ = "0.1.0"
+__all__ = [
+    "ExecutionMode",
+    "LossDefinition",
+    "LossError",
+    "MultiOptimizeResult",
+    "OptimizeResult",
+    "SearchParam",
+    "SlurmError",
+    "SlurptunaError",
+    "execution_mode",
+    "loss",
+    "optimize_entries",
+    "optimize_run",
+    "search_param",
+]
+
+logger = logging.getLogger("slurptuna")
+
+ParamValue = float | int | str | bool | None
+
+
+# ============================================================================
+# Public API: losses, parameter spaces, modes, results
+# ============================================================================
+
+
+class SlurptunaError(Exception):
+    """Base class of every error slurptuna raises on purpose."""
+
+
+class ConfigError(SlurptunaError, ValueError):
+    """Bad arguments or a resume that does not match the run: raised before any work."""
+
+
+class LossError(SlurptunaError):
+    """The loss could not be imported, raised, or returned something that is not a finite number."""
+
+
+class SlurmError(SlurptunaError):
+    """A Slurm command failed; the message carries the command, exit code and its output."""
+
+
+class ExecutionMode(Enum):
+    """Where the seeds of a trial run: local processes or a Slurm cluster."""
+
+    SINGLE = "single"
+    DISTRIBUTED = "distributed"
+
+
+def execution_mode(mode: str | ExecutionMode) -> ExecutionMode:
+    """Turn ``"single"`` or ``"distributed"`` into an ``ExecutionMode``."""
+    if isinstance(mode, ExecutionMode):
+        return mode
+    for candidate in ExecutionMode:
+        if str(mode).strip().lower() == candidate.value:
+            return candidate
+    raise ConfigError(f"unknown mode {mode!r}: mode must be one of: single, distributed")
+
+
+@dataclass(frozen=True)
+class SearchParam:
+    """One parameter's search space: a numeric ``range`` or a list of ``allowed`` values."""
+
+    range: tuple[float, float] | None = None
+    allowed: tuple[ParamValue, ...] | None = None
+    dtype: str | None = None
+    log: bool = False
+    step: float | None = None
+
+
+def search_param(
+    *,
+    range: tuple[float, float] | None = None,
+    allowed: Sequence[ParamValue] | None = None,
+    dtype: str | None = None,
+    log: bool = False,
+    step: float | None = None,
+) -> SearchParam:
+    """Describe a parameter: ``range=(low, high)`` (``dtype="int"``, ``log``, ``step``) or ``allowed=[...]``."""
+    return _validate_search_param(
+        "search_param",
+        SearchParam(range=range, allowed=None if allowed is None else tuple(allowed),
+                    dtype=dtype, log=log, step=step),
+    )
+
+
+def _validate_search_param(name: str, spec: SearchParam) -> SearchParam:
+    if (spec.range is None) == (spec.allowed is None):
+        raise ConfigError(f"parameter {name!r}: give exactly one of range=(low, high) or allowed=[...]")
+    if spec.allowed is not None:
+        if not spec.allowed:
+            raise ConfigError(f"parameter {name!r}: allowed must list at least one value")
+        bad = [v for v in spec.allowed if not isinstance(v, (str, int, float, bool, type(None)))]
+        if bad:
+            raise ConfigError(f"parameter {name!r}: allowed values must be str, int, float, bool or None, got {bad!r}")
+        return spec
+    try:
+        low, high = spec.range  # type: ignore[misc]
+        low, high = float(low), float(high)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"parameter {name!r}: range must be a (low, high) pair of numbers, got {spec.range!r}") from None
+    dtype = spec.dtype or "float"
+    if dtype not in ("float", "int"):
+        raise ConfigError(f"parameter {name!r}: dtype must be 'float' or 'int' for a range, got {dtype!r}")
+    if not (math.isfinite(low) and math.isfinite(high)) or low > high:
+        raise ConfigError(f"parameter {name!r}: range needs finite low <= high, got ({low}, {high})")
+    if dtype == "int" and not (low.is_integer() and high.is_integer()):
+        raise ConfigError(f"parameter {name!r}: an int range needs whole-number bounds, got ({low}, {high})")
+    if spec.log and low <= 0:
+        raise ConfigError(f"parameter {name!r}: log=True needs low > 0, got {low}")
+    if spec.step is not None and (spec.step <= 0 or spec.log):
+        raise ConfigError(f"parameter {name!r}: step must be > 0 and cannot be combined with log=True")
+    if dtype == "int":
+        return replace(spec, range=(int(low), int(high)), dtype="int")
+    return replace(spec, range=(low, high), dtype="float")
+
+
+def _normalize_parameter_space(space: Mapping[str, Any]) -> dict[str, Any]:
+    """Accept ``(low, high)`` tuples, ``search_param(...)`` and Optuna distributions."""
+    if not isinstance(space, Mapping) or not space:
+        raise ConfigError("parameter_space must be a non-empty dict, e.g. {'alpha': (0.0, 1.0)}")
+    normalized: dict[str, Any] = {}
+    for name, spec in space.items():
+        if isinstance(spec, SearchParam):
+            normalized[name] = _validate_search_param(name, spec)
+        elif isinstance(spec, (tuple, list)) and len(spec) == 2:
+            normalized[name] = _validate_search_param(name, SearchParam(range=tuple(spec), dtype="float"))
+        elif type(spec).__module__.startswith("optuna."):
+            normalized[name] = spec  # an Optuna distribution, used as it is
+        else:
+            raise ConfigError(
+                f"parameter {name!r}: expected a (low, high) tuple, search_param(...) or an Optuna "
+                f"distribution, got {spec!r}"
+            )
+    return normalized
+
+
+@dataclass(frozen=True)
+class LossDefinition:
+    """A registered loss: still callable like the function it wraps."""
+
+    name: str
+    description: str
+    parameter_space: dict[str, Any]
+    seed_loss_fn: Callable[..., Any]
+    seed_start: int = 0
+    default_chunk_size: int = 100
+    default_num_chunks: int = 10
+    source_file: str | None = field(default=None, compare=False)
+    takes_context: bool = False
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.seed_loss_fn(*args, **kwargs)
+
+
+_LOSSES: dict[str, LossDefinition] = {}
+
+
+def loss(
+    fn: Callable[..., Any] | None = None,
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    parameter_space: Mapping[str, Any] | None = None,
+    seed_start: int = 0,
+    default_chunk_size: int = 100,
+    default_num_chunks: int = 10,
+) -> Any:
+    """Register ``fn(params, seed)`` or ``fn(params, seed, context)`` as a loss.
+
+    Workers find the loss again by ``name`` after importing its module, so it must be
+    registered at module level (not under ``if __name__ == "__main__":``).
+    """
+
+    def register(function: Callable[..., Any]) -> LossDefinition:
+        definition = LossDefinition(
+            name=name or function.__name__,
+            description=description or (function.__doc__ or "").strip(),
+            parameter_space=_normalize_parameter_space(parameter_space or {}),
+            seed_loss_fn=function,
+            seed_start=int(seed_start),
+            default_chunk_size=int(default_chunk_size),
+            default_num_chunks=int(default_num_chunks),
+            source_file=inspect.getsourcefile(function),
+            takes_context=_takes_context(function),
+        )
+        _register(definition)
+        return definition
+
+    return register(fn) if fn is not None else register
+
+
+def _takes_context(function: Callable[..., Any]) -> bool:
+    signature = inspect.signature(function)
+    for n_args, with_context in ((3, True), (2, False)):
+        try:
+            signature.bind(*range(n_args))
+            return with_context
+        except TypeError:
+            continue
+    raise TypeError(
+        f"loss {function.__name__}{signature} must take (params, seed) or (params, seed, context)"
+    )
+
+
+def _register(definition: LossDefinition) -> None:
+    taken = _LOSSES.get(definition.name)
+    if taken is not None and _function_id(taken.seed_loss_fn) != _function_id(definition.seed_loss_fn):
+        raise ConfigError(
+            f"loss name {definition.name!r} is already registered by "
+            f"{'.'.join(_function_id(taken.seed_loss_fn))}; give @loss(name=...) another name"
+        )
+    _LOSSES[definition.name] = definition  # re-importing the same function replaces it
+
+
+def _function_id(function: Callable[..., Any]) -> tuple[str, str]:
+    return (getattr(function, "__module__", "?"), getattr(function, "__qualname__", "?"))
+
+
+@dataclass(frozen=True)
+class OptimizeResult:
+    """What ``optimize_run`` returns; ``study`` is the live Optuna study."""
+
+    loss_name: str
+    best_value: float | None
+    best_params: dict[str, ParamValue]
+    n_trials: int
+    study_name: str
+    run_dir: str
+    run_name: str
+    mode: ExecutionMode = ExecutionMode.SINGLE
+    n_complete: int = 0
+    n_failed: int = 0
+    study: Any = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class MultiOptimizeResult:
+    """What ``optimize_entries`` returns: one ``OptimizeResult`` per entry."""
+
+    loss_name: str
+    n_entries: int
+    entries: list[str]
+    results_by_entry: dict[str, OptimizeResult]
+    best_values_by_entry: dict[str, float | None]
+    best_params_by_entry: dict[str, dict[str, ParamValue]]
+    run_dir: str
+    mode: ExecutionMode = ExecutionMode.SINGLE
+
+
+def optimize_run(
+    loss: LossDefinition | str,
+    *,
+    n_trials: int = 10,
+    seeds: Iterable[int] | None = None,
+    n_seeds: int | None = None,
+    chunk_size: int | None = None,
+    num_chunks: int | None = None,
+    random_seed: int = 123,
+    entry_id: str | None = None,
+    direction: str = "minimize",
+    mode: ExecutionMode | str = ExecutionMode.SINGLE,
+    run_root: str | os.PathLike[str] = "runs",
+    run_name: str | None = None,
+    loss_module: str | None = None,
+    slurm_poll_seconds: float = 15,
+    slurm_timeout_minutes: float | None = None,
+    cpus_per_task: int | None = None,
+    mem_per_cpu: str = "2G",
+    max_concurrent_trials: int = 1,
+    array_parallelism_limit: int | None = None,
+    worker_parallelism: int = 1,
+    worker_time_limit: timedelta = timedelta(hours=2),
+    slurm_qos: str | None = "short",
+    trial_retry_attempts: int = 1,
+    fail_on_chunk_error: bool = True,
+    use_processes: bool = True,
+    forward_sys_argv_to_workers: bool = True,
+    sampler: Any = None,
+    storage: Any = None,
+    pruner: Any = None,
+    slurm_partition: str | None = None,
+    slurm_account: str | None = None,
+    sbatch_args: Sequence[str] = (),
+    python: str | None = None,
+    progress: bool = True,
+) -> OptimizeResult:
+    """Run (or resume) a study whose objective is the loss's mean over seeds.
+
+    ``n_trials`` is the total the run should reach, so re-running the same call after
+    a crash finishes the run. ``run_name=None`` starts the next ``<loss>_v%04d``; the
+    name of an existing run resumes it. Bad arguments raise ``ValueError`` before any
+    work starts. See README.md for every parameter.
+    """
+    settings = _resolve_settings(
+        loss=loss, n_trials=n_trials, seeds=seeds, n_seeds=n_seeds, chunk_size=chunk_size,
+        num_chunks=num_chunks, random_seed=random_seed, entry_id=entry_id, direction=direction,
+        mode=mode, run_root=run_root, run_name=run_name, loss_module=loss_module,
+        slurm_poll_seconds=slurm_poll_seconds, slurm_timeout_minutes=slurm_timeout_minutes,
+        cpus_per_task=cpus_per_task, mem_per_cpu=mem_per_cpu,
+        max_concurrent_trials=max_concurrent_trials, array_parallelism_limit=array_parallelism_limit,
+        worker_parallelism=worker_parallelism, worker_time_limit=worker_time_limit,
+        slurm_qos=slurm_qos, trial_retry_attempts=trial_retry_attempts,
+        fail_on_chunk_error=fail_on_chunk_error, use_processes=use_processes,
+        forward_sys_argv_to_workers=forward_sys_argv_to_workers, slurm_partition=slurm_partition,
+        slurm_account=slurm_account, sbatch_args=sbatch_args, python=python, progress=progress,
+    )
+    with _StopSignal() as stop:
+        return _run_study(settings, sampler=sampler, storage=storage, pruner=pruner, stop=stop)
+
+
+def optimize_entries(
+    loss: LossDefinition | str,
+    *,
+    entry_ids: Iterable[str],
+    run_name_prefix: str | None = None,
+    max_concurrent_entries: int | None = None,
+    random_seed: int = 123,
+    run_root: str | os.PathLike[str] = "runs",
+    mode: ExecutionMode | str = ExecutionMode.SINGLE,
+    **run_options: Any,
+) -> MultiOptimizeResult:
+    """One independent study per entry (participant, condition), run concurrently.
+
+    Each entry's run lives in ``<loss>_entries_v0001/<entry>/`` and sees its id as
+    ``context["entry_id"]``; entry ``i`` samples with ``random_seed + i``. Other keyword
+    arguments are those of ``optimize_run``.
+    """
+    entries = [str(e) for e in entry_ids]
+    if not entries:
+        raise ConfigError("entry_ids must list at least one entry")
+    labels = [_safe_label(e) for e in entries]
+    if len(set(labels)) != len(labels):
+        raise ConfigError(f"entry_ids must stay distinct as directory names, got {labels}")
+    if max_concurrent_entries is not None and max_concurrent_entries < 1:
+        raise ConfigError(f"max_concurrent_entries must be >= 1 or None, got {max_concurrent_entries}")
+    for bad in ("entry_id", "run_name"):
+        if bad in run_options:
+            raise ConfigError(f"optimize_entries sets {bad} itself; use entry_ids and run_name_prefix")
+    definition = _lookup_loss(loss)
+    resolved_mode = execution_mode(mode)
+    settings = [
+        _resolve_settings(
+            loss=definition, entry_id=entry, random_seed=random_seed + index, mode=resolved_mode,
+            run_root=".", run_name=label, **run_options,
+        )
+        for index, (entry, label) in enumerate(zip(entries, labels, strict=True))
+    ]  # every entry's arguments are checked before the first one starts
+    parent = _open_parent_dir(Path(run_root), f"{definition.name}_entries", run_name_prefix)
+    settings = [replace(s, run_root=str(parent)) for s in settings]
+    results: dict[str, OptimizeResult] = {}
+
+    def run_entry(entry_settings: _RunSettings) -> OptimizeResult:
+        return _run_study(entry_settings, sampler=None, storage=None, pruner=None, stop=stop)
+
+    with _StopSignal() as stop, ThreadPoolExecutor(max_workers=max_concurrent_entries or len(entries)) as pool:
+        for entry, result in zip(entries, pool.map(run_entry, settings), strict=True):
+            results[entry] = result
+            _write_entries_summary(parent, entries, results)
+    return MultiOptimizeResult(
+        loss_name=definition.name,
+        n_entries=len(entries),
+        entries=entries,
+        results_by_entry=results,
+        best_values_by_entry={e: r.best_value for e, r in results.items()},
+        best_params_by_entry={e: r.best_params for e, r in results.items()},
+        run_dir=str(parent),
+        mode=resolved_mode,
+    )
+
+
+def _write_entries_summary(parent: Path, entries: list[str], results: Mapping[str, OptimizeResult]) -> None:
+    _write_json_atomic(parent / "summary.json", {
+        "entries": entries,
+        "runs": {e: r.run_dir for e, r in results.items()},
+        "best_params_by_entry": {e: r.best_params for e, r in results.items()},
+        "best_values_by_entry": {e: r.best_value for e, r in results.items()},
+    })
+
+
+def _safe_label(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_.") or "entry"
+
+
+# ---------------------------------------------------------------- arguments, checked once
+
+
+@dataclass(frozen=True)
+class _RunSettings:
+    """Every argument of a run, checked and resolved; ``meta.json`` is this record."""
+
+    loss_name: str
+    loss_ref: dict[str, Any]
+    seeds: SeedPlan
+    n_trials: int
+    random_seed: int
+    entry_id: str | None
+    direction: str
+    mode: str
+    run_root: str
+    run_name: str | None
+    slurm_poll_seconds: float
+    slurm_timeout_minutes: float | None
+    cpus_per_task: int
+    mem_per_cpu: str
+    max_concurrent_trials: int
+    array_parallelism_limit: int | None
+    worker_parallelism: int
+    worker_time_limit_seconds: int
+    slurm_qos: str | None
+    trial_retry_attempts: int
+    fail_on_chunk_error: bool
+    use_processes: bool
+    argv: list[str]
+    slurm_partition: str | None
+    slurm_account: str | None
+    sbatch_args: list[str]
+    python: str
+    progress: bool
+
+    def to_json(self) -> dict[str, Any]:
+        record = asdict(self)
+        record["seeds"] = self.seeds.to_json()
+        return record
+
+    @classmethod
+    def from_json(cls, record: Mapping[str, Any]) -> _RunSettings:
+        known = set(cls.__dataclass_fields__)
+        values = {k: v for k, v in record.items() if k in known}
+        values["seeds"] = SeedPlan.from_json(record["seeds"])
+        return cls(**values)
+
+
+def _lookup_loss(loss_or_name: LossDefinition | str) -> LossDefinition:
+    if isinstance(loss_or_name, LossDefinition):
+        _register(loss_or_name)
+        return loss_or_name
+    definition = _LOSSES.get(str(loss_or_name))
+    if definition is None:
+        known = ", ".join(sorted(_LOSSES)) or "none registered yet (import the module that defines it)"
+        raise ConfigError(f"unknown loss {loss_or_name!r}; registered losses: {known}")
+    return definition
+
+
+def _positive_int(name: str, value: Any, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _optional_text(name: str, value: Any) -> str | None:
+    if value is not None and (not isinstance(value, str) or not value.strip()):
+        raise ConfigError(f"{name} must be a non-empty string or None, got {value!r}")
+    return value
+
+
+def _resolve_settings(
+    *, loss: LossDefinition | str, n_trials: int = 10, seeds: Iterable[int] | None = None,
+    n_seeds: int | None = None, chunk_size: int | None = None, num_chunks: int | None = None,
+    random_seed: int = 123, entry_id: str | None = None, direction: str = "minimize",
+    mode: ExecutionMode | str = ExecutionMode.SINGLE, run_root: str | os.PathLike[str] = "runs",
+    run_name: str | None = None, loss_module: str | None = None, slurm_poll_seconds: float = 15,
+    slurm_timeout_minutes: float | None = None, cpus_per_task: int | None = None,
+    mem_per_cpu: str = "2G", max_concurrent_trials: int = 1, array_parallelism_limit: int | None = None,
+    worker_parallelism: int = 1, worker_time_limit: timedelta = timedelta(hours=2),
+    slurm_qos: str | None = "short", trial_retry_attempts: int = 1, fail_on_chunk_error: bool = True,
+    use_processes: bool = True, forward_sys_argv_to_workers: bool = True,
+    slurm_partition: str | None = None, slurm_account: str | None = None,
+    sbatch_args: Sequence[str] = (), python: str | None = None, progress: bool = True,
+) -> _RunSettings:
+    definition = _lookup_loss(loss)
+    resolved_mode = execution_mode(mode)
+    if direction not in ("minimize", "maximize"):
+        raise ConfigError(f"direction must be 'minimize' or 'maximize', got {direction!r}")
+    if not isinstance(worker_time_limit, timedelta) or worker_time_limit.total_seconds() <= 0:
+        raise ConfigError(f"worker_time_limit must be a positive datetime.timedelta, got {worker_time_limit!r}")
+    if not isinstance(slurm_poll_seconds, (int, float)) or slurm_poll_seconds <= 0:
+        raise ConfigError(f"slurm_poll_seconds must be > 0, got {slurm_poll_seconds!r}")
+    if slurm_timeout_minutes is not None and slurm_timeout_minutes <= 0:
+        raise ConfigError(f"slurm_timeout_minutes must be > 0 or None, got {slurm_timeout_minutes!r}")
+    if not isinstance(mem_per_cpu, str) or not re.fullmatch(r"\d+[KMGT]?", mem_per_cpu.strip().upper()):
+        raise ConfigError(f"mem_per_cpu must look like '2G', '500M' or '1024', got {mem_per_cpu!r}")
+    if isinstance(sbatch_args, str) or not all(isinstance(a, str) for a in sbatch_args):
+        raise ConfigError(f"sbatch_args must be a list of strings such as ['--constraint=avx2'], got {sbatch_args!r}")
+    if run_name is not None and (not run_name or "/" in run_name or run_name in (".", "..")):
+        raise ConfigError(f"run_name must be a plain directory name or None, got {run_name!r}")
+    if entry_id is not None and not isinstance(entry_id, str):
+        raise ConfigError(f"entry_id must be a string or None, got {entry_id!r}")
+    worker_parallelism = _positive_int("worker_parallelism", worker_parallelism)
+    return _RunSettings(
+        loss_name=definition.name,
+        loss_ref=_locate_loss(definition, loss_module),
+        seeds=SeedPlan.resolve(definition, seeds, n_seeds, chunk_size, num_chunks),
+        n_trials=_positive_int("n_trials", n_trials),
+        random_seed=int(random_seed),
+        entry_id=entry_id,
+        direction=direction,
+        mode=resolved_mode.value,
+        run_root=os.fspath(run_root),
+        run_name=run_name,
+        slurm_poll_seconds=float(slurm_poll_seconds),
+        slurm_timeout_minutes=slurm_timeout_minutes,
+        cpus_per_task=_positive_int("cpus_per_task", cpus_per_task or worker_parallelism),
+        mem_per_cpu=mem_per_cpu.strip().upper(),
+        max_concurrent_trials=_positive_int("max_concurrent_trials", max_concurrent_trials),
+        array_parallelism_limit=None if array_parallelism_limit is None
+        else _positive_int("array_parallelism_limit", array_parallelism_limit),
+        worker_parallelism=worker_parallelism,
+        worker_time_limit_seconds=math.ceil(worker_time_limit.total_seconds()),
+        slurm_qos=_optional_text("slurm_qos", slurm_qos),
+        trial_retry_attempts=_positive_int("trial_retry_attempts", trial_retry_attempts, minimum=0),
+        fail_on_chunk_error=bool(fail_on_chunk_error),
+        use_processes=bool(use_processes),
+        argv=list(sys.argv) if forward_sys_argv_to_workers else list(sys.argv[:1]),
+        slurm_partition=_optional_text("slurm_partition", slurm_partition),
+        slurm_account=_optional_text("slurm_account", slurm_account),
+        sbatch_args=list(sbatch_args),
+        python=python or sys.executable,
+        progress=bool(progress),
+    )
+
+
+_FILE_MODULE_PREFIX = "_slurptuna_file_"
+
+
+def _locate_loss(definition: LossDefinition, loss_module: str | None) -> dict[str, Any]:
+    """Record how a worker process imports the loss's module: by name, or from a file.
+
+    A loss defined in the launched script lives in ``__main__``, which a worker cannot
+    import by name, so it is imported from the script's file instead.
+    """
+    if loss_module:
+        if loss_module.endswith(".py") or os.path.isfile(loss_module):
+            path = os.path.abspath(loss_module)
+            return {"module": None, "file": path, "sys_path": [os.path.dirname(path), os.getcwd()]}
+        return {"module": loss_module, "file": None, "sys_path": [os.getcwd()]}
+    module_name = getattr(definition.seed_loss_fn, "__module__", None) or "__main__"
+    module = sys.modules.get(module_name)
+    path = getattr(module, "__file__", None) or definition.source_file
+    if module_name == "__main__" or module_name.startswith(_FILE_MODULE_PREFIX):
+        if not path or not os.path.isfile(path):
+            raise ConfigError(
+                f"loss {definition.name!r} was defined interactively; workers need it in a .py file "
+                "(define it in a module, or pass loss_module='path/to/file.py')"
+            )
+        path = os.path.abspath(path)
+        return {"module": None, "file": path, "sys_path": [os.path.dirname(path), os.getcwd()]}
+    root = os.getcwd()
+    if path:
+        root = os.path.abspath(path)
+        depth = module_name.count(".") + 1 + (os.path.basename(root) == "__init__.py")
+        for _ in range(depth):
+            root = os.path.dirname(root)
+    return {"module": module_name, "file": None, "sys_path": [root, os.getcwd()]}
+
+
+# ============================================================================
+# Run directory and files: names, versions, atomic JSON
+# ============================================================================
+
+
+def _write_json_atomic(path: Path, record: Any) -> None:
+    """Write to a temp file in the same directory, then rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(record, handle, indent=1)
+            handle.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _read_json(path: Path) -> Any:
+    """The file's content, or None when it is missing or unreadable (then it is recomputed)."""
+    try:
+        with open(path) as handle:
+            return json.load(handle)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        logger.warning("ignoring unreadable %s: %s", path, exc)
+        return None
+
+
+@dataclass(frozen=True)
+class TrialPaths:
+    """Every file of one trial; the only place their names are built."""
+
+    run_dir: Path
+    number: int
+
+    @property
+    def dir(self) -> Path:
+        return self.run_dir / "trials" / f"trial_{self.number:05d}"
+
+    @property
+    def params(self) -> Path:
+        return self.dir / "params.json"
+
+    @property
+    def summary(self) -> Path:
+        return self.dir / "summary.json"
+
+    @property
+    def jobs(self) -> Path:
+        return self.dir / "jobs.json"
+
+    @property
+    def chunks_dir(self) -> Path:
+        return self.dir / "chunks"
+
+    @property
+    def errors_dir(self) -> Path:
+        return self.dir / "errors"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.run_dir / "slurm_logs" / f"trial_{self.number:05d}"
+
+    def chunk(self, index: int) -> Path:
+        return self.chunks_dir / f"chunk_{index:05d}.json"
+
+    def chunk_error(self, index: int) -> Path:
+        return self.errors_dir / f"chunk_{index:05d}.json"
+
+    def chunk_log(self, job_id: str | int, task: str | int, stream: str) -> Path:
+        return self.logs_dir / f"chunk_{job_id}_{task}.{stream}"
+
+    def reduce_log(self, job_id: str | int, stream: str) -> Path:
+        return self.logs_dir / f"reduce_{job_id}.{stream}"
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """The files of a run directory ``runs/<loss>_v0001/``."""
+
+    dir: Path
+
+    @property
+    def meta(self) -> Path:
+        return self.dir / "meta.json"
+
+    @property
+    def summary(self) -> Path:
+        return self.dir / "summary.json"
+
+    @property
+    def optuna_db(self) -> Path:
+        return self.dir / "optuna.db"
+
+    @property
+    def lock(self) -> Path:
+        return self.dir / ".controller.lock"
+
+    @property
+    def batch_script(self) -> Path:
+        return self.dir / "slurm_logs" / "slurptuna_task.sh"
+
+    def trial(self, number: int) -> TrialPaths:
+        return TrialPaths(self.dir, number)
+
+
+def _create_versioned_dir(root: Path, prefix: str) -> Path:
+    """Make ``<prefix>_v%04d`` with the next free number; ``mkdir`` is the race-free claim."""
+    root.mkdir(parents=True, exist_ok=True)
+    pattern = re.compile(rf"^{re.escape(prefix)}_v(\d{{4,}})$")
+    taken = [int(m.group(1)) for p in root.iterdir() if (m := pattern.match(p.name))]
+    version = max(taken, default=0) + 1
+    while True:
+        candidate = root / f"{prefix}_v{version:04d}"
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            version += 1
+
+
+def _open_parent_dir(root: Path, prefix: str, name: str | None) -> Path:
+    if name is None:
+        return _create_versioned_dir(root, prefix)
+    path = root / name
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+_IDENTITY_FIELDS = ("loss_name", "seeds", "entry_id", "direction")
+
+
+def _open_run(settings: _RunSettings) -> tuple[RunPaths, _RunSettings]:
+    """Create a new versioned run, or check that an existing one is the same experiment."""
+    root = Path(settings.run_root)
+    if settings.run_name is None:
+        run = RunPaths(_create_versioned_dir(root, settings.loss_name).resolve())
+    else:
+        run = RunPaths((root / settings.run_name).resolve())
+        run.dir.mkdir(parents=True, exist_ok=True)
+    settings = replace(settings, run_name=run.dir.name)
+    recorded = _read_json(run.meta)
+    if recorded is not None:
+        _check_same_experiment(recorded, settings.to_json(), run.dir)
+    _write_json_atomic(run.meta, {**settings.to_json(), "slurptuna_version": __version__,
+                                  "updated_at": _now_iso()})
+    return run, settings
+
+
+def _check_same_experiment(recorded: Mapping[str, Any], wanted: Mapping[str, Any], run_dir: Path) -> None:
+    def describe(name: str, value: Any) -> str:
+        return SeedPlan.from_json(value).describe() if name == "seeds" and value else repr(value)
+
+    differences = [
+        f"{name}: the run has {describe(name, recorded.get(name))}, this call asks for {describe(name, wanted[name])}"
+        for name in _IDENTITY_FIELDS
+        if recorded.get(name) != wanted[name]
+    ]
+    if differences:
+        raise ConfigError(
+            f"cannot resume {run_dir}: it was started with different settings:\n  "
+            + "\n  ".join(differences)
+            + "\nuse a new run_name (or None) to start a new run with these settings"
+        )
+
+
+def _now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+# ============================================================================
+# Seeds and chunks: which seeds a chunk holds, and the chunk runner
+# ============================================================================
+
+
+@dataclass(frozen=True)
+class SeedPlan:
+    """The seeds of every trial and how they are cut into chunks of ``chunk_size``."""
+
+    chunk_size: int
+    start: int = 0
+    count: int = 0
+    explicit: tuple[int, ...] | None = None  # an explicit list that is not one contiguous range
+
+    @classmethod
+    def resolve(cls, definition: LossDefinition, seeds: Iterable[int] | None, n_seeds: int | None,
+                chunk_size: int | None, num_chunks: int | None) -> SeedPlan:
+        if chunk_size is not None:
+            chunk_size = _positive_int("chunk_size", chunk_size)
+        if num_chunks is not None:
+            num_chunks = _positive_int("num_chunks", num_chunks)
+        if seeds is not None:
+            seed_list = list(seeds)
+            if not seed_list:
+                raise ConfigError("seeds must not be empty: give a list of ints, or n_seeds=N")
+            if not all(isinstance(s, numbers.Integral) and not isinstance(s, bool) for s in seed_list):
+                raise ConfigError("seeds must be a list of ints")
+            seed_list = [int(s) for s in seed_list]
+            if len(set(seed_list)) != len(seed_list):
+                raise ConfigError("seeds must not repeat: a repeated seed would count twice in the mean")
+            if n_seeds is not None and n_seeds != len(seed_list):
+                raise ConfigError(f"n_seeds={n_seeds} contradicts the {len(seed_list)} seeds given")
+            total = len(seed_list)
+        elif n_seeds is not None:
+            total = _positive_int("n_seeds", n_seeds)
+            seed_list = None
+        else:
+            total = (chunk_size or definition.default_chunk_size) * (num_chunks or definition.default_num_chunks)
+            seed_list = None
+        if chunk_size is None:
+            chunk_size = math.ceil(total / num_chunks) if num_chunks else definition.default_chunk_size
+        elif num_chunks is not None and num_chunks != math.ceil(total / chunk_size):
+            logger.warning("num_chunks=%d ignored: %d seeds in chunks of %d make %d chunks",
+                           num_chunks, total, chunk_size, math.ceil(total / chunk_size))
+        if seed_list is None:
+            return cls(chunk_size=chunk_size, start=definition.seed_start, count=total)
+        if seed_list == list(range(seed_list[0], seed_list[0] + total)):
+            return cls(chunk_size=chunk_size, start=seed_list[0], count=total)
+        return cls(chunk_size=chunk_size, count=total, explicit=tuple(seed_list))
+
+    @property
+    def n_chunks(self) -> int:
+        return math.ceil(self.count / self.chunk_size)
+
+    def chunk(self, index: int) -> Sequence[int]:
+        """The seeds of chunk ``index``: a ``range`` when contiguous (no list is built)."""
+        if not 0 <= index < self.n_chunks:
+            raise IndexError(f"chunk {index} out of range: this run has chunks 0..{self.n_chunks - 1}")
+        lo, hi = index * self.chunk_size, min(self.count, (index + 1) * self.chunk_size)
+        if self.explicit is not None:
+            return self.explicit[lo:hi]
+        return range(self.start + lo, self.start + hi)
+
+    def to_json(self) -> dict[str, Any]:
+        if self.explicit is not None:
+            return {"seeds": list(self.explicit), "chunk_size": self.chunk_size}
+        return {"start": self.start, "count": self.count, "chunk_size": self.chunk_size}
+
+    @classmethod
+    def from_json(cls, record: Mapping[str, Any]) -> SeedPlan:
+        if "seeds" in record:
+            return cls(chunk_size=record["chunk_size"], count=len(record["seeds"]),
+                       explicit=tuple(record["seeds"]))
+        return cls(chunk_size=record["chunk_size"], start=record["start"], count=record["count"])
+
+    def describe(self) -> str:
+        where = (f"seeds {self.start}..{self.start + self.count - 1}" if self.explicit is None
+                 else f"an explicit list of {self.count} seeds")
+        return f"{where} in {self.n_chunks} chunks of {self.chunk_size}"
+
+
+def _describe_seeds(seeds: Sequence[int]) -> dict[str, Any]:
+    """What a chunk file records of its seeds: a range, or the list itself."""
+    if isinstance(seeds, range) and seeds.step == 1:
+        return {"start": seeds.start, "stop": seeds.stop}
+    return {"seeds": list(seeds)}
+
+
+@dataclass(frozen=True)
+class _Moments:
+    """Count, mean, M2 (sum of squared deviations), min and max of some losses."""
+
+    count: int
+    mean: float
+    m2: float
+    min: float
+    max: float
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> _Moments:
+        """Two passes with ``math.fsum``: exact mean, stable M2."""
+        mean = math.fsum(values) / len(values)
+        return cls(len(values), mean, math.fsum([(v - mean) ** 2 for v in values]), min(values), max(values))
+
+    @classmethod
+    def pool(cls, parts: Sequence[_Moments]) -> _Moments:
+        """Chan et al.'s pooled mean and M2 of several groups: the same as over all values."""
+        count = sum(p.count for p in parts)
+        mean = math.fsum(p.count * p.mean for p in parts) / count
+        m2 = math.fsum(p.m2 + p.count * (p.mean - mean) ** 2 for p in parts)
+        return cls(count, mean, m2, min(p.min for p in parts), max(p.max for p in parts))
+
+    @property
+    def variance(self) -> float:
+        return self.m2 / (self.count - 1) if self.count > 1 else 0.0
+
+
+@dataclass(frozen=True)
+class ChunkStats:
+    """The statistics of a chunk's losses and of each component of dict losses."""
+
+    loss: _Moments
+    components: dict[str, _Moments]
+
+    @classmethod
+    def pool(cls, parts: Sequence[ChunkStats]) -> ChunkStats:
+        names = sorted({name for p in parts for name in p.components})
+        return cls(
+            _Moments.pool([p.loss for p in parts]),
+            {n: _Moments.pool([p.components[n] for p in parts if n in p.components]) for n in names},
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self.loss), "components": {n: asdict(m) for n, m in self.components.items()}}
+
+    @classmethod
+    def from_json(cls, record: Mapping[str, Any]) -> ChunkStats:
+        return cls(
+            _Moments(**{k: record[k] for k in ("count", "mean", "m2", "min", "max")}),
+            {n: _Moments(**m) for n, m in record.get("components", {}).items()},
+        )
+
+
+@dataclass(frozen=True)
+class ChunkResult:
+    """One chunk file: which seeds and params it was computed for, and their statistics."""
+
+    trial_number: int
+    chunk_index: int
+    seeds: dict[str, Any]
+    params: dict[str, ParamValue]
+    stats: ChunkStats
+    elapsed_seconds: float
+    processes: int
+
+    def to_json(self) -> dict[str, Any]:
+        record = asdict(self)
+        record["stats"] = self.stats.to_json()
+        return record
+
+    @classmethod
+    def from_json(cls, record: Mapping[str, Any]) -> ChunkResult:
+        return cls(**{**record, "stats": ChunkStats.from_json(record["stats"])})
+
+
+@dataclass(frozen=True)
+class ChunkFailure:
+    """Why a chunk has no result: the loss raised, returned a non-number, or could not be imported."""
+
+    trial_number: int
+    chunk_index: int
+    loss_name: str
+    kind: str  # "raised", "bad_value" or "import"
+    message: str
+    seed: int | None = None
+    params: dict[str, ParamValue] = field(default_factory=dict)
+    traceback: str = ""
+
+    def describe(self) -> str:
+        where = f" at seed {self.seed}" if self.seed is not None else ""
+        text = (f"loss {self.loss_name!r} failed{where} (chunk {self.chunk_index}) with params "
+                f"{self.params}: {self.message}")
+        return text + (f"\n{self.traceback.rstrip()}" if self.traceback else "")
+
+
+class _BadLossValue(Exception):
+    pass
+
+
+class _SeedError(Exception):
+    """A seed's loss failed; carries (seed, kind, message, traceback text) across processes."""
+
+
+def _loss_value(value: Any, components: dict[str, list[float]]) -> float:
+    """A loss's return value as one finite float; a dict's numeric entries become components."""
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        total = float(value)
+    elif isinstance(value, Mapping):
+        parts = {str(k): float(v) for k, v in value.items()
+                 if isinstance(v, numbers.Real) and not isinstance(v, bool)}
+        if not parts:
+            raise _BadLossValue(f"returned a dict without numeric values: {value!r:.200}")
+        for name, part in parts.items():
+            if not math.isfinite(part):
+                raise _BadLossValue(f"returned {part} for component {name!r}")
+            components.setdefault(name, []).append(part)
+        total = parts["total_loss"] if "total_loss" in parts else math.fsum(parts.values()) / len(parts)
+    elif isinstance(value, (list, tuple)) and value and all(
+            isinstance(v, numbers.Real) and not isinstance(v, bool) for v in value):
+        total = math.fsum(float(v) for v in value) / len(value)
+    else:
+        raise _BadLossValue(f"returned {type(value).__name__} {value!r:.200}, not a number, dict or list of numbers")
+    if not math.isfinite(total):
+        raise _BadLossValue(f"returned {total}")
+    return total
+
+
+def _evaluate_seeds(definition: LossDefinition, params: dict[str, ParamValue],
+                    seeds: Sequence[int], context: dict[str, Any]) -> ChunkStats:
+    """The hot loop: one call per seed, plain floats appended, statistics at the end."""
+    function = definition.seed_loss_fn
+    call = (lambda p, s: function(p, s, context)) if definition.takes_context else function
+    totals: list[float] = []
+    components: dict[str, list[float]] = {}
+    append = totals.append
+    seed = None
+    try:
+        for seed in seeds:
+            value = call(params, seed)
+            if type(value) is float and value - value == 0.0:  # finite float: the fast path
+                append(value)
+            else:
+                append(_loss_value(value, components))
+    except _BadLossValue as exc:
+        raise _SeedError(seed, "bad_value", str(exc), "") from None
+    except Exception as exc:
+        raise _SeedError(seed, "raised", f"{type(exc).__name__}: {exc}", traceback.format_exc()) from None
+    return ChunkStats(_Moments.of(totals), {n: _Moments.of(v) for n, v in components.items()})
+
+
+def _split_evenly(n_items: int, n_parts: int) -> list[tuple[int, int]]:
+    """``n_parts`` contiguous (lo, hi) slices whose sizes differ by at most one."""
+    n_parts = max(1, min(n_parts, n_items))
+    bounds = [n_items * i // n_parts for i in range(n_parts + 1)]
+    return list(itertools.pairwise(bounds))
+
+
+_FORKED_CHUNK: tuple[LossDefinition, dict[str, ParamValue], Sequence[int], dict[str, Any]] | None = None
+
+
+def _evaluate_slice_in_child(bounds: tuple[int, int]) -> ChunkStats:
+    """Runs in a forked pool process, which inherited the chunk; only bounds and stats travel."""
+    assert _FORKED_CHUNK is not None
+    definition, params, seeds, context = _FORKED_CHUNK
+    return _evaluate_seeds(definition, params, seeds[bounds[0]:bounds[1]], context)
+
+
+def run_chunk(definition: LossDefinition, params: dict[str, ParamValue], seeds: Sequence[int],
+              context: dict[str, Any], processes: int = 1, use_processes: bool = True) -> ChunkStats:
+    """Evaluate ``seeds`` in ``processes`` contiguous slices, one per process (or thread).
+
+    One message per slice, never per seed. Raises ``_SeedError`` for the first failing seed.
+    """
+    slices = _split_evenly(len(seeds), processes)
+    if len(slices) == 1:
+        return _evaluate_seeds(definition, params, seeds, context)
+    if use_processes:
+        global _FORKED_CHUNK
+        _FORKED_CHUNK = (definition, params, seeds, context)
+        try:
+            with multiprocessing.get_context("fork").Pool(len(slices)) as pool:
+                parts = pool.map(_evaluate_slice_in_child, slices, chunksize=1)
+        finally:
+            _FORKED_CHUNK = None
+    else:
+        with ThreadPoolExecutor(max_workers=len(slices)) as pool:
+            parts = list(pool.map(lambda b: _evaluate_seeds(definition, params, seeds[b[0]:b[1]], context), slices))
+    return ChunkStats.pool(parts)
+
+
+# ---------------------------------------------------------------- a chunk task, as a worker runs it
+
+
+@dataclass(frozen=True)
+class TrialParams:
+    """``params.json``: what every chunk and the summary of a trial must have been computed for."""
+
+    trial_number: int
+    params: dict[str, ParamValue]
+    seeds: dict[str, Any]
+    entry_id: str | None = None
+
+    @classmethod
+    def load(cls, trial: TrialPaths) -> TrialParams:
+        record = _read_json(trial.params)
+        if record is None:
+            raise SlurptunaError(f"{trial.params} is missing or unreadable")
+        return cls(**record)
+
+
+def _load_valid_chunk(trial: TrialPaths, expected: TrialParams, index: int) -> ChunkResult | None:
+    """The chunk file, if it was computed for these params and these seeds; else None."""
+    record = _read_json(trial.chunk(index))
+    if record is None:
+        return None
+    try:
+        chunk = ChunkResult.from_json(record)
+    except (TypeError, KeyError) as exc:
+        logger.warning("ignoring malformed %s: %s", trial.chunk(index), exc)
+        return None
+    plan = SeedPlan.from_json(expected.seeds)
+    if chunk.params != expected.params or chunk.seeds != _describe_seeds(plan.chunk(index)):
+        logger.warning("ignoring %s: computed for other params or seeds; it will be recomputed",
+                       trial.chunk(index))
+        return None
+    return chunk
+
+
+def missing_chunks(trial: TrialPaths, expected: TrialParams) -> list[int]:
+    """Chunks without a trustworthy file. A trial that never ran has no chunk directory."""
+    n_chunks = SeedPlan.from_json(expected.seeds).n_chunks
+    if not trial.chunks_dir.is_dir():
+        return list(range(n_chunks))
+    return [i for i in range(n_chunks) if _load_valid_chunk(trial, expected, i) is None]
+
+
+@contextlib.contextmanager
+def _argv_as(argv: list[str]) -> Iterable[None]:
+    """Set ``sys.argv`` to the launcher's for the duration of an import, then restore it."""
+    saved = sys.argv
+    sys.argv = list(argv)
+    try:
+        yield
+    finally:
+        sys.argv = saved
+
+
+def _import_loss(settings: _RunSettings) -> LossDefinition:
+    """Import the loss's module the way the launcher recorded, then find the loss by name."""
+    ref = settings.loss_ref
+    for entry in reversed(ref["sys_path"]):
+        if entry not in sys.path:
+            sys.path.insert(0, entry)
+    where = ref["module"] or ref["file"]
+    try:
+        with _argv_as(settings.argv):
+            if ref["module"]:
+                importlib.import_module(ref["module"])
+            else:
+                _import_file(ref["file"])
+    except BaseException as exc:
+        raise LossError(f"importing {where} failed: {type(exc).__name__}: {exc}\n{traceback.format_exc()}") from None
+    definition = _LOSSES.get(settings.loss_name)
+    if definition is None:
+        found = ", ".join(sorted(_LOSSES)) or "none"
+        raise LossError(
+            f"loss {settings.loss_name!r} is not registered after importing {where} (found: {found}). "
+            "Workers import the module under a name other than __main__, so an @loss registered only "
+            "inside `if __name__ == \"__main__\":` is never seen: move it to module level"
+        )
+    return definition
+
+
+def _import_file(path: str) -> None:
+    name = _FILE_MODULE_PREFIX + re.sub(r"\W", "_", Path(path).stem)
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot import {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+
+
+def run_chunk_task(run_dir: Path, trial_number: int, chunk_index: int) -> int:
+    """What ``python -m slurptuna worker chunk`` does; returns the process exit code."""
+    run = RunPaths(Path(run_dir))
+    settings = _RunSettings.from_json(_read_json(run.meta))
+    trial = run.trial(trial_number)
+    expected = TrialParams.load(trial)
+    if _load_valid_chunk(trial, expected, chunk_index) is not None:
+        print(f"chunk {chunk_index} of trial {trial_number} is already computed", file=sys.stderr)
+        return 0
+    seeds = SeedPlan.from_json(expected.seeds).chunk(chunk_index)
+    failure = partial(ChunkFailure, trial_number, chunk_index, settings.loss_name, params=expected.params)
+    try:
+        definition = _import_loss(settings)
+    except LossError as exc:
+        return _record_failure(trial, failure("import", str(exc)), exit_code=2)
+    context = {"entry_id": expected.entry_id, "trial_number": trial_number,
+               "chunk_index": chunk_index, "run_dir": str(run.dir)}
+    started = time.perf_counter()
+    try:
+        stats = run_chunk(definition, expected.params, seeds, context,
+                          settings.worker_parallelism, settings.use_processes)
+    except _SeedError as exc:
+        seed, kind, message, trace = exc.args
+        return _record_failure(trial, failure(kind, message, seed=seed, traceback=trace), exit_code=1)
+    result = ChunkResult(trial_number, chunk_index, _describe_seeds(seeds), expected.params, stats,
+                         round(time.perf_counter() - started, 6), min(settings.worker_parallelism, len(seeds)))
+    _write_json_atomic(trial.chunk(chunk_index), result.to_json())
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(trial.chunk_error(chunk_index))
+    return 0
+
+
+def _record_failure(trial: TrialPaths, failure: ChunkFailure, exit_code: int) -> int:
+    _write_json_atomic(trial.chunk_error(failure.chunk_index), asdict(failure))
+    print(failure.describe(), file=sys.stderr)
+    return exit_code
+
+
+# ============================================================================
+# Reduce: chunk statistics -> the trial's summary.json, exactly
+# ============================================================================
+
+
+@dataclass(frozen=True)
+class TrialSummary:
+    """A trial's ``summary.json``: the pooled statistics of all its chunks."""
+
+    trial_number: int
+    params: dict[str, ParamValue]
+    seeds: dict[str, Any]
+    n_seeds: int
+    n_chunks: int
+    mean: float
+    std: float
+    min: float
+    max: float
+    components: dict[str, float]
+    chunk_seconds: float
+    missing_chunks: list[int] = field(default_factory=list)
+
+    @property
+    def mean_total_loss(self) -> float:
+        """The earlier package's name for ``mean``."""
+        return self.mean
+
+
+class _MissingChunks(SlurptunaError):
+    pass
+
+
+def reduce_trial(run: RunPaths, trial_number: int, allow_missing: bool = False) -> TrialSummary:
+    """Pool every chunk of a trial into ``summary.json``; refuse if one is missing or stale."""
+    trial = run.trial(trial_number)
+    expected = TrialParams.load(trial)
+    n_chunks = SeedPlan.from_json(expected.seeds).n_chunks
+    chunks = [_load_valid_chunk(trial, expected, i) for i in range(n_chunks)]
+    missing = [i for i, c in enumerate(chunks) if c is None]
+    present = [c for c in chunks if c is not None]
+    if (missing and not allow_missing) or not present:
+        raise _MissingChunks(f"trial {trial_number}: chunks {_format_ranges(missing)} have no valid result")
+    stats = ChunkStats.pool([c.stats for c in present])
+    summary = TrialSummary(
+        trial_number=trial_number, params=expected.params, seeds=expected.seeds,
+        n_seeds=stats.loss.count, n_chunks=len(present), mean=stats.loss.mean,
+        std=math.sqrt(stats.loss.variance), min=stats.loss.min, max=stats.loss.max,
+        components={n: m.mean for n, m in stats.components.items()},
+        chunk_seconds=round(math.fsum(c.elapsed_seconds for c in present), 6), missing_chunks=missing,
+    )
+    _write_json_atomic(trial.summary, {**asdict(summary), "mean_total_loss": summary.mean})
+    return summary
+
+
+def load_valid_summary(trial: TrialPaths, expected: TrialParams) -> TrialSummary | None:
+    """The trial's summary, if it was reduced from these params and seeds; else None."""
+    record = _read_json(trial.summary)
+    if record is None:
+        return None
+    record.pop("mean_total_loss", None)
+    try:
+        summary = TrialSummary(**record)
+    except TypeError:
+        return None
+    if summary.params != expected.params or summary.seeds != expected.seeds:
+        logger.warning("ignoring %s: reduced for other params or seeds", trial.summary)
+        return None
+    return summary
+
+
+def _format_ranges(numbers_: Iterable[int]) -> str:
+    """``[0, 1, 2, 5, 7, 8]`` -> ``"0-2,5,7-8"``: Slurm's array syntax, also used in messages."""
+    runs: list[list[int]] = []
+    for n in sorted(numbers_):
+        if runs and n == runs[-1][1] + 1:
+            runs[-1][1] = n
+        else:
+            runs.append([n, n])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+
+
+# ============================================================================
+# Executors: Slurm (sbatch/squeue/scancel/sacct) and local processes, one interface
+# ============================================================================
+#
+# A trial is submitted as one or more chunk "array jobs" and one "reduce job" that
+# depends on them. The controller only needs four verbs from an executor:
+# submit_chunks, submit_reduce, queued (which jobs are still queued or running:
+# one scheduler call per poll cycle), cancel; plus explain, which says why chunks
+# have no result. Success is never taken from the scheduler, only from files.
+
+_ACTIVE_STATES = frozenset({
+    "PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED",
+    "RESIZING", "SUSPENDED", "STOPPED", "SIGNALING", "STAGE_OUT", "RESV_DEL_HOLD",
+})
+
+
+@dataclass(frozen=True)
+class JobRef:
+    """A submitted job of a trial, as recorded in ``jobs.json``."""
+
+    job_id: str
+    kind: str  # "chunks" (an array job: chunk = offset + array task id) or "reduce"
+    chunks: tuple[int, ...] = ()
+    offset: int = 0
+    attempt: int = 0
+
+    @classmethod
+    def from_json(cls, record: Mapping[str, Any]) -> JobRef:
+        return cls(**{**record, "chunks": tuple(record.get("chunks", ()))})
+
+
+def _worker_command(settings: _RunSettings, kind: str, trial: TrialPaths, *extra: str) -> list[str]:
+    return [settings.python, "-m", "slurptuna", "worker", kind, str(trial.run_dir), str(trial.number), *extra]
+
+
+def _worker_env(settings: _RunSettings) -> dict[str, str]:
+    """The environment of worker processes: they must find this file and the loss's module."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    paths = [here, *settings.loss_ref["sys_path"], *filter(None, [os.environ.get("PYTHONPATH")])]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(dict.fromkeys(paths))}
+
+
+def _tail(path: Path, max_lines: int = 15, max_bytes: int = 4000) -> str:
+    """The end of a log file, marked as truncated when it is."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            size = handle.tell()
+            handle.seek(max(0, size - max_bytes))
+            lines = handle.read().decode(errors="replace").splitlines()
+    except OSError:
+        return ""
+    cut = size > max_bytes or len(lines) > max_lines
+    return ("[... truncated ...]\n" if cut else "") + "\n".join(lines[-max_lines:])
+
+
+def _explain_missing(trial: TrialPaths, jobs: Sequence[JobRef], chunks: Sequence[int],
+                     state_of: Callable[[JobRef, int], str | None]) -> str:
+    """One line per distinct end state of the missing chunks, with the first log's tail."""
+    by_state: dict[str, list[int]] = {}
+    first_log: dict[str, Path] = {}
+    arrays = [j for j in jobs if j.kind == "chunks"]
+    for chunk in chunks:
+        job = next((j for j in reversed(arrays) if chunk in j.chunks), None)
+        if job is None:
+            by_state.setdefault("never submitted", []).append(chunk)
+            continue
+        task = chunk - job.offset
+        log = trial.chunk_log(job.job_id, task, "err")
+        state = state_of(job, task) or ("TIMEOUT" if "DUE TO TIME LIMIT" in _tail(log) else "ended without a result")
+        by_state.setdefault(state, []).append(chunk)
+        first_log.setdefault(state, log)
+    lines = []
+    for state, listed in by_state.items():
+        line = f"chunks {_format_ranges(listed)}: {state}"
+        if state in first_log:
+            log = first_log[state]
+            line += f" (log {log})"
+            tail = _tail(log)
+            if tail:
+                line += "\n    " + tail.replace("\n", "\n    ")
+        lines.append(line)
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- Slurm commands and their output
+
+
+def _slurm_time(seconds: int) -> str:
+    """Seconds -> Slurm's ``D-HH:MM:SS``."""
+    days, rest = divmod(int(seconds), 86400)
+    return f"{days}-{rest // 3600:02d}:{rest % 3600 // 60:02d}:{rest % 60:02d}"
+
+
+def _array_groups(chunks: Sequence[int], max_array_size: int) -> list[tuple[int, list[int]]]:
+    """Split chunk indices into arrays whose task ids stay below MaxArraySize: (offset, task ids)."""
+    groups: dict[int, list[int]] = {}
+    for chunk in sorted(chunks):
+        offset = chunk // max_array_size * max_array_size
+        groups.setdefault(offset, []).append(chunk - offset)
+    return sorted(groups.items())
+
+
+def _array_spec(task_ids: Sequence[int], limit: int | None) -> str:
+    return _format_ranges(task_ids) + (f"%{limit}" if limit else "")
+
+
+def _parse_job_id(stdout: str) -> str:
+    """``sbatch --parsable`` prints ``jobid`` or ``jobid;cluster``."""
+    job_id = stdout.strip().splitlines()[-1].split(";")[0].strip() if stdout.strip() else ""
+    if not job_id.isdigit():
+        raise SlurmError(f"could not read a job id from sbatch's output {stdout!r}")
+    return job_id
+
+
+def _parse_squeue(stdout: str) -> dict[str, set[str]]:
+    """``%i|%T`` lines (``12``, ``12_3``, ``12_[4-9%4]``) -> job id -> the states of its tasks."""
+    states: dict[str, set[str]] = {}
+    for line in stdout.splitlines():
+        if "|" in line:
+            job, state = line.strip().split("|", 1)
+            states.setdefault(job.split("_")[0], set()).add(state.strip().split()[0] if state.strip() else "")
+    return states
+
+
+def _parse_sacct(stdout: str) -> dict[tuple[str, int | None], str]:
+    """``sacct -X -n -P -o jobid,state`` lines -> (job id, array task or None) -> state."""
+    states: dict[tuple[str, int | None], str] = {}
+    for line in stdout.splitlines():
+        if "|" not in line:
+            continue
+        job, state = line.split("|")[:2]
+        base, _, task = job.partition("_")
+        states[(base, int(task) if task.isdigit() else None)] = state.split()[0] if state.strip() else ""
+    return states
+
+
+def _is_qos_error(stderr: str) -> bool:
+    return re.search(r"\bqos\b", stderr, re.IGNORECASE) is not None
+
+
+def _run_slurm(argv: Sequence[str], env: Mapping[str, str] | None = None,
+               timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run a Slurm command (an argument list, never a shell string) and capture its output."""
+    try:
+        return subprocess.run(list(argv), capture_output=True, text=True, env=env, timeout=timeout, check=False)
+    except FileNotFoundError:
+        raise SlurmError(f"{argv[0]} is not on PATH: distributed mode needs the Slurm commands") from None
+    except subprocess.TimeoutExpired:
+        return subprocess.CompletedProcess(list(argv), 124, "", f"{argv[0]} timed out after {timeout} s")
+
+
+def _command_error(process: subprocess.CompletedProcess[str]) -> SlurmError:
+    output = (process.stderr.strip() or process.stdout.strip() or "(no output)")[-2000:]
+    return SlurmError(f"{' '.join(process.args)} failed with exit code {process.returncode}: {output}")
+
+
+_BATCH_SCRIPT = """#!/bin/sh
+# Written by slurptuna: sbatch passes the worker command as arguments; no shell parsing.
+exec "$@"
+"""
+
+
+class _SlurmExecutor:
+    """Trials as Slurm array jobs plus dependent reduce jobs."""
+
+    first_poll_seconds = 0.25
+
+    def __init__(self, settings: _RunSettings, run: RunPaths) -> None:
+        if shutil.which("sbatch") is None:
+            raise ConfigError("distributed mode needs Slurm: sbatch is not on PATH (use mode='single' to run locally)")
+        self._settings = settings
+        self._qos = settings.slurm_qos
+        self._env = _worker_env(settings)
+        self._max_array_size: int | None = None
+        self.max_poll_seconds = settings.slurm_poll_seconds
+        self._script = run.batch_script
+        if not self._script.exists():
+            self._script.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self._script.with_suffix(".tmp")
+            tmp.write_text(_BATCH_SCRIPT)
+            tmp.chmod(0o755)
+            os.replace(tmp, self._script)
+
+    @property
+    def max_array_size(self) -> int:
+        if self._max_array_size is None:
+            shown = _run_slurm(["scontrol", "show", "config"], timeout=30)
+            found = re.search(r"^MaxArraySize\s*=\s*(\d+)", shown.stdout, re.MULTILINE)
+            self._max_array_size = int(found.group(1)) if found else 1001
+        return self._max_array_size
+
+    def _options(self, trial: TrialPaths, kind: str) -> list[str]:
+        s = self._settings
+        options = [f"--job-name={s.run_name}.t{trial.number:05d}.{kind}", f"--mem-per-cpu={s.mem_per_cpu}"]
+        options += [f"--partition={s.slurm_partition}"] if s.slurm_partition else []
+        options += [f"--account={s.slurm_account}"] if s.slurm_account else []
+        return options + list(s.sbatch_args)
+
+    def submit_chunks(self, trial: TrialPaths, chunks: Sequence[int], attempt: int) -> list[JobRef]:
+        s = self._settings
+        trial.logs_dir.mkdir(parents=True, exist_ok=True)
+        jobs = []
+        for offset, task_ids in _array_groups(chunks, self.max_array_size):
+            options = [
+                *self._options(trial, "chunks"),
+                f"--array={_array_spec(task_ids, s.array_parallelism_limit)}",
+                f"--cpus-per-task={s.cpus_per_task}",
+                f"--time={_slurm_time(s.worker_time_limit_seconds)}",
+                f"--output={trial.chunk_log('%A', '%a', 'out')}",
+                f"--error={trial.chunk_log('%A', '%a', 'err')}",
+            ]
+            command = _worker_command(s, "chunk", trial, "--chunk-offset", str(offset))
+            job_id = self._sbatch(options, command)
+            jobs.append(JobRef(job_id, "chunks", tuple(offset + t for t in task_ids), offset, attempt))
+        return jobs
+
+    def submit_reduce(self, trial: TrialPaths, after: Sequence[JobRef], attempt: int,
+                      allow_missing: bool = False) -> JobRef:
+        trial.logs_dir.mkdir(parents=True, exist_ok=True)
+        options = [
+            *self._options(trial, "reduce"),
+            "--cpus-per-task=1",
+            "--time=0-00:10:00",
+            f"--output={trial.reduce_log('%j', 'out')}",
+            f"--error={trial.reduce_log('%j', 'err')}",
+        ]
+        if after:
+            options += ["--dependency=afterok:" + ":".join(j.job_id for j in after), "--kill-on-invalid-dep=yes"]
+        extra = ["--allow-missing"] if allow_missing else []
+        return JobRef(self._sbatch(options, _worker_command(self._settings, "reduce", trial, *extra)),
+                      "reduce", attempt=attempt)
+
+    def _sbatch(self, options: list[str], command: list[str]) -> str:
+        """Submit; if the QoS is refused, warn and submit once more without it, for the whole run."""
+        qos = [f"--qos={self._qos}"] if self._qos else []
+        process = _run_slurm(["sbatch", "--parsable", *options, *qos, str(self._script), *command], env=self._env)
+        if process.returncode != 0 and qos and _is_qos_error(process.stderr):
+            logger.warning("sbatch refused --qos=%s (%s); submitting without a QoS from now on",
+                           self._qos, process.stderr.strip())
+            self._qos = None
+            return self._sbatch(options, command)
+        if process.returncode != 0:
+            raise _command_error(process)
+        return _parse_job_id(process.stdout)
+
+    def queued(self, job_ids: Sequence[str]) -> set[str] | None:
+        """The jobs still queued or running, from one ``squeue`` call; None if squeue failed."""
+        if not job_ids:
+            return set()
+        process = _run_slurm(["squeue", "-h", "-t", "all", "-j", ",".join(job_ids), "-o", "%i|%T"], timeout=60)
+        if process.returncode != 0:
+            if "Invalid job id" in process.stderr:
+                return set()  # a single job id that Slurm has already forgotten
+            logger.warning("squeue failed, will ask again: %s", _command_error(process))
+            return None
+        return {job for job, states in _parse_squeue(process.stdout).items() if states & _ACTIVE_STATES}
+
+    def explain(self, trial: TrialPaths, jobs: Sequence[JobRef], chunks: Sequence[int]) -> str:
+        process = _run_slurm(["sacct", "-X", "-n", "-P", "-j", ",".join(j.job_id for j in jobs),
+                              "-o", "jobid,state,exitcode"], timeout=60)
+        states = _parse_sacct(process.stdout) if process.returncode == 0 else {}
+        return _explain_missing(trial, jobs, chunks, lambda job, task: states.get((job.job_id, task)))
+
+    def cancel(self, job_ids: Sequence[str]) -> None:
+        if job_ids:
+            process = _run_slurm(["scancel", *job_ids], timeout=60)
+            if process.returncode != 0 and "Invalid job id" not in process.stderr:
+                logger.warning("%s", _command_error(process))
+
+
+# ---------------------------------------------------------------- local processes, same interface
+
+
+@dataclass
+class _LocalTask:
+    argv: list[str]
+    out: Path
+    err: Path
+    slots: int
+    after: tuple[str, ...] = ()
+    state: str = "PENDING"
+    process: subprocess.Popen[bytes] | None = None
+    started: float = 0.0
+
+
+class _LocalExecutor:
+    """Runs the same worker commands as local processes, within the machine's cores."""
+
+    first_poll_seconds = 0.002
+    max_poll_seconds = 0.02
+
+    def __init__(self, settings: _RunSettings, run: RunPaths) -> None:
+        self._settings = settings
+        self._env = _worker_env(settings)
+        self._cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        self._jobs: dict[str, list[_LocalTask]] = {}
+        self._tasks_by_id: dict[tuple[str, int], _LocalTask] = {}
+        self._next_id = 0
+
+    def _new_job(self, tasks: dict[int, _LocalTask]) -> str:
+        self._next_id += 1
+        job_id = f"local{os.getpid()}-{self._next_id}"
+        self._jobs[job_id] = list(tasks.values())
+        self._tasks_by_id.update({(job_id, i): t for i, t in tasks.items()})
+        return job_id
+
+    def submit_chunks(self, trial: TrialPaths, chunks: Sequence[int], attempt: int) -> list[JobRef]:
+        slots = min(self._settings.worker_parallelism, self._cores)
+        job_id = f"local{os.getpid()}-{self._next_id + 1}"
+        self._new_job({
+            c: _LocalTask(_worker_command(self._settings, "chunk", trial, "--chunk", str(c)),
+                          trial.chunk_log(job_id, c, "out"), trial.chunk_log(job_id, c, "err"), slots)
+            for c in chunks
+        })
+        return [JobRef(job_id, "chunks", tuple(chunks), 0, attempt)]
+
+    def submit_reduce(self, trial: TrialPaths, after: Sequence[JobRef], attempt: int,
+                      allow_missing: bool = False) -> JobRef:
+        job_id = f"local{os.getpid()}-{self._next_id + 1}"
+        extra = ["--allow-missing"] if allow_missing else []
+        self._new_job({0: _LocalTask(_worker_command(self._settings, "reduce", trial, *extra),
+                                     trial.reduce_log(job_id, "out"), trial.reduce_log(job_id, "err"), 1,
+                                     tuple(j.job_id for j in after))})
+        return JobRef(job_id, "reduce", attempt=attempt)
+
+    def queued(self, job_ids: Sequence[str]) -> set[str]:
+        self._advance()
+        return {j for j in job_ids if any(t.state in _ACTIVE_STATES for t in self._jobs.get(j, ()))}
+
+    def _job_state(self, job_id: str) -> str:
+        states = {t.state for t in self._jobs.get(job_id, ())}
+        if states & _ACTIVE_STATES:
+            return "RUNNING"
+        return "COMPLETED" if states <= {"COMPLETED"} and job_id in self._jobs else "FAILED"
+
+    def _advance(self) -> None:
+        """Reap finished tasks, enforce the time limit, start what fits in the free cores."""
+        limit = self._settings.worker_time_limit_seconds
+        busy = 0
+        for task in self._all_tasks("RUNNING"):
+            code = task.process.poll()
+            if code is None and time.monotonic() - task.started > limit:
+                self._kill(task, "TIMEOUT")
+                with open(task.err, "a") as log:
+                    log.write(f"slurptuna: *** CANCELLED DUE TO TIME LIMIT ({limit} s) ***\n")
+            elif code is not None:
+                task.state = "COMPLETED" if code == 0 else "FAILED"
+            else:
+                busy += task.slots
+        for task in self._all_tasks("PENDING"):
+            dependencies = {self._job_state(j) for j in task.after}
+            if dependencies - {"COMPLETED", "RUNNING"}:
+                task.state = "CANCELLED"  # like --kill-on-invalid-dep=yes
+            elif "RUNNING" not in dependencies and busy + task.slots <= max(self._cores, task.slots):
+                self._start(task)
+                busy += task.slots
+
+    def _all_tasks(self, state: str) -> list[_LocalTask]:
+        return [t for tasks in self._jobs.values() for t in tasks if t.state == state]
+
+    def _start(self, task: _LocalTask) -> None:
+        task.out.parent.mkdir(parents=True, exist_ok=True)
+        with open(task.out, "ab") as out, open(task.err, "ab") as err:
+            task.process = subprocess.Popen(task.argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
+                                            env=self._env, start_new_session=True)
+        task.state, task.started = "RUNNING", time.monotonic()
+
+    def _kill(self, task: _LocalTask, state: str) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(task.process.pid, signal.SIGKILL)
+        task.process.wait()
+        task.state = state
+
+    def explain(self, trial: TrialPaths, jobs: Sequence[JobRef], chunks: Sequence[int]) -> str:
+        def state_of(job: JobRef, task: int) -> str | None:
+            found = self._tasks_by_id.get((job.job_id, task))
+            return found.state if found else None
+        return _explain_missing(trial, jobs, chunks, state_of)
+
+    def cancel(self, job_ids: Sequence[str]) -> None:
+        for job_id in job_ids:
+            for task in self._jobs.get(job_id, ()):
+                if task.state == "RUNNING":
+                    self._kill(task, "CANCELLED")
+                elif task.state == "PENDING":
+                    task.state = "CANCELLED"
+
+
+# ============================================================================
+# Controller: the trial loop, polling, retries, resume, Ctrl-C
+# ============================================================================
+
+
+class _StopSignal:
+    """Ctrl-C and SIGTERM set an event that the controller checks between polls.
+
+    The controller then cancels the run's jobs in one call and exits; a second Ctrl-C
+    interrupts at once. Handlers are installed only in the main thread.
+    """
+
+    def __enter__(self) -> _StopSignal:
+        self.event = threading.Event()
+        self.signum: int | None = None
+        self._saved: dict[int, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._saved[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.event.is_set():
+            raise KeyboardInterrupt
+        self.signum = signum
+        self.event.set()
+
+    def wait(self, seconds: float) -> bool:
+        return self.event.wait(seconds)
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._saved.items():
+            signal.signal(signum, handler)
+
+
+class _Interrupted(SlurptunaError):
+    pass
+
+
+@dataclass
+class _ActiveTrial:
+    """A trial the controller is waiting for."""
+
+    trial: Any  # optuna.trial.Trial
+    paths: TrialPaths
+    expected: TrialParams
+    jobs: list[JobRef] = field(default_factory=list)
+    attempt: int = 0
+    deadline: float | None = None
+    reduce_checked: bool = False
+    partial_reduce: bool = False
+
+    def save_jobs(self) -> None:
+        _write_json_atomic(self.paths.jobs, {"attempt": self.attempt, "jobs": [asdict(j) for j in self.jobs]})
+
+
+class _Backoff:
+    """Poll fast right after something changed, then slower, up to ``cap`` seconds."""
+
+    def __init__(self, first: float, cap: float) -> None:
+        self.first, self.cap, self.current = first, max(first, cap), first
+
+    def next(self, changed: bool) -> float:
+        self.current = self.first if changed else min(self.cap, self.current * 1.5)
+        return self.current
+
+
+class _Progress:
+    """One status line on a terminal, redrawn at most twice a second; silent in log files."""
+
+    def __init__(self, enabled: bool, total: int) -> None:
+        self.enabled = enabled and sys.stderr.isatty()
+        self.total = total
+        self.started = time.monotonic()
+        self.last = 0.0
+
+    def show(self, done: int, running: int, failed: int, best: float | None, seeds: int) -> None:
+        now = time.monotonic()
+        if not self.enabled or now - self.last < 0.5:
+            return
+        self.last = now
+        rate = seeds / max(now - self.started, 1e-9)
+        best_text = "-" if best is None else f"{best:.6g}"
+        sys.stderr.write(f"\rslurptuna: trials {done}/{self.total} ({running} running, {failed} failed) "
+                         f"best {best_text} | {rate:,.0f} seeds/s \x1b[K")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled and self.last:
+            sys.stderr.write("\n")
+
+
+class _Controller:
+    """Keeps up to ``max_concurrent_trials`` trials in flight until the study has ``n_trials``."""
+
+    def __init__(self, settings: _RunSettings, run: RunPaths, study: Any, executor: Any,
+                 stop: _StopSignal) -> None:
+        import optuna
+
+        self._optuna = optuna
+        self._settings = settings
+        self._run = run
+        self._study = study
+        self._executor = executor
+        self._stop = stop
+        self._distributions = {name: _distribution(optuna, spec)
+                               for name, spec in _LOSSES[settings.loss_name].parameter_space.items()}
+        finished = study.get_trials(deepcopy=False, states=_finished_states(optuna))
+        self.n_finished = len(finished)
+        self.n_failed = sum(t.state == optuna.trial.TrialState.FAIL for t in finished)
+        self.best: float | None = None
+        self.seeds_done = 0
+        self._active: list[_ActiveTrial] = []
+        self._progress = _Progress(settings.progress, settings.n_trials)
+
+    def run(self) -> None:
+        backoff = _Backoff(self._executor.first_poll_seconds, self._executor.max_poll_seconds)
+        try:
+            self._adopt_interrupted_trials()
+            while True:
+                changed = self._start_new_trials()
+                if not self._active:
+                    return
+                queued = self._executor.queued(self._job_ids())
+                if queued is not None:
+                    for active in list(self._active):
+                        changed = self._advance(active, queued) or changed
+                self._progress.show(self.n_finished, len(self._active), self.n_failed, self.best, self.seeds_done)
+                if self._stop.wait(backoff.next(changed)):
+                    self._cancel_everything()
+        finally:
+            self._progress.close()
+
+    def _job_ids(self) -> list[str]:
+        return [j.job_id for active in self._active for j in active.jobs]
+
+    # ---- starting and adopting trials
+
+    def _start_new_trials(self) -> bool:
+        started = False
+        while (self.n_finished + len(self._active) < self._settings.n_trials
+               and len(self._active) < self._settings.max_concurrent_trials):
+            trial = self._study.ask(self._distributions)
+            self._begin(trial, still_queued=[])
+            started = True
+        return started
+
+    def _adopt_interrupted_trials(self) -> None:
+        """Trials left RUNNING by a crash or Ctrl-C: same params, finished chunks kept, queued jobs adopted."""
+        running = self._study.get_trials(deepcopy=False, states=(self._optuna.trial.TrialState.RUNNING,))
+        recorded = {t.number: _read_json(self._run.trial(t.number).jobs) or {} for t in running}
+        job_ids = [j["job_id"] for r in recorded.values() for j in r.get("jobs", [])]
+        queued = self._executor.queued(job_ids) if job_ids else set()
+        while queued is None:  # the scheduler must answer before anything is submitted twice
+            time.sleep(self._executor.max_poll_seconds)
+            queued = self._executor.queued(job_ids)
+        for frozen in running:
+            trial = self._optuna.trial.Trial(self._study, frozen._trial_id)
+            jobs = [JobRef.from_json(j) for j in recorded[frozen.number].get("jobs", [])]
+            adopted = [j for j in jobs if j.job_id in queued]
+            if adopted:
+                logger.info("trial %d: adopting queued jobs %s", frozen.number, ", ".join(j.job_id for j in adopted))
+            self._begin(trial, still_queued=adopted, attempt=recorded[frozen.number].get("attempt", 0))
+
+    def _begin(self, trial: Any, still_queued: list[JobRef], attempt: int = 0) -> None:
+        paths = self._run.trial(trial.number)
+        expected = TrialParams(trial.number, dict(trial.params), self._settings.seeds.to_json(),
+                               self._settings.entry_id)
+        if _read_json(paths.params) != asdict(expected):
+            _write_json_atomic(paths.params, asdict(expected))
+        active = _ActiveTrial(trial, paths, expected, attempt=attempt)
+        self._active.append(active)
+        summary = load_valid_summary(paths, expected)
+        if summary is not None and not summary.missing_chunks:
+            self._complete(active, summary)
+        else:
+            self._submit(active, still_queued)
+
+    def _submit(self, active: _ActiveTrial, still_queued: list[JobRef]) -> None:
+        """Submit the chunks that have no valid file and no queued job, then a reduce job after them."""
+        covered = {c for j in still_queued if j.kind == "chunks" for c in j.chunks}
+        to_run = [c for c in missing_chunks(active.paths, active.expected) if c not in covered]
+        for chunk in to_run:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(active.paths.chunk_error(chunk))
+        arrays = [j for j in still_queued if j.kind == "chunks"]
+        reduce = next((j for j in still_queued if j.kind == "reduce"), None)
+        if to_run:
+            arrays += self._executor.submit_chunks(active.paths, to_run, active.attempt)
+            if reduce is not None:  # it does not wait for the arrays just submitted
+                self._executor.cancel([reduce.job_id])
+                reduce = None
+        active.jobs = arrays
+        active.save_jobs()
+        if reduce is None:
+            reduce = self._executor.submit_reduce(active.paths, arrays, active.attempt)
+        active.jobs = [*arrays, reduce]
+        active.save_jobs()
+        active.reduce_checked = False
+        if self._settings.slurm_timeout_minutes:
+            active.deadline = time.monotonic() + 60 * self._settings.slurm_timeout_minutes
+
+    # ---- following a trial
+
+    def _advance(self, active: _ActiveTrial, queued: set[str]) -> bool:
+        """Move a trial on by what the files and the queue say; True if anything changed."""
+        failures = _chunk_failures(active.paths)
+        running = [j.job_id for j in active.jobs if j.job_id in queued]
+        if failures and self._settings.fail_on_chunk_error:
+            self._executor.cancel(running)
+            self._fail(active, self._failure_message(active, failures))
+            return True
+        if running:
+            return self._check_running(active, queued, running)
+        summary = load_valid_summary(active.paths, active.expected)
+        if summary is not None:
+            self._complete(active, summary)
+            return True
+        missing = missing_chunks(active.paths, active.expected)
+        failed_chunks = {f.chunk_index for f in failures}
+        if failures and set(missing) <= failed_chunks:
+            if active.partial_reduce or len(missing) == self._settings.seeds.n_chunks:
+                self._fail(active, self._failure_message(active, failures))
+            else:  # fail_on_chunk_error=False: the mean of the chunks that worked
+                active.partial_reduce = True
+                active.jobs.append(self._executor.submit_reduce(active.paths, [], active.attempt, allow_missing=True))
+                active.save_jobs()
+            return True
+        if missing:
+            reason = self._executor.explain(active.paths, active.jobs, missing)
+        else:
+            reduce = active.jobs[-1]
+            log = active.paths.reduce_log(reduce.job_id, "err")
+            reason = f"the reduce job {reduce.job_id} ended without writing summary.json (log {log})\n{_tail(log)}"
+        if active.attempt < self._settings.trial_retry_attempts:
+            active.attempt += 1
+            logger.warning("trial %d: retry %d of %d, resubmitting %s:\n%s", active.trial.number, active.attempt,
+                           self._settings.trial_retry_attempts,
+                           f"chunks {_format_ranges(missing)}" if missing else "the reduce job", reason)
+            self._submit(active, still_queued=[])
+        else:
+            self._fail(active, f"no result after {active.attempt + 1} attempt(s):\n{reason}")
+        return True
+
+    def _check_running(self, active: _ActiveTrial, queued: set[str], running: list[str]) -> bool:
+        if active.deadline is not None and time.monotonic() > active.deadline:
+            logger.warning("trial %d: over slurm_timeout_minutes=%s, cancelling its jobs",
+                           active.trial.number, self._settings.slurm_timeout_minutes)
+            self._executor.cancel(running)
+            active.deadline = None
+            return True
+        arrays_done = not any(j.job_id in queued for j in active.jobs if j.kind == "chunks")
+        if arrays_done and not active.reduce_checked:
+            active.reduce_checked = True
+            if missing_chunks(active.paths, active.expected) and not active.partial_reduce:
+                self._executor.cancel(running)  # its dependency can never be satisfied
+                return True
+        return False
+
+    def _failure_message(self, active: _ActiveTrial, failures: list[ChunkFailure]) -> str:
+        first = failures[0]
+        job = next((j for j in active.jobs if j.kind == "chunks" and first.chunk_index in j.chunks), None)
+        log = (f"\nlog: {active.paths.chunk_log(job.job_id, first.chunk_index - job.offset, 'err')}"
+               if job else "")
+        more = f"\n({len(failures) - 1} more chunk(s) failed too)" if len(failures) > 1 else ""
+        return first.describe() + log + more
+
+    # ---- telling Optuna
+
+    def _complete(self, active: _ActiveTrial, summary: TrialSummary) -> None:
+        trial = active.trial
+        trial.set_user_attr("n_seeds", summary.n_seeds)
+        trial.set_user_attr("std", summary.std)
+        trial.set_user_attr("attempts", active.attempt + 1)
+        if summary.components:
+            trial.set_user_attr("components", summary.components)
+        if summary.missing_chunks:
+            trial.set_user_attr("missing_chunks", summary.missing_chunks)
+        self._study.tell(trial, summary.mean)
+        self._active.remove(active)
+        self.n_finished += 1
+        self.seeds_done += summary.n_seeds
+        if self.best is None or (summary.mean < self.best) == (self._settings.direction == "minimize"):
+            self.best = summary.mean
+        self._write_run_summary()
+
+    def _fail(self, active: _ActiveTrial, reason: str) -> None:
+        logger.error("trial %d failed: %s", active.trial.number, reason)
+        active.trial.set_user_attr("fail_reason", reason[-20000:])
+        self._study.tell(active.trial, state=self._optuna.trial.TrialState.FAIL)
+        self._active.remove(active)
+        self.n_finished += 1
+        self.n_failed += 1
+        self._write_run_summary()
+
+    def _write_run_summary(self) -> None:
+        _write_json_atomic(self._run.summary, _run_summary(self._optuna, self._study, self._settings))
+
+    def _cancel_everything(self) -> None:
+        job_ids = self._job_ids()
+        self._executor.cancel(job_ids)
+        raise _Interrupted(f"interrupted by signal {self._stop.signum}; cancelled {len(job_ids)} job(s)")
+
+
+def _chunk_failures(trial: TrialPaths) -> list[ChunkFailure]:
+    try:
+        names = sorted(os.listdir(trial.errors_dir))
+    except FileNotFoundError:
+        return []
+    records = [_read_json(trial.errors_dir / n) for n in names if n.endswith(".json")]
+    return [ChunkFailure(**r) for r in records if r]
+
+
+def _finished_states(optuna: Any) -> tuple[Any, ...]:
+    states = optuna.trial.TrialState
+    return (states.COMPLETE, states.FAIL, states.PRUNED)
+
+
+def _run_summary(optuna: Any, study: Any, settings: _RunSettings) -> dict[str, Any]:
+    trials = study.get_trials(deepcopy=False)
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    best = study.best_trial if complete else None
+    return {
+        "loss_name": settings.loss_name,
+        "run_name": settings.run_name,
+        "best_value": best.value if best else None,
+        "best_params": best.params if best else {},
+        "best_trial": best.number if best else None,
+        "n_trials": settings.n_trials,
+        "n_complete": len(complete),
+        "n_failed": sum(t.state == optuna.trial.TrialState.FAIL for t in trials),
+        "updated_at": _now_iso(),
+    }
+
+
+def _distribution(optuna: Any, spec: Any) -> Any:
+    d = optuna.distributions
+    if not isinstance(spec, SearchParam):
+        return spec
+    if spec.allowed is not None:
+        return d.CategoricalDistribution(list(spec.allowed))
+    low, high = spec.range  # type: ignore[misc]
+    if spec.dtype == "int":
+        return d.IntDistribution(int(low), int(high), log=spec.log, step=int(spec.step or 1))
+    return d.FloatDistribution(low, high, log=spec.log, step=spec.step)
+
+
+def _default_sampler(optuna: Any, settings: _RunSettings, n_existing: int) -> Any:
+    """TPE seeded from ``random_seed`` and the trials already there: a resume proposes new points."""
+    seed = settings.random_seed if n_existing == 0 else (settings.random_seed * 1_000_003 + n_existing) % 2**32
+    return optuna.samplers.TPESampler(seed=seed, constant_liar=settings.max_concurrent_trials > 1)
+
+
+@contextlib.contextmanager
+def _controller_lock(run: RunPaths) -> Iterable[None]:
+    """One controller per run: a second one would submit every job twice."""
+    import fcntl
+
+    with open(run.lock, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            raise ConfigError(f"another controller (pid {handle.read().strip() or '?'}) is running {run.dir}") from None
+        handle.truncate(0)
+        handle.write(str(os.getpid()))
+        handle.flush()
+        yield
+
+
+def _run_study(settings: _RunSettings, *, sampler: Any, storage: Any, pruner: Any,
+               stop: _StopSignal) -> OptimizeResult:
+    import optuna
+
+    run, settings = _open_run(settings)
+    with _controller_lock(run):
+        study = optuna.create_study(
+            study_name=settings.run_name, storage=storage or f"sqlite:///{run.optuna_db}",
+            load_if_exists=True, direction=settings.direction, pruner=pruner, sampler=sampler,
+        )
+        if sampler is None:
+            study.sampler = _default_sampler(optuna, settings, len(study.get_trials(deepcopy=False)))
+        executor_type = _SlurmExecutor if settings.mode == ExecutionMode.DISTRIBUTED.value else _LocalExecutor
+        controller = _Controller(settings, run, study, executor_type(settings, run), stop)
+        try:
+            controller.run()
+        except _Interrupted as exc:
+            print(f"slurptuna: {exc}. Resume with run_name={settings.run_name!r} "
+                  f"(run_root={settings.run_root!r})", file=sys.stderr)
+            raise SystemExit(130 if stop.signum == signal.SIGINT else 143) from None
+        summary = _run_summary(optuna, study, settings)
+        _write_json_atomic(run.summary, summary)
+    return OptimizeResult(
+        loss_name=settings.loss_name, best_value=summary["best_value"], best_params=summary["best_params"],
+        n_trials=settings.n_trials, study_name=study.study_name, run_dir=str(run.dir),
+        run_name=settings.run_name, mode=execution_mode(settings.mode), n_complete=summary["n_complete"],
+        n_failed=summary["n_failed"], study=study,
+    )
+
+
+# ============================================================================
+# Command line: the worker entry points and the self-test
+# ============================================================================
+
+_USAGE = """\
+usage: python -m slurptuna worker chunk RUN_DIR TRIAL [--chunk I | --chunk-offset K]
+       python -m slurptuna worker reduce RUN_DIR TRIAL [--allow-missing]
+       python slurptuna.py --selftest
+
+Workers are started by optimize_run (locally or by Slurm); a chunk task without
+--chunk takes its chunk from $SLURM_ARRAY_TASK_ID + K.
+"""
+
+
+def _worker_main(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m slurptuna worker", usage=_USAGE)
+    parser.add_argument("kind", choices=["chunk", "reduce"])
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("trial", type=int)
+    parser.add_argument("--chunk", type=int)
+    parser.add_argument("--chunk-offset", type=int, default=0)
+    parser.add_argument("--allow-missing", action="store_true")
+    args = parser.parse_args(argv)
+    if args.kind == "reduce":
+        try:
+            summary = reduce_trial(RunPaths(args.run_dir), args.trial, args.allow_missing)
+        except _MissingChunks as exc:
+            print(f"slurptuna reduce: {exc}", file=sys.stderr)
+            return 1
+        print(f"trial {args.trial}: mean {summary.mean!r} over {summary.n_seeds} seeds")
+        return 0
+    chunk = args.chunk
+    if chunk is None:
+        task = os.environ.get("SLURM_ARRAY_TASK_ID")
+        if task is None:
+            parser.error("give --chunk I, or run as a Slurm array task")
+        chunk = args.chunk_offset + int(task)
+    return run_chunk_task(args.run_dir, args.trial, chunk)
+
+
+_SELFTEST_LOSS = '''
+import math
+from slurptuna import loss
+
+@loss(name="slurptuna_selftest", parameter_space={"x": (-2.0, 2.0), "k": (1, 3)})
+def selftest_loss(params, seed, context):
+    noise = math.sin(seed * 12.9898) * 0.1
+    return {"fit": (params["x"] - 0.5) ** 2 + noise, "size": 0.01 * params["k"]}
+'''
+
+
+def selftest() -> int:
+    """A real single-mode run on a tiny problem in a temporary directory; 0 if every check holds."""
+    failures = 0
+
+    def check(what: str, ok: bool) -> None:
+        nonlocal failures
+        failures += not ok
+        print(f"  [{'ok' if ok else 'FAIL'}] {what}")
+
+    with tempfile.TemporaryDirectory(prefix="slurptuna-selftest-") as tmp:
+        module_file = Path(tmp) / "selftest_loss.py"
+        module_file.write_text(_SELFTEST_LOSS)
+        _import_file(str(module_file))
+        definition = _LOSSES["slurptuna_selftest"]
+        print(f"slurptuna {__version__} selftest in {tmp}")
+        options = {"n_seeds": 37, "chunk_size": 8, "worker_parallelism": 2, "run_root": tmp, "progress": False,
+                       "loss_module": str(module_file)}
+        result = optimize_run(definition, n_trials=3, **options)
+        first_values = [t.value for t in result.study.trials]
+        run = RunPaths(Path(result.run_dir))
+        check("run directory is named <loss>_v0001", run.dir.name == "slurptuna_selftest_v0001")
+        for name in ("meta.json", "summary.json", "optuna.db"):
+            check(f"{name} written", (run.dir / name).exists())
+        for frozen in result.study.trials:
+            trial = run.trial(frozen.number)
+            chunks = [ChunkResult.from_json(_read_json(trial.chunk(i))) for i in range(5)]
+            covered = [s for c in chunks for s in range(c.seeds["start"], c.seeds["stop"])]
+            direct = [definition(frozen.params, s, {}) for s in range(37)]
+            means = [math.fsum(d.values()) / 2 for d in direct]
+            check(f"trial {frozen.number}: 5 chunks cover seeds 0..36 exactly once", covered == list(range(37)))
+            check(f"trial {frozen.number}: reduced mean equals the direct mean over 37 seeds",
+                  math.isclose(frozen.value, math.fsum(means) / 37, rel_tol=1e-12, abs_tol=1e-15))
+            check(f"trial {frozen.number}: component 'fit' kept",
+                  math.isclose(frozen.user_attrs["components"]["fit"],
+                               math.fsum(d["fit"] for d in direct) / 37, rel_tol=1e-12, abs_tol=1e-15))
+        resumed = optimize_run(definition, n_trials=4, run_name=run.dir.name, **options)
+        values = [t.value for t in resumed.study.trials]
+        check("resume keeps 3 trials and adds 1 (n_trials is the total)", len(values) == 4
+              and values[:3] == first_values)
+        check("best value is the minimum", resumed.best_value == min(values))
+    print("selftest passed" if not failures else f"selftest FAILED: {failures} check(s)")
+    return 1 if failures else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m slurptuna``: the worker entry points, ``--selftest`` and ``--help``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["worker"]:
+        return _worker_main(argv[1:])
+    if argv[:1] == ["--selftest"]:
+        logging.basicConfig(level=logging.WARNING)
+        return selftest()
+    if argv[:1] in (["--help"], ["-h"], []):
+        print(__doc__.strip() + "\n\n" + _USAGE)
+        return 0
+    print(f"slurptuna: unknown command {argv[0]!r}\n\n{_USAGE}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    # Run under the module's real name, so that a loss module's `from slurptuna import loss`
+    # registers into this very registry instead of a second copy of the module.
+    import slurptuna
+
+    sys.exit(slurptuna.main())
