@@ -1,0 +1,283 @@
+"""Tests of the fake Slurm commands in fake_slurm/ (not of slurptuna itself)."""
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+FAKE = Path(__file__).resolve().parent.parent / "fake_slurm"
+
+
+@pytest.fixture
+def slurm(tmp_path, monkeypatch):
+    """Fake Slurm first on PATH, state in tmp_path/state, cwd tmp_path."""
+    state = tmp_path / "state"
+    # the real interpreter before any pyenv shim: each command starts ~60 ms faster
+    path = os.pathsep.join([str(FAKE), os.path.dirname(sys.executable), os.environ["PATH"]])
+    monkeypatch.setenv("PATH", path)
+    monkeypatch.setenv("FAKE_SLURM_DIR", str(state))
+    for name in list(os.environ):
+        if name.startswith("FAKE_SLURM_") and name != "FAKE_SLURM_DIR":
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    yield state
+    jobs = [p.stem for p in (state / "jobs").glob("*.json")]
+    if jobs:  # leave no job running behind
+        subprocess.run(["scancel", *jobs], capture_output=True)
+
+
+def run(*cmd, env=None, check=False, cwd=None):
+    full_env = {**os.environ, **(env or {})}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=full_env, cwd=cwd)
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def submit(*args, env=None):
+    proc = run("sbatch", "--parsable", *args, env=env, check=True)
+    return int(proc.stdout.strip())
+
+
+def wait_for(predicate, timeout=8.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.03)
+    raise AssertionError("condition not reached in time")
+
+
+def squeue(*args):
+    return run("squeue", "-h", *args, check=True).stdout.split("\n")[:-1]
+
+
+def sacct(jid):
+    out = run("sacct", "-X", "-n", "-P", "-j", str(jid), "-o", "jobid,state,exitcode", check=True).stdout
+    return {line.split("|")[0]: line.split("|", 1)[1] for line in out.splitlines()}
+
+
+def all_ended(jid, n):
+    states = sacct(jid)
+    done = len(states) == n and all(s.split("|")[0] not in ("PENDING", "RUNNING") for s in states.values())
+    return states if done else None
+
+
+def test_parsable_plain_and_submission_log(slurm):
+    t0 = time.time()
+    jid = submit("--wrap", "true")
+    assert time.time() - t0 < 1.0
+    assert jid == 1000
+    proc = run("sbatch", "-J", "plain", "--wrap", "true", check=True)
+    assert re.fullmatch(r"Submitted batch job 1001\n", proc.stdout)
+    wait_for(lambda: not squeue())
+    log = [json.loads(x) for x in (slurm / "submissions.jsonl").read_text().splitlines()]
+    assert [x["job_id"] for x in log] == [1000, 1001]
+    assert log[1]["argv"] == ["-J", "plain", "--wrap", "true"]
+    assert log[1]["options"]["job-name"] == "plain"
+    assert log[1]["array_tasks"] is None
+    assert sacct(1000) == {"1000": "COMPLETED|0:0"}
+
+
+def test_array_throttle_is_never_exceeded(slurm):
+    script = Path("task.sh")
+    script.write_text("#!/bin/sh\necho start $(date +%s.%N) > t_$SLURM_ARRAY_TASK_ID\n"
+                      "sleep 0.15\necho end $(date +%s.%N) >> t_$SLURM_ARRAY_TASK_ID\n")
+    jid = submit("--array=0-7%2", str(script))
+    pending = wait_for(lambda: [x for x in squeue("-j", str(jid), "-o", "%i %T %r") if "TaskLimit" in x])
+    assert re.fullmatch(rf"{jid}_\[\d-7%2\] PENDING JobArrayTaskLimit", pending[0])
+    states = wait_for(lambda: all_ended(jid, 8))
+    assert set(states.values()) == {"COMPLETED|0:0"}
+    spans = []
+    for k in range(8):
+        start, end = (float(line.split()[1]) for line in Path(f"t_{k}").read_text().splitlines())
+        spans.append((start, end))
+    for start, _ in spans:  # tasks running at each start instant
+        assert sum(s <= start < e for s, e in spans) <= 2
+
+
+def test_pending_array_collapsed_and_dependency_never_satisfied(slurm):
+    blocker = submit("--wrap", "sleep 30")
+    jid = submit("--array=0-3,5,7-9%4", f"--dependency=afterok:{blocker}", "--wrap", "true")
+    assert squeue("-j", str(jid), "-o", "%i|%T|%r|%F|%K") == [
+        f"{jid}_[0-3,5,7-9%4]|PENDING|Dependency|{jid}|[0-3,5,7-9%4]"]
+    assert len(squeue("-j", str(jid), "-r")) == 8
+    run("scancel", str(blocker), check=True)
+    # without --kill-on-invalid-dep the dependant stays pending for ever
+    wait_for(lambda: squeue("-j", str(jid), "-o", "%T %r") == ["PENDING DependencyNeverSatisfied"])
+    run("scancel", str(jid), check=True)
+    assert squeue("-j", str(jid)) == []
+    assert squeue("-t", "all", "-j", str(jid), "-o", "%i %T") == [f"{jid}_[0-3,5,7-9%4] CANCELLED"]
+
+
+def test_afterok_runs_after_every_task(slurm):
+    array = submit("--array=0-2", "--wrap", "sleep 0.2; date +%s.%N > end_$SLURM_ARRAY_TASK_ID")
+    reduce = submit(f"--dependency=afterok:{array}", "--wrap", "date +%s.%N > reduce")
+    wait_for(lambda: all_ended(reduce, 1))
+    assert sacct(reduce) == {str(reduce): "COMPLETED|0:0"}
+    start = float(Path("reduce").read_text())
+    assert all(float(Path(f"end_{k}").read_text()) < start for k in range(3))
+
+
+def test_afterok_on_failed_task_kills_dependant_and_fault_fires_once(slurm):
+    env = {"FAKE_SLURM_FAIL_TASKS": "1"}
+    array = submit("--array=0-2", "-o", "%A_%a.log", "--wrap", "echo ran", env=env)
+    kill = submit(f"--dependency=afterok:{array}", "--kill-on-invalid-dep=yes", "--wrap", "true")
+    keep = submit("-d", f"afterok:{array}", "--wrap", "true")
+    wait_for(lambda: all_ended(kill, 1))
+    assert sacct(array) == {f"{array}_0": "COMPLETED|0:0", f"{array}_1": "FAILED|1:0",
+                            f"{array}_2": "COMPLETED|0:0"}
+    assert Path(f"{array}_1.log").read_text() == "fake_slurm: injected failure\n"
+    assert squeue("-t", "all", "-j", str(kill), "-o", "%T %r") == ["CANCELLED DependencyNeverSatisfied"]
+    wait_for(lambda: squeue("-j", str(keep), "-o", "%T %r") == ["PENDING DependencyNeverSatisfied"])
+    retry = submit("--array=1", "--wrap", "echo ran", env=env)  # the fault fired once already
+    assert set(wait_for(lambda: all_ended(retry, 1)).values()) == {"COMPLETED|0:0"}
+
+
+def test_timeout(slurm):
+    env = {"FAKE_SLURM_TIME_SCALE": "0.01", "FAKE_SLURM_TIMEOUT_TASKS": "1"}  # 1 minute = 0.6 s
+    single = submit("--time=1", "-e", "single.err", "--wrap", "sleep 30", env=env)
+    array = submit("--time=0:1", "--array=0-1", "--wrap", "true", env=env)
+    wait_for(lambda: all_ended(single, 1) and all_ended(array, 2))
+    assert sacct(single) == {str(single): "TIMEOUT|0:15"}
+    assert sacct(array) == {f"{array}_0": "COMPLETED|0:0", f"{array}_1": "TIMEOUT|0:15"}
+    line = Path("single.err").read_text()
+    assert re.fullmatch(rf"slurmstepd-localhost: error: \*\*\* JOB {single} ON localhost CANCELLED AT "
+                        r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d DUE TO TIME LIMIT \*\*\*\n", line)
+    assert squeue("-t", "all", "-j", str(single), "-o", "%T %t %r") == ["TIMEOUT TO TimeLimit"]
+
+
+def live_group_members(pgids):
+    """Processes (not zombies: PID 1 may reap late) in the given process groups."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z" and int(fields[2]) in pgids:
+            found.append(stat.parent.name)
+    return found
+
+
+def test_scancel_kills_running_processes(slurm):
+    array = submit("--array=0-3", "--wrap", "echo $$ > pid_$SLURM_ARRAY_TASK_ID; sleep 30")
+    single = submit("--wrap", "sleep 30")
+    wait_for(lambda: len([x for x in squeue("-o", "%T") if x == "RUNNING"]) == 5)
+    pids = wait_for(lambda: [int(p.read_text()) for p in Path().glob("pid_*") if p.read_text()] or None)
+    proc = run("scancel", str(array), str(single), "999999")
+    assert proc.returncode == 1
+    assert proc.stderr == "scancel: error: Kill job error on job id 999999: Invalid job id specified\n"
+    wait_for(lambda: squeue() == [])
+    assert not live_group_members(pids)
+    assert set(sacct(array).values()) == {f"CANCELLED by {os.getuid()}|0:15"}
+
+
+def test_qos_rejection_and_injected_sbatch_failure(slurm):
+    proc = run("sbatch", "--qos=short", "--wrap", "true", env={"FAKE_SLURM_REJECT_QOS": "short,x"})
+    assert (proc.returncode, proc.stdout) == (1, "")
+    assert proc.stderr == "sbatch: error: Batch job submission failed: Invalid qos specification\n"
+    submit("--qos=normal", "--wrap", "true", env={"FAKE_SLURM_REJECT_QOS": "short,x"})
+    env = {"FAKE_SLURM_SBATCH_FAIL": "Socket timed out", "FAKE_SLURM_SBATCH_FAIL_CALLS": "4"}
+    submit("--wrap", "true", env=env)  # call 3 passes, call 4 fails
+    proc = run("sbatch", "--wrap", "true", env=env)
+    assert proc.stderr == "sbatch: error: Batch job submission failed: Socket timed out\n"
+    submit("--wrap", "true", env=env)
+    log = [json.loads(x) for x in (slurm / "submissions.jsonl").read_text().splitlines()]
+    assert [bool(x.get("rejected")) for x in log] == [True, False, False, True, False]
+
+
+def test_squeue_transient_failures_are_counted(slurm, monkeypatch):
+    monkeypatch.setenv("FAKE_SLURM_SQUEUE_FAIL", "2")
+    for _ in range(2):
+        proc = run("squeue", "-h")
+        assert proc.returncode == 1
+        assert proc.stderr == "slurm_load_jobs error: Socket timed out on send/recv operation\n"
+    assert run("squeue", "-h").returncode == 0
+    calls = [json.loads(x) for x in (slurm / "calls.jsonl").read_text().splitlines()]
+    assert [c["cmd"] for c in calls] == ["squeue"] * 3
+
+
+def test_log_file_names(slurm):
+    Path("logs").mkdir()
+    array = submit("--array=2-3", "-J", "nm", "-o", "logs/%A_%a_%j_%x.out", "-e", "logs/%x-%a.err",
+                   "--wrap", "echo out; echo err >&2")
+    single = submit("--wrap", "echo plain")
+    default = submit("--array=0", "--wrap", "echo default")
+    wait_for(lambda: all_ended(array, 2) and all_ended(single, 1) and all_ended(default, 1))
+    task_ids = dict(line.split() for line in squeue("-t", "all", "-j", str(array), "-o", "%i %A"))
+    for k in (2, 3):
+        assert Path(f"logs/{array}_{k}_{task_ids[f'{array}_{k}']}_nm.out").read_text() == "out\n"
+        assert Path(f"logs/nm-{k}.err").read_text() == "err\n"
+    assert Path(f"slurm-{single}.out").read_text() == "plain\n"
+    assert Path(f"slurm-{default}_0.out").read_text() == "default\n"
+
+
+def test_task_environment(slurm, tmp_path):
+    Path("sub").mkdir()
+    script = tmp_path / "env.sh"
+    script.write_text("#!/bin/sh\nenv > env_$SLURM_ARRAY_TASK_ID.txt\necho \"$@\" > args_$SLURM_ARRAY_TASK_ID\n")
+    script.chmod(0o644)  # Slurm runs its own copy of the script: +x is not needed
+    jid = int(run("sbatch", "--parsable", "--array=3-5:2", "-c", "2", "-J", "envtest", str(script),
+                  "a b", "c", cwd="sub").stdout)
+    wait_for(lambda: all_ended(jid, 2))
+    seen = []
+    for k in (3, 5):
+        env = dict(line.split("=", 1) for line in (tmp_path / f"sub/env_{k}.txt").read_text().splitlines()
+                   if "=" in line)
+        assert env["SLURM_ARRAY_JOB_ID"] == str(jid)
+        assert env["SLURM_ARRAY_TASK_ID"] == str(k)
+        assert (env["SLURM_ARRAY_TASK_COUNT"], env["SLURM_ARRAY_TASK_MIN"], env["SLURM_ARRAY_TASK_MAX"]) == (
+            "2", "3", "5")
+        assert env["SLURM_CPUS_PER_TASK"] == "2"
+        assert env["SLURM_JOB_NAME"] == "envtest"
+        assert env["SLURM_SUBMIT_DIR"] == str(tmp_path / "sub")
+        assert env["FAKE_SLURM_DIR"] == str(slurm)  # sbatch's environment is passed on
+        assert (tmp_path / f"sub/args_{k}").read_text() == "a b c\n"
+        seen.append(env["SLURM_JOB_ID"])
+    assert len(set(seen)) == 2
+
+
+def test_unknown_ids_max_array_size_and_no_accounting(slurm):
+    proc = run("squeue", "-j", "999999")
+    assert (proc.returncode, proc.stderr) == (1, "slurm_load_jobs error: Invalid job id specified\n")
+    jid = submit("--wrap", "true", env={"FAKE_SLURM_MIN_JOB_AGE": "0.2"})
+    assert run("squeue", "-h", "-o", "%i", "-j", f"{jid},999999", check=True).stdout in ("", f"{jid}\n")
+    wait_for(lambda: all_ended(jid, 1))
+    assert run("squeue", "-h", "-j", str(jid)).returncode == 0  # finished, not purged yet
+    time.sleep(0.3)
+    proc = run("squeue", "-h", "-j", str(jid), env={"FAKE_SLURM_MIN_JOB_AGE": "0.2"})
+    assert (proc.returncode, proc.stderr) == (1, "slurm_load_jobs error: Invalid job id specified\n")
+
+    env = {"FAKE_SLURM_MAX_ARRAY_SIZE": "10"}
+    config = run("scontrol", "show", "config", env=env, check=True).stdout
+    assert re.search(r"^MaxArraySize\s+= 10$", config, re.M)
+    proc = run("sbatch", "--array=0-10", "--wrap", "true", env=env)
+    assert (proc.returncode, proc.stderr) == (
+        1, "sbatch: error: Batch job submission failed: Invalid job array specification\n")
+    submit("--array=0-9", "--wrap", "true", env=env)
+
+    proc = run("sacct", "-X", "-n", "-P", "-j", str(jid), env={"FAKE_SLURM_NO_ACCOUNTING": "1"})
+    assert (proc.returncode, proc.stderr) == (1, "sacct: error: Slurm accounting storage is disabled\n")
+
+
+def test_option_and_time_parsing():
+    sys.path.insert(0, str(FAKE))
+    try:
+        import _fakeslurm as fs
+    finally:
+        sys.path.remove(str(FAKE))
+    assert fs.parse_array("0-9,12,15-20:2%4") == ([*range(10), 12, 15, 17, 19], 4)
+    assert fs.format_ranges([0, 1, 2, 5, 7, 8]) == "0-2,5,7-8"
+    for text, minutes in [("5", 5), ("1:30", 2), ("2:00:00", 120), ("1-2", 1560), ("1-0:30", 1470),
+                          ("0-0:0:1", 1), ("UNLIMITED", None)]:
+        assert fs.parse_time(text) == minutes
+    opts, pos = fs.parse_args(["-J", "x", "--time", "5", "-c2", "--foo=bar", "s.sh", "-J", "y"],
+                              fs.SBATCH_SPEC, allow_unknown=True, stop_at_positional=True)
+    assert opts == {"job-name": "x", "time": "5", "cpus-per-task": "2", "foo": "bar"}
+    assert pos == ["s.sh", "-J", "y"]
