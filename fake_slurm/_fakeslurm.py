@@ -674,6 +674,7 @@ def run(jid):
                 if rc is None:
                     police(job, tasks[k], now)
                     continue
+                kill_group(proc.pid, signal.SIGKILL)  # like Slurm: no process outlives its job
                 finish(tasks[k], rc, now)
                 del procs[k]
                 os.close(slots.pop(k))
@@ -823,7 +824,7 @@ SACCT_FIELDS = {  # name: (header, width, function of (record, step))
     "jobid": ("JobID", 12, lambda r, s: r["i"] + s), "jobidraw": ("JobIDRaw", 12, lambda r, s: r["A"] + s),
     "jobname": ("JobName", 10, lambda r, s: s[1:] or r["j"]),
     "state": ("State", 10, lambda r, s: sacct_state(r, s)),
-    "exitcode": ("ExitCode", 8, lambda r, s: r["exitcode"]),
+    "exitcode": ("ExitCode", 8, lambda r, s: "0:0" if s == ".extern" else r["exitcode"]),
     "derivedexitcode": ("DerivedExitCode", 10, lambda r, s: "0:0"),
     "elapsed": ("Elapsed", 10, lambda r, s: r["elapsed"]),
     "start": ("Start", 19, lambda r, s: r["S"]), "end": ("End", 19, lambda r, s: r["e"]),
@@ -841,7 +842,7 @@ SACCT_FIELDS = {  # name: (header, width, function of (record, step))
 
 
 def sacct_state(record, step):
-    state = record["T"]
+    state = "COMPLETED" if step == ".extern" and record["T"] in ENDED else record["T"]
     if state == "COMPLETING":
         state = "RUNNING"
     if state == "CANCELLED" and not step and record["cancel_by"] is not None:
