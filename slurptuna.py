@@ -135,12 +135,12 @@ def search_param(
     log: bool = False,
     step: float | None = None,
 ) -> SearchParam:
-    """Describe a parameter: ``range=(low, high)`` (``dtype="int"``, ``log``, ``step``) or ``allowed=[...]``."""
-    return _validate_search_param(
-        "search_param",
-        SearchParam(range=range, allowed=None if allowed is None else tuple(allowed),
-                    dtype=dtype, log=log, step=step),
-    )
+    """Describe a parameter: ``range=(low, high)`` (``dtype="int"``, ``log``, ``step``) or ``allowed=[...]``.
+
+    It is checked by ``@loss``, where the error can name the parameter.
+    """
+    return SearchParam(range=range, allowed=None if allowed is None else tuple(allowed),
+                       dtype=dtype, log=log, step=step)
 
 
 def _validate_search_param(name: str, spec: SearchParam) -> SearchParam:
@@ -1566,6 +1566,17 @@ class _LocalTask:
     started: float = 0.0
 
 
+def _die_with_parent() -> None:
+    """In a local worker, before exec: ask Linux to kill it if the controller dies.
+
+    Local workers belong to their controller; a resumed controller recomputes their chunks.
+    """
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 class _LocalExecutor:
     """Runs the same worker commands as local processes, within the machine's cores."""
 
@@ -1645,7 +1656,7 @@ class _LocalExecutor:
         task.out.parent.mkdir(parents=True, exist_ok=True)
         with open(task.out, "ab") as out, open(task.err, "ab") as err:
             task.process = subprocess.Popen(task.argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
-                                            env=self._env, start_new_session=True)
+                                            env=self._env, start_new_session=True, preexec_fn=_die_with_parent)
         task.state, task.started = "RUNNING", time.monotonic()
 
     def _kill(self, task: _LocalTask, state: str) -> None:
@@ -1877,6 +1888,10 @@ class _Controller:
         """Move a trial on by what the files and the queue say; True if anything changed."""
         failures = _chunk_failures(active.paths)
         running = [j.job_id for j in active.jobs if j.job_id in queued]
+        unimportable = next((f for f in failures if f.kind == "import"), None)
+        if unimportable is not None:  # every trial would fail the same way: stop, resumable
+            self._executor.cancel(self._job_ids())
+            raise LossError(unimportable.message)
         if failures and self._settings.fail_on_chunk_error:
             self._executor.cancel(running)
             self._fail(active, self._failure_message(active, failures))

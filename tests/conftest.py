@@ -1,0 +1,78 @@
+"""Shared fixtures: the repo on sys.path, a runs directory, seed counting, fake Slurm."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+@pytest.fixture
+def run_root(tmp_path: Path) -> Path:
+    return tmp_path / "runs"
+
+
+class SeedCounter:
+    """Reads what the test losses appended: one "x seed" line per evaluation."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def evaluations(self) -> Counter:
+        counts: Counter = Counter()
+        for path in self.directory.iterdir():
+            if path.name.isdigit():
+                for line in path.read_text().splitlines():
+                    x, seed = line.split()
+                    counts[(float(x), int(seed))] += 1
+        return counts
+
+    def total(self) -> int:
+        return sum(self.evaluations().values())
+
+
+@pytest.fixture
+def seed_counter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> SeedCounter:
+    directory = tmp_path / "seed_counts"
+    directory.mkdir()
+    monkeypatch.setenv("SLURPTUNA_TEST_COUNT_DIR", str(directory))
+    return SeedCounter(directory)
+
+
+class FakeSlurm:
+    """fake_slurm/ first on PATH, its state in a temp dir; reads its logs."""
+
+    def __init__(self, state: Path) -> None:
+        self.state = state
+
+    def submissions(self) -> list[dict]:
+        path = self.state / "submissions.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+    def calls(self, command: str) -> list[dict]:
+        path = self.state / "calls.jsonl"
+        rows = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+        return [r for r in rows if r["cmd"] == command]
+
+
+@pytest.fixture
+def fake_slurm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeSlurm:
+    state = tmp_path / "fake_slurm_state"
+    state.mkdir()
+    # the real interpreter right after the fakes: a pyenv shim would add ~60 ms to every command
+    path = [str(REPO / 'fake_slurm'), os.path.dirname(sys.executable), os.environ['PATH']]
+    monkeypatch.setenv("PATH", os.pathsep.join(path))
+    monkeypatch.setenv("FAKE_SLURM_DIR", str(state))
+    return FakeSlurm(state)
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(Path(path).read_text())
