@@ -1,0 +1,282 @@
+"""Distributed mode through fake_slurm/: the real sbatch/squeue/scancel/sacct calls, faults injected."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import losses
+import pytest
+from conftest import REPO, read_json
+
+from slurptuna import RunPaths, SlurmError, optimize_run
+
+TESTS = Path(__file__).resolve().parent
+
+
+def distributed(definition, run_root, **options):
+    options = {"mode": "distributed", "slurm_poll_seconds": 0.2, "run_root": run_root, **options}
+    return optimize_run(definition, **options)
+
+
+def chunk_submissions(fake_slurm) -> list[dict]:
+    return [s for s in fake_slurm.submissions() if s.get("job_id") and s["array_tasks"] is not None]
+
+
+def reduce_submissions(fake_slurm) -> list[dict]:
+    return [s for s in fake_slurm.submissions() if s.get("job_id") and s["array_tasks"] is None]
+
+
+def queue_is_empty() -> bool:
+    shown = subprocess.run(["squeue", "-h", "-o", "%i|%T"], capture_output=True, text=True, check=True)
+    return shown.stdout.strip() == ""
+
+
+def test_distributed_trials_have_the_same_means_as_single_mode(fake_slurm, run_root):
+    options = {"n_trials": 3, "n_seeds": 23, "chunk_size": 5, "random_seed": 4, "run_root": run_root}
+    remote = optimize_run(losses.quadratic, mode="distributed", slurm_poll_seconds=0.2, max_concurrent_trials=2,
+                          **options)
+    local = optimize_run(losses.quadratic, **options)
+    assert [t.params for t in remote.study.trials] == [t.params for t in local.study.trials]
+    assert [t.value for t in remote.study.trials] == pytest.approx([t.value for t in local.study.trials], rel=1e-15)
+    for trial in remote.study.trials:
+        direct = math.fsum(losses.quadratic_value(trial.params, s) for s in range(23)) / 23
+        assert trial.value == pytest.approx(direct, rel=1e-13)
+    assert len(chunk_submissions(fake_slurm)) == 3 and len(reduce_submissions(fake_slurm)) == 3
+
+
+def test_sbatch_gets_the_documented_options_and_the_reduce_waits_for_the_array(fake_slurm, run_root):
+    result = distributed(losses.quadratic, run_root, n_trials=1, n_seeds=10, chunk_size=3, cpus_per_task=2,
+                         worker_parallelism=2, worker_time_limit=timedelta(minutes=90), mem_per_cpu="3G",
+                         slurm_qos="long", slurm_partition="debug", slurm_account="lab",
+                         sbatch_args=["--constraint=avx2"], array_parallelism_limit=3)
+    (chunks,), (reduce,) = chunk_submissions(fake_slurm), reduce_submissions(fake_slurm)
+    for expected in ("--array=0-3%3", "--cpus-per-task=2", "--time=0-01:30:00", "--mem-per-cpu=3G", "--qos=long",
+                     "--partition=debug", "--account=lab", "--constraint=avx2",
+                     "--job-name=quadratic_v0001.t00000.chunks"):
+        assert expected in chunks["argv"]
+    logs = RunPaths(Path(result.run_dir)).trial(0).logs_dir
+    assert f"--output={logs}/chunk_%A_%a.out" in chunks["argv"]
+    assert f"--dependency=afterok:{chunks['job_id']}" in reduce["argv"]
+    assert "--kill-on-invalid-dep=yes" in reduce["argv"]
+    worker = chunks["argv"][chunks["argv"].index("-m") - 1:]
+    assert worker[1:6] == ["-m", "slurptuna", "worker", "chunk", result.run_dir]
+    trial = RunPaths(Path(result.run_dir)).trial(0)
+    assert trial.summary.stat().st_mtime >= max(trial.chunk(i).stat().st_mtime for i in range(4))
+    assert sorted(p.name for p in logs.iterdir() if p.name.startswith("chunk_")) == sorted(
+        f"chunk_{chunks['job_id']}_{i}.{s}" for i in range(4) for s in ("out", "err"))
+
+
+def test_the_array_throttle_is_respected(fake_slurm, run_root, seed_counter):
+    distributed(losses.records_busy_intervals, run_root, n_trials=1, n_seeds=12, chunk_size=1,
+                array_parallelism_limit=2)
+    intervals = sorted((float(s), float(e)) for p in seed_counter.directory.glob("busy.*")
+                       for _, s, e in (line.split() for line in p.read_text().splitlines()))
+    assert len(intervals) == 12
+    overlaps = [sum(1 for s, e in intervals if s <= start < e) for start, _ in intervals]
+    assert max(overlaps) <= 2
+
+
+def test_arrays_longer_than_max_array_size_are_split_and_the_reduce_waits_for_all(fake_slurm, run_root,
+                                                                                     monkeypatch):
+    monkeypatch.setenv("FAKE_SLURM_MAX_ARRAY_SIZE", "4")
+    result = distributed(losses.quadratic, run_root, n_trials=1, n_seeds=10, chunk_size=1)
+    arrays = chunk_submissions(fake_slurm)
+    assert [a["array_tasks"] for a in arrays] == [[0, 1, 2, 3], [0, 1, 2, 3], [0, 1]]
+    assert [a["argv"][-1] for a in arrays] == ["0", "4", "8"]  # --chunk-offset
+    (reduce,) = reduce_submissions(fake_slurm)
+    assert "--dependency=afterok:" + ":".join(str(a["job_id"]) for a in arrays) in reduce["argv"]
+    trial = result.study.trials[0]
+    assert trial.value == pytest.approx(sum(losses.quadratic_value(trial.params, s) for s in range(10)) / 10)
+
+
+def test_a_refused_qos_is_dropped_once_with_a_warning(fake_slurm, run_root, monkeypatch, caplog):
+    monkeypatch.setenv("FAKE_SLURM_REJECT_QOS", "short")
+    with caplog.at_level(logging.WARNING, logger="slurptuna"):
+        result = distributed(losses.quadratic, run_root, n_trials=2, n_seeds=4, chunk_size=2)
+    assert result.n_complete == 2
+    warnings = [r.getMessage() for r in caplog.records if "--qos=short" in r.getMessage()]
+    assert len(warnings) == 1 and "Invalid qos specification" in warnings[0]
+    submitted = fake_slurm.submissions()
+    assert [bool(s.get("rejected")) for s in submitted] == [True, False, False, False, False]
+    assert not any(a.startswith("--qos") for s in submitted[1:] for a in s["argv"])
+
+
+def test_no_qos_option_when_slurm_qos_is_none(fake_slurm, run_root):
+    distributed(losses.quadratic, run_root, n_trials=1, n_seeds=2, chunk_size=2, slurm_qos=None)
+    assert not any(a.startswith("--qos") for s in fake_slurm.submissions() for a in s["argv"])
+
+
+def test_other_sbatch_errors_are_reported_with_sbatchs_message_and_not_retried(fake_slurm, run_root,
+                                                                                 monkeypatch):
+    monkeypatch.setenv("FAKE_SLURM_SBATCH_FAIL", "Invalid partition name specified")
+    with pytest.raises(SlurmError, match="Invalid partition name specified"):
+        distributed(losses.quadratic, run_root, n_trials=1, n_seeds=2, chunk_size=2)
+    assert len(fake_slurm.submissions()) == 1
+
+
+def test_a_timeout_is_retried_submitting_only_the_missing_chunks(fake_slurm, run_root, monkeypatch):
+    monkeypatch.setenv("FAKE_SLURM_TIMEOUT_TASKS", "2")
+    monkeypatch.setenv("FAKE_SLURM_TIME_SCALE", "0.02")  # 1 minute lasts 1.2 s
+    result = distributed(losses.quadratic, run_root, n_trials=1, n_seeds=8, chunk_size=2,
+                         worker_time_limit=timedelta(minutes=1), trial_retry_attempts=1)
+    trial = result.study.trials[0]
+    assert trial.state.name == "COMPLETE" and trial.user_attrs["attempts"] == 2
+    assert [a["array_tasks"] for a in chunk_submissions(fake_slurm)] == [[0, 1, 2, 3], [2]]
+    assert len(reduce_submissions(fake_slurm)) == 2
+    assert trial.value == pytest.approx(sum(losses.quadratic_value(trial.params, s) for s in range(8)) / 8)
+
+
+def test_timeouts_beyond_the_retries_fail_the_trial_saying_timeout(fake_slurm, run_root, monkeypatch):
+    monkeypatch.setenv("FAKE_SLURM_TIMEOUT_TASKS", "1")
+    monkeypatch.setenv("FAKE_SLURM_FAULTS_REPEAT", "1")
+    monkeypatch.setenv("FAKE_SLURM_TIME_SCALE", "0.02")
+    result = distributed(losses.quadratic, run_root, n_trials=1, n_seeds=4, chunk_size=2,
+                         worker_time_limit=timedelta(minutes=1), trial_retry_attempts=1)
+    trial = result.study.trials[0]
+    assert trial.state.name == "FAIL"
+    reason = trial.user_attrs["fail_reason"]
+    assert "after 2 attempt(s)" in reason and "chunks 1: TIMEOUT" in reason and "DUE TO TIME LIMIT" in reason
+    assert [a["array_tasks"] for a in chunk_submissions(fake_slurm)] == [[0, 1], [1]]
+    assert queue_is_empty()
+
+
+def test_a_task_killed_by_slurm_is_judged_from_the_logs_when_sacct_does_not_work(fake_slurm, run_root,
+                                                                                   monkeypatch):
+    monkeypatch.setenv("FAKE_SLURM_FAIL_TASKS", "0")
+    monkeypatch.setenv("FAKE_SLURM_FAULTS_REPEAT", "1")
+    monkeypatch.setenv("FAKE_SLURM_NO_ACCOUNTING", "1")
+    result = distributed(losses.quadratic, run_root, n_trials=1, n_seeds=4, chunk_size=2, trial_retry_attempts=0)
+    reason = result.study.trials[0].user_attrs["fail_reason"]
+    assert "chunks 0: ended without a result" in reason and "fake_slurm: injected failure" in reason
+    assert queue_is_empty()  # the reduce job that could never run was cancelled
+
+
+def test_a_loss_that_raises_fails_its_trial_with_the_traceback_and_cancels_the_rest(fake_slurm, run_root):
+    result = distributed(losses.raises_at_seed_7, run_root, n_trials=2, n_seeds=10, chunk_size=2)
+    assert [t.state.name for t in result.study.trials] == ["FAIL", "FAIL"]
+    reason = result.study.trials[0].user_attrs["fail_reason"]
+    assert "seed 7" in reason and "RuntimeError: model diverged" in reason and "Traceback" in reason
+    assert "/slurm_logs/trial_00000/chunk_" in reason
+    assert len(chunk_submissions(fake_slurm)) == 2  # not retried
+    assert queue_is_empty()
+
+
+def test_transient_squeue_failures_are_retried(fake_slurm, run_root, monkeypatch, caplog):
+    monkeypatch.setenv("FAKE_SLURM_SQUEUE_FAIL", "3")
+    with caplog.at_level(logging.WARNING, logger="slurptuna"):
+        result = distributed(losses.quadratic, run_root, n_trials=1, n_seeds=4, chunk_size=2)
+    assert result.n_complete == 1
+    assert sum("squeue failed" in r.getMessage() for r in caplog.records) == 3
+
+
+def test_one_squeue_call_covers_every_trial_in_flight(fake_slurm, run_root):
+    monkeypatch_sleep = {"SLURPTUNA_TEST_SLEEP": "0.05"}
+    os.environ.update(monkeypatch_sleep)
+    try:
+        distributed(losses.slow_quadratic, run_root, n_trials=3, n_seeds=4, chunk_size=2, max_concurrent_trials=3)
+    finally:
+        del os.environ["SLURPTUNA_TEST_SLEEP"]
+    job_ids = {str(s["job_id"]) for s in fake_slurm.submissions()}
+    listed = [set(c["argv"][c["argv"].index("-j") + 1].split(",")) for c in fake_slurm.calls("squeue")]
+    assert max(len(ids) for ids in listed) == 6 and set().union(*listed) == job_ids
+
+
+CONTROLLER = textwrap.dedent('''
+    import sys
+    import losses
+    from slurptuna import optimize_run
+    result = optimize_run(losses.slow_quadratic, mode="distributed", n_trials=2, n_seeds=12, chunk_size=2,
+                          run_root=sys.argv[1], run_name="cluster", random_seed=3, slurm_poll_seconds=0.2,
+                          array_parallelism_limit=2)
+    print("VALUES", [t.value for t in result.study.trials])
+''')
+
+
+def _start_controller(tmp_path: Path) -> tuple[subprocess.Popen, Path]:
+    script = tmp_path / "controller.py"
+    script.write_text(CONTROLLER)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(TESTS)]), "SLURPTUNA_TEST_SLEEP": "0.05"}
+    runs = tmp_path / "runs"
+    process = subprocess.Popen([sys.executable, str(script), str(runs)], env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    return process, runs
+
+
+def _wait_for(condition, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.02)
+
+
+def test_ctrl_c_cancels_every_job_of_the_run_in_one_scancel(fake_slurm, tmp_path):
+    process, runs = _start_controller(tmp_path)
+    trial0 = RunPaths(runs / "cluster").trial(0)
+    _wait_for(lambda: trial0.chunks_dir.is_dir() and any(trial0.chunks_dir.iterdir()))
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert stderr.strip().splitlines()[-1].startswith("slurptuna: interrupted by signal 2; cancelled 2 job(s)")
+    assert "Resume with run_name='cluster'" in stderr
+    assert len(fake_slurm.calls("scancel")) == 1
+    _wait_for(queue_is_empty, timeout=10)
+
+
+def test_a_sigkilled_controller_resumes_adopting_queued_jobs_without_submitting_twice(fake_slurm, tmp_path,
+                                                                                        seed_counter):
+    process, runs = _start_controller(tmp_path)
+    trial0 = RunPaths(runs / "cluster").trial(0)
+    _wait_for(lambda: trial0.chunks_dir.is_dir() and len(list(trial0.chunks_dir.iterdir())) >= 2)
+    process.kill()
+    process.wait()
+    assert not queue_is_empty()  # the array job goes on without its controller
+    resumed, _ = _start_controller(tmp_path)
+    stdout, stderr = resumed.communicate(timeout=120)
+    assert resumed.returncode == 0, stderr
+    values = eval(stdout.split("VALUES")[1])
+    assert len(values) == 2 and None not in values
+    per_trial: dict[str, list[int]] = {}
+    for submission in chunk_submissions(fake_slurm):
+        trial = submission["argv"][-3]
+        per_trial.setdefault(trial, []).extend(submission["array_tasks"])
+    assert per_trial == {"0": list(range(6)), "1": list(range(6))}  # each chunk submitted once
+    assert len(reduce_submissions(fake_slurm)) == 2
+    assert all(n == 1 for n in seed_counter.evaluations().values())  # no chunk computed twice
+    x0 = read_json(trial0.params)["params"]["x"]
+    assert values[0] == pytest.approx(sum(losses.quadratic_value({"x": x0}, s) for s in range(12)) / 12)
+
+
+def test_dynamic_loss_names_from_argv_work_in_slurm_workers(fake_slurm, tmp_path):
+    script = tmp_path / "fit.py"
+    script.write_text(textwrap.dedent('''
+        import sys
+        from slurptuna import execution_mode, loss, optimize_run
+        TASK = sys.argv[1]
+        TARGET = {"easy": 0.25, "hard": 0.75}[TASK]
+
+        @loss(name=f"argv_model_{TASK}", parameter_space={"x": (0.0, 1.0)})
+        def model(params, seed):
+            return abs(params["x"] - TARGET)
+
+        if __name__ == "__main__":
+            result = optimize_run(model, mode=execution_mode("distributed"), n_trials=2, n_seeds=4, chunk_size=2,
+                                  run_root=sys.argv[2], slurm_poll_seconds=0.2)
+            print("RESULT", result.run_name, result.n_complete, result.best_value, result.best_params["x"])
+    '''))
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    for task, target in (("hard", 0.75), ("easy", 0.25)):
+        done = subprocess.run([sys.executable, str(script), task, str(tmp_path / "runs")], capture_output=True,
+                              text=True, env=env, timeout=120, check=False)
+        assert done.returncode == 0, done.stderr
+        name, complete, best, x = done.stdout.split("RESULT")[1].split()
+        assert (name, complete) == (f"argv_model_{task}_v0001", "2")
+        assert float(best) == pytest.approx(abs(float(x) - target))
