@@ -281,3 +281,47 @@ def test_option_and_time_parsing():
                               fs.SBATCH_SPEC, allow_unknown=True, stop_at_positional=True)
     assert opts == {"job-name": "x", "time": "5", "cpus-per-task": "2", "foo": "bar"}
     assert pos == ["s.sh", "-J", "y"]
+
+
+FAKE_WORKER = '''
+import os, sys
+with open(os.path.join(os.environ["OUT_DIR"], "imports"), "a") as f:
+    f.write(f"{os.getpid()}\\n")
+
+def main(argv):
+    task = os.environ["SLURM_ARRAY_TASK_ID"]
+    with open(os.path.join(os.environ["OUT_DIR"], f"task_{task}"), "w") as f:
+        f.write(repr((argv, sys.argv[1:], os.getcwd(), sys.stdin.read())))
+    print(f"out {task}")
+    print(f"err {task}", file=sys.stderr)
+    return int(argv[-1]) if task == "2" else 0
+
+if __name__ == "__main__":  # like the real one: run under the module's own name
+    import slurptuna
+    sys.exit(slurptuna.main(sys.argv[1:]))
+'''
+
+
+@pytest.mark.parametrize("fork", ["1", "0"])
+def test_fork_python_fast_launch(slurm, tmp_path, fork):
+    """FAKE_SLURM_FORK_PYTHON=1: `python -m slurptuna ...` tasks fork from one import per job."""
+    lib, out = tmp_path / "lib", tmp_path / "out"
+    lib.mkdir()
+    out.mkdir()
+    (lib / "slurptuna.py").write_text(FAKE_WORKER)
+    script = tmp_path / "task.sh"
+    script.write_text('#!/bin/sh\n# only passes its arguments on\nexec "$@"\n')
+    env = {"FAKE_SLURM_FORK_PYTHON": fork, "PYTHONPATH": str(lib), "OUT_DIR": str(out)}
+    jid = submit("--array=0-3", "-o", "log_%a.out", "-e", "log_%a.err", str(script),
+                 sys.executable, "-m", "slurptuna", "worker", "chunk", "7", env=env)
+    states = wait_for(lambda: all_ended(jid, 4))
+    assert states[f"{jid}_2"] == "FAILED|7:0"
+    assert all(states[f"{jid}_{k}"] == "COMPLETED|0:0" for k in (0, 1, 3))
+    for k in range(4):
+        argv, sys_argv, cwd, stdin = eval((out / f"task_{k}").read_text())
+        assert argv == ["worker", "chunk", "7"] and sys_argv == argv
+        assert (cwd, stdin) == (str(tmp_path), "")
+        assert (tmp_path / f"log_{k}.out").read_text() == f"out {k}\n"
+        assert (tmp_path / f"log_{k}.err").read_text() == f"err {k}\n"
+    imports = (out / "imports").read_text().split()
+    assert len(imports) == (1 if fork == "1" else 8)  # a real start imports it twice: __main__, slurptuna
