@@ -546,6 +546,9 @@ def _resolve_settings(
         raise ConfigError(f"run_name must be a plain directory name or None, got {run_name!r}")
     if entry_id is not None and not isinstance(entry_id, str):
         raise ConfigError(f"entry_id must be a string or None, got {entry_id!r}")
+    if python is not None and shutil.which(python) is None:
+        raise ConfigError(f"python={python!r} is not an executable: give the workers' interpreter, "
+                          "or None for this one")
     worker_parallelism = _positive_int("worker_parallelism", worker_parallelism)
     return _RunSettings(
         loss_name=definition.name,

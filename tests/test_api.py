@@ -97,6 +97,7 @@ def test_execution_mode_lists_the_valid_modes():
     ({"mem_per_cpu": "lots"}, "mem_per_cpu"),
     ({"sbatch_args": "--exclusive"}, "list of strings"),
     ({"run_name": "a/b"}, "plain directory name"),
+    ({"python": "/no/such/python"}, "not an executable"),
 ])
 def test_bad_arguments_raise_value_error_before_any_work(run_root, kwargs, message):
     with pytest.raises(ValueError, match=message):

@@ -91,6 +91,14 @@ def test_a_loss_that_raises_fails_its_trial_with_seed_params_traceback_and_log_a
     assert log.exists() and "model diverged" in log.read_text()
 
 
+def test_with_fail_on_chunk_error_false_a_trial_reports_the_mean_of_the_chunks_that_worked(run_root):
+    result = optimize_run(losses.raises_at_seed_7, n_trials=1, n_seeds=10, chunk_size=4, run_root=run_root,
+                          fail_on_chunk_error=False)
+    trial = result.study.trials[0]
+    assert trial.state.name == "COMPLETE" and trial.user_attrs["missing_chunks"] == [1]
+    assert trial.user_attrs["n_seeds"] == 6 and trial.value == pytest.approx(trial.params["x"])
+
+
 def test_nan_and_non_numbers_fail_the_trial_naming_what_was_returned(run_root):
     result = optimize_run(losses.nan_when_x_high, n_trials=6, n_seeds=3, chunk_size=3, run_root=run_root)
     for trial in result.study.trials:
