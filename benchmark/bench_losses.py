@@ -1,0 +1,26 @@
+"""The benchmark's losses, registered at module level so workers can import them."""
+
+import time
+
+from bench_kernels import work
+
+from slurptuna import loss
+
+
+@loss(name="bench_noop", parameter_space={"x": (0.0, 1.0)})
+def bench_noop(params, seed):
+    """Framework overhead: no work at all."""
+    return 0.0
+
+
+@loss(name="bench_work", parameter_space={"x": (0.0, 1.0)})
+def bench_work(params, seed):
+    """About 1 ms of pure-Python work per seed (holds the GIL)."""
+    return work(params["x"], seed)
+
+
+@loss(name="bench_sleep", parameter_space={"x": (0.0, 1.0)})
+def bench_sleep(params, seed):
+    """5 ms of waiting per seed, no CPU: array tasks that last a while without loading the machine."""
+    time.sleep(0.005)
+    return params["x"]
