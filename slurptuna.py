@@ -1592,6 +1592,7 @@ class _LocalExecutor:
         self._cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         self._jobs: dict[str, list[_LocalTask]] = {}
         self._tasks_by_id: dict[tuple[str, int], _LocalTask] = {}
+        self._unfinished: list[_LocalTask] = []  # in submission order: the local queue
         self._next_id = 0
 
     def _new_job(self, tasks: dict[int, _LocalTask]) -> str:
@@ -1599,6 +1600,7 @@ class _LocalExecutor:
         job_id = f"local{os.getpid()}-{self._next_id}"
         self._jobs[job_id] = list(tasks.values())
         self._tasks_by_id.update({(job_id, i): t for i, t in tasks.items()})
+        self._unfinished.extend(tasks.values())
         return job_id
 
     def submit_chunks(self, trial: TrialPaths, chunks: Sequence[int], attempt: int) -> list[JobRef]:
@@ -1651,9 +1653,10 @@ class _LocalExecutor:
             elif "RUNNING" not in dependencies and busy + task.slots <= max(self._cores, task.slots):
                 self._start(task)
                 busy += task.slots
+        self._unfinished = [t for t in self._unfinished if t.state in ("PENDING", "RUNNING")]
 
     def _all_tasks(self, state: str) -> list[_LocalTask]:
-        return [t for tasks in self._jobs.values() for t in tasks if t.state == state]
+        return [t for t in self._unfinished if t.state == state]
 
     def _start(self, task: _LocalTask) -> None:
         task.out.parent.mkdir(parents=True, exist_ok=True)

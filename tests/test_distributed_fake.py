@@ -9,18 +9,14 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from datetime import timedelta
 from pathlib import Path
 
 import losses
 import pytest
-from conftest import REPO, read_json
+from conftest import REPO, read_json, script_env, wait_for
 
 from slurptuna import RunPaths, SlurmError, optimize_run
-
-TESTS = Path(__file__).resolve().parent
-
 
 def distributed(definition, run_root, **options):
     options = {"mode": "distributed", "slurm_poll_seconds": 0.2, "run_root": run_root, **options}
@@ -204,38 +200,32 @@ CONTROLLER = textwrap.dedent('''
 def _start_controller(tmp_path: Path) -> tuple[subprocess.Popen, Path]:
     script = tmp_path / "controller.py"
     script.write_text(CONTROLLER)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(TESTS)]), "SLURPTUNA_TEST_SLEEP": "0.05"}
+    env = script_env(SLURPTUNA_TEST_SLEEP="0.05")
     runs = tmp_path / "runs"
     process = subprocess.Popen([sys.executable, str(script), str(runs)], env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
     return process, runs
 
 
-def _wait_for(condition, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.02)
-
 
 def test_ctrl_c_cancels_every_job_of_the_run_in_one_scancel(fake_slurm, tmp_path):
     process, runs = _start_controller(tmp_path)
     trial0 = RunPaths(runs / "cluster").trial(0)
-    _wait_for(lambda: trial0.chunks_dir.is_dir() and any(trial0.chunks_dir.iterdir()))
+    wait_for(lambda: trial0.chunks_dir.is_dir() and any(trial0.chunks_dir.iterdir()))
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130
     assert stderr.strip().splitlines()[-1].startswith("slurptuna: interrupted by signal 2; cancelled 2 job(s)")
     assert "Resume with run_name='cluster'" in stderr
     assert len(fake_slurm.calls("scancel")) == 1
-    _wait_for(queue_is_empty, timeout=10)
+    wait_for(queue_is_empty, timeout=10)
 
 
 def test_a_sigkilled_controller_resumes_adopting_queued_jobs_without_submitting_twice(fake_slurm, tmp_path,
                                                                                         seed_counter):
     process, runs = _start_controller(tmp_path)
     trial0 = RunPaths(runs / "cluster").trial(0)
-    _wait_for(lambda: trial0.chunks_dir.is_dir() and len(list(trial0.chunks_dir.iterdir())) >= 2)
+    wait_for(lambda: trial0.chunks_dir.is_dir() and len(list(trial0.chunks_dir.iterdir())) >= 2)
     process.kill()
     process.wait()
     assert not queue_is_empty()  # the array job goes on without its controller

@@ -7,25 +7,20 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import signal
 import subprocess
 import sys
 import textwrap
-import time
 import uuid
 from datetime import timedelta
 from pathlib import Path
 
 import losses
 import pytest
-from conftest import REPO, read_json
+from conftest import read_json, script_env, wait_for
 from real_slurm import require_real_slurm
 
 from slurptuna import RunPaths, optimize_run
-
-TESTS = Path(__file__).resolve().parent
-
 
 @pytest.fixture
 def slurm():
@@ -59,12 +54,6 @@ def run_jobs_in_queue(run_name: str) -> list[str]:
 def jobcomp_rows(slurm_facts, run_name: str) -> list[dict]:
     return [r for r in slurm_facts.jobcomp() if r.get("Name", "").startswith(f"{run_name}.")]
 
-
-def _wait_for(condition, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.05)
 
 
 def test_real_slurm_trials_have_the_same_means_as_single_mode(slurm, run_root):
@@ -111,7 +100,7 @@ def test_real_slurm_uses_a_qos_that_exists_as_it_is(slurm, run_root, caplog):
         result = distributed(losses.quadratic, run_root, unique_run_name(names, "goodqos"), n_trials=1, n_seeds=4,
                              chunk_size=2, slurm_qos="slurptuna_test", worker_time_limit=timedelta(minutes=20))
     assert result.n_complete == 1 and not [r for r in caplog.records if "qos" in r.getMessage().lower()]
-    _wait_for(lambda: len(jobcomp_rows(facts, result.run_name)) == 3)
+    wait_for(lambda: len(jobcomp_rows(facts, result.run_name)) == 3)
     assert {r["QOS"] for r in jobcomp_rows(facts, result.run_name)} == {"slurptuna_test"}
 
 
@@ -125,7 +114,7 @@ def test_real_slurm_a_raising_loss_fails_its_trial_and_the_reduce_job_is_cancell
     assert "seed 7" in reason and "RuntimeError: model diverged" in reason
     assert not run_jobs_in_queue(result.run_name)  # no reduce left pending with DependencyNeverSatisfied
     (reduce,) = [j for j in read_json(RunPaths(Path(result.run_dir)).trial(0).jobs)["jobs"] if j["kind"] == "reduce"]
-    _wait_for(lambda: any(r["JobId"] == reduce["job_id"] for r in facts.jobcomp()))
+    wait_for(lambda: any(r["JobId"] == reduce["job_id"] for r in facts.jobcomp()))
     assert [r["JobState"] for r in facts.jobcomp() if r["JobId"] == reduce["job_id"]] == ["CANCELLED"]
 
 
@@ -161,7 +150,7 @@ CONTROLLER = textwrap.dedent('''
 def _start_controller(tmp_path: Path, run_name: str) -> tuple[subprocess.Popen, Path]:
     script = tmp_path / "controller.py"
     script.write_text(CONTROLLER)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(TESTS)]), "SLURPTUNA_TEST_SLEEP": "0.1"}
+    env = script_env(SLURPTUNA_TEST_SLEEP="0.1")
     runs = tmp_path / "runs"
     process = subprocess.Popen([sys.executable, str(script), str(runs), run_name], env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -173,12 +162,12 @@ def test_real_slurm_ctrl_c_leaves_no_job_of_the_run_in_the_queue(slurm, tmp_path
     run_name = unique_run_name(names, "ctrlc")
     process, runs = _start_controller(tmp_path, run_name)
     trial0 = RunPaths(runs / run_name).trial(0)
-    _wait_for(lambda: trial0.chunks_dir.is_dir() and any(trial0.chunks_dir.iterdir()))
+    wait_for(lambda: trial0.chunks_dir.is_dir() and any(trial0.chunks_dir.iterdir()))
     assert run_jobs_in_queue(run_name)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130 and f"Resume with run_name='{run_name}'" in stderr
-    _wait_for(lambda: not run_jobs_in_queue(run_name), timeout=30)
+    wait_for(lambda: not run_jobs_in_queue(run_name), timeout=30)
 
 
 def test_real_slurm_sigkilled_controller_is_relaunched_and_adopts_its_queued_jobs(slurm, tmp_path, seed_counter):
@@ -186,7 +175,7 @@ def test_real_slurm_sigkilled_controller_is_relaunched_and_adopts_its_queued_job
     run_name = unique_run_name(names, "adopt")
     process, runs = _start_controller(tmp_path, run_name)
     trial0 = RunPaths(runs / run_name).trial(0)
-    _wait_for(lambda: trial0.chunks_dir.is_dir() and len(list(trial0.chunks_dir.iterdir())) >= 2)
+    wait_for(lambda: trial0.chunks_dir.is_dir() and len(list(trial0.chunks_dir.iterdir())) >= 2)
     process.kill()
     process.wait()
     assert run_jobs_in_queue(run_name)  # still queued or running without a controller
@@ -198,7 +187,7 @@ def test_real_slurm_sigkilled_controller_is_relaunched_and_adopts_its_queued_job
     x0 = read_json(trial0.params)["params"]["x"]
     assert values[0] == pytest.approx(math.fsum(losses.quadratic_value({"x": x0}, s) for s in range(12)) / 12)
     assert all(n == 1 for n in seed_counter.evaluations().values())  # no chunk computed twice
-    _wait_for(lambda: len(jobcomp_rows(facts, run_name)) == 14)
+    wait_for(lambda: len(jobcomp_rows(facts, run_name)) == 14)
     rows = jobcomp_rows(facts, run_name)
     for trial in ("t00000", "t00001"):
         chunk_rows = [r for r in rows if r["Name"] == f"{run_name}.{trial}.chunks"]

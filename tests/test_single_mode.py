@@ -15,17 +15,10 @@ from pathlib import Path
 
 import losses
 import pytest
-from conftest import REPO, read_json
+from conftest import REPO, read_json, script_env, wait_for
 
 import slurptuna
 from slurptuna import RunPaths, TrialParams, missing_chunks, optimize_entries, optimize_run
-
-TESTS = Path(__file__).resolve().parent
-
-
-def _env(**extra: str) -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(TESTS)]), **extra}
-
 
 def test_a_run_writes_the_spec_files_and_each_trial_mean_is_the_mean_over_all_seeds(run_root):
     result = optimize_run(losses.quadratic, n_trials=3, n_seeds=23, chunk_size=5, run_root=run_root,
@@ -229,7 +222,7 @@ SCRIPT = textwrap.dedent('''
 
 
 def _run_script(path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, str(path), *args], capture_output=True, text=True, env=_env(**env),
+    return subprocess.run([sys.executable, str(path), *args], capture_output=True, text=True, env=script_env(**env),
                           timeout=120, cwd=path.parent, check=False)
 
 
@@ -293,12 +286,6 @@ CONTROLLER = textwrap.dedent('''
 ''')
 
 
-def _wait_for(condition, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.02)
-
 
 @pytest.mark.parametrize("kill_signal", [signal.SIGKILL, signal.SIGINT])
 def test_a_killed_or_interrupted_controller_resumes_reusing_finished_chunks(tmp_path, seed_counter, kill_signal):
@@ -306,9 +293,9 @@ def test_a_killed_or_interrupted_controller_resumes_reusing_finished_chunks(tmp_
     script.write_text(CONTROLLER)
     runs = tmp_path / "runs"
     trial1 = RunPaths(runs / "crash").trial(1)
-    process = subprocess.Popen([sys.executable, str(script), str(runs)], env=_env(SLURPTUNA_TEST_SLEEP="0.03"),
+    process = subprocess.Popen([sys.executable, str(script), str(runs)], env=script_env(SLURPTUNA_TEST_SLEEP="0.03"),
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _wait_for(lambda: trial1.chunks_dir.is_dir() and len(list(trial1.chunks_dir.glob("chunk_*.json"))) >= 2)
+    wait_for(lambda: trial1.chunks_dir.is_dir() and len(list(trial1.chunks_dir.glob("chunk_*.json"))) >= 2)
     process.send_signal(kill_signal)
     _, stderr = process.communicate(timeout=60)
     if kill_signal == signal.SIGINT:
@@ -320,7 +307,7 @@ def test_a_killed_or_interrupted_controller_resumes_reusing_finished_chunks(tmp_
     x1 = read_json(trial1.params)["params"]["x"]
     before = seed_counter.evaluations()
 
-    resumed = subprocess.run([sys.executable, str(script), str(runs)], env=_env(SLURPTUNA_TEST_SLEEP="0.0"),
+    resumed = subprocess.run([sys.executable, str(script), str(runs)], env=script_env(SLURPTUNA_TEST_SLEEP="0.0"),
                              capture_output=True, text=True, timeout=120, check=False)
     assert resumed.returncode == 0, resumed.stderr
     values = eval(resumed.stdout.split("VALUES")[1])
@@ -344,5 +331,5 @@ def test_selftest_passes():
 
 def test_module_help_names_the_worker_commands():
     done = subprocess.run([sys.executable, "-m", "slurptuna", "--help"], capture_output=True, text=True,
-                          env=_env(), timeout=60, check=False)
+                          env=script_env(), timeout=60, check=False)
     assert done.returncode == 0 and "worker chunk RUN_DIR TRIAL" in done.stdout
