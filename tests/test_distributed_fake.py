@@ -121,7 +121,8 @@ def test_other_sbatch_errors_are_reported_with_sbatchs_message_and_not_retried(f
 
 def test_a_timeout_is_retried_submitting_only_the_missing_chunks(fake_slurm, run_root, monkeypatch):
     monkeypatch.setenv("FAKE_SLURM_TIMEOUT_TASKS", "2")
-    monkeypatch.setenv("FAKE_SLURM_TIME_SCALE", "0.02")  # 1 minute lasts 1.2 s
+    # 1 minute lasts 4.8 s: long enough for a worker on a loaded machine, short for a test
+    monkeypatch.setenv("FAKE_SLURM_TIME_SCALE", "0.08")
     result = distributed(losses.quadratic, run_root, n_trials=1, n_seeds=8, chunk_size=2,
                          worker_time_limit=timedelta(minutes=1), trial_retry_attempts=1)
     trial = result.study.trials[0]
@@ -134,7 +135,7 @@ def test_a_timeout_is_retried_submitting_only_the_missing_chunks(fake_slurm, run
 def test_timeouts_beyond_the_retries_fail_the_trial_saying_timeout(fake_slurm, run_root, monkeypatch):
     monkeypatch.setenv("FAKE_SLURM_TIMEOUT_TASKS", "1")
     monkeypatch.setenv("FAKE_SLURM_FAULTS_REPEAT", "1")
-    monkeypatch.setenv("FAKE_SLURM_TIME_SCALE", "0.02")
+    monkeypatch.setenv("FAKE_SLURM_TIME_SCALE", "0.08")
     result = distributed(losses.quadratic, run_root, n_trials=1, n_seeds=4, chunk_size=2,
                          worker_time_limit=timedelta(minutes=1), trial_retry_attempts=1)
     trial = result.study.trials[0]

@@ -188,7 +188,7 @@ def test_single_mode_never_runs_more_loss_processes_than_cores(run_root, seed_co
 
 def test_a_timed_out_chunk_is_retried_alone(run_root, seed_counter):
     result = optimize_run(losses.sleeps_at_seed_0, n_trials=1, n_seeds=6, chunk_size=2, run_root=run_root,
-                          worker_time_limit=timedelta(seconds=2), trial_retry_attempts=1)
+                          worker_time_limit=timedelta(seconds=5), trial_retry_attempts=1)
     trial = result.study.trials[0]
     assert trial.state.name == "COMPLETE" and trial.user_attrs["attempts"] == 2
     counts = seed_counter.evaluations()
