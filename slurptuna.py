@@ -1840,7 +1840,8 @@ class _Controller:
         job_ids = [j["job_id"] for r in recorded.values() for j in r.get("jobs", [])]
         queued = self._executor.queued(job_ids) if job_ids else set()
         while queued is None:  # the scheduler must answer before anything is submitted twice
-            time.sleep(self._executor.max_poll_seconds)
+            if self._stop.wait(self._executor.max_poll_seconds):
+                self._cancel_everything()
             queued = self._executor.queued(job_ids)
         for frozen in running:
             trial = self._optuna.trial.Trial(self._study, frozen._trial_id)
