@@ -146,6 +146,15 @@ def test_timeouts_beyond_the_retries_fail_the_trial_saying_timeout(fake_slurm, r
     assert queue_is_empty()
 
 
+def test_an_attempt_over_slurm_timeout_minutes_is_cancelled_and_retried(fake_slurm, run_root, seed_counter):
+    result = distributed(losses.sleeps_at_seed_0, run_root, n_trials=1, n_seeds=4, chunk_size=2,
+                         slurm_timeout_minutes=0.1, trial_retry_attempts=1)
+    trial = result.study.trials[0]
+    assert trial.state.name == "COMPLETE" and trial.user_attrs["attempts"] == 2
+    assert [a["array_tasks"] for a in chunk_submissions(fake_slurm)] == [[0, 1], [0]]
+    assert len(fake_slurm.calls("scancel")) == 1
+
+
 def test_a_task_killed_by_slurm_is_judged_from_the_logs_when_sacct_does_not_work(fake_slurm, run_root,
                                                                                    monkeypatch):
     monkeypatch.setenv("FAKE_SLURM_FAIL_TASKS", "0")
