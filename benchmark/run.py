@@ -148,6 +148,8 @@ def machine_description() -> list[str]:
         f"- Python: {platform.python_version()} ({sys.executable})",
         f"- optuna: {optuna.__version__}; slurptuna: {slurptuna.__version__}",
         f"- Slurm: {slurm}",
+        f"- Load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())} (other processes on this "
+        "machine slow every case; compare rows of one run, not runs of different days)",
         f"- Loss `bench_work`: {bench_kernels.WORK_ITERATIONS} LCG steps, "
         f"{measure_work_ms():.2f} ms per seed measured here",
     ]
@@ -552,6 +554,8 @@ def write_results(quick: bool, started: float, machine: list[str]) -> Path:
         "| " + " | ".join(columns) + " |",
         "|" + "|".join("---" for _ in columns) + "|",
         *("| " + " | ".join(r[c].replace("|", "\\|") for c in columns) + " |" for r in ROWS),
+        "",
+        f"Load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}.",
         "",
         *EXTRA,
     ]
