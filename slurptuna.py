@@ -26,7 +26,6 @@ This file is the whole tool (stdlib + optuna); copy it into a project to use it.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import importlib
 import importlib.util
@@ -35,26 +34,27 @@ import itertools
 import json
 import logging
 import math
-import multiprocessing
 import numbers
 import os
 import re
-import shutil
 import signal
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 import traceback
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from enum import Enum
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import subprocess
+
+# Imported where used, not here: a worker starts in well under 0.1 s, and never loads
+# optuna, multiprocessing, subprocess or concurrent.futures unless it needs them.
 
 __version__ = "0.1.0"
 __all__ = [
@@ -413,6 +413,8 @@ def optimize_entries(
     def run_entry(entry_settings: _RunSettings) -> OptimizeResult:
         return _run_study(entry_settings, sampler=None, storage=None, pruner=None, stop=stop)
 
+    from concurrent.futures import ThreadPoolExecutor
+
     with _StopSignal() as stop, ThreadPoolExecutor(max_workers=max_concurrent_entries or len(entries)) as pool:
         for entry, result in zip(entries, pool.map(run_entry, settings), strict=True):
             results[entry] = result
@@ -491,6 +493,12 @@ class _RunSettings:
         return cls(**values)
 
 
+def _which(program: str) -> str | None:
+    import shutil
+
+    return shutil.which(program)
+
+
 def _lookup_loss(loss_or_name: LossDefinition | str) -> LossDefinition:
     if isinstance(loss_or_name, LossDefinition):
         _register(loss_or_name)
@@ -546,7 +554,7 @@ def _resolve_settings(
         raise ConfigError(f"run_name must be a plain directory name or None, got {run_name!r}")
     if entry_id is not None and not isinstance(entry_id, str):
         raise ConfigError(f"entry_id must be a string or None, got {entry_id!r}")
-    if python is not None and shutil.which(python) is None:
+    if python is not None and _which(python) is None:
         raise ConfigError(f"python={python!r} is not an executable: give the workers' interpreter, "
                           "or None for this one")
     worker_parallelism = _positive_int("worker_parallelism", worker_parallelism)
@@ -625,9 +633,9 @@ def _locate_loss(definition: LossDefinition, loss_module: str | None) -> dict[st
 def _write_json_atomic(path: Path, record: Any) -> None:
     """Write to a temp file in the same directory, then rename: readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp"  # unique per writer
     try:
-        with os.fdopen(fd, "w") as handle:
+        with open(tmp, "w") as handle:
             json.dump(record, handle, indent=1)
             handle.write("\n")
         os.replace(tmp, path)
@@ -893,11 +901,13 @@ class _Moments:
     def of(cls, values: Sequence[float]) -> _Moments:
         """Two passes with ``math.fsum``: exact mean, stable M2."""
         mean = math.fsum(values) / len(values)
-        return cls(len(values), mean, math.fsum([(v - mean) ** 2 for v in values]), min(values), max(values))
+        return cls(len(values), mean, math.fsum((v - mean) ** 2 for v in values), min(values), max(values))
 
     @classmethod
     def pool(cls, parts: Sequence[_Moments]) -> _Moments:
         """Chan et al.'s pooled mean and M2 of several groups: the same as over all values."""
+        if len(parts) == 1:
+            return parts[0]
         count = sum(p.count for p in parts)
         mean = math.fsum(p.count * p.mean for p in parts) / count
         m2 = math.fsum(p.m2 + p.count * (p.mean - mean) ** 2 for p in parts)
@@ -1008,11 +1018,20 @@ def _loss_value(value: Any, components: dict[str, list[float]]) -> float:
     return total
 
 
+_BLOCK_SEEDS = 1 << 16  # seeds whose losses are held in memory at once, then folded into moments
+
+
 def _evaluate_seeds(definition: LossDefinition, params: dict[str, ParamValue],
                     seeds: Sequence[int], context: dict[str, Any]) -> ChunkStats:
-    """The hot loop: one call per seed, plain floats appended, statistics at the end."""
+    """Evaluate in blocks, so a chunk of millions of seeds needs the memory of one block."""
     function = definition.seed_loss_fn
     call = (lambda p, s: function(p, s, context)) if definition.takes_context else function
+    return ChunkStats.pool([_evaluate_block(call, params, seeds[lo:lo + _BLOCK_SEEDS])
+                            for lo in range(0, len(seeds), _BLOCK_SEEDS)])
+
+
+def _evaluate_block(call: Callable[..., Any], params: dict[str, ParamValue], seeds: Sequence[int]) -> ChunkStats:
+    """The hot loop: one call per seed, plain floats appended, statistics at the end."""
     totals: list[float] = []
     components: dict[str, list[float]] = {}
     append = totals.append
@@ -1058,6 +1077,8 @@ def run_chunk(definition: LossDefinition, params: dict[str, ParamValue], seeds: 
     if len(slices) == 1:
         return _evaluate_seeds(definition, params, seeds, context)
     if use_processes:
+        import multiprocessing
+
         global _FORKED_CHUNK
         _FORKED_CHUNK = (definition, params, seeds, context)
         try:
@@ -1066,6 +1087,8 @@ def run_chunk(definition: LossDefinition, params: dict[str, ParamValue], seeds: 
         finally:
             _FORKED_CHUNK = None
     else:
+        from concurrent.futures import ThreadPoolExecutor
+
         with ThreadPoolExecutor(max_workers=len(slices)) as pool:
             parts = list(pool.map(lambda b: _evaluate_seeds(definition, params, seeds[b[0]:b[1]], context), slices))
     return ChunkStats.pool(parts)
@@ -1427,6 +1450,8 @@ def _is_qos_error(stderr: str) -> bool:
 def _run_slurm(argv: Sequence[str], env: Mapping[str, str] | None = None,
                timeout: float = 120) -> subprocess.CompletedProcess[str]:
     """Run a Slurm command (an argument list, never a shell string) and capture its output."""
+    import subprocess
+
     try:
         return subprocess.run(list(argv), capture_output=True, text=True, env=env, timeout=timeout, check=False)
     except FileNotFoundError:
@@ -1452,7 +1477,7 @@ class _SlurmExecutor:
     first_poll_seconds = 0.25
 
     def __init__(self, settings: _RunSettings, run: RunPaths) -> None:
-        if shutil.which("sbatch") is None:
+        if _which("sbatch") is None:
             raise ConfigError("distributed mode needs Slurm: sbatch is not on PATH (use mode='single' to run locally)")
         self._settings = settings
         self._qos = settings.slurm_qos
@@ -1569,17 +1594,6 @@ class _LocalTask:
     started: float = 0.0
 
 
-def _die_with_parent() -> None:
-    """In a local worker, before exec: ask Linux to kill it if the controller dies.
-
-    Local workers belong to their controller; a resumed controller recomputes their chunks.
-    """
-    with contextlib.suppress(Exception):
-        import ctypes
-
-        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
 class _LocalExecutor:
     """Runs the same worker commands as local processes, within the machine's cores."""
 
@@ -1588,7 +1602,8 @@ class _LocalExecutor:
 
     def __init__(self, settings: _RunSettings, run: RunPaths) -> None:
         self._settings = settings
-        self._env = _worker_env(settings)
+        # Local workers belong to their controller: they die with it (see _die_with_controller).
+        self._env = {**_worker_env(settings), "SLURPTUNA_CONTROLLER_PID": str(os.getpid())}
         self._cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         self._jobs: dict[str, list[_LocalTask]] = {}
         self._tasks_by_id: dict[tuple[str, int], _LocalTask] = {}
@@ -1659,10 +1674,12 @@ class _LocalExecutor:
         return [t for t in self._unfinished if t.state == state]
 
     def _start(self, task: _LocalTask) -> None:
+        import subprocess
+
         task.out.parent.mkdir(parents=True, exist_ok=True)
         with open(task.out, "ab") as out, open(task.err, "ab") as err:
             task.process = subprocess.Popen(task.argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
-                                            env=self._env, start_new_session=True, preexec_fn=_die_with_parent)
+                                            env=self._env, start_new_session=True)
         task.state, task.started = "RUNNING", time.monotonic()
 
     def _kill(self, task: _LocalTask, state: str) -> None:
@@ -1793,10 +1810,12 @@ class _Controller:
         self._stop = stop
         self._distributions = {name: _distribution(optuna, spec)
                                for name, spec in _LOSSES[settings.loss_name].parameter_space.items()}
-        finished = study.get_trials(deepcopy=False, states=_finished_states(optuna))
+        states = optuna.trial.TrialState
+        finished = study.get_trials(deepcopy=False, states=(states.COMPLETE, states.FAIL, states.PRUNED))
         self.n_finished = len(finished)
-        self.n_failed = sum(t.state == optuna.trial.TrialState.FAIL for t in finished)
-        self.best: float | None = None
+        self.n_failed = sum(t.state == states.FAIL for t in finished)
+        self.n_complete = sum(t.state == states.COMPLETE for t in finished)
+        self.best = study.best_trial if self.n_complete else None  # a FrozenTrial; read once, then kept
         self.seeds_done = 0
         self._active: list[_ActiveTrial] = []
         self._progress = _Progress(settings.progress, settings.n_trials)
@@ -1813,8 +1832,10 @@ class _Controller:
                 if queued is not None:
                     for active in list(self._active):
                         changed = self._advance(active, queued) or changed
-                self._progress.show(self.n_finished, len(self._active), self.n_failed, self.best, self.seeds_done)
-                if self._stop.wait(backoff.next(changed)):
+                self._progress.show(self.n_finished, len(self._active), self.n_failed, self._best_value(),
+                                    self.seeds_done)
+                pause = 0.0 if self._free_slot() else backoff.next(changed)  # a free slot is filled at once
+                if self._stop.wait(pause):
                     self._cancel_everything()
         finally:
             self._progress.close()
@@ -1824,10 +1845,13 @@ class _Controller:
 
     # ---- starting and adopting trials
 
+    def _free_slot(self) -> bool:
+        return (self.n_finished + len(self._active) < self._settings.n_trials
+                and len(self._active) < self._settings.max_concurrent_trials)
+
     def _start_new_trials(self) -> bool:
         started = False
-        while (self.n_finished + len(self._active) < self._settings.n_trials
-               and len(self._active) < self._settings.max_concurrent_trials):
+        while self._free_slot():
             trial = self._study.ask(self._distributions)
             self._begin(trial, still_queued=[])
             started = True
@@ -1964,17 +1988,19 @@ class _Controller:
         trial = active.trial
         trial.set_user_attr("n_seeds", summary.n_seeds)
         trial.set_user_attr("std", summary.std)
-        trial.set_user_attr("attempts", active.attempt + 1)
+        if active.attempt:
+            trial.set_user_attr("attempts", active.attempt + 1)
         if summary.components:
             trial.set_user_attr("components", summary.components)
         if summary.missing_chunks:
             trial.set_user_attr("missing_chunks", summary.missing_chunks)
-        self._study.tell(trial, summary.mean)
+        frozen = self._study.tell(trial, summary.mean)
         self._active.remove(active)
         self.n_finished += 1
+        self.n_complete += 1
         self.seeds_done += summary.n_seeds
-        if self.best is None or (summary.mean < self.best) == (self._settings.direction == "minimize"):
-            self.best = summary.mean
+        if self.best is None or _better(frozen.value, self.best.value, self._settings.direction):
+            self.best = frozen
         self._write_run_summary()
 
     def _fail(self, active: _ActiveTrial, reason: str) -> None:
@@ -1986,8 +2012,25 @@ class _Controller:
         self.n_failed += 1
         self._write_run_summary()
 
+    def _best_value(self) -> float | None:
+        return self.best.value if self.best else None
+
+    def run_summary(self) -> dict[str, Any]:
+        """The run's ``summary.json``."""
+        return {
+            "loss_name": self._settings.loss_name,
+            "run_name": self._settings.run_name,
+            "best_value": self._best_value(),
+            "best_params": self.best.params if self.best else {},
+            "best_trial": self.best.number if self.best else None,
+            "n_trials": self._settings.n_trials,
+            "n_complete": self.n_complete,
+            "n_failed": self.n_failed,
+            "updated_at": _now_iso(),
+        }
+
     def _write_run_summary(self) -> None:
-        _write_json_atomic(self._run.summary, _run_summary(self._optuna, self._study, self._settings))
+        _write_json_atomic(self._run.summary, self.run_summary())
 
     def _cancel_everything(self) -> None:
         job_ids = self._job_ids()
@@ -2004,26 +2047,8 @@ def _chunk_failures(trial: TrialPaths) -> list[ChunkFailure]:
     return [ChunkFailure(**r) for r in records if r]
 
 
-def _finished_states(optuna: Any) -> tuple[Any, ...]:
-    states = optuna.trial.TrialState
-    return (states.COMPLETE, states.FAIL, states.PRUNED)
-
-
-def _run_summary(optuna: Any, study: Any, settings: _RunSettings) -> dict[str, Any]:
-    trials = study.get_trials(deepcopy=False)
-    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
-    best = study.best_trial if complete else None
-    return {
-        "loss_name": settings.loss_name,
-        "run_name": settings.run_name,
-        "best_value": best.value if best else None,
-        "best_params": best.params if best else {},
-        "best_trial": best.number if best else None,
-        "n_trials": settings.n_trials,
-        "n_complete": len(complete),
-        "n_failed": sum(t.state == optuna.trial.TrialState.FAIL for t in trials),
-        "updated_at": _now_iso(),
-    }
+def _better(value: float, than: float, direction: str) -> bool:
+    return value < than if direction == "minimize" else value > than
 
 
 def _distribution(optuna: Any, spec: Any) -> Any:
@@ -2081,7 +2106,7 @@ def _run_study(settings: _RunSettings, *, sampler: Any, storage: Any, pruner: An
             print(f"slurptuna: {exc}. Resume with run_name={settings.run_name!r} "
                   f"(run_root={settings.run_root!r})", file=sys.stderr)
             raise SystemExit(130 if stop.signum == signal.SIGINT else 143) from None
-        summary = _run_summary(optuna, study, settings)
+        summary = controller.run_summary()
         _write_json_atomic(run.summary, summary)
     return OptimizeResult(
         loss_name=settings.loss_name, best_value=summary["best_value"], best_params=summary["best_params"],
@@ -2105,7 +2130,25 @@ Workers are started by optimize_run (locally or by Slurm); a chunk task without
 """
 
 
+def _die_with_controller() -> None:
+    """A local worker asks Linux to kill it when its controller dies (PR_SET_PDEATHSIG).
+
+    Then a killed controller leaves no orphan computing chunks that a resumed one recomputes.
+    """
+    controller = os.environ.pop("SLURPTUNA_CONTROLLER_PID", None)
+    if controller is None or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    if os.getppid() != int(controller):  # the controller died before we asked
+        os._exit(1)
+
+
 def _worker_main(argv: Sequence[str]) -> int:
+    import argparse
+
+    _die_with_controller()
     parser = argparse.ArgumentParser(prog="python -m slurptuna worker", usage=_USAGE)
     parser.add_argument("kind", choices=["chunk", "reduce"])
     parser.add_argument("run_dir", type=Path)
@@ -2150,6 +2193,8 @@ def selftest() -> int:
         nonlocal failures
         failures += not ok
         print(f"  [{'ok' if ok else 'FAIL'}] {what}")
+
+    import tempfile
 
     with tempfile.TemporaryDirectory(prefix="slurptuna-selftest-") as tmp:
         module_file = Path(tmp) / "selftest_loss.py"
@@ -2202,8 +2247,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # Run under the module's real name, so that a loss module's `from slurptuna import loss`
-    # registers into this very registry instead of a second copy of the module.
-    import slurptuna
-
-    sys.exit(slurptuna.main())
+    # One module under both names: a loss module's `from slurptuna import loss` registers into
+    # this very registry, and a worker runs the module body once, not twice.
+    sys.modules.setdefault("slurptuna", sys.modules[__name__])
+    sys.exit(main())
