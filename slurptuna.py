@@ -58,6 +58,7 @@ if TYPE_CHECKING:
 
 __version__ = "0.1.0"
 __all__ = [
+    "ConfigError",
     "ExecutionMode",
     "LossDefinition",
     "LossError",

@@ -336,7 +336,7 @@ def case_real_slurm(tmp: Path, quick: bool) -> dict[str, float]:
     if not shutil.which("sbatch") or not slurm_answers():
         row("4 real Slurm", "distributed vs hand-written", "-", None, None, "-", "skipped: no Slurm")
         return {}
-    n_trials, n_chunks, chunk_size, poll = (2, 4, 100, 0.5) if quick else (4, 8, 100, 0.5)
+    n_trials, n_chunks, chunk_size, poll = (3, 4, 100, 0.5) if quick else (10, 8, 100, 0.5)
     seeds = n_trials * n_chunks * chunk_size
     saved = dict(os.environ)
     os.environ.update({k: v for k, v in env.items() if k.startswith("SLURM")})
