@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import math
+import sys
 from datetime import timedelta
 
 import losses
@@ -171,3 +173,23 @@ def test_chunk_runner_reports_the_first_failing_seed_from_a_child_process():
 def test_worker_time_limit_must_be_positive(run_root):
     with pytest.raises(ValueError, match="worker_time_limit"):
         optimize_run(losses.quadratic, run_root=run_root, worker_time_limit=timedelta(0))
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize(("enabled", "stream", "shown"), [(True, _Terminal, True), (False, _Terminal, False),
+                                                          (True, io.StringIO, False)])
+def test_progress_line_only_on_a_terminal_and_when_asked(monkeypatch, enabled, stream, shown):
+    monkeypatch.setattr(sys, "stderr", stream())
+    progress = slurptuna._Progress(enabled, total=10)
+    progress.show(done=3, running=2, failed=1, best=0.25, seeds=1200)
+    text = sys.stderr.getvalue()
+    assert ("trials 3/10 (2 running, 1 failed) best 0.25" in text) is shown
+
+
+def test_cpus_per_task_defaults_to_worker_parallelism():
+    settings = slurptuna._resolve_settings(loss=losses.quadratic, worker_parallelism=3)
+    assert settings.cpus_per_task == 3
