@@ -100,9 +100,9 @@ def sleeps_at_seed_0(params, seed):
 
 @loss(name="records_busy_intervals", parameter_space={"x": (0.0, 1.0)})
 def records_busy_intervals(params, seed):
-    """Sleeps 20 ms and appends "pid start end" to $SLURPTUNA_TEST_COUNT_DIR/busy.<pid>."""
+    """Sleeps $SLURPTUNA_TEST_BUSY (20 ms) and appends "pid start end" to $SLURPTUNA_TEST_COUNT_DIR/busy.<pid>."""
     start = time.time()
-    time.sleep(0.02)
+    time.sleep(float(os.environ.get("SLURPTUNA_TEST_BUSY", "0.02")))
     with open(os.path.join(os.environ["SLURPTUNA_TEST_COUNT_DIR"], f"busy.{os.getpid()}"), "a") as handle:
         handle.write(f"{os.getpid()} {start} {time.time()}\n")
     return params["x"]

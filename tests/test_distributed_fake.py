@@ -207,11 +207,11 @@ CONTROLLER = textwrap.dedent('''
 ''')
 
 
-def _start_controller(tmp_path: Path) -> tuple[subprocess.Popen, Path]:
+def _start_controller(tmp_path: Path, runs_dir: str = "runs") -> tuple[subprocess.Popen, Path]:
     script = tmp_path / "controller.py"
     script.write_text(CONTROLLER)
     env = script_env(SLURPTUNA_TEST_SLEEP="0.05")
-    runs = tmp_path / "runs"
+    runs = tmp_path / runs_dir
     process = subprocess.Popen([sys.executable, str(script), str(runs)], env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
     return process, runs
@@ -253,6 +253,10 @@ def test_a_sigkilled_controller_resumes_adopting_queued_jobs_without_submitting_
     assert all(n == 1 for n in seed_counter.evaluations().values())  # no chunk computed twice
     x0 = read_json(trial0.params)["params"]["x"]
     assert values[0] == pytest.approx(sum(losses.quadratic_value({"x": x0}, s) for s in range(12)) / 12)
+    reference, _ = _start_controller(tmp_path, runs_dir="uninterrupted")
+    stdout, stderr = reference.communicate(timeout=120)
+    assert reference.returncode == 0, stderr
+    assert eval(stdout.split("VALUES")[1])[0] == values[0]  # the interrupted trial's result is unchanged
 
 
 def test_dynamic_loss_names_from_argv_work_in_slurm_workers(fake_slurm, tmp_path):

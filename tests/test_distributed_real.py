@@ -11,6 +11,8 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 import uuid
 from datetime import timedelta
 from pathlib import Path
@@ -69,10 +71,30 @@ def test_real_slurm_trials_have_the_same_means_as_single_mode(slurm, run_root):
     assert {r["JobState"] for r in rows} == {"COMPLETED"}
 
 
-def test_real_slurm_respects_the_array_throttle(slurm, run_root, seed_counter):
+def test_real_slurm_respects_the_array_throttle(slurm, run_root, seed_counter, monkeypatch):
     facts, names = slurm
-    result = distributed(losses.records_busy_intervals, run_root, unique_run_name(names, "throttle"), n_trials=1,
-                         n_seeds=8, chunk_size=1, array_parallelism_limit=2)
+    monkeypatch.setenv("SLURPTUNA_TEST_BUSY", "0.3")  # tasks long enough for squeue to see them
+    run_name = unique_run_name(names, "throttle")
+    seen: list[tuple[int, bool]] = []  # (tasks RUNNING, some task held back by JobArrayTaskLimit) per look
+    done = threading.Event()
+
+    def watch_squeue() -> None:
+        while not done.is_set():
+            shown = subprocess.run(["squeue", "-h", "-n", f"{run_name}.t00000.chunks", "-o", "%i|%T|%r"],
+                                   capture_output=True, text=True, check=False).stdout.splitlines()
+            running = sum("|RUNNING|" in line for line in shown)
+            seen.append((running, any("JobArrayTaskLimit" in line for line in shown)))
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch_squeue)
+    watcher.start()
+    try:
+        result = distributed(losses.records_busy_intervals, run_root, run_name, n_trials=1, n_seeds=8, chunk_size=1,
+                             array_parallelism_limit=2)
+    finally:
+        done.set()
+        watcher.join()
+    assert max(running for running, _ in seen) == 2 and any(limited for _, limited in seen)
     intervals = sorted((float(s), float(e)) for p in seed_counter.directory.glob("busy.*")
                        for _, s, e in (line.split() for line in p.read_text().splitlines()))
     assert len(intervals) == 8
