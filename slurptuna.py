@@ -1061,6 +1061,21 @@ def _split_evenly(n_items: int, n_parts: int) -> list[tuple[int, int]]:
 _FORKED_CHUNK: tuple[LossDefinition, dict[str, ParamValue], Sequence[int], dict[str, Any]] | None = None
 
 
+def _die_with_parent(parent_pid: int) -> None:
+    """Ask Linux to kill this process when its parent dies (PR_SET_PDEATHSIG).
+
+    Local workers and the pool processes of every worker belong to whoever started them: a
+    killed controller leaves no orphan computing chunks that a resumed one computes again.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    if os.getppid() != parent_pid:  # the parent died before we asked
+        os._exit(1)
+
+
 def _evaluate_slice_in_child(bounds: tuple[int, int]) -> ChunkStats:
     """Runs in a forked pool process, which inherited the chunk; only bounds and stats travel."""
     assert _FORKED_CHUNK is not None
@@ -1083,7 +1098,7 @@ def run_chunk(definition: LossDefinition, params: dict[str, ParamValue], seeds: 
         global _FORKED_CHUNK
         _FORKED_CHUNK = (definition, params, seeds, context)
         try:
-            with multiprocessing.get_context("fork").Pool(len(slices)) as pool:
+            with multiprocessing.get_context("fork").Pool(len(slices), _die_with_parent, (os.getpid(),)) as pool:
                 parts = pool.map(_evaluate_slice_in_child, slices, chunksize=1)
         finally:
             _FORKED_CHUNK = None
@@ -1623,7 +1638,7 @@ class _LocalExecutor:
 
     def __init__(self, settings: _RunSettings, run: RunPaths) -> None:
         self._settings = settings
-        # Local workers belong to their controller: they die with it (see _die_with_controller).
+        # Local workers belong to their controller: they die with it (see _die_with_parent).
         self._env = {**_worker_env(settings), "SLURPTUNA_CONTROLLER_PID": str(os.getpid())}
         self._cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         self._jobs: dict[str, list[_LocalTask]] = {}
@@ -2164,25 +2179,12 @@ Workers are started by optimize_run (locally or by Slurm); a chunk task without
 """
 
 
-def _die_with_controller() -> None:
-    """A local worker asks Linux to kill it when its controller dies (PR_SET_PDEATHSIG).
-
-    Then a killed controller leaves no orphan computing chunks that a resumed one recomputes.
-    """
-    controller = os.environ.pop("SLURPTUNA_CONTROLLER_PID", None)
-    if controller is None or not sys.platform.startswith("linux"):
-        return
-    import ctypes
-
-    ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
-    if os.getppid() != int(controller):  # the controller died before we asked
-        os._exit(1)
-
-
 def _worker_main(argv: Sequence[str]) -> int:
     import argparse
 
-    _die_with_controller()
+    controller = os.environ.pop("SLURPTUNA_CONTROLLER_PID", None)
+    if controller is not None:
+        _die_with_parent(int(controller))
     parser = argparse.ArgumentParser(prog="python -m slurptuna worker", usage=_USAGE)
     parser.add_argument("kind", choices=["chunk", "reduce"])
     parser.add_argument("run_dir", type=Path)
