@@ -480,6 +480,7 @@ class _RunSettings:
     sbatch_args: list[str]
     python: str
     progress: bool
+    run_id: str = ""  # random, kept across resumes: tags the run's Slurm jobs (--comment)
 
     def to_json(self) -> dict[str, Any]:
         record = asdict(self)
@@ -770,8 +771,9 @@ def _open_run(settings: _RunSettings) -> tuple[RunPaths, _RunSettings]:
     else:
         run = RunPaths((root / settings.run_name).resolve())
         run.dir.mkdir(parents=True, exist_ok=True)
-    settings = replace(settings, run_name=run.dir.name)
     recorded = _read_json(run.meta)
+    settings = replace(settings, run_name=run.dir.name,
+                       run_id=(recorded or {}).get("run_id") or os.urandom(6).hex())
     if recorded is not None:
         _check_same_experiment(recorded, settings.to_json(), run.dir)
     _write_json_atomic(run.meta, {**settings.to_json(), "slurptuna_version": __version__,
@@ -1510,6 +1512,7 @@ class _SlurmExecutor:
         if _which("sbatch") is None:
             raise ConfigError("distributed mode needs Slurm: sbatch is not on PATH (use mode='single' to run locally)")
         self._settings = settings
+        self._tag = f"slurptuna:{settings.run_id}"
         self._qos = settings.slurm_qos
         self._env = _worker_env(settings)
         self._max_array_size: int | None = None
@@ -1532,7 +1535,8 @@ class _SlurmExecutor:
 
     def _options(self, trial: TrialPaths, kind: str) -> list[str]:
         s = self._settings
-        options = [f"--job-name={s.run_name}.t{trial.number:05d}.{kind}", f"--mem-per-cpu={s.mem_per_cpu}"]
+        options = [f"--job-name={s.run_name}.t{trial.number:05d}.{kind}", f"--comment={self._tag}",
+                   f"--mem-per-cpu={s.mem_per_cpu}"]
         options += [f"--partition={s.slurm_partition}"] if s.slurm_partition else []
         options += [f"--account={s.slurm_account}"] if s.slurm_account else []
         return options + list(s.sbatch_args)
@@ -1595,6 +1599,15 @@ class _SlurmExecutor:
             logger.warning("squeue failed, will ask again: %s", _command_error(process))
             return None
         return {job for job, states in _parse_squeue(process.stdout).items() if states & _ACTIVE_STATES}
+
+    def unrecorded(self, recorded: set[str]) -> list[str]:
+        """Queued jobs of this run that no ``jobs.json`` knows: sbatch answered after a crash."""
+        process = _run_slurm(["squeue", "-h", "--me", "-o", "%F|%k"], timeout=60)
+        if process.returncode != 0:
+            logger.warning("squeue failed, cannot look for unrecorded jobs: %s", _command_error(process))
+            return []
+        found = {line.split("|")[0] for line in process.stdout.splitlines() if line.endswith(f"|{self._tag}")}
+        return sorted(found - recorded)
 
     def explain(self, trial: TrialPaths, jobs: Sequence[JobRef], chunks: Sequence[int]) -> str:
         process = _run_slurm(["sacct", "-X", "-n", "-P", "-j", ",".join(j.job_id for j in jobs),
@@ -1736,6 +1749,9 @@ class _LocalExecutor:
             os.killpg(task.process.pid, signal.SIGKILL)
         task.process.wait()
         task.state = state
+
+    def unrecorded(self, recorded: set[str]) -> list[str]:
+        return []  # local workers die with their controller
 
     def explain(self, trial: TrialPaths, jobs: Sequence[JobRef], chunks: Sequence[int]) -> str:
         def state_of(job: JobRef, task: int) -> str | None:
@@ -1911,6 +1927,10 @@ class _Controller:
         running = self._study.get_trials(deepcopy=False, states=(self._optuna.trial.TrialState.RUNNING,))
         recorded = {t.number: _read_json(self._run.trial(t.number).jobs) or {} for t in running}
         job_ids = [j["job_id"] for r in recorded.values() for j in r.get("jobs", [])]
+        strays = self._executor.unrecorded(set(job_ids)) if running else []
+        if strays:  # their chunks are not known: cancel them, the missing chunks are submitted again
+            logger.warning("cancelling job(s) %s of this run that a crash left out of jobs.json", ", ".join(strays))
+            self._executor.cancel(strays)
         queued = self._executor.queued(job_ids) if job_ids else set()
         while queued is None:  # the scheduler must answer before anything is submitted twice
             if self._stop.wait(self._executor.max_poll_seconds):

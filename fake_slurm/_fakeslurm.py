@@ -341,7 +341,7 @@ def row(job, task):
         "D": "1", "C": str(job["cpus"]), "N": "localhost" if start else "",
         "Z": job["cwd"], "o": job["command"], "S": fmt_stamp(start),
         "e": fmt_stamp(end), "V": fmt_stamp(job["submit"]),
-        "E": job["dependency"] or "(null)",
+        "E": job["dependency"] or "(null)", "k": job["options"].get("comment") or "(null)",
         # sacct extras
         "elapsed": fmt_duration(used), "exitcode": f"{task['exit_code']}:{task['signal']}",
         "cancel_by": task["cancel_by"], "end": end,
@@ -481,7 +481,7 @@ def submit(argv):
         "script": path("jobs", f"{first}.script"), "env": dict(os.environ),
         "append": opts.get("open-mode", "append") == "append", "options": opts,
         "faults": faults, "max_running": env_num("FAKE_SLURM_MAX_RUNNING", 64, int),
-        "submit": time.time(),
+        "submit": time.time(), "call_no": call_no,
         "tasks": [],
     }
     for tid, tjid in zip(task_ids, task_job_ids, strict=True):
@@ -514,6 +514,9 @@ def sbatch(argv):
         append_log("submissions.jsonl", {"job_id": None, "argv": argv, "rejected": str(e)})
         raise
     jid = job["job_id"]
+    hang, calls = os.environ.get("FAKE_SLURM_SBATCH_HANG"), env_list("FAKE_SLURM_SBATCH_HANG_CALLS")
+    if hang and (not calls or str(job["call_no"]) in calls):  # the job is queued, sbatch answers late
+        time.sleep(float(hang))
     print(jid if job["options"].get("parsable") else f"Submitted batch job {jid}", flush=True)
     if not job["options"].get("wait"):
         return 0
@@ -827,7 +830,7 @@ HEADERS = {"i": "JOBID", "A": "JOBID", "F": "ARRAY_JOB_ID", "K": "ARRAY_TASK_ID"
            "P": "PARTITION", "u": "USER", "q": "QOS", "a": "ACCOUNT", "M": "TIME",
            "l": "TIME_LIMIT", "D": "NODES", "C": "CPUS", "N": "NODELIST",
            "Z": "WORK_DIR", "o": "COMMAND", "S": "START_TIME", "e": "END_TIME",
-           "V": "SUBMIT_TIME", "E": "DEPENDENCY"}
+           "V": "SUBMIT_TIME", "E": "DEPENDENCY", "k": "COMMENT"}
 DEFAULT_FORMAT = "%.18i %.9P %.8j %.8u %.2t %.10M %.6D %R"
 LONG_FORMAT = "%.18i %.9P %.8j %.8u %.8T %.10M %.9l %.6D %R"
 

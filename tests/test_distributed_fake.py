@@ -207,10 +207,10 @@ CONTROLLER = textwrap.dedent('''
 ''')
 
 
-def _start_controller(tmp_path: Path, runs_dir: str = "runs") -> tuple[subprocess.Popen, Path]:
+def _start_controller(tmp_path: Path, runs_dir: str = "runs", **env: str) -> tuple[subprocess.Popen, Path]:
     script = tmp_path / "controller.py"
     script.write_text(CONTROLLER)
-    env = script_env(SLURPTUNA_TEST_SLEEP="0.05")
+    env = script_env(**{"SLURPTUNA_TEST_SLEEP": "0.05", **env})
     runs = tmp_path / runs_dir
     process = subprocess.Popen([sys.executable, str(script), str(runs)], env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
@@ -257,6 +257,23 @@ def test_a_sigkilled_controller_resumes_adopting_queued_jobs_without_submitting_
     stdout, stderr = reference.communicate(timeout=120)
     assert reference.returncode == 0, stderr
     assert eval(stdout.split("VALUES")[1])[0] == values[0]  # the interrupted trial's result is unchanged
+
+
+def test_a_job_queued_while_the_controller_died_in_sbatch_is_cancelled_on_resume(fake_slurm, tmp_path, caplog):
+    process, runs = _start_controller(tmp_path, FAKE_SLURM_SBATCH_HANG="60", FAKE_SLURM_SBATCH_HANG_CALLS="1",
+                                      SLURPTUNA_TEST_SLEEP="1.0")  # the stray job is still queued at resume
+    wait_for(lambda: len(fake_slurm.submissions()) == 1)  # queued, but sbatch has not answered yet
+    process.kill()
+    process.wait()
+    stray = str(fake_slurm.submissions()[0]["job_id"])
+    assert not (runs / "cluster" / "trials" / "trial_00000" / "jobs.json").exists()
+    resumed, _ = _start_controller(tmp_path)
+    stdout, stderr = resumed.communicate(timeout=120)
+    assert resumed.returncode == 0, stderr
+    assert f"cancelling job(s) {stray} of this run that a crash left out of jobs.json" in stderr
+    assert [c["argv"][-1] for c in fake_slurm.calls("scancel")] == [stray]
+    assert len(eval(stdout.split("VALUES")[1])) == 2
+    wait_for(queue_is_empty, timeout=10)
 
 
 def test_dynamic_loss_names_from_argv_work_in_slurm_workers(fake_slurm, tmp_path):
