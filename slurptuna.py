@@ -46,7 +46,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from enum import Enum
-from functools import partial
+from functools import cached_property, partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -667,8 +667,12 @@ class TrialPaths:
     number: int
 
     @property
+    def name(self) -> str:
+        return f"trial_{self.number:05d}"
+
+    @property
     def dir(self) -> Path:
-        return self.run_dir / "trials" / f"trial_{self.number:05d}"
+        return self.run_dir / "trials" / self.name
 
     @property
     def params(self) -> Path:
@@ -692,7 +696,7 @@ class TrialPaths:
 
     @property
     def logs_dir(self) -> Path:
-        return self.run_dir / "slurm_logs" / f"trial_{self.number:05d}"
+        return self.run_dir / "slurm_logs" / self.name
 
     def chunk(self, index: int) -> Path:
         return self.chunks_dir / f"chunk_{index:05d}.json"
@@ -1124,6 +1128,10 @@ class TrialParams:
     seeds: dict[str, Any]
     entry_id: str | None = None
 
+    @cached_property
+    def plan(self) -> SeedPlan:
+        return SeedPlan.from_json(self.seeds)
+
     @classmethod
     def load(cls, trial: TrialPaths) -> TrialParams:
         record = _read_json(trial.params)
@@ -1142,8 +1150,7 @@ def _load_valid_chunk(trial: TrialPaths, expected: TrialParams, index: int) -> C
     except (TypeError, KeyError) as exc:
         logger.warning("ignoring malformed %s: %s", trial.chunk(index), exc)
         return None
-    plan = SeedPlan.from_json(expected.seeds)
-    if chunk.params != expected.params or chunk.seeds != _describe_seeds(plan.chunk(index)):
+    if chunk.params != expected.params or chunk.seeds != _describe_seeds(expected.plan.chunk(index)):
         logger.warning("ignoring %s: computed for other params or seeds; it will be recomputed",
                        trial.chunk(index))
         return None
@@ -1152,7 +1159,7 @@ def _load_valid_chunk(trial: TrialPaths, expected: TrialParams, index: int) -> C
 
 def missing_chunks(trial: TrialPaths, expected: TrialParams) -> list[int]:
     """Chunks without a trustworthy file. A trial that never ran has no chunk directory."""
-    n_chunks = SeedPlan.from_json(expected.seeds).n_chunks
+    n_chunks = expected.plan.n_chunks
     if not trial.chunks_dir.is_dir():
         return list(range(n_chunks))
     return [i for i in range(n_chunks) if _load_valid_chunk(trial, expected, i) is None]
@@ -1214,7 +1221,7 @@ def run_chunk_task(run_dir: Path, trial_number: int, chunk_index: int) -> int:
     if _load_valid_chunk(trial, expected, chunk_index) is not None:
         print(f"chunk {chunk_index} of trial {trial_number} is already computed", file=sys.stderr)
         return 0
-    seeds = SeedPlan.from_json(expected.seeds).chunk(chunk_index)
+    seeds = expected.plan.chunk(chunk_index)
     failure = partial(ChunkFailure, trial_number, chunk_index, settings.loss_name, params=expected.params)
     try:
         definition = _import_loss(settings)
@@ -1279,7 +1286,7 @@ def reduce_trial(run: RunPaths, trial_number: int, allow_missing: bool = False) 
     """Pool every chunk of a trial into ``summary.json``; refuse if one is missing or stale."""
     trial = run.trial(trial_number)
     expected = TrialParams.load(trial)
-    n_chunks = SeedPlan.from_json(expected.seeds).n_chunks
+    n_chunks = expected.plan.n_chunks
     chunks = [_load_valid_chunk(trial, expected, i) for i in range(n_chunks)]
     missing = [i for i, c in enumerate(chunks) if c is None]
     present = [c for c in chunks if c is not None]
@@ -1361,7 +1368,6 @@ def _worker_command(settings: _RunSettings, kind: str, trial: TrialPaths, *extra
 
 def _worker_env(settings: _RunSettings) -> dict[str, str]:
     """The environment of worker processes: they must find this file and the loss's module."""
-    _compile_for_workers()
     here = os.path.dirname(os.path.abspath(__file__))
     paths = [here, *settings.loss_ref["sys_path"], *filter(None, [os.environ.get("PYTHONPATH")])]
     return {**os.environ, "PYTHONPATH": os.pathsep.join(dict.fromkeys(paths))}
@@ -1627,12 +1633,12 @@ class _SlurmExecutor:
 
 @dataclass
 class _LocalTask:
-    argv: list[str]  # a worker command, run as a process ...
     out: Path
     err: Path
     slots: int
     after: tuple[str, ...] = ()
-    inline: Callable[[], Any] | None = None  # ... or the same code, run in the controller
+    argv: list[str] = field(default_factory=list)  # a worker command, run as a process ...
+    inline: Callable[[], Any] | None = None  # ... or the worker's code, run in the controller
     state: str = "PENDING"
     process: subprocess.Popen[bytes] | None = None
     started: float = 0.0
@@ -1659,33 +1665,31 @@ class _LocalExecutor:
         self._unfinished: list[_LocalTask] = []  # in submission order: the local queue
         self._next_id = 0
 
-    def _new_job(self, tasks: dict[int, _LocalTask]) -> str:
+    def _new_job_id(self) -> str:
         self._next_id += 1
-        job_id = f"local{os.getpid()}-{self._next_id}"
+        return f"local{os.getpid()}-{self._next_id}"
+
+    def _queue(self, job_id: str, tasks: dict[int, _LocalTask]) -> None:
         self._jobs[job_id] = list(tasks.values())
         self._tasks_by_id.update({(job_id, i): t for i, t in tasks.items()})
         self._unfinished.extend(tasks.values())
-        return job_id
 
     def submit_chunks(self, trial: TrialPaths, chunks: Sequence[int], attempt: int) -> list[JobRef]:
         slots = min(self._settings.worker_parallelism, self._cores)
-        job_id = f"local{os.getpid()}-{self._next_id + 1}"
-        self._new_job({
-            c: _LocalTask(_worker_command(self._settings, "chunk", trial, "--chunk", str(c)),
-                          trial.chunk_log(job_id, c, "out"), trial.chunk_log(job_id, c, "err"), slots)
+        job_id = self._new_job_id()
+        self._queue(job_id, {
+            c: _LocalTask(trial.chunk_log(job_id, c, "out"), trial.chunk_log(job_id, c, "err"), slots,
+                          argv=_worker_command(self._settings, "chunk", trial, "--chunk", str(c)))
             for c in chunks
         })
         return [JobRef(job_id, "chunks", tuple(chunks), 0, attempt)]
 
     def submit_reduce(self, trial: TrialPaths, after: Sequence[JobRef], attempt: int,
                       allow_missing: bool = False) -> JobRef:
-        job_id = f"local{os.getpid()}-{self._next_id + 1}"
-        extra = ["--allow-missing"] if allow_missing else []
-        self._new_job({0: _LocalTask(_worker_command(self._settings, "reduce", trial, *extra),
-                                     trial.reduce_log(job_id, "out"), trial.reduce_log(job_id, "err"), 0,
-                                     tuple(j.job_id for j in after),
-                                     inline=partial(reduce_trial, RunPaths(trial.run_dir), trial.number,
-                                                    allow_missing))})
+        job_id = self._new_job_id()
+        self._queue(job_id, {0: _LocalTask(
+            trial.reduce_log(job_id, "out"), trial.reduce_log(job_id, "err"), 0, tuple(j.job_id for j in after),
+            inline=partial(reduce_trial, RunPaths(trial.run_dir), trial.number, allow_missing))})
         return JobRef(job_id, "reduce", attempt=attempt)
 
     def queued(self, job_ids: Sequence[str]) -> set[str]:
@@ -2167,6 +2171,7 @@ def _run_study(settings: _RunSettings, *, sampler: Any, storage: Any, pruner: An
         )
         if sampler is None:
             study.sampler = _default_sampler(optuna, settings, len(study.get_trials(deepcopy=False)))
+        _compile_for_workers()
         executor_type = _SlurmExecutor if settings.mode == ExecutionMode.DISTRIBUTED.value else _LocalExecutor
         controller = _Controller(settings, run, study, executor_type(settings, run), stop)
         try:
