@@ -140,8 +140,9 @@ def search_param(
 
     It is checked by ``@loss``, where the error can name the parameter.
     """
-    return SearchParam(range=range, allowed=None if allowed is None else tuple(allowed),
-                       dtype=dtype, log=log, step=step)
+    return SearchParam(
+        range=range, allowed=None if allowed is None else tuple(allowed), dtype=dtype, log=log, step=step
+    )
 
 
 def _validate_search_param(name: str, spec: SearchParam) -> SearchParam:
@@ -159,7 +160,8 @@ def _validate_search_param(name: str, spec: SearchParam) -> SearchParam:
         low, high = float(low), float(high)
     except (TypeError, ValueError):
         raise ConfigError(
-            f"parameter {name!r}: range must be a (low, high) pair of numbers, got {spec.range!r}") from None
+            f"parameter {name!r}: range must be a (low, high) pair of numbers, got {spec.range!r}"
+        ) from None
     dtype = spec.dtype or "float"
     if dtype not in ("float", "int"):
         raise ConfigError(f"parameter {name!r}: dtype must be 'float' or 'int' for a range, got {dtype!r}")
@@ -259,9 +261,7 @@ def _takes_context(function: Callable[..., Any]) -> bool:
             return with_context
         except TypeError:
             continue
-    raise TypeError(
-        f"loss {function.__name__}{signature} must take (params, seed) or (params, seed, context)"
-    )
+    raise TypeError(f"loss {function.__name__}{signature} must take (params, seed) or (params, seed, context)")
 
 
 def _register(definition: LossDefinition) -> None:
@@ -354,17 +354,37 @@ def optimize_run(
     work starts. See README.md for every parameter.
     """
     settings = _resolve_settings(
-        loss=loss, n_trials=n_trials, seeds=seeds, n_seeds=n_seeds, chunk_size=chunk_size,
-        num_chunks=num_chunks, random_seed=random_seed, entry_id=entry_id, direction=direction,
-        mode=mode, run_root=run_root, run_name=run_name, loss_module=loss_module,
-        slurm_poll_seconds=slurm_poll_seconds, slurm_timeout_minutes=slurm_timeout_minutes,
-        cpus_per_task=cpus_per_task, mem_per_cpu=mem_per_cpu,
-        max_concurrent_trials=max_concurrent_trials, array_parallelism_limit=array_parallelism_limit,
-        worker_parallelism=worker_parallelism, worker_time_limit=worker_time_limit,
-        slurm_qos=slurm_qos, trial_retry_attempts=trial_retry_attempts,
-        fail_on_chunk_error=fail_on_chunk_error, use_processes=use_processes,
-        forward_sys_argv_to_workers=forward_sys_argv_to_workers, slurm_partition=slurm_partition,
-        slurm_account=slurm_account, sbatch_args=sbatch_args, python=python, progress=progress,
+        loss=loss,
+        n_trials=n_trials,
+        seeds=seeds,
+        n_seeds=n_seeds,
+        chunk_size=chunk_size,
+        num_chunks=num_chunks,
+        random_seed=random_seed,
+        entry_id=entry_id,
+        direction=direction,
+        mode=mode,
+        run_root=run_root,
+        run_name=run_name,
+        loss_module=loss_module,
+        slurm_poll_seconds=slurm_poll_seconds,
+        slurm_timeout_minutes=slurm_timeout_minutes,
+        cpus_per_task=cpus_per_task,
+        mem_per_cpu=mem_per_cpu,
+        max_concurrent_trials=max_concurrent_trials,
+        array_parallelism_limit=array_parallelism_limit,
+        worker_parallelism=worker_parallelism,
+        worker_time_limit=worker_time_limit,
+        slurm_qos=slurm_qos,
+        trial_retry_attempts=trial_retry_attempts,
+        fail_on_chunk_error=fail_on_chunk_error,
+        use_processes=use_processes,
+        forward_sys_argv_to_workers=forward_sys_argv_to_workers,
+        slurm_partition=slurm_partition,
+        slurm_account=slurm_account,
+        sbatch_args=sbatch_args,
+        python=python,
+        progress=progress,
     )
     with _StopSignal() as stop:
         return _run_study(settings, sampler=sampler, storage=storage, pruner=pruner, stop=stop)
@@ -402,8 +422,13 @@ def optimize_entries(
     resolved_mode = execution_mode(mode)
     settings = [
         _resolve_settings(
-            loss=definition, entry_id=entry, random_seed=random_seed + index, mode=resolved_mode,
-            run_root=".", run_name=label, **run_options,
+            loss=definition,
+            entry_id=entry,
+            random_seed=random_seed + index,
+            mode=resolved_mode,
+            run_root=".",
+            run_name=label,
+            **run_options,
         )
         for index, (entry, label) in enumerate(zip(entries, labels, strict=True))
     ]  # every entry's arguments are checked before the first one starts
@@ -433,12 +458,15 @@ def optimize_entries(
 
 
 def _write_entries_summary(parent: Path, entries: list[str], results: Mapping[str, OptimizeResult]) -> None:
-    _write_json_atomic(parent / "summary.json", {
-        "entries": entries,
-        "runs": {e: r.run_dir for e, r in results.items()},
-        "best_params_by_entry": {e: r.best_params for e, r in results.items()},
-        "best_values_by_entry": {e: r.best_value for e, r in results.items()},
-    })
+    _write_json_atomic(
+        parent / "summary.json",
+        {
+            "entries": entries,
+            "runs": {e: r.run_dir for e, r in results.items()},
+            "best_params_by_entry": {e: r.best_params for e, r in results.items()},
+            "best_values_by_entry": {e: r.best_value for e, r in results.items()},
+        },
+    )
 
 
 def _safe_label(text: str) -> str:
@@ -525,18 +553,38 @@ def _optional_text(name: str, value: Any) -> str | None:
 
 
 def _resolve_settings(
-    *, loss: LossDefinition | str, n_trials: int = 10, seeds: Iterable[int] | None = None,
-    n_seeds: int | None = None, chunk_size: int | None = None, num_chunks: int | None = None,
-    random_seed: int = 123, entry_id: str | None = None, direction: str = "minimize",
-    mode: ExecutionMode | str = ExecutionMode.SINGLE, run_root: str | os.PathLike[str] = "runs",
-    run_name: str | None = None, loss_module: str | None = None, slurm_poll_seconds: float = 15,
-    slurm_timeout_minutes: float | None = None, cpus_per_task: int | None = None,
-    mem_per_cpu: str = "2G", max_concurrent_trials: int = 1, array_parallelism_limit: int | None = None,
-    worker_parallelism: int = 1, worker_time_limit: timedelta = timedelta(hours=2),
-    slurm_qos: str | None = "short", trial_retry_attempts: int = 1, fail_on_chunk_error: bool = True,
-    use_processes: bool = True, forward_sys_argv_to_workers: bool = True,
-    slurm_partition: str | None = None, slurm_account: str | None = None,
-    sbatch_args: Sequence[str] = (), python: str | None = None, progress: bool = True,
+    *,
+    loss: LossDefinition | str,
+    n_trials: int = 10,
+    seeds: Iterable[int] | None = None,
+    n_seeds: int | None = None,
+    chunk_size: int | None = None,
+    num_chunks: int | None = None,
+    random_seed: int = 123,
+    entry_id: str | None = None,
+    direction: str = "minimize",
+    mode: ExecutionMode | str = ExecutionMode.SINGLE,
+    run_root: str | os.PathLike[str] = "runs",
+    run_name: str | None = None,
+    loss_module: str | None = None,
+    slurm_poll_seconds: float = 15,
+    slurm_timeout_minutes: float | None = None,
+    cpus_per_task: int | None = None,
+    mem_per_cpu: str = "2G",
+    max_concurrent_trials: int = 1,
+    array_parallelism_limit: int | None = None,
+    worker_parallelism: int = 1,
+    worker_time_limit: timedelta = timedelta(hours=2),
+    slurm_qos: str | None = "short",
+    trial_retry_attempts: int = 1,
+    fail_on_chunk_error: bool = True,
+    use_processes: bool = True,
+    forward_sys_argv_to_workers: bool = True,
+    slurm_partition: str | None = None,
+    slurm_account: str | None = None,
+    sbatch_args: Sequence[str] = (),
+    python: str | None = None,
+    progress: bool = True,
 ) -> _RunSettings:
     definition = _lookup_loss(loss)
     resolved_mode = execution_mode(mode)
@@ -557,8 +605,9 @@ def _resolve_settings(
     if entry_id is not None and not isinstance(entry_id, str):
         raise ConfigError(f"entry_id must be a string or None, got {entry_id!r}")
     if python is not None and _which(python) is None:
-        raise ConfigError(f"python={python!r} is not an executable: give the workers' interpreter, "
-                          "or None for this one")
+        raise ConfigError(
+            f"python={python!r} is not an executable: give the workers' interpreter, or None for this one"
+        )
     worker_parallelism = _positive_int("worker_parallelism", worker_parallelism)
     return _RunSettings(
         loss_name=definition.name,
@@ -576,7 +625,8 @@ def _resolve_settings(
         cpus_per_task=_positive_int("cpus_per_task", cpus_per_task or worker_parallelism),
         mem_per_cpu=mem_per_cpu.strip().upper(),
         max_concurrent_trials=_positive_int("max_concurrent_trials", max_concurrent_trials),
-        array_parallelism_limit=None if array_parallelism_limit is None
+        array_parallelism_limit=None
+        if array_parallelism_limit is None
         else _positive_int("array_parallelism_limit", array_parallelism_limit),
         worker_parallelism=worker_parallelism,
         worker_time_limit_seconds=math.ceil(worker_time_limit.total_seconds()),
@@ -776,12 +826,10 @@ def _open_run(settings: _RunSettings) -> tuple[RunPaths, _RunSettings]:
         run = RunPaths((root / settings.run_name).resolve())
         run.dir.mkdir(parents=True, exist_ok=True)
     recorded = _read_json(run.meta)
-    settings = replace(settings, run_name=run.dir.name,
-                       run_id=(recorded or {}).get("run_id") or os.urandom(6).hex())
+    settings = replace(settings, run_name=run.dir.name, run_id=(recorded or {}).get("run_id") or os.urandom(6).hex())
     if recorded is not None:
         _check_same_experiment(recorded, settings.to_json(), run.dir)
-    _write_json_atomic(run.meta, {**settings.to_json(), "slurptuna_version": __version__,
-                                  "updated_at": _now_iso()})
+    _write_json_atomic(run.meta, {**settings.to_json(), "slurptuna_version": __version__, "updated_at": _now_iso()})
     return run, settings
 
 
@@ -821,8 +869,14 @@ class SeedPlan:
     explicit: tuple[int, ...] | None = None  # an explicit list that is not one contiguous range
 
     @classmethod
-    def resolve(cls, definition: LossDefinition, seeds: Iterable[int] | None, n_seeds: int | None,
-                chunk_size: int | None, num_chunks: int | None) -> SeedPlan:
+    def resolve(
+        cls,
+        definition: LossDefinition,
+        seeds: Iterable[int] | None,
+        n_seeds: int | None,
+        chunk_size: int | None,
+        num_chunks: int | None,
+    ) -> SeedPlan:
         if chunk_size is not None:
             chunk_size = _positive_int("chunk_size", chunk_size)
         if num_chunks is not None:
@@ -848,8 +902,13 @@ class SeedPlan:
         if chunk_size is None:
             chunk_size = math.ceil(total / num_chunks) if num_chunks else definition.default_chunk_size
         elif num_chunks is not None and num_chunks != math.ceil(total / chunk_size):
-            logger.warning("num_chunks=%d ignored: %d seeds in chunks of %d make %d chunks",
-                           num_chunks, total, chunk_size, math.ceil(total / chunk_size))
+            logger.warning(
+                "num_chunks=%d ignored: %d seeds in chunks of %d make %d chunks",
+                num_chunks,
+                total,
+                chunk_size,
+                math.ceil(total / chunk_size),
+            )
         if seed_list is None:
             return cls(chunk_size=chunk_size, start=definition.seed_start, count=total)
         if seed_list == list(range(seed_list[0], seed_list[0] + total)):
@@ -877,13 +936,15 @@ class SeedPlan:
     @classmethod
     def from_json(cls, record: Mapping[str, Any]) -> SeedPlan:
         if "seeds" in record:
-            return cls(chunk_size=record["chunk_size"], count=len(record["seeds"]),
-                       explicit=tuple(record["seeds"]))
+            return cls(chunk_size=record["chunk_size"], count=len(record["seeds"]), explicit=tuple(record["seeds"]))
         return cls(chunk_size=record["chunk_size"], start=record["start"], count=record["count"])
 
     def describe(self) -> str:
-        where = (f"seeds {self.start}..{self.start + self.count - 1}" if self.explicit is None
-                 else f"an explicit list of {self.count} seeds")
+        where = (
+            f"seeds {self.start}..{self.start + self.count - 1}"
+            if self.explicit is None
+            else f"an explicit list of {self.count} seeds"
+        )
         return f"{where} in {self.n_chunks} chunks of {self.chunk_size}"
 
 
@@ -988,8 +1049,10 @@ class ChunkFailure:
 
     def describe(self) -> str:
         where = f" at seed {self.seed}" if self.seed is not None else ""
-        text = (f"loss {self.loss_name!r} failed{where} (chunk {self.chunk_index}) with params "
-                f"{self.params}: {self.message}")
+        text = (
+            f"loss {self.loss_name!r} failed{where} (chunk {self.chunk_index}) with params "
+            f"{self.params}: {self.message}"
+        )
         return text + (f"\n{self.traceback.rstrip()}" if self.traceback else "")
 
 
@@ -1006,8 +1069,7 @@ def _loss_value(value: Any, components: dict[str, list[float]]) -> float:
     if isinstance(value, numbers.Real) and not isinstance(value, bool):
         total = float(value)
     elif isinstance(value, Mapping):
-        parts = {str(k): float(v) for k, v in value.items()
-                 if isinstance(v, numbers.Real) and not isinstance(v, bool)}
+        parts = {str(k): float(v) for k, v in value.items() if isinstance(v, numbers.Real) and not isinstance(v, bool)}
         if not parts:
             raise _BadLossValue(f"returned a dict without numeric values: {value!r:.200}")
         for name, part in parts.items():
@@ -1015,8 +1077,11 @@ def _loss_value(value: Any, components: dict[str, list[float]]) -> float:
                 raise _BadLossValue(f"returned {part} for component {name!r}")
             components.setdefault(name, []).append(part)
         total = parts["total_loss"] if "total_loss" in parts else math.fsum(parts.values()) / len(parts)
-    elif isinstance(value, (list, tuple)) and value and all(
-            isinstance(v, numbers.Real) and not isinstance(v, bool) for v in value):
+    elif (
+        isinstance(value, (list, tuple))
+        and value
+        and all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in value)
+    ):
         total = math.fsum(float(v) for v in value) / len(value)
     else:
         raise _BadLossValue(f"returned {type(value).__name__} {value!r:.200}, not a number, dict or list of numbers")
@@ -1028,13 +1093,15 @@ def _loss_value(value: Any, components: dict[str, list[float]]) -> float:
 _BLOCK_SEEDS = 1 << 16  # seeds whose losses are held in memory at once, then folded into moments
 
 
-def _evaluate_seeds(definition: LossDefinition, params: dict[str, ParamValue],
-                    seeds: Sequence[int], context: dict[str, Any]) -> ChunkStats:
+def _evaluate_seeds(
+    definition: LossDefinition, params: dict[str, ParamValue], seeds: Sequence[int], context: dict[str, Any]
+) -> ChunkStats:
     """Evaluate in blocks, so a chunk of millions of seeds needs the memory of one block."""
     function = definition.seed_loss_fn
     call = (lambda p, s: function(p, s, context)) if definition.takes_context else function
-    return ChunkStats.pool([_evaluate_block(call, params, seeds[lo:lo + _BLOCK_SEEDS])
-                            for lo in range(0, len(seeds), _BLOCK_SEEDS)])
+    return ChunkStats.pool(
+        [_evaluate_block(call, params, seeds[lo : lo + _BLOCK_SEEDS]) for lo in range(0, len(seeds), _BLOCK_SEEDS)]
+    )
 
 
 def _evaluate_block(call: Callable[..., Any], params: dict[str, ParamValue], seeds: Sequence[int]) -> ChunkStats:
@@ -1086,11 +1153,17 @@ def _evaluate_slice_in_child(bounds: tuple[int, int]) -> ChunkStats:
     """Runs in a forked pool process, which inherited the chunk; only bounds and stats travel."""
     assert _FORKED_CHUNK is not None
     definition, params, seeds, context = _FORKED_CHUNK
-    return _evaluate_seeds(definition, params, seeds[bounds[0]:bounds[1]], context)
+    return _evaluate_seeds(definition, params, seeds[bounds[0] : bounds[1]], context)
 
 
-def run_chunk(definition: LossDefinition, params: dict[str, ParamValue], seeds: Sequence[int],
-              context: dict[str, Any], processes: int = 1, use_processes: bool = True) -> ChunkStats:
+def run_chunk(
+    definition: LossDefinition,
+    params: dict[str, ParamValue],
+    seeds: Sequence[int],
+    context: dict[str, Any],
+    processes: int = 1,
+    use_processes: bool = True,
+) -> ChunkStats:
     """Evaluate ``seeds`` in ``processes`` contiguous slices, one per process (or thread).
 
     One message per slice, never per seed. Raises ``_SeedError`` for the first failing seed.
@@ -1112,7 +1185,7 @@ def run_chunk(definition: LossDefinition, params: dict[str, ParamValue], seeds: 
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(max_workers=len(slices)) as pool:
-            parts = list(pool.map(lambda b: _evaluate_seeds(definition, params, seeds[b[0]:b[1]], context), slices))
+            parts = list(pool.map(lambda b: _evaluate_seeds(definition, params, seeds[b[0] : b[1]], context), slices))
     return ChunkStats.pool(parts)
 
 
@@ -1151,8 +1224,7 @@ def _load_valid_chunk(trial: TrialPaths, expected: TrialParams, index: int) -> C
         logger.warning("ignoring malformed %s: %s", trial.chunk(index), exc)
         return None
     if chunk.params != expected.params or chunk.seeds != _describe_seeds(expected.plan.chunk(index)):
-        logger.warning("ignoring %s: computed for other params or seeds; it will be recomputed",
-                       trial.chunk(index))
+        logger.warning("ignoring %s: computed for other params or seeds; it will be recomputed", trial.chunk(index))
         return None
     return chunk
 
@@ -1197,7 +1269,7 @@ def _import_loss(settings: _RunSettings) -> LossDefinition:
         raise LossError(
             f"loss {settings.loss_name!r} is not registered after importing {where} (found: {found}). "
             "Workers import the module under a name other than __main__, so an @loss registered only "
-            "inside `if __name__ == \"__main__\":` is never seen: move it to module level"
+            'inside `if __name__ == "__main__":` is never seen: move it to module level'
         )
     return definition
 
@@ -1227,17 +1299,29 @@ def run_chunk_task(run_dir: Path, trial_number: int, chunk_index: int) -> int:
         definition = _import_loss(settings)
     except LossError as exc:
         return _record_failure(trial, failure("import", str(exc)), exit_code=2)
-    context = {"entry_id": expected.entry_id, "trial_number": trial_number,
-               "chunk_index": chunk_index, "run_dir": str(run.dir)}
+    context = {
+        "entry_id": expected.entry_id,
+        "trial_number": trial_number,
+        "chunk_index": chunk_index,
+        "run_dir": str(run.dir),
+    }
     started = time.perf_counter()
     try:
-        stats = run_chunk(definition, expected.params, seeds, context,
-                          settings.worker_parallelism, settings.use_processes)
+        stats = run_chunk(
+            definition, expected.params, seeds, context, settings.worker_parallelism, settings.use_processes
+        )
     except _SeedError as exc:
         seed, kind, message, trace = exc.args
         return _record_failure(trial, failure(kind, message, seed=seed, traceback=trace), exit_code=1)
-    result = ChunkResult(trial_number, chunk_index, _describe_seeds(seeds), expected.params, stats,
-                         round(time.perf_counter() - started, 6), min(settings.worker_parallelism, len(seeds)))
+    result = ChunkResult(
+        trial_number,
+        chunk_index,
+        _describe_seeds(seeds),
+        expected.params,
+        stats,
+        round(time.perf_counter() - started, 6),
+        min(settings.worker_parallelism, len(seeds)),
+    )
     _write_json_atomic(trial.chunk(chunk_index), result.to_json())
     with contextlib.suppress(FileNotFoundError):
         os.unlink(trial.chunk_error(chunk_index))
@@ -1294,11 +1378,18 @@ def reduce_trial(run: RunPaths, trial_number: int, allow_missing: bool = False) 
         raise _MissingChunks(f"trial {trial_number}: chunks {_format_ranges(missing)} have no valid result")
     stats = ChunkStats.pool([c.stats for c in present])
     summary = TrialSummary(
-        trial_number=trial_number, params=expected.params, seeds=expected.seeds,
-        n_seeds=stats.loss.count, n_chunks=len(present), mean=stats.loss.mean,
-        std=math.sqrt(stats.loss.variance), min=stats.loss.min, max=stats.loss.max,
+        trial_number=trial_number,
+        params=expected.params,
+        seeds=expected.seeds,
+        n_seeds=stats.loss.count,
+        n_chunks=len(present),
+        mean=stats.loss.mean,
+        std=math.sqrt(stats.loss.variance),
+        min=stats.loss.min,
+        max=stats.loss.max,
         components={n: m.mean for n, m in stats.components.items()},
-        chunk_seconds=round(math.fsum(c.elapsed_seconds for c in present), 6), missing_chunks=missing,
+        chunk_seconds=round(math.fsum(c.elapsed_seconds for c in present), 6),
+        missing_chunks=missing,
     )
     _write_json_atomic(trial.summary, {**asdict(summary), "mean_total_loss": summary.mean})
     return summary
@@ -1341,10 +1432,23 @@ def _format_ranges(numbers_: Iterable[int]) -> str:
 # one scheduler call per poll cycle), cancel; plus explain, which says why chunks
 # have no result. Success is never taken from the scheduler, only from files.
 
-_ACTIVE_STATES = frozenset({
-    "PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED",
-    "RESIZING", "SUSPENDED", "STOPPED", "SIGNALING", "STAGE_OUT", "RESV_DEL_HOLD",
-})
+_ACTIVE_STATES = frozenset(
+    {
+        "PENDING",
+        "RUNNING",
+        "CONFIGURING",
+        "COMPLETING",
+        "REQUEUED",
+        "REQUEUE_HOLD",
+        "REQUEUE_FED",
+        "RESIZING",
+        "SUSPENDED",
+        "STOPPED",
+        "SIGNALING",
+        "STAGE_OUT",
+        "RESV_DEL_HOLD",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -1400,8 +1504,9 @@ def _tail(path: Path, max_lines: int = 15, max_bytes: int = 4000) -> str:
     return ("[... truncated ...]\n" if cut else "") + "\n".join(lines[-max_lines:])
 
 
-def _explain_missing(trial: TrialPaths, jobs: Sequence[JobRef], chunks: Sequence[int],
-                     state_of: Callable[[JobRef, int], str | None]) -> str:
+def _explain_missing(
+    trial: TrialPaths, jobs: Sequence[JobRef], chunks: Sequence[int], state_of: Callable[[JobRef, int], str | None]
+) -> str:
     """One line per distinct end state of the missing chunks, with the first log's tail."""
     by_state: dict[str, list[int]] = {}
     first_log: dict[str, Path] = {}
@@ -1485,8 +1590,9 @@ def _is_qos_error(stderr: str) -> bool:
     return re.search(r"\bqos\b", stderr, re.IGNORECASE) is not None
 
 
-def _run_slurm(argv: Sequence[str], env: Mapping[str, str] | None = None,
-               timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def _run_slurm(
+    argv: Sequence[str], env: Mapping[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
     """Run a Slurm command (an argument list, never a shell string) and capture its output."""
     import subprocess
 
@@ -1541,8 +1647,11 @@ class _SlurmExecutor:
 
     def _options(self, trial: TrialPaths, kind: str) -> list[str]:
         s = self._settings
-        options = [f"--job-name={s.run_name}.t{trial.number:05d}.{kind}", f"--comment={self._tag}",
-                   f"--mem-per-cpu={s.mem_per_cpu}"]
+        options = [
+            f"--job-name={s.run_name}.t{trial.number:05d}.{kind}",
+            f"--comment={self._tag}",
+            f"--mem-per-cpu={s.mem_per_cpu}",
+        ]
         options += [f"--partition={s.slurm_partition}"] if s.slurm_partition else []
         options += [f"--account={s.slurm_account}"] if s.slurm_account else []
         return options + list(s.sbatch_args)
@@ -1565,8 +1674,9 @@ class _SlurmExecutor:
             jobs.append(JobRef(job_id, "chunks", tuple(offset + t for t in task_ids), offset, attempt))
         return jobs
 
-    def submit_reduce(self, trial: TrialPaths, after: Sequence[JobRef], attempt: int,
-                      allow_missing: bool = False) -> JobRef:
+    def submit_reduce(
+        self, trial: TrialPaths, after: Sequence[JobRef], attempt: int, allow_missing: bool = False
+    ) -> JobRef:
         trial.logs_dir.mkdir(parents=True, exist_ok=True)
         options = [
             *self._options(trial, "reduce"),
@@ -1578,16 +1688,18 @@ class _SlurmExecutor:
         if after:
             options += ["--dependency=afterok:" + ":".join(j.job_id for j in after), "--kill-on-invalid-dep=yes"]
         extra = ["--allow-missing"] if allow_missing else []
-        return JobRef(self._sbatch(options, _worker_command(self._settings, "reduce", trial, *extra)),
-                      "reduce", attempt=attempt)
+        return JobRef(
+            self._sbatch(options, _worker_command(self._settings, "reduce", trial, *extra)), "reduce", attempt=attempt
+        )
 
     def _sbatch(self, options: list[str], command: list[str]) -> str:
         """Submit; if the QoS is refused, warn and submit once more without it, for the whole run."""
         qos = [f"--qos={self._qos}"] if self._qos else []
         process = _run_slurm(["sbatch", "--parsable", *options, *qos, str(self._script), *command], env=self._env)
         if process.returncode != 0 and qos and _is_qos_error(process.stderr):
-            logger.warning("sbatch refused --qos=%s (%s); submitting without a QoS from now on",
-                           self._qos, process.stderr.strip())
+            logger.warning(
+                "sbatch refused --qos=%s (%s); submitting without a QoS from now on", self._qos, process.stderr.strip()
+            )
             self._qos = None
             return self._sbatch(options, command)
         if process.returncode != 0:
@@ -1616,8 +1728,10 @@ class _SlurmExecutor:
         return sorted(found - recorded)
 
     def explain(self, trial: TrialPaths, jobs: Sequence[JobRef], chunks: Sequence[int]) -> str:
-        process = _run_slurm(["sacct", "-X", "-n", "-P", "-j", ",".join(j.job_id for j in jobs),
-                              "-o", "jobid,state,exitcode"], timeout=60)
+        process = _run_slurm(
+            ["sacct", "-X", "-n", "-P", "-j", ",".join(j.job_id for j in jobs), "-o", "jobid,state,exitcode"],
+            timeout=60,
+        )
         states = _parse_sacct(process.stdout) if process.returncode == 0 else {}
         return _explain_missing(trial, jobs, chunks, lambda job, task: states.get((job.job_id, task)))
 
@@ -1677,19 +1791,36 @@ class _LocalExecutor:
     def submit_chunks(self, trial: TrialPaths, chunks: Sequence[int], attempt: int) -> list[JobRef]:
         slots = min(self._settings.worker_parallelism, self._cores)
         job_id = self._new_job_id()
-        self._queue(job_id, {
-            c: _LocalTask(trial.chunk_log(job_id, c, "out"), trial.chunk_log(job_id, c, "err"), slots,
-                          argv=_worker_command(self._settings, "chunk", trial, "--chunk", str(c)))
-            for c in chunks
-        })
+        self._queue(
+            job_id,
+            {
+                c: _LocalTask(
+                    trial.chunk_log(job_id, c, "out"),
+                    trial.chunk_log(job_id, c, "err"),
+                    slots,
+                    argv=_worker_command(self._settings, "chunk", trial, "--chunk", str(c)),
+                )
+                for c in chunks
+            },
+        )
         return [JobRef(job_id, "chunks", tuple(chunks), 0, attempt)]
 
-    def submit_reduce(self, trial: TrialPaths, after: Sequence[JobRef], attempt: int,
-                      allow_missing: bool = False) -> JobRef:
+    def submit_reduce(
+        self, trial: TrialPaths, after: Sequence[JobRef], attempt: int, allow_missing: bool = False
+    ) -> JobRef:
         job_id = self._new_job_id()
-        self._queue(job_id, {0: _LocalTask(
-            trial.reduce_log(job_id, "out"), trial.reduce_log(job_id, "err"), 0, tuple(j.job_id for j in after),
-            inline=partial(reduce_trial, RunPaths(trial.run_dir), trial.number, allow_missing))})
+        self._queue(
+            job_id,
+            {
+                0: _LocalTask(
+                    trial.reduce_log(job_id, "out"),
+                    trial.reduce_log(job_id, "err"),
+                    0,
+                    tuple(j.job_id for j in after),
+                    inline=partial(reduce_trial, RunPaths(trial.run_dir), trial.number, allow_missing),
+                )
+            },
+        )
         return JobRef(job_id, "reduce", attempt=attempt)
 
     def queued(self, job_ids: Sequence[str]) -> set[str]:
@@ -1735,8 +1866,9 @@ class _LocalExecutor:
 
         task.out.parent.mkdir(parents=True, exist_ok=True)
         with open(task.out, "ab") as out, open(task.err, "ab") as err:
-            task.process = subprocess.Popen(task.argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
-                                            env=self._env, start_new_session=True)
+            task.process = subprocess.Popen(
+                task.argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=self._env, start_new_session=True
+            )
         task.state, task.started = "RUNNING", time.monotonic()
 
     def _run_inline(self, task: _LocalTask) -> None:
@@ -1761,6 +1893,7 @@ class _LocalExecutor:
         def state_of(job: JobRef, task: int) -> str | None:
             found = self._tasks_by_id.get((job.job_id, task))
             return found.state if found else None
+
         return _explain_missing(trial, jobs, chunks, state_of)
 
     def cancel(self, job_ids: Sequence[str]) -> None:
@@ -1855,8 +1988,10 @@ class _Progress:
         self.last = now
         rate = seeds / max(now - self.started, 1e-9)
         best_text = "-" if best is None else f"{best:.6g}"
-        sys.stderr.write(f"\rslurptuna: trials {done}/{self.total} ({running} running, {failed} failed) "
-                         f"best {best_text} | {rate:,.0f} seeds/s \x1b[K")
+        sys.stderr.write(
+            f"\rslurptuna: trials {done}/{self.total} ({running} running, {failed} failed) "
+            f"best {best_text} | {rate:,.0f} seeds/s \x1b[K"
+        )
         sys.stderr.flush()
 
     def close(self) -> None:
@@ -1867,8 +2002,7 @@ class _Progress:
 class _Controller:
     """Keeps up to ``max_concurrent_trials`` trials in flight until the study has ``n_trials``."""
 
-    def __init__(self, settings: _RunSettings, run: RunPaths, study: Any, executor: Any,
-                 stop: _StopSignal) -> None:
+    def __init__(self, settings: _RunSettings, run: RunPaths, study: Any, executor: Any, stop: _StopSignal) -> None:
         import optuna
 
         self._optuna = optuna
@@ -1877,8 +2011,9 @@ class _Controller:
         self._study = study
         self._executor = executor
         self._stop = stop
-        self._distributions = {name: _distribution(optuna, spec)
-                               for name, spec in _LOSSES[settings.loss_name].parameter_space.items()}
+        self._distributions = {
+            name: _distribution(optuna, spec) for name, spec in _LOSSES[settings.loss_name].parameter_space.items()
+        }
         states = optuna.trial.TrialState
         finished = study.get_trials(deepcopy=False, states=(states.COMPLETE, states.FAIL, states.PRUNED))
         self.n_finished = len(finished)
@@ -1901,8 +2036,9 @@ class _Controller:
                 if queued is not None:
                     for active in list(self._active):
                         changed = self._advance(active, queued) or changed
-                self._progress.show(self.n_finished, len(self._active), self.n_failed, self._best_value(),
-                                    self.seeds_done)
+                self._progress.show(
+                    self.n_finished, len(self._active), self.n_failed, self._best_value(), self.seeds_done
+                )
                 pause = 0.0 if self._free_slot() else backoff.next(changed)  # a free slot is filled at once
                 if self._stop.wait(pause):
                     self._cancel_everything()
@@ -1915,8 +2051,10 @@ class _Controller:
     # ---- starting and adopting trials
 
     def _free_slot(self) -> bool:
-        return (self.n_finished + len(self._active) < self._settings.n_trials
-                and len(self._active) < self._settings.max_concurrent_trials)
+        return (
+            self.n_finished + len(self._active) < self._settings.n_trials
+            and len(self._active) < self._settings.max_concurrent_trials
+        )
 
     def _start_new_trials(self) -> bool:
         started = False
@@ -1950,8 +2088,9 @@ class _Controller:
 
     def _begin(self, trial: Any, still_queued: list[JobRef], attempt: int = 0) -> None:
         paths = self._run.trial(trial.number)
-        expected = TrialParams(trial.number, dict(trial.params), self._settings.seeds.to_json(),
-                               self._settings.entry_id)
+        expected = TrialParams(
+            trial.number, dict(trial.params), self._settings.seeds.to_json(), self._settings.entry_id
+        )
         if _read_json(paths.params) != asdict(expected):
             _write_json_atomic(paths.params, asdict(expected))
         active = _ActiveTrial(trial, paths, expected, attempt=attempt)
@@ -2024,9 +2163,14 @@ class _Controller:
             reason = f"the reduce job {reduce.job_id} ended without writing summary.json (log {log})\n{_tail(log)}"
         if active.attempt < self._settings.trial_retry_attempts:
             active.attempt += 1
-            logger.warning("trial %d: retry %d of %d, resubmitting %s:\n%s", active.trial.number, active.attempt,
-                           self._settings.trial_retry_attempts,
-                           f"chunks {_format_ranges(missing)}" if missing else "the reduce job", reason)
+            logger.warning(
+                "trial %d: retry %d of %d, resubmitting %s:\n%s",
+                active.trial.number,
+                active.attempt,
+                self._settings.trial_retry_attempts,
+                f"chunks {_format_ranges(missing)}" if missing else "the reduce job",
+                reason,
+            )
             self._submit(active, still_queued=[])
         else:
             self._fail(active, f"no result after {active.attempt + 1} attempt(s):\n{reason}")
@@ -2034,8 +2178,11 @@ class _Controller:
 
     def _check_running(self, active: _ActiveTrial, queued: set[str], running: list[str]) -> bool:
         if active.deadline is not None and time.monotonic() > active.deadline:
-            logger.warning("trial %d: over slurm_timeout_minutes=%s, cancelling its jobs",
-                           active.trial.number, self._settings.slurm_timeout_minutes)
+            logger.warning(
+                "trial %d: over slurm_timeout_minutes=%s, cancelling its jobs",
+                active.trial.number,
+                self._settings.slurm_timeout_minutes,
+            )
             self._executor.cancel(running)
             active.deadline = None
             return True
@@ -2050,8 +2197,7 @@ class _Controller:
     def _failure_message(self, active: _ActiveTrial, failures: list[ChunkFailure]) -> str:
         first = failures[0]
         job = next((j for j in active.jobs if j.kind == "chunks" and first.chunk_index in j.chunks), None)
-        log = (f"\nlog: {active.paths.chunk_log(job.job_id, first.chunk_index - job.offset, 'err')}"
-               if job else "")
+        log = f"\nlog: {active.paths.chunk_log(job.job_id, first.chunk_index - job.offset, 'err')}" if job else ""
         more = f"\n({len(failures) - 1} more chunk(s) failed too)" if len(failures) > 1 else ""
         return first.describe() + log + more
 
@@ -2159,15 +2305,18 @@ def _controller_lock(run: RunPaths) -> Iterable[None]:
         yield
 
 
-def _run_study(settings: _RunSettings, *, sampler: Any, storage: Any, pruner: Any,
-               stop: _StopSignal) -> OptimizeResult:
+def _run_study(settings: _RunSettings, *, sampler: Any, storage: Any, pruner: Any, stop: _StopSignal) -> OptimizeResult:
     import optuna
 
     run, settings = _open_run(settings)
     with _controller_lock(run):
         study = optuna.create_study(
-            study_name=settings.run_name, storage=storage or f"sqlite:///{run.optuna_db}",
-            load_if_exists=True, direction=settings.direction, pruner=pruner, sampler=sampler,
+            study_name=settings.run_name,
+            storage=storage or f"sqlite:///{run.optuna_db}",
+            load_if_exists=True,
+            direction=settings.direction,
+            pruner=pruner,
+            sampler=sampler,
         )
         if sampler is None:
             study.sampler = _default_sampler(optuna, settings, len(study.get_trials(deepcopy=False)))
@@ -2177,16 +2326,25 @@ def _run_study(settings: _RunSettings, *, sampler: Any, storage: Any, pruner: An
         try:
             controller.run()
         except _Interrupted as exc:
-            print(f"slurptuna: {exc}. Resume with run_name={settings.run_name!r} "
-                  f"(run_root={settings.run_root!r})", file=sys.stderr)
+            print(
+                f"slurptuna: {exc}. Resume with run_name={settings.run_name!r} (run_root={settings.run_root!r})",
+                file=sys.stderr,
+            )
             raise SystemExit(130 if stop.signum == signal.SIGINT else 143) from None
         summary = controller.run_summary()
         _write_json_atomic(run.summary, summary)
     return OptimizeResult(
-        loss_name=settings.loss_name, best_value=summary["best_value"], best_params=summary["best_params"],
-        n_trials=settings.n_trials, study_name=study.study_name, run_dir=str(run.dir),
-        run_name=settings.run_name, mode=execution_mode(settings.mode), n_complete=summary["n_complete"],
-        n_failed=summary["n_failed"], study=study,
+        loss_name=settings.loss_name,
+        best_value=summary["best_value"],
+        best_params=summary["best_params"],
+        n_trials=settings.n_trials,
+        study_name=study.study_name,
+        run_dir=str(run.dir),
+        run_name=settings.run_name,
+        mode=execution_mode(settings.mode),
+        n_complete=summary["n_complete"],
+        n_failed=summary["n_failed"],
+        study=study,
     )
 
 
@@ -2235,7 +2393,7 @@ def _worker_main(argv: Sequence[str]) -> int:
     return run_chunk_task(args.run_dir, args.trial, chunk)
 
 
-_SELFTEST_LOSS = '''
+_SELFTEST_LOSS = """
 import math
 from slurptuna import loss
 
@@ -2243,7 +2401,7 @@ from slurptuna import loss
 def selftest_loss(params, seed, context):
     noise = math.sin(seed * 12.9898) * 0.1
     return {"fit": (params["x"] - 0.5) ** 2 + noise, "size": 0.01 * params["k"]}
-'''
+"""
 
 
 def selftest() -> int:
@@ -2263,8 +2421,14 @@ def selftest() -> int:
         _import_file(str(module_file))
         definition = _LOSSES["slurptuna_selftest"]
         print(f"slurptuna {__version__} selftest in {tmp}")
-        options = {"n_seeds": 37, "chunk_size": 8, "worker_parallelism": 2, "run_root": tmp, "progress": False,
-                       "loss_module": str(module_file)}
+        options = {
+            "n_seeds": 37,
+            "chunk_size": 8,
+            "worker_parallelism": 2,
+            "run_root": tmp,
+            "progress": False,
+            "loss_module": str(module_file),
+        }
         result = optimize_run(definition, n_trials=3, **options)
         first_values = [t.value for t in result.study.trials]
         run = RunPaths(Path(result.run_dir))
@@ -2278,15 +2442,24 @@ def selftest() -> int:
             direct = [definition(frozen.params, s, {}) for s in range(37)]
             means = [math.fsum(d.values()) / 2 for d in direct]
             check(f"trial {frozen.number}: 5 chunks cover seeds 0..36 exactly once", covered == list(range(37)))
-            check(f"trial {frozen.number}: reduced mean equals the direct mean over 37 seeds",
-                  math.isclose(frozen.value, math.fsum(means) / 37, rel_tol=1e-12, abs_tol=1e-15))
-            check(f"trial {frozen.number}: component 'fit' kept",
-                  math.isclose(frozen.user_attrs["components"]["fit"],
-                               math.fsum(d["fit"] for d in direct) / 37, rel_tol=1e-12, abs_tol=1e-15))
+            check(
+                f"trial {frozen.number}: reduced mean equals the direct mean over 37 seeds",
+                math.isclose(frozen.value, math.fsum(means) / 37, rel_tol=1e-12, abs_tol=1e-15),
+            )
+            check(
+                f"trial {frozen.number}: component 'fit' kept",
+                math.isclose(
+                    frozen.user_attrs["components"]["fit"],
+                    math.fsum(d["fit"] for d in direct) / 37,
+                    rel_tol=1e-12,
+                    abs_tol=1e-15,
+                ),
+            )
         resumed = optimize_run(definition, n_trials=4, run_name=run.dir.name, **options)
         values = [t.value for t in resumed.study.trials]
-        check("resume keeps 3 trials and adds 1 (n_trials is the total)", len(values) == 4
-              and values[:3] == first_values)
+        check(
+            "resume keeps 3 trials and adds 1 (n_trials is the total)", len(values) == 4 and values[:3] == first_values
+        )
         check("best value is the minimum", resumed.best_value == min(values))
     print("selftest passed" if not failures else f"selftest FAILED: {failures} check(s)")
     return 1 if failures else 0

@@ -80,14 +80,27 @@ def fmt_rate(rate: float) -> str:
     return f"{rate:,.0f}"
 
 
-def row(case: str, mode: str, seeds: str | int, walls: list[float] | None, seeds_per_s: float | None = None,
-        speedup: str = "-", notes: str = "") -> None:
+def row(
+    case: str,
+    mode: str,
+    seeds: str | int,
+    walls: list[float] | None,
+    seeds_per_s: float | None = None,
+    speedup: str = "-",
+    notes: str = "",
+) -> None:
     wall = "-" if not walls else f"{fmt_s(median(walls))} (n={len(walls)})"
-    ROWS.append({
-        "Case": case, "Mode": mode, "Seeds": f"{seeds:,}" if isinstance(seeds, int) else str(seeds),
-        "Wall time": wall, "Seeds/s": "-" if seeds_per_s is None else fmt_rate(seeds_per_s),
-        "Speedup": speedup, "Ratio/notes": notes,
-    })
+    ROWS.append(
+        {
+            "Case": case,
+            "Mode": mode,
+            "Seeds": f"{seeds:,}" if isinstance(seeds, int) else str(seeds),
+            "Wall time": wall,
+            "Seeds/s": "-" if seeds_per_s is None else fmt_rate(seeds_per_s),
+            "Speedup": speedup,
+            "Ratio/notes": notes,
+        }
+    )
     print(" | ".join(ROWS[-1].values()), flush=True)
 
 
@@ -97,8 +110,7 @@ def run_single(loss, root: Path, **options) -> slurptuna.OptimizeResult:
 
 def make_chunk_run(root: Path, loss, n_seeds: int, processes: int = 1) -> Path:
     """A real run directory with one trial of one chunk (computed once by single mode)."""
-    result = run_single(loss, root, n_trials=1, n_seeds=n_seeds, chunk_size=n_seeds,
-                        worker_parallelism=processes)
+    result = run_single(loss, root, n_trials=1, n_seeds=n_seeds, chunk_size=n_seeds, worker_parallelism=processes)
     return Path(result.run_dir)
 
 
@@ -171,12 +183,26 @@ def case_overhead(tmp: Path, quick: bool) -> dict[str, float]:
     n = 1_000_000 if quick else 3_000_000
     walls = repeat(lambda: slurptuna.run_chunk(definition, PARAMS, range(n), CONTEXT, processes=1), 3)
     rate = n / median(walls)
-    row("1 overhead", "run_chunk, 1 process", n, walls, rate, "-",
-        f"{rate:,.0f} seeds/s per process (target >= 1,000,000)")
+    row(
+        "1 overhead",
+        "run_chunk, 1 process",
+        n,
+        walls,
+        rate,
+        "-",
+        f"{rate:,.0f} seeds/s per process (target >= 1,000,000)",
+    )
     walls_k = repeat(lambda: slurptuna.run_chunk(definition, PARAMS, range(n * CORES), CONTEXT, processes=CORES), 3)
     rate_k = n * CORES / median(walls_k)
-    row("1 overhead", f"run_chunk, {CORES} processes", n * CORES, walls_k, rate_k, f"{rate_k / rate:.2f}x",
-        f"{rate_k / CORES:,.0f} seeds/s per process (fork pool start included)")
+    row(
+        "1 overhead",
+        f"run_chunk, {CORES} processes",
+        n * CORES,
+        walls_k,
+        rate_k,
+        f"{rate_k / rate:.2f}x",
+        f"{rate_k / CORES:,.0f} seeds/s per process (fork pool start included)",
+    )
 
     n_task = 2_000_000 if quick else 5_000_000
     run_dir = make_chunk_run(tmp / "case1", definition, n_task)
@@ -189,13 +215,25 @@ def case_overhead(tmp: Path, quick: bool) -> dict[str, float]:
     startup = repeat(lambda: timed_process([sys.executable, "-m", "slurptuna", "--help"])[0], 3)
     rate_t = n_task / median(walls_t)
     record = json.loads(chunk_file(run_dir).read_text())
-    importtime = subprocess.run([sys.executable, "-X", "importtime", *worker_chunk_argv(run_dir)[1:]],
-                                env=ENV, capture_output=True, text=True, check=False).stderr
+    importtime = subprocess.run(
+        [sys.executable, "-X", "importtime", *worker_chunk_argv(run_dir)[1:]],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stderr
     optuna_imported = re.search(r"\|\s+optuna\s*$", importtime, re.MULTILINE) is not None
-    row("1 overhead", "`worker chunk` task, end to end", n_task, walls_t, rate_t, "-",
+    row(
+        "1 overhead",
+        "`worker chunk` task, end to end",
+        n_task,
+        walls_t,
+        rate_t,
+        "-",
         f"{rate_t:,.0f} seeds/s incl. interpreter start; `python -m slurptuna --help` alone "
         f"{fmt_s(median(startup))}; in-task loop {record['elapsed_seconds']:.2f} s; "
-        f"optuna imported by worker: {'YES' if optuna_imported else 'no'}")
+        f"optuna imported by worker: {'YES' if optuna_imported else 'no'}",
+    )
     return {"task_rss_kb": max(rss), "task_seeds": n_task, "noop_rate": rate}
 
 
@@ -222,20 +260,42 @@ def case_scaling(tmp: Path, quick: bool) -> None:
     counter = iter(range(10**6))
 
     def single(**options):
-        return lambda: run_single(definition, tmp / "case2" / str(next(counter)), n_trials=n_trials,
-                                  n_seeds=n_seeds, **options)
+        return lambda: run_single(
+            definition, tmp / "case2" / str(next(counter)), n_trials=n_trials, n_seeds=n_seeds, **options
+        )
 
     base = repeat(single(chunk_size=n_seeds, worker_parallelism=1), 3)
-    row("2 scaling", f"optimize_run single, {n_trials} trials, 1 chunk x 1 process", seeds, base,
-        seeds / median(base), "1.00x", "baseline, end to end (study, files, worker start)")
+    row(
+        "2 scaling",
+        f"optimize_run single, {n_trials} trials, 1 chunk x 1 process",
+        seeds,
+        base,
+        seeds / median(base),
+        "1.00x",
+        "baseline, end to end (study, files, worker start)",
+    )
     walls = repeat(single(chunk_size=n_seeds, worker_parallelism=CORES), 3)
     speedup = median(base) / median(walls)
-    row("2 scaling", f"optimize_run single, 1 chunk x {CORES} processes", seeds, walls,
-        seeds / median(walls), f"{speedup:.2f}x", f"{speedup / CORES:.3f} of linear (target >= 0.95)")
+    row(
+        "2 scaling",
+        f"optimize_run single, 1 chunk x {CORES} processes",
+        seeds,
+        walls,
+        seeds / median(walls),
+        f"{speedup:.2f}x",
+        f"{speedup / CORES:.3f} of linear (target >= 0.95)",
+    )
     walls = repeat(single(chunk_size=-(-n_seeds // CORES), worker_parallelism=1), 3)
     speedup = median(base) / median(walls)
-    row("2 scaling", f"optimize_run single, {CORES} chunks x 1 process", seeds, walls,
-        seeds / median(walls), f"{speedup:.2f}x", f"{speedup / CORES:.3f} of linear")
+    row(
+        "2 scaling",
+        f"optimize_run single, {CORES} chunks x 1 process",
+        seeds,
+        walls,
+        seeds / median(walls),
+        f"{speedup:.2f}x",
+        f"{speedup / CORES:.3f} of linear",
+    )
 
 
 # ---------------------------------------------------------------- case 3: plain Optuna with threads
@@ -258,15 +318,36 @@ def case_plain_optuna(tmp: Path, quick: bool) -> None:
 
     counter = iter(range(10**6))
     walls_plain = repeat(plain, 3)
-    walls_ours = repeat(lambda: run_single(bench_losses.bench_work, tmp / "case3" / str(next(counter)),
-                                           n_trials=n_trials, n_seeds=n_seeds, chunk_size=n_seeds,
-                                           worker_parallelism=CORES), 3)
-    row("3 vs plain Optuna", f"study.optimize(n_jobs={CORES}) threads, {n_trials} trials", seeds, walls_plain,
-        seeds / median(walls_plain), "1.00x", "the naive alternative (GIL-bound)")
+    walls_ours = repeat(
+        lambda: run_single(
+            bench_losses.bench_work,
+            tmp / "case3" / str(next(counter)),
+            n_trials=n_trials,
+            n_seeds=n_seeds,
+            chunk_size=n_seeds,
+            worker_parallelism=CORES,
+        ),
+        3,
+    )
+    row(
+        "3 vs plain Optuna",
+        f"study.optimize(n_jobs={CORES}) threads, {n_trials} trials",
+        seeds,
+        walls_plain,
+        seeds / median(walls_plain),
+        "1.00x",
+        "the naive alternative (GIL-bound)",
+    )
     ratio = median(walls_ours) / median(walls_plain)
-    row("3 vs plain Optuna", f"slurptuna single, {n_trials} trials, worker_parallelism={CORES}", seeds,
-        walls_ours, seeds / median(walls_ours), f"{median(walls_plain) / median(walls_ours):.2f}x",
-        f"wall slurptuna / plain Optuna = {ratio:.2f}")
+    row(
+        "3 vs plain Optuna",
+        f"slurptuna single, {n_trials} trials, worker_parallelism={CORES}",
+        seeds,
+        walls_ours,
+        seeds / median(walls_ours),
+        f"{median(walls_plain) / median(walls_ours):.2f}x",
+        f"wall slurptuna / plain Optuna = {ratio:.2f}",
+    )
 
 
 # ---------------------------------------------------------------- case 4: real Slurm vs hand-written sbatch
@@ -275,8 +356,9 @@ def case_plain_optuna(tmp: Path, quick: bool) -> None:
 def slurm_env() -> dict[str, str]:
     env = dict(ENV)
     if "SLURM_CONF" not in env and (REPO / "slurm" / "local-slurm").exists():
-        shown = subprocess.run([str(REPO / "slurm" / "local-slurm"), "env"], capture_output=True, text=True,
-                               check=False).stdout
+        shown = subprocess.run(
+            [str(REPO / "slurm" / "local-slurm"), "env"], capture_output=True, text=True, check=False
+        ).stdout
         for name, value in re.findall(r"(\w+)=(\S+)", shown):
             env[name] = value.strip("'\"")
     return env
@@ -284,8 +366,9 @@ def slurm_env() -> dict[str, str]:
 
 def slurm_answers() -> bool:
     try:
-        probe = subprocess.run(["sinfo", "-h"], capture_output=True, text=True, timeout=10, env=slurm_env(),
-                               check=False)
+        probe = subprocess.run(
+            ["sinfo", "-h"], capture_output=True, text=True, timeout=10, env=slurm_env(), check=False
+        )
     except (FileNotFoundError, subprocess.TimeoutExpired):
         return False
     return probe.returncode == 0 and bool(probe.stdout.strip())
@@ -294,8 +377,9 @@ def slurm_answers() -> bool:
 BATCH_SCRIPT = '#!/bin/sh\nexec "$@"\n'
 
 
-def handwritten_run(root: Path, n_trials: int, n_chunks: int, chunk_size: int, poll: float,
-                    env: dict[str, str]) -> float:
+def handwritten_run(
+    root: Path, n_trials: int, n_chunks: int, chunk_size: int, poll: float, env: dict[str, str]
+) -> float:
     """A hand-written controller: Optuna ask/tell, sbatch array + afterok reduce, squeue polling."""
     import optuna
 
@@ -312,18 +396,58 @@ def handwritten_run(root: Path, n_trials: int, n_chunks: int, chunk_size: int, p
         trial_dir.mkdir()
         (trial_dir / "params.json").write_text(json.dumps(trial.params))
         common = ["sbatch", "--parsable", "--mem-per-cpu=100M", "--time=0-00:10:00", "--cpus-per-task=1"]
-        array = subprocess.run([*common, f"--array=0-{n_chunks - 1}", f"--job-name=hand.t{number}.chunks",
-                                f"--output={trial_dir}/chunk_%A_%a.out", str(script), *task, "chunk",
-                                str(trial_dir), str(chunk_size)],
-                               capture_output=True, text=True, env=env, check=True).stdout.strip().split(";")[0]
-        reduce = subprocess.run([*common, f"--dependency=afterok:{array}", "--kill-on-invalid-dep=yes",
-                                 f"--job-name=hand.t{number}.reduce", f"--output={trial_dir}/reduce_%j.out",
-                                 str(script), *task, "reduce", str(trial_dir), str(n_chunks)],
-                                capture_output=True, text=True, env=env, check=True).stdout.strip().split(";")[0]
+        array = (
+            subprocess.run(
+                [
+                    *common,
+                    f"--array=0-{n_chunks - 1}",
+                    f"--job-name=hand.t{number}.chunks",
+                    f"--output={trial_dir}/chunk_%A_%a.out",
+                    str(script),
+                    *task,
+                    "chunk",
+                    str(trial_dir),
+                    str(chunk_size),
+                ],
+                capture_output=True,
+                text=True,
+                env=env,
+                check=True,
+            )
+            .stdout.strip()
+            .split(";")[0]
+        )
+        reduce = (
+            subprocess.run(
+                [
+                    *common,
+                    f"--dependency=afterok:{array}",
+                    "--kill-on-invalid-dep=yes",
+                    f"--job-name=hand.t{number}.reduce",
+                    f"--output={trial_dir}/reduce_%j.out",
+                    str(script),
+                    *task,
+                    "reduce",
+                    str(trial_dir),
+                    str(n_chunks),
+                ],
+                capture_output=True,
+                text=True,
+                env=env,
+                check=True,
+            )
+            .stdout.strip()
+            .split(";")[0]
+        )
         while True:
             time.sleep(poll)
-            shown = subprocess.run(["squeue", "-h", "-j", f"{array},{reduce}", "-o", "%i|%T"],
-                                   capture_output=True, text=True, env=env, check=False)
+            shown = subprocess.run(
+                ["squeue", "-h", "-j", f"{array},{reduce}", "-o", "%i|%T"],
+                capture_output=True,
+                text=True,
+                env=env,
+                check=False,
+            )
             if shown.returncode == 0 and not shown.stdout.strip():
                 break
         study.tell(trial, json.loads((trial_dir / "result.json").read_text())["mean"])
@@ -344,10 +468,20 @@ def case_real_slurm(tmp: Path, quick: bool) -> dict[str, float]:
 
     def ours() -> float:
         started = time.perf_counter()
-        result = run_single(bench_losses.bench_work, tmp / "case4" / f"ours{next(counter)}", mode="distributed",
-                            n_trials=n_trials, n_seeds=n_chunks * chunk_size, chunk_size=chunk_size,
-                            worker_parallelism=1, cpus_per_task=1, mem_per_cpu="100M", slurm_qos=None,
-                            slurm_poll_seconds=poll, worker_time_limit=slurptuna_timedelta(600))
+        result = run_single(
+            bench_losses.bench_work,
+            tmp / "case4" / f"ours{next(counter)}",
+            mode="distributed",
+            n_trials=n_trials,
+            n_seeds=n_chunks * chunk_size,
+            chunk_size=chunk_size,
+            worker_parallelism=1,
+            cpus_per_task=1,
+            mem_per_cpu="100M",
+            slurm_qos=None,
+            slurm_poll_seconds=poll,
+            worker_time_limit=slurptuna_timedelta(600),
+        )
         wall = time.perf_counter() - started
         if result.n_complete != n_trials:
             raise RuntimeError(f"distributed run {result.run_dir}: {result.n_complete}/{n_trials} complete")
@@ -356,8 +490,9 @@ def case_real_slurm(tmp: Path, quick: bool) -> dict[str, float]:
     walls_ours, walls_hand = [], []
     try:
         for index in range(3):  # interleaved, so that drifts in machine load hit both sides
-            walls_hand.append(handwritten_run(tmp / "case4" / f"hand{index}", n_trials, n_chunks, chunk_size,
-                                              poll, env))
+            walls_hand.append(
+                handwritten_run(tmp / "case4" / f"hand{index}", n_trials, n_chunks, chunk_size, poll, env)
+            )
             walls_ours.append(ours())
     finally:
         os.environ.clear()
@@ -366,11 +501,24 @@ def case_real_slurm(tmp: Path, quick: bool) -> dict[str, float]:
     per_ours = [w / n_trials for w in walls_ours]
     ratio = median(walls_ours) / median(walls_hand)
     shape = f"{n_trials} trials x {n_chunks} tasks x {chunk_size} seeds, poll {poll} s"
-    row("4 real Slurm", f"hand-written sbatch array + afterok reduce ({shape})", seeds, walls_hand,
-        seeds / median(walls_hand), "1.00x", f"{fmt_s(median(per_hand))} per trial")
-    row("4 real Slurm", f"slurptuna distributed ({shape})", seeds, walls_ours, seeds / median(walls_ours),
+    row(
+        "4 real Slurm",
+        f"hand-written sbatch array + afterok reduce ({shape})",
+        seeds,
+        walls_hand,
+        seeds / median(walls_hand),
+        "1.00x",
+        f"{fmt_s(median(per_hand))} per trial",
+    )
+    row(
+        "4 real Slurm",
+        f"slurptuna distributed ({shape})",
+        seeds,
+        walls_ours,
+        seeds / median(walls_ours),
         f"{median(walls_hand) / median(walls_ours):.2f}x",
-        f"{fmt_s(median(per_ours))} per trial; slurptuna / hand-written = {ratio:.2f} (target <= 1.2)")
+        f"{fmt_s(median(per_ours))} per trial; slurptuna / hand-written = {ratio:.2f} (target <= 1.2)",
+    )
     return {"per_trial_ours": median(per_ours), "per_trial_hand": median(per_hand)}
 
 
@@ -417,11 +565,22 @@ def controller_child(spec: dict) -> None:
     wall = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_SELF)
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    print("RESULT " + json.dumps({
-        "wall": wall, "cpu": (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime),
-        "children_cpu": children.ru_utime + children.ru_stime, "maxrss_kb": after.ru_maxrss,
-        "cycles": cycles[0], "json_writes": writes[0], "n_complete": result.n_complete, "run_dir": result.run_dir,
-    }), flush=True)
+    print(
+        "RESULT "
+        + json.dumps(
+            {
+                "wall": wall,
+                "cpu": (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime),
+                "children_cpu": children.ru_utime + children.ru_stime,
+                "maxrss_kb": after.ru_maxrss,
+                "cycles": cycles[0],
+                "json_writes": writes[0],
+                "n_complete": result.n_complete,
+                "run_dir": result.run_dir,
+            }
+        ),
+        flush=True,
+    )
 
 
 def dir_stats(path: Path) -> tuple[int, int]:
@@ -436,19 +595,33 @@ def case_fake_scale(tmp: Path, quick: bool) -> dict[str, float]:
     for index in range(3):
         state = tmp / "case5" / f"state{index}"
         state.mkdir(parents=True)
-        env = {**ENV, "FAKE_SLURM_DIR": str(state), "FAKE_SLURM_FORK_PYTHON": "1",
-               "PATH": os.pathsep.join([str(REPO / "fake_slurm"), os.path.dirname(sys.executable),
-                                        os.environ["PATH"]])}
+        env = {
+            **ENV,
+            "FAKE_SLURM_DIR": str(state),
+            "FAKE_SLURM_FORK_PYTHON": "1",
+            "PATH": os.pathsep.join([str(REPO / "fake_slurm"), os.path.dirname(sys.executable), os.environ["PATH"]]),
+        }
         env = {k: v for k, v in env.items() if not k.startswith("SLURM_")}
-        spec = {"n_trials": n_trials, "max_concurrent_trials": n_trials, "n_seeds": n_tasks * chunk_size,
-                "chunk_size": chunk_size, "slurm_qos": None, "slurm_poll_seconds": poll,
-                "run_root": str(tmp / "case5" / f"runs{index}")}
-        process = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--controller-child",
-                                  json.dumps(spec)], env=env, capture_output=True, text=True, check=False)
+        spec = {
+            "n_trials": n_trials,
+            "max_concurrent_trials": n_trials,
+            "n_seeds": n_tasks * chunk_size,
+            "chunk_size": chunk_size,
+            "slurm_qos": None,
+            "slurm_poll_seconds": poll,
+            "run_root": str(tmp / "case5" / f"runs{index}"),
+        }
+        process = subprocess.run(
+            [sys.executable, str(Path(__file__).resolve()), "--controller-child", json.dumps(spec)],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         line = next((ln for ln in process.stdout.splitlines() if ln.startswith("RESULT ")), None)
         if line is None:
             raise RuntimeError(f"controller child failed ({process.returncode}):\n{process.stderr[-3000:]}")
-        measured = json.loads(line[len("RESULT "):])
+        measured = json.loads(line[len("RESULT ") :])
         if measured["n_complete"] != n_trials:
             raise RuntimeError(f"case 5: {measured['n_complete']}/{n_trials} trials complete in {measured['run_dir']}")
         calls = [json.loads(ln) for ln in (state / "calls.jsonl").read_text().splitlines()]
@@ -465,8 +638,10 @@ def case_fake_scale(tmp: Path, quick: bool) -> dict[str, float]:
         measured["log_bytes_per_trial"] = statistics.mean(b[1] for b in logs)
         measured["run_level_bytes"] = sum(p.stat().st_size for p in run_dir.iterdir() if p.is_file())
         results.append(measured)
-        log(f"  run {index}: {measured['wall']:.1f} s wall, controller CPU {measured['cpu']:.2f} s, "
-            f"{measured['squeue']} squeue / {measured['cycles']} cycles")
+        log(
+            f"  run {index}: {measured['wall']:.1f} s wall, controller CPU {measured['cpu']:.2f} s, "
+            f"{measured['squeue']} squeue / {measured['cycles']} cycles"
+        )
         shutil.rmtree(tmp / "case5" / f"runs{index}", ignore_errors=True)
 
     def med(key: str) -> float:
@@ -477,29 +652,61 @@ def case_fake_scale(tmp: Path, quick: bool) -> dict[str, float]:
     squeue_per_cycle = median([r["squeue"] / max(r["cycles"], 1) for r in results])
     compute = EARLIER_SHAPE[2] / (EARLIER_SHAPE[0] * EARLIER_SHAPE[1] * EARLIER_SEEDS_PER_S)
     efficiency = compute / (compute + cpu_per_trial)
-    shape = (f"{n_trials} concurrent trials x {n_tasks} array tasks x {chunk_size} seeds of 5 ms sleep, "
-             f"poll <= {poll} s")
+    shape = f"{n_trials} concurrent trials x {n_tasks} array tasks x {chunk_size} seeds of 5 ms sleep, poll <= {poll} s"
     walls = [r["wall"] for r in results]
-    row("5 controller scale", f"fake_slurm fast launch ({shape})", seeds, walls, seeds / median(walls), "-",
+    row(
+        "5 controller scale",
+        f"fake_slurm fast launch ({shape})",
+        seeds,
+        walls,
+        seeds / median(walls),
+        "-",
         f"controller CPU {cpu_per_trial * 1000:.1f} ms/trial (own user+sys, children excluded); "
-        f"fake Slurm commands {med('children_cpu') / n_trials * 1000:.0f} ms/trial")
-    row("5 controller scale", "squeue per poll cycle", "-", None, None, "-",
+        f"fake Slurm commands {med('children_cpu') / n_trials * 1000:.0f} ms/trial",
+    )
+    row(
+        "5 controller scale",
+        "squeue per poll cycle",
+        "-",
+        None,
+        None,
+        "-",
         f"{squeue_per_cycle:.3f} (target 1; {med('squeue'):.0f} squeue calls in {med('cycles'):.0f} cycles); "
         f"{med('squeue') / n_trials:.2f} squeue per trial, "
         f"{med('squeue') / median(walls):.2f} per s; sbatch {med('sbatch') / n_trials:.2f} per trial, all "
         f"{med('sbatch'):.0f} in the first cycle, over {med('sbatch_phase'):.1f} s (fake sbatch is a Python "
         "process, slowed by the fake runners); "
-        f"scancel/sacct/scontrol total {results[0]['other_calls']}")
-    row("5 controller scale", "files per trial", "-", None, None, "-",
+        f"scancel/sacct/scontrol total {results[0]['other_calls']}",
+    )
+    row(
+        "5 controller scale",
+        "files per trial",
+        "-",
+        None,
+        None,
+        "-",
         f"{med('files_per_trial'):.0f} files ({n_tasks} chunk files + logs + params/jobs/summary); "
-        f"{med('json_writes') / n_trials:.1f} atomic JSON writes by the controller per trial")
-    row("5 controller scale", "efficiency at the earlier package's shape", "-", None, None, "-",
+        f"{med('json_writes') / n_trials:.1f} atomic JSON writes by the controller per trial",
+    )
+    row(
+        "5 controller scale",
+        "efficiency at the earlier package's shape",
+        "-",
+        None,
+        None,
+        "-",
         f"100 tasks x 4 processes at {EARLIER_SEEDS_PER_S} seeds/s, 40e6 seeds: compute {compute:.1f} s/trial; "
         f"{compute:.1f} / ({compute:.1f} + {cpu_per_trial:.3f}) = {efficiency:.1%} (earlier: 84x on 400 "
-        f"cores = 21%; target >= 90%)")
-    return {"controller_rss_kb": max(r["maxrss_kb"] for r in results), "bytes_per_trial": med("bytes_per_trial"),
-            "log_bytes_per_trial": med("log_bytes_per_trial"), "run_level_bytes": med("run_level_bytes"),
-            "n_trials": n_trials, "n_tasks": n_tasks}
+        f"cores = 21%; target >= 90%)",
+    )
+    return {
+        "controller_rss_kb": max(r["maxrss_kb"] for r in results),
+        "bytes_per_trial": med("bytes_per_trial"),
+        "log_bytes_per_trial": med("log_bytes_per_trial"),
+        "run_level_bytes": med("run_level_bytes"),
+        "n_trials": n_trials,
+        "n_tasks": n_tasks,
+    }
 
 
 # ---------------------------------------------------------------- case 6: memory
@@ -508,16 +715,37 @@ def case_fake_scale(tmp: Path, quick: bool) -> dict[str, float]:
 def case_memory(overhead: dict[str, float], scale: dict[str, float]) -> None:
     log("case 6: memory")
     if scale:
-        row("6 memory", f"controller peak RSS ({scale['n_trials']:.0f} trials x {scale['n_tasks']:.0f} tasks)",
-            "-", None, None, "-", f"{scale['controller_rss_kb'] / 1024:.0f} MiB (ru_maxrss)")
+        row(
+            "6 memory",
+            f"controller peak RSS ({scale['n_trials']:.0f} trials x {scale['n_tasks']:.0f} tasks)",
+            "-",
+            None,
+            None,
+            "-",
+            f"{scale['controller_rss_kb'] / 1024:.0f} MiB (ru_maxrss)",
+        )
     if overhead:
-        row("6 memory", f"one chunk task peak RSS ({overhead['task_seeds']:,} seeds, 1 process)", "-", None,
-            None, "-", f"{overhead['task_rss_kb'] / 1024:.0f} MiB (ru_maxrss of `worker chunk`)")
+        row(
+            "6 memory",
+            f"one chunk task peak RSS ({overhead['task_seeds']:,} seeds, 1 process)",
+            "-",
+            None,
+            None,
+            "-",
+            f"{overhead['task_rss_kb'] / 1024:.0f} MiB (ru_maxrss of `worker chunk`)",
+        )
     if scale:
-        row("6 memory", "run directory per trial", "-", None, None, "-",
+        row(
+            "6 memory",
+            "run directory per trial",
+            "-",
+            None,
+            None,
+            "-",
             f"{scale['bytes_per_trial']:,.0f} bytes of JSON in trials/trial_N ({scale['n_tasks']:.0f} chunks, "
             f"no per-seed lists) + {scale['log_bytes_per_trial']:,.0f} bytes of logs; run level "
-            f"(optuna.db, meta, summary) {scale['run_level_bytes']:,.0f} bytes")
+            f"(optuna.db, meta, summary) {scale['run_level_bytes']:,.0f} bytes",
+        )
 
 
 # ---------------------------------------------------------------- profile
@@ -527,8 +755,10 @@ def profile(tmp: Path) -> None:
     n = 1_000_000
     run_dir = make_chunk_run(tmp / "profile", bench_losses.bench_noop, n)
     chunk_file(run_dir).unlink()
-    print(f"cProfile of run_chunk_task (what `python -m slurptuna worker chunk` runs): "
-          f"no-op loss, {n:,} seeds, 1 process\n")
+    print(
+        f"cProfile of run_chunk_task (what `python -m slurptuna worker chunk` runs): "
+        f"no-op loss, {n:,} seeds, 1 process\n"
+    )
     profiler = cProfile.Profile()
     profiler.enable()
     code = slurptuna.run_chunk_task(run_dir, 0, 0)

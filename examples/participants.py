@@ -1,6 +1,6 @@
 """One fit per participant with optimize_entries: the entry id reaches the loss in `context`.
 
-    python examples/participants.py
+python examples/participants.py
 """
 
 from __future__ import annotations
@@ -22,8 +22,9 @@ def learning_rate_fit(params, seed, context):
 
 
 if __name__ == "__main__":
-    result = optimize_entries(learning_rate_fit, entry_ids=list(TRUE_RATE), n_trials=20, n_seeds=400,
-                              chunk_size=200, max_concurrent_entries=3)
+    result = optimize_entries(
+        learning_rate_fit, entry_ids=list(TRUE_RATE), n_trials=20, n_seeds=400, chunk_size=200, max_concurrent_entries=3
+    )
     for entry, params in result.best_params_by_entry.items():
         print(f"{entry}: true {TRUE_RATE[entry]:.2f}, found {params['rate']:.3f}")
     print("runs:", result.run_dir)

@@ -8,6 +8,7 @@ $FAKE_SLURM_DIR: `jobs/<id>.json` (one file per submission, written
 atomically under `jobs/<id>.lock`), counters, fault markers, run slots and the
 `submissions.jsonl` / `calls.jsonl` logs.
 """
+
 import fcntl
 import json
 import math
@@ -23,8 +24,15 @@ KILL_WAIT = 1.0
 NO_TASK = 4294967294  # what real Slurm substitutes for %a in a non-array job
 ACTIVE = ("PENDING", "RUNNING", "COMPLETING")
 ENDED = ("COMPLETED", "FAILED", "TIMEOUT", "CANCELLED")
-SHORT = {"PENDING": "PD", "RUNNING": "R", "COMPLETING": "CG", "COMPLETED": "CD",
-         "FAILED": "F", "TIMEOUT": "TO", "CANCELLED": "CA"}
+SHORT = {
+    "PENDING": "PD",
+    "RUNNING": "R",
+    "COMPLETING": "CG",
+    "COMPLETED": "CD",
+    "FAILED": "F",
+    "TIMEOUT": "TO",
+    "CANCELLED": "CA",
+}
 INVALID_ID = "slurm_load_jobs error: Invalid job id specified"
 SUBMIT_FAILED = "Batch job submission failed: "
 
@@ -34,6 +42,7 @@ class Fail(Exception):
 
 
 # ---------------------------------------------------------------- state dir
+
 
 def state_dir():
     d = os.environ.get("FAKE_SLURM_DIR") or "/tmp/fake_slurm_state"
@@ -115,6 +124,7 @@ def job_update(jid):
 
 # ---------------------------------------------------------------- parsing
 
+
 def parse_args(argv, spec, allow_unknown=False, stop_at_positional=False):
     """getopt-like parsing. spec maps '-x'/'--xx' to (dest, takes_value).
 
@@ -150,7 +160,7 @@ def parse_args(argv, spec, allow_unknown=False, stop_at_positional=False):
                 if not takes:
                     opts[dest] = True
                     continue
-                value = arg[k + 1:]
+                value = arg[k + 1 :]
                 if not value:
                     if i >= len(argv):
                         raise Fail(f"option requires an argument -- '{letter}'")
@@ -236,17 +246,26 @@ def fmt_stamp(t):
 
 def fmt_filename(pattern, job, task):
     """Substitute %A %a %j %x %u %N %J %% (with optional zero padding)."""
-    values = {"A": job["job_id"], "j": task["job_id"], "J": task["job_id"],
-              "a": NO_TASK if task["task_id"] is None else task["task_id"],
-              "x": job["name"], "u": job["user"], "N": "localhost", "%": "%"}
+    values = {
+        "A": job["job_id"],
+        "j": task["job_id"],
+        "J": task["job_id"],
+        "a": NO_TASK if task["task_id"] is None else task["task_id"],
+        "x": job["name"],
+        "u": job["user"],
+        "N": "localhost",
+        "%": "%",
+    }
 
     def sub(m):
         value = values[m[2]]
         return str(value).zfill(int(m[1])) if m[1] and isinstance(value, int) else str(value)
+
     return re.sub(r"%(\d*)([AajJxuN%])", sub, pattern)
 
 
 # ---------------------------------------------------------------- jobs and rows
+
 
 def ended(task):
     return task["state"] in ENDED
@@ -330,48 +349,81 @@ def row(job, task):
     limit = job["time_limit_min"]
     return {
         "i": f"{job['job_id']}_{tid}" if job["array"] else str(job["job_id"]),
-        "A": str(task["job_id"]), "F": str(job["job_id"]),
+        "A": str(task["job_id"]),
+        "F": str(job["job_id"]),
         "K": str(tid) if job["array"] else "N/A",
-        "j": job["name"], "T": state, "t": SHORT[state], "r": reason,
-        "R": f"({reason})" if state == "PENDING" or (ended(task) and reason != "None")
-        else "localhost",
-        "P": job["partition"], "u": job["user"], "q": job["qos"] or "normal",
-        "a": job["account"] or "(null)", "M": fmt_duration(used, compact=True),
+        "j": job["name"],
+        "T": state,
+        "t": SHORT[state],
+        "r": reason,
+        "R": f"({reason})" if state == "PENDING" or (ended(task) and reason != "None") else "localhost",
+        "P": job["partition"],
+        "u": job["user"],
+        "q": job["qos"] or "normal",
+        "a": job["account"] or "(null)",
+        "M": fmt_duration(used, compact=True),
         "l": fmt_duration(limit * 60, compact=True) if limit else "UNLIMITED",
-        "D": "1", "C": str(job["cpus"]), "N": "localhost" if start else "",
-        "Z": job["cwd"], "o": job["command"], "S": fmt_stamp(start),
-        "e": fmt_stamp(end), "V": fmt_stamp(job["submit"]),
-        "E": job["dependency"] or "(null)", "k": job["options"].get("comment") or "(null)",
+        "D": "1",
+        "C": str(job["cpus"]),
+        "N": "localhost" if start else "",
+        "Z": job["cwd"],
+        "o": job["command"],
+        "S": fmt_stamp(start),
+        "e": fmt_stamp(end),
+        "V": fmt_stamp(job["submit"]),
+        "E": job["dependency"] or "(null)",
+        "k": job["options"].get("comment") or "(null)",
         # sacct extras
-        "elapsed": fmt_duration(used), "exitcode": f"{task['exit_code']}:{task['signal']}",
-        "cancel_by": task["cancel_by"], "end": end,
+        "elapsed": fmt_duration(used),
+        "exitcode": f"{task['exit_code']}:{task['signal']}",
+        "cancel_by": task["cancel_by"],
+        "end": end,
     }
 
 
 # ---------------------------------------------------------------- sbatch
 
 SBATCH_SPEC = make_spec(
-    ("array", True, "-a", "--array"), ("job-name", True, "-J", "--job-name"),
-    ("cpus-per-task", True, "-c", "--cpus-per-task"), ("time", True, "-t", "--time"),
-    ("mem-per-cpu", True, "--mem-per-cpu"), ("mem", True, "--mem"),
-    ("qos", True, "-q", "--qos"), ("partition", True, "-p", "--partition"),
-    ("account", True, "-A", "--account"), ("output", True, "-o", "--output"),
-    ("error", True, "-e", "--error"), ("input", True, "-i", "--input"),
+    ("array", True, "-a", "--array"),
+    ("job-name", True, "-J", "--job-name"),
+    ("cpus-per-task", True, "-c", "--cpus-per-task"),
+    ("time", True, "-t", "--time"),
+    ("mem-per-cpu", True, "--mem-per-cpu"),
+    ("mem", True, "--mem"),
+    ("qos", True, "-q", "--qos"),
+    ("partition", True, "-p", "--partition"),
+    ("account", True, "-A", "--account"),
+    ("output", True, "-o", "--output"),
+    ("error", True, "-e", "--error"),
+    ("input", True, "-i", "--input"),
     ("dependency", True, "-d", "--dependency"),
     ("kill-on-invalid-dep", True, "--kill-on-invalid-dep"),
-    ("export", True, "--export"), ("chdir", True, "-D", "--chdir"),
-    ("ntasks", True, "-n", "--ntasks"), ("nodes", True, "-N", "--nodes"),
-    ("wrap", True, "--wrap"), ("open-mode", True, "--open-mode"),
-    ("mail-type", True, "--mail-type"), ("mail-user", True, "--mail-user"),
-    ("comment", True, "--comment"), ("constraint", True, "-C", "--constraint"),
-    ("gres", True, "--gres"), ("gpus", True, "-G", "--gpus"),
-    ("nodelist", True, "-w", "--nodelist"), ("exclude", True, "-x", "--exclude"),
-    ("signal", True, "--signal"), ("begin", True, "-b", "--begin"),
-    ("licenses", True, "-L", "--licenses"), ("reservation", True, "--reservation"),
-    ("parsable", False, "--parsable"), ("wait", False, "-W", "--wait"),
-    ("quiet", False, "-Q", "--quiet"), ("verbose", False, "-v", "--verbose"),
-    ("hold", False, "-H", "--hold"), ("requeue", False, "--requeue"),
-    ("no-requeue", False, "--no-requeue"), ("exclusive", False, "--exclusive"),
+    ("export", True, "--export"),
+    ("chdir", True, "-D", "--chdir"),
+    ("ntasks", True, "-n", "--ntasks"),
+    ("nodes", True, "-N", "--nodes"),
+    ("wrap", True, "--wrap"),
+    ("open-mode", True, "--open-mode"),
+    ("mail-type", True, "--mail-type"),
+    ("mail-user", True, "--mail-user"),
+    ("comment", True, "--comment"),
+    ("constraint", True, "-C", "--constraint"),
+    ("gres", True, "--gres"),
+    ("gpus", True, "-G", "--gpus"),
+    ("nodelist", True, "-w", "--nodelist"),
+    ("exclude", True, "-x", "--exclude"),
+    ("signal", True, "--signal"),
+    ("begin", True, "-b", "--begin"),
+    ("licenses", True, "-L", "--licenses"),
+    ("reservation", True, "--reservation"),
+    ("parsable", False, "--parsable"),
+    ("wait", False, "-W", "--wait"),
+    ("quiet", False, "-Q", "--quiet"),
+    ("verbose", False, "-v", "--verbose"),
+    ("hold", False, "-H", "--hold"),
+    ("requeue", False, "--requeue"),
+    ("no-requeue", False, "--no-requeue"),
+    ("exclusive", False, "--exclusive"),
     ("oversubscribe", False, "-s", "--oversubscribe"),
 )
 
@@ -394,6 +446,7 @@ def read_script(opts, pos):
 def script_directives(text):
     """The #SBATCH options at the top of a batch script."""
     import shlex
+
     args = []
     for line in text.splitlines()[1:]:
         if line.startswith("#SBATCH"):
@@ -425,9 +478,11 @@ def submit(argv):
     opts, pos = parse_args(argv, SBATCH_SPEC, allow_unknown=True, stop_at_positional=True)
     text, args, command = read_script(opts, pos)
     if not text.startswith("#!"):
-        raise Fail("This does not look like a batch script.  The first\n"
-                   "sbatch: error: line must start with #! followed by the path"
-                   " to an interpreter.\nsbatch: error: For instance: #!/bin/sh")
+        raise Fail(
+            "This does not look like a batch script.  The first\n"
+            "sbatch: error: line must start with #! followed by the path"
+            " to an interpreter.\nsbatch: error: For instance: #!/bin/sh"
+        )
     opts = {**script_directives(text), **opts}
     fail = os.environ.get("FAKE_SLURM_SBATCH_FAIL")
     calls = env_list("FAKE_SLURM_SBATCH_FAIL_CALLS")
@@ -459,36 +514,63 @@ def submit(argv):
     first = bump("next_job_id", len(task_ids), 1000)
     task_job_ids = [first + 1 + k for k in range(len(task_ids) - 1)] + [first]
     cwd = os.path.abspath(opts.get("chdir", os.getcwd()))
-    name = opts.get("job-name") or ("wrap" if "wrap" in opts else
-                                    os.path.basename(pos[0]) if pos else "sbatch")
+    name = opts.get("job-name") or ("wrap" if "wrap" in opts else os.path.basename(pos[0]) if pos else "sbatch")
     is_array = "array" in opts
     out = opts.get("output") or ("slurm-%A_%a.out" if is_array else "slurm-%j.out")
     err = opts.get("error") or out
     faults = None
     if is_array and os.environ.get("FAKE_SLURM_FAULT_JOBNAME", "") in name:
-        faults = {"fail": [int(x) for x in env_list("FAKE_SLURM_FAIL_TASKS")],
-                  "timeout": [int(x) for x in env_list("FAKE_SLURM_TIMEOUT_TASKS")],
-                  "repeat": os.environ.get("FAKE_SLURM_FAULTS_REPEAT", "0") not in ("", "0")}
+        faults = {
+            "fail": [int(x) for x in env_list("FAKE_SLURM_FAIL_TASKS")],
+            "timeout": [int(x) for x in env_list("FAKE_SLURM_TIMEOUT_TASKS")],
+            "repeat": os.environ.get("FAKE_SLURM_FAULTS_REPEAT", "0") not in ("", "0"),
+        }
     job = {
-        "job_id": first, "name": name, "array": is_array, "throttle": throttle,
-        "array_spec": opts.get("array"), "dependency": opts.get("dependency"), "deps": deps,
+        "job_id": first,
+        "name": name,
+        "array": is_array,
+        "throttle": throttle,
+        "array_spec": opts.get("array"),
+        "dependency": opts.get("dependency"),
+        "deps": deps,
         "kill_on_invalid_dep": opts.get("kill-on-invalid-dep", "no").lower() in ("yes", "1"),
         "time_limit_min": minutes,
         "time_limit": minutes * 60 * env_num("FAKE_SLURM_TIME_SCALE", 1.0) if minutes else None,
-        "cpus": cpus, "cpus_given": "cpus-per-task" in opts, "partition": opts.get("partition", "debug"),
-        "qos": qos, "account": opts.get("account"), "user": os.environ.get("USER", "root"),
-        "cwd": cwd, "submit_dir": os.getcwd(), "command": command, "args": args,
-        "script": path("jobs", f"{first}.script"), "env": dict(os.environ),
-        "append": opts.get("open-mode", "append") == "append", "options": opts,
-        "faults": faults, "max_running": env_num("FAKE_SLURM_MAX_RUNNING", 64, int),
-        "submit": time.time(), "call_no": call_no,
+        "cpus": cpus,
+        "cpus_given": "cpus-per-task" in opts,
+        "partition": opts.get("partition", "debug"),
+        "qos": qos,
+        "account": opts.get("account"),
+        "user": os.environ.get("USER", "root"),
+        "cwd": cwd,
+        "submit_dir": os.getcwd(),
+        "command": command,
+        "args": args,
+        "script": path("jobs", f"{first}.script"),
+        "env": dict(os.environ),
+        "append": opts.get("open-mode", "append") == "append",
+        "options": opts,
+        "faults": faults,
+        "max_running": env_num("FAKE_SLURM_MAX_RUNNING", 64, int),
+        "submit": time.time(),
+        "call_no": call_no,
         "tasks": [],
     }
     for tid, tjid in zip(task_ids, task_job_ids, strict=True):
-        task = {"task_id": tid, "job_id": tjid, "state": "PENDING",
-                "reason": "Dependency" if deps else "None", "exit_code": 0, "signal": 0,
-                "start": None, "end": None, "pid": None, "cancel_by": None,
-                "kill_at": None, "timeout": False}
+        task = {
+            "task_id": tid,
+            "job_id": tjid,
+            "state": "PENDING",
+            "reason": "Dependency" if deps else "None",
+            "exit_code": 0,
+            "signal": 0,
+            "start": None,
+            "end": None,
+            "pid": None,
+            "cancel_by": None,
+            "kill_at": None,
+            "timeout": False,
+        }
         task["out"] = os.path.join(cwd, fmt_filename(out, job, task))
         task["err"] = os.path.join(cwd, fmt_filename(err, job, task))
         job["tasks"].append(task)
@@ -497,13 +579,27 @@ def submit(argv):
     os.chmod(job["script"], 0o755)
     write_json(path("jobs", f"{first}.json"), job)
     import subprocess  # imported here: squeue & co start faster without it
+
     with open(path("runner.log"), "a") as log:
-        subprocess.Popen([sys.executable, "-S", os.path.abspath(__file__), "run", str(first)],
-                         start_new_session=True, stdin=subprocess.DEVNULL,
-                         stdout=log, stderr=log, cwd=state_dir())
-    append_log("submissions.jsonl", {
-        "job_id": first, "argv": argv, "array_tasks": task_ids if is_array else None,
-        "throttle": throttle, "dependency": opts.get("dependency"), "options": opts})
+        subprocess.Popen(
+            [sys.executable, "-S", os.path.abspath(__file__), "run", str(first)],
+            start_new_session=True,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            cwd=state_dir(),
+        )
+    append_log(
+        "submissions.jsonl",
+        {
+            "job_id": first,
+            "argv": argv,
+            "array_tasks": task_ids if is_array else None,
+            "throttle": throttle,
+            "dependency": opts.get("dependency"),
+            "options": opts,
+        },
+    )
     return job
 
 
@@ -526,6 +622,7 @@ def sbatch(argv):
 
 
 # ---------------------------------------------------------------- runner
+
 
 def dependency_status(job):
     """'ok', 'wait' or 'never' (afterok on a task that did not complete)."""
@@ -569,12 +666,21 @@ def fault_fires(job, kind, tid):
 
 def task_env(job, task):
     env = {k: v for k, v in job["env"].items() if not k.startswith("SLURM_ARRAY_")}
-    env.update(SLURM_JOB_ID=str(task["job_id"]), SLURM_JOBID=str(task["job_id"]),
-               SLURM_JOB_NAME=job["name"], SLURM_SUBMIT_DIR=job["submit_dir"],
-               SLURM_SUBMIT_HOST="localhost", SLURM_JOB_NODELIST="localhost",
-               SLURMD_NODENAME="localhost", SLURM_NNODES="1", SLURM_JOB_NUM_NODES="1",
-               SLURM_JOB_PARTITION=job["partition"], SLURM_CLUSTER_NAME="fake",
-               SLURM_CPUS_ON_NODE=str(job["cpus"]), SLURM_JOB_USER=job["user"])
+    env.update(
+        SLURM_JOB_ID=str(task["job_id"]),
+        SLURM_JOBID=str(task["job_id"]),
+        SLURM_JOB_NAME=job["name"],
+        SLURM_SUBMIT_DIR=job["submit_dir"],
+        SLURM_SUBMIT_HOST="localhost",
+        SLURM_JOB_NODELIST="localhost",
+        SLURMD_NODENAME="localhost",
+        SLURM_NNODES="1",
+        SLURM_JOB_NUM_NODES="1",
+        SLURM_JOB_PARTITION=job["partition"],
+        SLURM_CLUSTER_NAME="fake",
+        SLURM_CPUS_ON_NODE=str(job["cpus"]),
+        SLURM_JOB_USER=job["user"],
+    )
     if job["cpus_given"]:
         env["SLURM_CPUS_PER_TASK"] = str(job["cpus"])
     if job["qos"]:
@@ -583,10 +689,14 @@ def task_env(job, task):
         env["SLURM_JOB_ACCOUNT"] = job["account"]
     if job["array"]:
         ids = [t["task_id"] for t in job["tasks"]]
-        env.update(SLURM_ARRAY_JOB_ID=str(job["job_id"]),
-                   SLURM_ARRAY_TASK_ID=str(task["task_id"]),
-                   SLURM_ARRAY_TASK_COUNT=str(len(ids)), SLURM_ARRAY_TASK_MIN=str(min(ids)),
-                   SLURM_ARRAY_TASK_MAX=str(max(ids)), SLURM_ARRAY_TASK_STEP="1")
+        env.update(
+            SLURM_ARRAY_JOB_ID=str(job["job_id"]),
+            SLURM_ARRAY_TASK_ID=str(task["task_id"]),
+            SLURM_ARRAY_TASK_COUNT=str(len(ids)),
+            SLURM_ARRAY_TASK_MIN=str(min(ids)),
+            SLURM_ARRAY_TASK_MAX=str(max(ids)),
+            SLURM_ARRAY_TASK_STEP="1",
+        )
     return env
 
 
@@ -628,10 +738,12 @@ def fork_module(job):
     if _FORK_MODULE is None:
         if sys.flags.no_site:  # the runner runs with -S; the task's python would load site
             import site
+
             site.main()
         extra = [p for p in job["env"].get("PYTHONPATH", "").split(os.pathsep) if p]
         sys.path[:0] = [p for p in extra if p not in sys.path]
         import importlib
+
         _FORK_MODULE = importlib.import_module("slurptuna")
     return _FORK_MODULE
 
@@ -656,8 +768,11 @@ def fork_task(job, task, argv, out_path, err_path, mode):
     env = task_env(job, task)
     same = err_path == out_path
     out_fd = os.open(out_path, os.O_WRONLY | os.O_CREAT | (os.O_APPEND if "a" in mode else os.O_TRUNC), 0o644)
-    err_fd = out_fd if same else os.open(
-        err_path, os.O_WRONLY | os.O_CREAT | (os.O_APPEND if "a" in mode else os.O_TRUNC), 0o644)
+    err_fd = (
+        out_fd
+        if same
+        else os.open(err_path, os.O_WRONLY | os.O_CREAT | (os.O_APPEND if "a" in mode else os.O_TRUNC), 0o644)
+    )
     sys.stdout.flush()
     sys.stderr.flush()
     pid = os.fork()
@@ -686,6 +801,7 @@ def fork_task(job, task, argv, out_path, err_path, mode):
             print(e.code, file=sys.stderr)
     except BaseException:
         import traceback
+
         traceback.print_exc()
         code = 1
     finally:
@@ -699,6 +815,7 @@ def fork_task(job, task, argv, out_path, err_path, mode):
 def start_task(job, task, now):
     """Start one task in its own process group; returns the Popen or None."""
     import subprocess
+
     tid = task["task_id"]
     cmd = [job["script"], *job["args"]]
     if fault_fires(job, "fail", tid):
@@ -715,10 +832,15 @@ def start_task(job, task, now):
             task["pid"] = proc.pid
             return proc
         with open(task["out"], mode) as out, open(os.devnull if same else task["err"], mode) as err:
-            proc = subprocess.Popen(cmd, cwd=job["cwd"], env=task_env(job, task),
-                                    stdin=subprocess.DEVNULL, stdout=out,
-                                    stderr=subprocess.STDOUT if same else err,
-                                    start_new_session=True)
+            proc = subprocess.Popen(
+                cmd,
+                cwd=job["cwd"],
+                env=task_env(job, task),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT if same else err,
+                start_new_session=True,
+            )
     except OSError as e:
         print(f"fake_slurm: job {task['job_id']}: {e}", file=sys.stderr)
         task.update(state="FAILED", reason="NonZeroExitCode", exit_code=1, end=time.time())
@@ -742,8 +864,10 @@ def police(job, task, now):
             task["kill_at"] = now + KILL_WAIT
     elif job["time_limit"] is not None and now - task["start"] > job["time_limit"]:
         with open(task["err"], "a") as f:
-            f.write(f"slurmstepd-localhost: error: *** JOB {task['job_id']} ON localhost "
-                    f"CANCELLED AT {fmt_stamp(now)} DUE TO TIME LIMIT ***\n")
+            f.write(
+                f"slurmstepd-localhost: error: *** JOB {task['job_id']} ON localhost "
+                f"CANCELLED AT {fmt_stamp(now)} DUE TO TIME LIMIT ***\n"
+            )
         task.update(state="COMPLETING", reason="TimeLimit", timeout=True, kill_at=now + KILL_WAIT)
         kill_group(task["pid"], signal.SIGTERM)
 
@@ -817,20 +941,49 @@ def run(jid):
 # ---------------------------------------------------------------- squeue
 
 SQUEUE_SPEC = make_spec(
-    ("noheader", False, "-h", "--noheader"), ("jobs", True, "-j", "--jobs"),
-    ("format", True, "-o", "--format"), ("states", True, "-t", "--states"),
-    ("expand", False, "-r", "--array"), ("user", True, "-u", "--user"),
-    ("me", False, "--me"), ("all", False, "-a", "--all"), ("long", False, "-l", "--long"),
-    ("name", True, "-n", "--name"), ("partition", True, "-p", "--partition"),
-    ("qos", True, "-q", "--qos"), ("account", True, "-A", "--account"),
-    ("sort", True, "-S", "--sort"), ("verbose", False, "-v", "--verbose"),
+    ("noheader", False, "-h", "--noheader"),
+    ("jobs", True, "-j", "--jobs"),
+    ("format", True, "-o", "--format"),
+    ("states", True, "-t", "--states"),
+    ("expand", False, "-r", "--array"),
+    ("user", True, "-u", "--user"),
+    ("me", False, "--me"),
+    ("all", False, "-a", "--all"),
+    ("long", False, "-l", "--long"),
+    ("name", True, "-n", "--name"),
+    ("partition", True, "-p", "--partition"),
+    ("qos", True, "-q", "--qos"),
+    ("account", True, "-A", "--account"),
+    ("sort", True, "-S", "--sort"),
+    ("verbose", False, "-v", "--verbose"),
 )
-HEADERS = {"i": "JOBID", "A": "JOBID", "F": "ARRAY_JOB_ID", "K": "ARRAY_TASK_ID",
-           "j": "NAME", "T": "STATE", "t": "ST", "r": "REASON", "R": "NODELIST(REASON)",
-           "P": "PARTITION", "u": "USER", "q": "QOS", "a": "ACCOUNT", "M": "TIME",
-           "l": "TIME_LIMIT", "D": "NODES", "C": "CPUS", "N": "NODELIST",
-           "Z": "WORK_DIR", "o": "COMMAND", "S": "START_TIME", "e": "END_TIME",
-           "V": "SUBMIT_TIME", "E": "DEPENDENCY", "k": "COMMENT"}
+HEADERS = {
+    "i": "JOBID",
+    "A": "JOBID",
+    "F": "ARRAY_JOB_ID",
+    "K": "ARRAY_TASK_ID",
+    "j": "NAME",
+    "T": "STATE",
+    "t": "ST",
+    "r": "REASON",
+    "R": "NODELIST(REASON)",
+    "P": "PARTITION",
+    "u": "USER",
+    "q": "QOS",
+    "a": "ACCOUNT",
+    "M": "TIME",
+    "l": "TIME_LIMIT",
+    "D": "NODES",
+    "C": "CPUS",
+    "N": "NODELIST",
+    "Z": "WORK_DIR",
+    "o": "COMMAND",
+    "S": "START_TIME",
+    "e": "END_TIME",
+    "V": "SUBMIT_TIME",
+    "E": "DEPENDENCY",
+    "k": "COMMENT",
+}
 DEFAULT_FORMAT = "%.18i %.9P %.8j %.8u %.2t %.10M %.6D %R"
 LONG_FORMAT = "%.18i %.9P %.8j %.8u %.8T %.10M %.9l %.6D %R"
 
@@ -847,15 +1000,17 @@ def parse_states(text):
 
 def format_line(fmt, record):
     """Expand a squeue -o format (%[.][-]N<letter>) for one record (or header)."""
+
     def sub(m):
         if m[0] == "%%":
             return "%"
         right, width, letter = m[1], m[3], m[4]
         value = HEADERS.get(letter, letter) if record is None else record.get(letter, "")
         if width:
-            value = value[:int(width)]
+            value = value[: int(width)]
             value = value.rjust(int(width)) if right else value.ljust(int(width))
         return value
+
     return re.sub(r"%%|%(\.)?(-)?(\d*)([a-zA-Z])", sub, fmt)
 
 
@@ -880,11 +1035,17 @@ def squeue(argv):
 # ---------------------------------------------------------------- scancel
 
 SCANCEL_SPEC = make_spec(
-    ("user", True, "-u", "--user"), ("me", False, "--me"), ("name", True, "-n", "--name"),
-    ("state", True, "-t", "--state"), ("quiet", False, "-Q", "--quiet"),
-    ("verbose", False, "-v", "--verbose"), ("batch", False, "-b", "--batch"),
-    ("full", False, "-f", "--full"), ("partition", True, "-p", "--partition"),
-    ("account", True, "-A", "--account"), ("qos", True, "-q", "--qos"),
+    ("user", True, "-u", "--user"),
+    ("me", False, "--me"),
+    ("name", True, "-n", "--name"),
+    ("state", True, "-t", "--state"),
+    ("quiet", False, "-Q", "--quiet"),
+    ("verbose", False, "-v", "--verbose"),
+    ("batch", False, "-b", "--batch"),
+    ("full", False, "-f", "--full"),
+    ("partition", True, "-p", "--partition"),
+    ("account", True, "-A", "--account"),
+    ("qos", True, "-q", "--qos"),
 )
 
 
@@ -908,8 +1069,7 @@ def scancel(argv):
         found = select(None if ref is None else [ref], jobs, states, strict=False, now=now)
         if ref is not None and not found:
             if "quiet" not in opts:
-                print(f"scancel: error: Kill job error on job id {ref}: "
-                      "Invalid job id specified", file=sys.stderr)
+                print(f"scancel: error: Kill job error on job id {ref}: Invalid job id specified", file=sys.stderr)
             rc = 1
         targets += found
     if "name" in opts:
@@ -926,29 +1086,42 @@ def scancel(argv):
 # ---------------------------------------------------------------- sacct
 
 SACCT_SPEC = make_spec(
-    ("allocations", False, "-X", "--allocations"), ("noheader", False, "-n", "--noheader"),
-    ("parsable2", False, "-P", "--parsable2"), ("parsable", False, "-p", "--parsable"),
-    ("jobs", True, "-j", "--jobs"), ("format", True, "-o", "--format"),
-    ("state", True, "-s", "--state"), ("user", True, "-u", "--user"),
-    ("allusers", False, "-a", "--allusers"), ("starttime", True, "-S", "--starttime"),
-    ("endtime", True, "-E", "--endtime"), ("duplicates", False, "-D", "--duplicates"),
-    ("name", True, "--name"), ("units", True, "--units"), ("long", False, "-l", "--long"),
+    ("allocations", False, "-X", "--allocations"),
+    ("noheader", False, "-n", "--noheader"),
+    ("parsable2", False, "-P", "--parsable2"),
+    ("parsable", False, "-p", "--parsable"),
+    ("jobs", True, "-j", "--jobs"),
+    ("format", True, "-o", "--format"),
+    ("state", True, "-s", "--state"),
+    ("user", True, "-u", "--user"),
+    ("allusers", False, "-a", "--allusers"),
+    ("starttime", True, "-S", "--starttime"),
+    ("endtime", True, "-E", "--endtime"),
+    ("duplicates", False, "-D", "--duplicates"),
+    ("name", True, "--name"),
+    ("units", True, "--units"),
+    ("long", False, "-l", "--long"),
 )
 SACCT_FIELDS = {  # name: (header, width, function of (record, step))
-    "jobid": ("JobID", 12, lambda r, s: r["i"] + s), "jobidraw": ("JobIDRaw", 12, lambda r, s: r["A"] + s),
+    "jobid": ("JobID", 12, lambda r, s: r["i"] + s),
+    "jobidraw": ("JobIDRaw", 12, lambda r, s: r["A"] + s),
     "jobname": ("JobName", 10, lambda r, s: s[1:] or r["j"]),
     "state": ("State", 10, lambda r, s: sacct_state(r, s)),
     "exitcode": ("ExitCode", 8, lambda r, s: "0:0" if s == ".extern" else r["exitcode"]),
     "derivedexitcode": ("DerivedExitCode", 10, lambda r, s: "0:0"),
     "elapsed": ("Elapsed", 10, lambda r, s: r["elapsed"]),
-    "start": ("Start", 19, lambda r, s: r["S"]), "end": ("End", 19, lambda r, s: r["e"]),
+    "start": ("Start", 19, lambda r, s: r["S"]),
+    "end": ("End", 19, lambda r, s: r["e"]),
     "submit": ("Submit", 19, lambda r, s: r["V"]),
     "timelimit": ("Timelimit", 10, lambda r, s: "" if s else r["l"]),
     "partition": ("Partition", 10, lambda r, s: "" if s else r["P"]),
-    "account": ("Account", 10, lambda r, s: r["a"]), "qos": ("QOS", 10, lambda r, s: r["q"]),
-    "alloccpus": ("AllocCPUS", 10, lambda r, s: r["C"]), "ncpus": ("NCPUS", 10, lambda r, s: r["C"]),
+    "account": ("Account", 10, lambda r, s: r["a"]),
+    "qos": ("QOS", 10, lambda r, s: r["q"]),
+    "alloccpus": ("AllocCPUS", 10, lambda r, s: r["C"]),
+    "ncpus": ("NCPUS", 10, lambda r, s: r["C"]),
     "nodelist": ("NodeList", 15, lambda r, s: r["N"] or "None assigned"),
-    "reason": ("Reason", 10, lambda r, s: r["r"]), "user": ("User", 9, lambda r, s: r["u"]),
+    "reason": ("Reason", 10, lambda r, s: r["r"]),
+    "user": ("User", 9, lambda r, s: r["u"]),
     "workdir": ("WorkDir", 20, lambda r, s: r["Z"]),
     "arrayjobid": ("ArrayJobID", 12, lambda r, s: r["F"] if r["K"] != "N/A" else ""),
     "arraytaskid": ("ArrayTaskID", 12, lambda r, s: r["K"] if r["K"] != "N/A" else ""),
@@ -972,7 +1145,7 @@ def sacct(argv):
     for spec in (opts.get("format") or "jobid,jobname,partition,account,alloccpus,state,exitcode").split(","):
         name, _, width = spec.strip().lower().partition("%")
         if name not in SACCT_FIELDS:
-            raise Fail(f"Invalid field requested: \"{spec}\"")
+            raise Fail(f'Invalid field requested: "{spec}"')
         header, default, get = SACCT_FIELDS[name]
         fields.append((header, int(width) if width else default, get))
     refs = opts["jobs"].split(",") if "jobs" in opts else None
@@ -995,8 +1168,9 @@ def sacct(argv):
     lines += [[get(r, s) for _, _, get in fields] for r, s in records]
     for line in lines:
         if sep is None:
-            line = " ".join((v if len(v) <= w else v[:w - 1] + "+").rjust(w)
-                            for v, (_, w, _) in zip(line, fields, strict=True))
+            line = " ".join(
+                (v if len(v) <= w else v[: w - 1] + "+").rjust(w) for v, (_, w, _) in zip(line, fields, strict=True)
+            )
         else:
             line = sep.join(line) + ("|" if "parsable" in opts else "")
         print(line)
@@ -1005,16 +1179,24 @@ def sacct(argv):
 
 # ---------------------------------------------------------------- scontrol
 
+
 def show_config():
-    accounting = ("accounting_storage/none" if os.environ.get("FAKE_SLURM_NO_ACCOUNTING", "0")
-                  not in ("", "0") else "accounting_storage/slurmdbd")
+    accounting = (
+        "accounting_storage/none"
+        if os.environ.get("FAKE_SLURM_NO_ACCOUNTING", "0") not in ("", "0")
+        else "accounting_storage/slurmdbd"
+    )
     config = {
-        "AccountingStorageType": accounting, "ClusterName": "fake",
+        "AccountingStorageType": accounting,
+        "ClusterName": "fake",
         "KillWait": f"{KILL_WAIT:g} sec",
         "MaxArraySize": env_num("FAKE_SLURM_MAX_ARRAY_SIZE", 1001, int),
-        "MaxJobCount": 10000, "MinJobAge": f"{env_num('FAKE_SLURM_MIN_JOB_AGE', 300.0):g} sec",
-        "SLURM_VERSION": "22.05.8", "SchedulerType": "sched/backfill",
-        "SelectType": "select/cons_tres", "SlurmctldHost[0]": "localhost",
+        "MaxJobCount": 10000,
+        "MinJobAge": f"{env_num('FAKE_SLURM_MIN_JOB_AGE', 300.0):g} sec",
+        "SLURM_VERSION": "22.05.8",
+        "SchedulerType": "sched/backfill",
+        "SelectType": "select/cons_tres",
+        "SlurmctldHost[0]": "localhost",
     }
     print(f"Configuration data as of {fmt_stamp(time.time())}")
     for key, value in config.items():
@@ -1034,20 +1216,21 @@ def scontrol(argv):
     pairs = select(refs, all_jobs(), ACTIVE + ENDED, now=time.time())
     for r in rows(pairs):
         array = f" ArrayJobId={r['F']} ArrayTaskId={r['K']}" if r["K"] != "N/A" else ""
-        print(f"JobId={r['A']}{array} JobName={r['j']}\n"
-              f"   UserId={r['u']} Account={r['a']} QOS={r['q']}\n"
-              f"   JobState={r['T']} Reason={r['r']} Dependency={r['E']}\n"
-              f"   RunTime={r['M']} TimeLimit={r['l']}\n"
-              f"   StartTime={r['S']} EndTime={r['e']}\n"
-              f"   Partition={r['P']} NodeList={r['N'] or '(null)'}\n"
-              f"   ExitCode={r['exitcode']}\n   WorkDir={r['Z']}\n")
+        print(
+            f"JobId={r['A']}{array} JobName={r['j']}\n"
+            f"   UserId={r['u']} Account={r['a']} QOS={r['q']}\n"
+            f"   JobState={r['T']} Reason={r['r']} Dependency={r['E']}\n"
+            f"   RunTime={r['M']} TimeLimit={r['l']}\n"
+            f"   StartTime={r['S']} EndTime={r['e']}\n"
+            f"   Partition={r['P']} NodeList={r['N'] or '(null)'}\n"
+            f"   ExitCode={r['exitcode']}\n   WorkDir={r['Z']}\n"
+        )
     return 0
 
 
 # ---------------------------------------------------------------- entry point
 
-COMMANDS = {"sbatch": sbatch, "squeue": squeue, "scancel": scancel,
-            "sacct": sacct, "scontrol": scontrol}
+COMMANDS = {"sbatch": sbatch, "squeue": squeue, "scancel": scancel, "sacct": sacct, "scontrol": scontrol}
 
 
 def main(cmd, argv):
@@ -1058,8 +1241,7 @@ def main(cmd, argv):
         return COMMANDS[cmd](argv)
     except Fail as e:
         text = str(e)
-        print(text if text.startswith("slurm_load_jobs") else f"{cmd}: error: {text}",
-              file=sys.stderr)
+        print(text if text.startswith("slurm_load_jobs") else f"{cmd}: error: {text}", file=sys.stderr)
         return 1
 
 

@@ -82,7 +82,7 @@ def fake_slurm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeSlurm:
     state = tmp_path / "fake_slurm_state"
     state.mkdir()
     # the real interpreter right after the fakes: a pyenv shim would add ~60 ms to every command
-    path = [str(REPO / 'fake_slurm'), os.path.dirname(sys.executable), os.environ['PATH']]
+    path = [str(REPO / "fake_slurm"), os.path.dirname(sys.executable), os.environ["PATH"]]
     monkeypatch.setenv("PATH", os.pathsep.join(path))
     monkeypatch.setenv("FAKE_SLURM_DIR", str(state))
     return FakeSlurm(state)

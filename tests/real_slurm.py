@@ -31,9 +31,7 @@ _KV = re.compile(r"(\w+)=(.*?)(?=\s+\w+=|\s*$)")
 
 
 def _run(args: list[str], timeout: float = 10.0) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        args, capture_output=True, text=True, timeout=timeout, check=False
-    )
+    return subprocess.run(args, capture_output=True, text=True, timeout=timeout, check=False)
 
 
 def _unavailable(reason: str) -> None:
@@ -96,9 +94,7 @@ class RealSlurm:
         out = _run(["sacctmgr", "-n", "-P", "list", "qos", name, "format=name"])
         return out.returncode == 0 and name in out.stdout.split()
 
-    def add_qos(
-        self, name: str, max_wall: str | None = None, user: str | None = None
-    ) -> None:
+    def add_qos(self, name: str, max_wall: str | None = None, user: str | None = None) -> None:
         """Create QoS ``name`` (if missing) and grant it to ``user`` (default: us).
 
         ``max_wall`` is a Slurm time such as "00:10:00". Returns once
@@ -108,14 +104,9 @@ class RealSlurm:
         user = user or getpass.getuser()
         steps = []
         if not self.has_qos(name):
-            steps.append(
-                ["sacctmgr", "-i", "add", "qos", name]
-                + ([f"MaxWall={max_wall}"] if max_wall else [])
-            )
+            steps.append(["sacctmgr", "-i", "add", "qos", name] + ([f"MaxWall={max_wall}"] if max_wall else []))
         elif max_wall:
-            steps.append(
-                ["sacctmgr", "-i", "modify", "qos", name, "set", f"MaxWall={max_wall}"]
-            )
+            steps.append(["sacctmgr", "-i", "modify", "qos", name, "set", f"MaxWall={max_wall}"])
         listed = _run(["sacctmgr", "-n", "-P", "list", "user", user, "format=user"])
         if user not in listed.stdout.split():
             steps.append(["sacctmgr", "-i", "add", "user", user, "account=root"])
@@ -123,9 +114,7 @@ class RealSlurm:
         for args in steps:
             done = _run(args, timeout=30)
             if done.returncode != 0:
-                raise RuntimeError(
-                    f"{' '.join(args)} exited {done.returncode}: {done.stderr.strip()}"
-                )
+                raise RuntimeError(f"{' '.join(args)} exited {done.returncode}: {done.stderr.strip()}")
         deadline = time.monotonic() + 15
         while True:  # sacctmgr's updates reach slurmctld asynchronously
             probe = _run(
@@ -142,9 +131,7 @@ class RealSlurm:
             if probe.returncode == 0:
                 return
             if time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"QoS {name} still refused after adding it: {probe.stderr.strip()}"
-                )
+                raise RuntimeError(f"QoS {name} still refused after adding it: {probe.stderr.strip()}")
             time.sleep(0.2)
 
     def remove_qos(self, name: str) -> None:
@@ -152,9 +139,7 @@ class RealSlurm:
         if self.accounting and self.has_qos(name):
             done = _run(["sacctmgr", "-i", "delete", "qos", name], timeout=30)
             if done.returncode != 0:
-                raise RuntimeError(
-                    f"sacctmgr delete qos {name} exited {done.returncode}: {done.stderr.strip()}"
-                )
+                raise RuntimeError(f"sacctmgr delete qos {name} exited {done.returncode}: {done.stderr.strip()}")
 
 
 _NO_SLURM: list[str] = []  # why the first probe failed: later tests don't wait again
@@ -167,15 +152,9 @@ def require_real_slurm() -> RealSlurm:
         _NO_SLURM[:1] = [why]
         _unavailable(f"no real Slurm answers: {START_HINT} ({why})")
         raise AssertionError("unreachable")  # pytest.skip/fail raise
-    conf = (
-        config.get("SLURM_CONF")
-        or os.environ.get("SLURM_CONF")
-        or "/etc/slurm/slurm.conf"
-    )
+    conf = config.get("SLURM_CONF") or os.environ.get("SLURM_CONF") or "/etc/slurm/slurm.conf"
     jobcomp = None
-    if config.get("JobCompType", "").endswith("filetxt") and config.get(
-        "JobCompLoc", ""
-    ).startswith("/"):
+    if config.get("JobCompType", "").endswith("filetxt") and config.get("JobCompLoc", "").startswith("/"):
         jobcomp = Path(config["JobCompLoc"])
     try:
         max_array = int(config.get("MaxArraySize", "1001"))

@@ -43,6 +43,7 @@ def test_loss_with_context_is_detected():
 
 def test_signature_without_params_and_seed_raises_type_error_at_decoration():
     with pytest.raises(TypeError, match=r"\(params, seed\) or \(params, seed, context\)"):
+
         @loss(name="api_bad_signature", parameter_space={"a": (0.0, 1.0)})
         def bad(params):
             return 0.0
@@ -50,14 +51,16 @@ def test_signature_without_params_and_seed_raises_type_error_at_decoration():
 
 def test_a_different_function_under_a_taken_name_raises_value_error():
     with pytest.raises(ValueError, match="already registered"):
+
         @loss(name="quadratic", parameter_space={"x": (0.0, 1.0)})
         def other(params, seed):
             return 0.0
 
 
 def test_reimporting_the_same_function_replaces_it():
-    again = LossDefinition("quadratic", "", {"x": slurptuna.SearchParam(range=(0.0, 2.0), dtype="float")},
-                           losses.quadratic.seed_loss_fn)
+    again = LossDefinition(
+        "quadratic", "", {"x": slurptuna.SearchParam(range=(0.0, 2.0), dtype="float")}, losses.quadratic.seed_loss_fn
+    )
     slurptuna._register(again)
     try:
         assert slurptuna._LOSSES["quadratic"] is again
@@ -65,15 +68,18 @@ def test_reimporting_the_same_function_replaces_it():
         slurptuna._register(losses.quadratic)
 
 
-@pytest.mark.parametrize(("space", "message"), [
-    ({"a": (1.0, 0.0)}, "low <= high"),
-    ({"a": search_param(range=(0.0, 1.0), log=True)}, "log=True needs low > 0"),
-    ({"a": search_param(range=(0.5, 3), dtype="int")}, "whole-number"),
-    ({"a": search_param(allowed=[])}, "at least one value"),
-    ({"a": search_param(range=(0, 1), allowed=[1])}, "exactly one of"),
-    ({"a": "wide"}, "expected a \\(low, high\\) tuple"),
-    ({}, "non-empty dict"),
-])
+@pytest.mark.parametrize(
+    ("space", "message"),
+    [
+        ({"a": (1.0, 0.0)}, "low <= high"),
+        ({"a": search_param(range=(0.0, 1.0), log=True)}, "log=True needs low > 0"),
+        ({"a": search_param(range=(0.5, 3), dtype="int")}, "whole-number"),
+        ({"a": search_param(allowed=[])}, "at least one value"),
+        ({"a": search_param(range=(0, 1), allowed=[1])}, "exactly one of"),
+        ({"a": "wide"}, "expected a \\(low, high\\) tuple"),
+        ({}, "non-empty dict"),
+    ],
+)
 def test_bad_parameter_spaces_raise_value_error_saying_what_is_valid(space, message):
     with pytest.raises(ValueError, match=message):
         loss(name="api_bad_space", parameter_space=space)(lambda params, seed: 0.0)
@@ -86,21 +92,24 @@ def test_execution_mode_lists_the_valid_modes():
         execution_mode("cluster")
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [
-    ({"n_seeds": 0}, "n_seeds must be an integer >= 1"),
-    ({"n_seeds": 10, "chunk_size": 0}, "chunk_size must be an integer >= 1"),
-    ({"seeds": []}, "seeds must not be empty"),
-    ({"seeds": [1, 2, 2]}, "must not repeat"),
-    ({"mode": "cluster"}, "single, distributed"),
-    ({"direction": "down"}, "minimize"),
-    ({"worker_time_limit": 60}, "timedelta"),
-    ({"worker_parallelism": 0}, "worker_parallelism"),
-    ({"max_concurrent_trials": 0}, "max_concurrent_trials"),
-    ({"mem_per_cpu": "lots"}, "mem_per_cpu"),
-    ({"sbatch_args": "--exclusive"}, "list of strings"),
-    ({"run_name": "a/b"}, "plain directory name"),
-    ({"python": "/no/such/python"}, "not an executable"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"n_seeds": 0}, "n_seeds must be an integer >= 1"),
+        ({"n_seeds": 10, "chunk_size": 0}, "chunk_size must be an integer >= 1"),
+        ({"seeds": []}, "seeds must not be empty"),
+        ({"seeds": [1, 2, 2]}, "must not repeat"),
+        ({"mode": "cluster"}, "single, distributed"),
+        ({"direction": "down"}, "minimize"),
+        ({"worker_time_limit": 60}, "timedelta"),
+        ({"worker_parallelism": 0}, "worker_parallelism"),
+        ({"max_concurrent_trials": 0}, "max_concurrent_trials"),
+        ({"mem_per_cpu": "lots"}, "mem_per_cpu"),
+        ({"sbatch_args": "--exclusive"}, "list of strings"),
+        ({"run_name": "a/b"}, "plain directory name"),
+        ({"python": "/no/such/python"}, "not an executable"),
+    ],
+)
 def test_bad_arguments_raise_value_error_before_any_work(run_root, kwargs, message):
     with pytest.raises(ValueError, match=message):
         optimize_run(losses.quadratic, run_root=run_root, **kwargs)
@@ -180,8 +189,9 @@ class _Terminal(io.StringIO):
         return True
 
 
-@pytest.mark.parametrize(("enabled", "stream", "shown"), [(True, _Terminal, True), (False, _Terminal, False),
-                                                          (True, io.StringIO, False)])
+@pytest.mark.parametrize(
+    ("enabled", "stream", "shown"), [(True, _Terminal, True), (False, _Terminal, False), (True, io.StringIO, False)]
+)
 def test_progress_line_only_on_a_terminal_and_when_asked(monkeypatch, enabled, stream, shown):
     monkeypatch.setattr(sys, "stderr", stream())
     progress = slurptuna._Progress(enabled, total=10)

@@ -18,6 +18,7 @@ from conftest import REPO, read_json, script_env, wait_for
 
 from slurptuna import RunPaths, SlurmError, optimize_run
 
+
 def distributed(definition, run_root, **options):
     options = {"mode": "distributed", "slurm_poll_seconds": 0.2, "run_root": run_root, **options}
     return optimize_run(definition, **options)
@@ -38,8 +39,9 @@ def queue_is_empty() -> bool:
 
 def test_distributed_trials_have_the_same_means_as_single_mode(fake_slurm, run_root):
     options = {"n_trials": 3, "n_seeds": 23, "chunk_size": 5, "random_seed": 4, "run_root": run_root}
-    remote = optimize_run(losses.quadratic, mode="distributed", slurm_poll_seconds=0.2, max_concurrent_trials=2,
-                          **options)
+    remote = optimize_run(
+        losses.quadratic, mode="distributed", slurm_poll_seconds=0.2, max_concurrent_trials=2, **options
+    )
     local = optimize_run(losses.quadratic, **options)
     assert [t.params for t in remote.study.trials] == [t.params for t in local.study.trials]
     assert [t.value for t in remote.study.trials] == pytest.approx([t.value for t in local.study.trials], rel=1e-15)
@@ -50,39 +52,63 @@ def test_distributed_trials_have_the_same_means_as_single_mode(fake_slurm, run_r
 
 
 def test_sbatch_gets_the_documented_options_and_the_reduce_waits_for_the_array(fake_slurm, run_root):
-    result = distributed(losses.quadratic, run_root, n_trials=1, n_seeds=10, chunk_size=3, cpus_per_task=2,
-                         worker_parallelism=2, worker_time_limit=timedelta(minutes=90), mem_per_cpu="3G",
-                         slurm_qos="long", slurm_partition="debug", slurm_account="lab",
-                         sbatch_args=["--constraint=avx2"], array_parallelism_limit=3)
+    result = distributed(
+        losses.quadratic,
+        run_root,
+        n_trials=1,
+        n_seeds=10,
+        chunk_size=3,
+        cpus_per_task=2,
+        worker_parallelism=2,
+        worker_time_limit=timedelta(minutes=90),
+        mem_per_cpu="3G",
+        slurm_qos="long",
+        slurm_partition="debug",
+        slurm_account="lab",
+        sbatch_args=["--constraint=avx2"],
+        array_parallelism_limit=3,
+    )
     (chunks,), (reduce,) = chunk_submissions(fake_slurm), reduce_submissions(fake_slurm)
-    for expected in ("--array=0-3%3", "--cpus-per-task=2", "--time=0-01:30:00", "--mem-per-cpu=3G", "--qos=long",
-                     "--partition=debug", "--account=lab", "--constraint=avx2",
-                     "--job-name=quadratic_v0001.t00000.chunks"):
+    for expected in (
+        "--array=0-3%3",
+        "--cpus-per-task=2",
+        "--time=0-01:30:00",
+        "--mem-per-cpu=3G",
+        "--qos=long",
+        "--partition=debug",
+        "--account=lab",
+        "--constraint=avx2",
+        "--job-name=quadratic_v0001.t00000.chunks",
+    ):
         assert expected in chunks["argv"]
     logs = RunPaths(Path(result.run_dir)).trial(0).logs_dir
     assert f"--output={logs}/chunk_%A_%a.out" in chunks["argv"]
     assert f"--dependency=afterok:{chunks['job_id']}" in reduce["argv"]
     assert "--kill-on-invalid-dep=yes" in reduce["argv"]
-    worker = chunks["argv"][chunks["argv"].index("-m") - 1:]
+    worker = chunks["argv"][chunks["argv"].index("-m") - 1 :]
     assert worker[1:6] == ["-m", "slurptuna", "worker", "chunk", result.run_dir]
     trial = RunPaths(Path(result.run_dir)).trial(0)
     assert trial.summary.stat().st_mtime >= max(trial.chunk(i).stat().st_mtime for i in range(4))
     assert sorted(p.name for p in logs.iterdir() if p.name.startswith("chunk_")) == sorted(
-        f"chunk_{chunks['job_id']}_{i}.{s}" for i in range(4) for s in ("out", "err"))
+        f"chunk_{chunks['job_id']}_{i}.{s}" for i in range(4) for s in ("out", "err")
+    )
 
 
 def test_the_array_throttle_is_respected(fake_slurm, run_root, seed_counter):
-    distributed(losses.records_busy_intervals, run_root, n_trials=1, n_seeds=12, chunk_size=1,
-                array_parallelism_limit=2)
-    intervals = sorted((float(s), float(e)) for p in seed_counter.directory.glob("busy.*")
-                       for _, s, e in (line.split() for line in p.read_text().splitlines()))
+    distributed(
+        losses.records_busy_intervals, run_root, n_trials=1, n_seeds=12, chunk_size=1, array_parallelism_limit=2
+    )
+    intervals = sorted(
+        (float(s), float(e))
+        for p in seed_counter.directory.glob("busy.*")
+        for _, s, e in (line.split() for line in p.read_text().splitlines())
+    )
     assert len(intervals) == 12
     overlaps = [sum(1 for s, e in intervals if s <= start < e) for start, _ in intervals]
     assert max(overlaps) <= 2
 
 
-def test_arrays_longer_than_max_array_size_are_split_and_the_reduce_waits_for_all(fake_slurm, run_root,
-                                                                                     monkeypatch):
+def test_arrays_longer_than_max_array_size_are_split_and_the_reduce_waits_for_all(fake_slurm, run_root, monkeypatch):
     monkeypatch.setenv("FAKE_SLURM_MAX_ARRAY_SIZE", "4")
     result = distributed(losses.quadratic, run_root, n_trials=1, n_seeds=10, chunk_size=1)
     arrays = chunk_submissions(fake_slurm)
@@ -111,8 +137,7 @@ def test_no_qos_option_when_slurm_qos_is_none(fake_slurm, run_root):
     assert not any(a.startswith("--qos") for s in fake_slurm.submissions() for a in s["argv"])
 
 
-def test_other_sbatch_errors_are_reported_with_sbatchs_message_and_not_retried(fake_slurm, run_root,
-                                                                                 monkeypatch):
+def test_other_sbatch_errors_are_reported_with_sbatchs_message_and_not_retried(fake_slurm, run_root, monkeypatch):
     monkeypatch.setenv("FAKE_SLURM_SBATCH_FAIL", "Invalid partition name specified")
     with pytest.raises(SlurmError, match="Invalid partition name specified"):
         distributed(losses.quadratic, run_root, n_trials=1, n_seeds=2, chunk_size=2)
@@ -123,8 +148,15 @@ def test_a_timeout_is_retried_submitting_only_the_missing_chunks(fake_slurm, run
     monkeypatch.setenv("FAKE_SLURM_TIMEOUT_TASKS", "2")
     # 1 minute lasts 4.8 s: long enough for a worker on a loaded machine, short for a test
     monkeypatch.setenv("FAKE_SLURM_TIME_SCALE", "0.08")
-    result = distributed(losses.quadratic, run_root, n_trials=1, n_seeds=8, chunk_size=2,
-                         worker_time_limit=timedelta(minutes=1), trial_retry_attempts=1)
+    result = distributed(
+        losses.quadratic,
+        run_root,
+        n_trials=1,
+        n_seeds=8,
+        chunk_size=2,
+        worker_time_limit=timedelta(minutes=1),
+        trial_retry_attempts=1,
+    )
     trial = result.study.trials[0]
     assert trial.state.name == "COMPLETE" and trial.user_attrs["attempts"] == 2
     assert [a["array_tasks"] for a in chunk_submissions(fake_slurm)] == [[0, 1, 2, 3], [2]]
@@ -136,8 +168,15 @@ def test_timeouts_beyond_the_retries_fail_the_trial_saying_timeout(fake_slurm, r
     monkeypatch.setenv("FAKE_SLURM_TIMEOUT_TASKS", "1")
     monkeypatch.setenv("FAKE_SLURM_FAULTS_REPEAT", "1")
     monkeypatch.setenv("FAKE_SLURM_TIME_SCALE", "0.08")
-    result = distributed(losses.quadratic, run_root, n_trials=1, n_seeds=4, chunk_size=2,
-                         worker_time_limit=timedelta(minutes=1), trial_retry_attempts=1)
+    result = distributed(
+        losses.quadratic,
+        run_root,
+        n_trials=1,
+        n_seeds=4,
+        chunk_size=2,
+        worker_time_limit=timedelta(minutes=1),
+        trial_retry_attempts=1,
+    )
     trial = result.study.trials[0]
     assert trial.state.name == "FAIL"
     reason = trial.user_attrs["fail_reason"]
@@ -147,16 +186,22 @@ def test_timeouts_beyond_the_retries_fail_the_trial_saying_timeout(fake_slurm, r
 
 
 def test_an_attempt_over_slurm_timeout_minutes_is_cancelled_and_retried(fake_slurm, run_root, seed_counter):
-    result = distributed(losses.sleeps_at_seed_0, run_root, n_trials=1, n_seeds=4, chunk_size=2,
-                         slurm_timeout_minutes=0.1, trial_retry_attempts=1)
+    result = distributed(
+        losses.sleeps_at_seed_0,
+        run_root,
+        n_trials=1,
+        n_seeds=4,
+        chunk_size=2,
+        slurm_timeout_minutes=0.1,
+        trial_retry_attempts=1,
+    )
     trial = result.study.trials[0]
     assert trial.state.name == "COMPLETE" and trial.user_attrs["attempts"] == 2
     assert [a["array_tasks"] for a in chunk_submissions(fake_slurm)] == [[0, 1], [0]]
     assert len(fake_slurm.calls("scancel")) == 1
 
 
-def test_a_task_killed_by_slurm_is_judged_from_the_logs_when_sacct_does_not_work(fake_slurm, run_root,
-                                                                                   monkeypatch):
+def test_a_task_killed_by_slurm_is_judged_from_the_logs_when_sacct_does_not_work(fake_slurm, run_root, monkeypatch):
     monkeypatch.setenv("FAKE_SLURM_FAIL_TASKS", "0")
     monkeypatch.setenv("FAKE_SLURM_FAULTS_REPEAT", "1")
     monkeypatch.setenv("FAKE_SLURM_NO_ACCOUNTING", "1")
@@ -196,7 +241,7 @@ def test_one_squeue_call_covers_every_trial_in_flight(fake_slurm, run_root):
     assert max(len(ids) for ids in listed) == 6 and set().union(*listed) == job_ids
 
 
-CONTROLLER = textwrap.dedent('''
+CONTROLLER = textwrap.dedent("""
     import sys
     import losses
     from slurptuna import optimize_run
@@ -204,7 +249,7 @@ CONTROLLER = textwrap.dedent('''
                           run_root=sys.argv[1], run_name="cluster", random_seed=3, slurm_poll_seconds=0.2,
                           array_parallelism_limit=2)
     print("VALUES", [t.value for t in result.study.trials])
-''')
+""")
 
 
 def _start_controller(tmp_path: Path, runs_dir: str = "runs", **env: str) -> tuple[subprocess.Popen, Path]:
@@ -212,10 +257,10 @@ def _start_controller(tmp_path: Path, runs_dir: str = "runs", **env: str) -> tup
     script.write_text(CONTROLLER)
     env = script_env(**{"SLURPTUNA_TEST_SLEEP": "0.05", **env})
     runs = tmp_path / runs_dir
-    process = subprocess.Popen([sys.executable, str(script), str(runs)], env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, str(script), str(runs)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     return process, runs
-
 
 
 def test_ctrl_c_cancels_every_job_of_the_run_in_one_scancel(fake_slurm, tmp_path):
@@ -231,8 +276,9 @@ def test_ctrl_c_cancels_every_job_of_the_run_in_one_scancel(fake_slurm, tmp_path
     wait_for(queue_is_empty, timeout=10)
 
 
-def test_a_sigkilled_controller_resumes_adopting_queued_jobs_without_submitting_twice(fake_slurm, tmp_path,
-                                                                                        seed_counter):
+def test_a_sigkilled_controller_resumes_adopting_queued_jobs_without_submitting_twice(
+    fake_slurm, tmp_path, seed_counter
+):
     process, runs = _start_controller(tmp_path)
     trial0 = RunPaths(runs / "cluster").trial(0)
     wait_for(lambda: trial0.chunks_dir.is_dir() and len(list(trial0.chunks_dir.iterdir())) >= 2)
@@ -260,8 +306,9 @@ def test_a_sigkilled_controller_resumes_adopting_queued_jobs_without_submitting_
 
 
 def test_a_job_queued_while_the_controller_died_in_sbatch_is_cancelled_on_resume(fake_slurm, tmp_path, caplog):
-    process, runs = _start_controller(tmp_path, FAKE_SLURM_SBATCH_HANG="60", FAKE_SLURM_SBATCH_HANG_CALLS="1",
-                                      SLURPTUNA_TEST_SLEEP="1.0")  # the stray job is still queued at resume
+    process, runs = _start_controller(
+        tmp_path, FAKE_SLURM_SBATCH_HANG="60", FAKE_SLURM_SBATCH_HANG_CALLS="1", SLURPTUNA_TEST_SLEEP="1.0"
+    )  # the stray job is still queued at resume
     wait_for(lambda: len(fake_slurm.submissions()) == 1)  # queued, but sbatch has not answered yet
     process.kill()
     process.wait()
@@ -278,7 +325,8 @@ def test_a_job_queued_while_the_controller_died_in_sbatch_is_cancelled_on_resume
 
 def test_dynamic_loss_names_from_argv_work_in_slurm_workers(fake_slurm, tmp_path):
     script = tmp_path / "fit.py"
-    script.write_text(textwrap.dedent('''
+    script.write_text(
+        textwrap.dedent("""
         import sys
         from slurptuna import execution_mode, loss, optimize_run
         TASK = sys.argv[1]
@@ -292,11 +340,18 @@ def test_dynamic_loss_names_from_argv_work_in_slurm_workers(fake_slurm, tmp_path
             result = optimize_run(model, mode=execution_mode("distributed"), n_trials=2, n_seeds=4, chunk_size=2,
                                   run_root=sys.argv[2], slurm_poll_seconds=0.2)
             print("RESULT", result.run_name, result.n_complete, result.best_value, result.best_params["x"])
-    '''))
+    """)
+    )
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     for task, target in (("hard", 0.75), ("easy", 0.25)):
-        done = subprocess.run([sys.executable, str(script), task, str(tmp_path / "runs")], capture_output=True,
-                              text=True, env=env, timeout=120, check=False)
+        done = subprocess.run(
+            [sys.executable, str(script), task, str(tmp_path / "runs")],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+            check=False,
+        )
         assert done.returncode == 0, done.stderr
         name, complete, best, x = done.stdout.split("RESULT")[1].split()
         assert (name, complete) == (f"argv_model_{task}_v0001", "2")

@@ -24,6 +24,7 @@ from real_slurm import require_real_slurm
 
 from slurptuna import RunPaths, optimize_run
 
+
 @pytest.fixture
 def slurm():
     """The running Slurm; afterwards, cancel whatever a failed test left of its runs."""
@@ -57,12 +58,12 @@ def jobcomp_rows(slurm_facts, run_name: str) -> list[dict]:
     return [r for r in slurm_facts.jobcomp() if r.get("Name", "").startswith(f"{run_name}.")]
 
 
-
 def test_real_slurm_trials_have_the_same_means_as_single_mode(slurm, run_root):
     facts, names = slurm
     options = {"n_trials": 3, "n_seeds": 23, "chunk_size": 5, "random_seed": 11}
-    remote = distributed(losses.quadratic, run_root, unique_run_name(names, "means"), max_concurrent_trials=2,
-                         **options)
+    remote = distributed(
+        losses.quadratic, run_root, unique_run_name(names, "means"), max_concurrent_trials=2, **options
+    )
     local = optimize_run(losses.quadratic, run_root=run_root, **options)
     assert [t.params for t in remote.study.trials] == [t.params for t in local.study.trials]
     assert [t.value for t in remote.study.trials] == pytest.approx([t.value for t in local.study.trials], rel=1e-15)
@@ -80,8 +81,12 @@ def test_real_slurm_respects_the_array_throttle(slurm, run_root, seed_counter, m
 
     def watch_squeue() -> None:
         while not done.is_set():
-            shown = subprocess.run(["squeue", "-h", "-n", f"{run_name}.t00000.chunks", "-o", "%i|%T|%r"],
-                                   capture_output=True, text=True, check=False).stdout.splitlines()
+            shown = subprocess.run(
+                ["squeue", "-h", "-n", f"{run_name}.t00000.chunks", "-o", "%i|%T|%r"],
+                capture_output=True,
+                text=True,
+                check=False,
+            ).stdout.splitlines()
             running = sum("|RUNNING|" in line for line in shown)
             seen.append((running, any("JobArrayTaskLimit" in line for line in shown)))
             time.sleep(0.05)
@@ -89,14 +94,24 @@ def test_real_slurm_respects_the_array_throttle(slurm, run_root, seed_counter, m
     watcher = threading.Thread(target=watch_squeue)
     watcher.start()
     try:
-        result = distributed(losses.records_busy_intervals, run_root, run_name, n_trials=1, n_seeds=8, chunk_size=1,
-                             array_parallelism_limit=2)
+        result = distributed(
+            losses.records_busy_intervals,
+            run_root,
+            run_name,
+            n_trials=1,
+            n_seeds=8,
+            chunk_size=1,
+            array_parallelism_limit=2,
+        )
     finally:
         done.set()
         watcher.join()
     assert max(running for running, _ in seen) == 2 and any(limited for _, limited in seen)
-    intervals = sorted((float(s), float(e)) for p in seed_counter.directory.glob("busy.*")
-                       for _, s, e in (line.split() for line in p.read_text().splitlines()))
+    intervals = sorted(
+        (float(s), float(e))
+        for p in seed_counter.directory.glob("busy.*")
+        for _, s, e in (line.split() for line in p.read_text().splitlines())
+    )
     assert len(intervals) == 8
     assert max(sum(1 for s, e in intervals if s <= start < e) for start, _ in intervals) <= 2
     (array,) = [j for j in read_json(RunPaths(Path(result.run_dir)).trial(0).jobs)["jobs"] if j["kind"] == "chunks"]
@@ -108,8 +123,15 @@ def test_real_slurm_refused_qos_falls_back_with_the_real_error_text(slurm, run_r
     facts, names = slurm
     facts.require_accounting()
     with caplog.at_level(logging.WARNING, logger="slurptuna"):
-        result = distributed(losses.quadratic, run_root, unique_run_name(names, "badqos"), n_trials=1, n_seeds=4,
-                             chunk_size=2, slurm_qos="slurptuna_no_such_qos")
+        result = distributed(
+            losses.quadratic,
+            run_root,
+            unique_run_name(names, "badqos"),
+            n_trials=1,
+            n_seeds=4,
+            chunk_size=2,
+            slurm_qos="slurptuna_no_such_qos",
+        )
     assert result.n_complete == 1
     warnings = [r.getMessage() for r in caplog.records if "--qos=slurptuna_no_such_qos" in r.getMessage()]
     assert len(warnings) == 1 and "Invalid qos specification" in warnings[0]
@@ -119,8 +141,16 @@ def test_real_slurm_uses_a_qos_that_exists_as_it_is(slurm, run_root, caplog):
     facts, names = slurm
     facts.add_qos("slurptuna_test", "00:30:00")
     with caplog.at_level(logging.WARNING, logger="slurptuna"):
-        result = distributed(losses.quadratic, run_root, unique_run_name(names, "goodqos"), n_trials=1, n_seeds=4,
-                             chunk_size=2, slurm_qos="slurptuna_test", worker_time_limit=timedelta(minutes=20))
+        result = distributed(
+            losses.quadratic,
+            run_root,
+            unique_run_name(names, "goodqos"),
+            n_trials=1,
+            n_seeds=4,
+            chunk_size=2,
+            slurm_qos="slurptuna_test",
+            worker_time_limit=timedelta(minutes=20),
+        )
     assert result.n_complete == 1 and not [r for r in caplog.records if "qos" in r.getMessage().lower()]
     wait_for(lambda: len(jobcomp_rows(facts, result.run_name)) == 3)
     assert {r["QOS"] for r in jobcomp_rows(facts, result.run_name)} == {"slurptuna_test"}
@@ -128,8 +158,9 @@ def test_real_slurm_uses_a_qos_that_exists_as_it_is(slurm, run_root, caplog):
 
 def test_real_slurm_a_raising_loss_fails_its_trial_and_the_reduce_job_is_cancelled(slurm, run_root):
     facts, names = slurm
-    result = distributed(losses.raises_at_seed_7, run_root, unique_run_name(names, "raises"), n_trials=1,
-                         n_seeds=10, chunk_size=2)
+    result = distributed(
+        losses.raises_at_seed_7, run_root, unique_run_name(names, "raises"), n_trials=1, n_seeds=10, chunk_size=2
+    )
     trial = result.study.trials[0]
     assert trial.state.name == "FAIL"
     reason = trial.user_attrs["fail_reason"]
@@ -143,9 +174,16 @@ def test_real_slurm_a_raising_loss_fails_its_trial_and_the_reduce_job_is_cancell
 def test_real_slurm_timeout_is_retried_with_only_the_missing_chunks(slurm, run_root, seed_counter, caplog):
     facts, names = slurm
     with caplog.at_level(logging.WARNING, logger="slurptuna"):
-        result = distributed(losses.sleeps_at_seed_0, run_root, unique_run_name(names, "timeout"), n_trials=1,
-                             n_seeds=6, chunk_size=2, worker_time_limit=timedelta(minutes=1),
-                             trial_retry_attempts=1)
+        result = distributed(
+            losses.sleeps_at_seed_0,
+            run_root,
+            unique_run_name(names, "timeout"),
+            n_trials=1,
+            n_seeds=6,
+            chunk_size=2,
+            worker_time_limit=timedelta(minutes=1),
+            trial_retry_attempts=1,
+        )
     trial = result.study.trials[0]
     assert trial.state.name == "COMPLETE" and trial.user_attrs["attempts"] == 2
     assert trial.value == pytest.approx(trial.params["x"] + 2.5)
@@ -158,7 +196,7 @@ def test_real_slurm_timeout_is_retried_with_only_the_missing_chunks(slurm, run_r
     assert states == ["COMPLETED", "TIMEOUT"]
 
 
-CONTROLLER = textwrap.dedent('''
+CONTROLLER = textwrap.dedent("""
     import sys
     import losses
     from slurptuna import optimize_run
@@ -166,7 +204,7 @@ CONTROLLER = textwrap.dedent('''
                           run_root=sys.argv[1], run_name=sys.argv[2], random_seed=3, slurm_poll_seconds=0.3,
                           array_parallelism_limit=2, slurm_qos=None)
     print("VALUES", [t.value for t in result.study.trials])
-''')
+""")
 
 
 def _start_controller(tmp_path: Path, run_name: str) -> tuple[subprocess.Popen, Path]:
@@ -174,8 +212,13 @@ def _start_controller(tmp_path: Path, run_name: str) -> tuple[subprocess.Popen, 
     script.write_text(CONTROLLER)
     env = script_env(SLURPTUNA_TEST_SLEEP="0.1")
     runs = tmp_path / "runs"
-    process = subprocess.Popen([sys.executable, str(script), str(runs), run_name], env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, str(script), str(runs), run_name],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     return process, runs
 
 

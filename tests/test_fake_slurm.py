@@ -1,4 +1,5 @@
 """Tests of the fake Slurm commands in fake_slurm/ (not of slurptuna itself)."""
+
 import json
 import os
 import re
@@ -86,8 +87,10 @@ def test_parsable_plain_and_submission_log(slurm):
 
 def test_array_throttle_is_never_exceeded(slurm):
     script = Path("task.sh")
-    script.write_text("#!/bin/sh\necho start $(date +%s.%N) > t_$SLURM_ARRAY_TASK_ID\n"
-                      "sleep 0.15\necho end $(date +%s.%N) >> t_$SLURM_ARRAY_TASK_ID\n")
+    script.write_text(
+        "#!/bin/sh\necho start $(date +%s.%N) > t_$SLURM_ARRAY_TASK_ID\n"
+        "sleep 0.15\necho end $(date +%s.%N) >> t_$SLURM_ARRAY_TASK_ID\n"
+    )
     jid = submit("--array=0-7%2", str(script))
     pending = wait_for(lambda: [x for x in squeue("-j", str(jid), "-o", "%i %T %r") if "TaskLimit" in x])
     assert re.fullmatch(rf"{jid}_\[\d-7%2\] PENDING JobArrayTaskLimit", pending[0])
@@ -105,7 +108,8 @@ def test_pending_array_collapsed_and_dependency_never_satisfied(slurm):
     blocker = submit("--wrap", "sleep 30")
     jid = submit("--array=0-3,5,7-9%4", f"--dependency=afterok:{blocker}", "--wrap", "true")
     assert squeue("-j", str(jid), "-o", "%i|%T|%r|%F|%K") == [
-        f"{jid}_[0-3,5,7-9%4]|PENDING|Dependency|{jid}|[0-3,5,7-9%4]"]
+        f"{jid}_[0-3,5,7-9%4]|PENDING|Dependency|{jid}|[0-3,5,7-9%4]"
+    ]
     assert len(squeue("-j", str(jid), "-r")) == 8
     run("scancel", str(blocker), check=True)
     # without --kill-on-invalid-dep the dependant stays pending for ever
@@ -130,8 +134,7 @@ def test_afterok_on_failed_task_kills_dependant_and_fault_fires_once(slurm):
     kill = submit(f"--dependency=afterok:{array}", "--kill-on-invalid-dep=yes", "--wrap", "true")
     keep = submit("-d", f"afterok:{array}", "--wrap", "true")
     wait_for(lambda: all_ended(kill, 1))
-    assert sacct(array) == {f"{array}_0": "COMPLETED|0:0", f"{array}_1": "FAILED|1:0",
-                            f"{array}_2": "COMPLETED|0:0"}
+    assert sacct(array) == {f"{array}_0": "COMPLETED|0:0", f"{array}_1": "FAILED|1:0", f"{array}_2": "COMPLETED|0:0"}
     assert Path(f"{array}_1.log").read_text() == "fake_slurm: injected failure\n"
     assert squeue("-t", "all", "-j", str(kill), "-o", "%T %r") == ["CANCELLED DependencyNeverSatisfied"]
     wait_for(lambda: squeue("-j", str(keep), "-o", "%T %r") == ["PENDING DependencyNeverSatisfied"])
@@ -147,8 +150,11 @@ def test_timeout(slurm):
     assert sacct(single) == {str(single): "TIMEOUT|0:15"}
     assert sacct(array) == {f"{array}_0": "COMPLETED|0:0", f"{array}_1": "TIMEOUT|0:15"}
     line = Path("single.err").read_text()
-    assert re.fullmatch(rf"slurmstepd-localhost: error: \*\*\* JOB {single} ON localhost CANCELLED AT "
-                        r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d DUE TO TIME LIMIT \*\*\*\n", line)
+    assert re.fullmatch(
+        rf"slurmstepd-localhost: error: \*\*\* JOB {single} ON localhost CANCELLED AT "
+        r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d DUE TO TIME LIMIT \*\*\*\n",
+        line,
+    )
     assert squeue("-t", "all", "-j", str(single), "-o", "%T %t %r") == ["TIMEOUT TO TimeLimit"]
 
 
@@ -205,8 +211,17 @@ def test_squeue_transient_failures_are_counted(slurm, monkeypatch):
 
 def test_log_file_names(slurm):
     Path("logs").mkdir()
-    array = submit("--array=2-3", "-J", "nm", "-o", "logs/%A_%a_%j_%x.out", "-e", "logs/%x-%a.err",
-                   "--wrap", "echo out; echo err >&2")
+    array = submit(
+        "--array=2-3",
+        "-J",
+        "nm",
+        "-o",
+        "logs/%A_%a_%j_%x.out",
+        "-e",
+        "logs/%x-%a.err",
+        "--wrap",
+        "echo out; echo err >&2",
+    )
     single = submit("--wrap", "echo plain")
     default = submit("--array=0", "--wrap", "echo default")
     wait_for(lambda: all_ended(array, 2) and all_ended(single, 1) and all_ended(default, 1))
@@ -221,19 +236,26 @@ def test_log_file_names(slurm):
 def test_task_environment(slurm, tmp_path):
     Path("sub").mkdir()
     script = tmp_path / "env.sh"
-    script.write_text("#!/bin/sh\nenv > env_$SLURM_ARRAY_TASK_ID.txt\necho \"$@\" > args_$SLURM_ARRAY_TASK_ID\n")
+    script.write_text('#!/bin/sh\nenv > env_$SLURM_ARRAY_TASK_ID.txt\necho "$@" > args_$SLURM_ARRAY_TASK_ID\n')
     script.chmod(0o644)  # Slurm runs its own copy of the script: +x is not needed
-    jid = int(run("sbatch", "--parsable", "--array=3-5:2", "-c", "2", "-J", "envtest", str(script),
-                  "a b", "c", cwd="sub").stdout)
+    jid = int(
+        run(
+            "sbatch", "--parsable", "--array=3-5:2", "-c", "2", "-J", "envtest", str(script), "a b", "c", cwd="sub"
+        ).stdout
+    )
     wait_for(lambda: all_ended(jid, 2))
     seen = []
     for k in (3, 5):
-        env = dict(line.split("=", 1) for line in (tmp_path / f"sub/env_{k}.txt").read_text().splitlines()
-                   if "=" in line)
+        env = dict(
+            line.split("=", 1) for line in (tmp_path / f"sub/env_{k}.txt").read_text().splitlines() if "=" in line
+        )
         assert env["SLURM_ARRAY_JOB_ID"] == str(jid)
         assert env["SLURM_ARRAY_TASK_ID"] == str(k)
         assert (env["SLURM_ARRAY_TASK_COUNT"], env["SLURM_ARRAY_TASK_MIN"], env["SLURM_ARRAY_TASK_MAX"]) == (
-            "2", "3", "5")
+            "2",
+            "3",
+            "5",
+        )
         assert env["SLURM_CPUS_PER_TASK"] == "2"
         assert env["SLURM_JOB_NAME"] == "envtest"
         assert env["SLURM_SUBMIT_DIR"] == str(tmp_path / "sub")
@@ -259,7 +281,9 @@ def test_unknown_ids_max_array_size_and_no_accounting(slurm):
     assert re.search(r"^MaxArraySize\s+= 10$", config, re.M)
     proc = run("sbatch", "--array=0-10", "--wrap", "true", env=env)
     assert (proc.returncode, proc.stderr) == (
-        1, "sbatch: error: Batch job submission failed: Invalid job array specification\n")
+        1,
+        "sbatch: error: Batch job submission failed: Invalid job array specification\n",
+    )
     submit("--array=0-9", "--wrap", "true", env=env)
 
     proc = run("sacct", "-X", "-n", "-P", "-j", str(jid), env={"FAKE_SLURM_NO_ACCOUNTING": "1"})
@@ -274,16 +298,27 @@ def test_option_and_time_parsing():
         sys.path.remove(str(FAKE))
     assert fs.parse_array("0-9,12,15-20:2%4") == ([*range(10), 12, 15, 17, 19], 4)
     assert fs.format_ranges([0, 1, 2, 5, 7, 8]) == "0-2,5,7-8"
-    for text, minutes in [("5", 5), ("1:30", 2), ("2:00:00", 120), ("1-2", 1560), ("1-0:30", 1470),
-                          ("0-0:0:1", 1), ("UNLIMITED", None)]:
+    for text, minutes in [
+        ("5", 5),
+        ("1:30", 2),
+        ("2:00:00", 120),
+        ("1-2", 1560),
+        ("1-0:30", 1470),
+        ("0-0:0:1", 1),
+        ("UNLIMITED", None),
+    ]:
         assert fs.parse_time(text) == minutes
-    opts, pos = fs.parse_args(["-J", "x", "--time", "5", "-c2", "--foo=bar", "s.sh", "-J", "y"],
-                              fs.SBATCH_SPEC, allow_unknown=True, stop_at_positional=True)
+    opts, pos = fs.parse_args(
+        ["-J", "x", "--time", "5", "-c2", "--foo=bar", "s.sh", "-J", "y"],
+        fs.SBATCH_SPEC,
+        allow_unknown=True,
+        stop_at_positional=True,
+    )
     assert opts == {"job-name": "x", "time": "5", "cpus-per-task": "2", "foo": "bar"}
     assert pos == ["s.sh", "-J", "y"]
 
 
-FAKE_WORKER = '''
+FAKE_WORKER = """
 import os, sys
 with open(os.path.join(os.environ["OUT_DIR"], "imports"), "a") as f:
     f.write(f"{os.getpid()}\\n")
@@ -299,7 +334,7 @@ def main(argv):
 if __name__ == "__main__":  # like the real one: run under the module's own name
     import slurptuna
     sys.exit(slurptuna.main(sys.argv[1:]))
-'''
+"""
 
 
 @pytest.mark.parametrize("fork", ["1", "0"])
@@ -312,8 +347,21 @@ def test_fork_python_fast_launch(slurm, tmp_path, fork):
     script = tmp_path / "task.sh"
     script.write_text('#!/bin/sh\n# only passes its arguments on\nexec "$@"\n')
     env = {"FAKE_SLURM_FORK_PYTHON": fork, "PYTHONPATH": str(lib), "OUT_DIR": str(out)}
-    jid = submit("--array=0-3", "-o", "log_%a.out", "-e", "log_%a.err", str(script),
-                 sys.executable, "-m", "slurptuna", "worker", "chunk", "7", env=env)
+    jid = submit(
+        "--array=0-3",
+        "-o",
+        "log_%a.out",
+        "-e",
+        "log_%a.err",
+        str(script),
+        sys.executable,
+        "-m",
+        "slurptuna",
+        "worker",
+        "chunk",
+        "7",
+        env=env,
+    )
     states = wait_for(lambda: all_ended(jid, 4))
     assert states[f"{jid}_2"] == "FAILED|7:0"
     assert all(states[f"{jid}_{k}"] == "COMPLETED|0:0" for k in (0, 1, 3))

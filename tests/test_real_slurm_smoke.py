@@ -17,9 +17,7 @@ except ImportError:  # tests/ imported as a package
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        list(args), check=False, capture_output=True, text=True, timeout=30
-    )
+    return subprocess.run(list(args), check=False, capture_output=True, text=True, timeout=30)
 
 
 def sbatch(*args: str) -> str:
@@ -32,14 +30,10 @@ def wait_gone(job_ids: list[str], timeout: float = 60) -> None:
     """Poll plain squeue (one call for all jobs) until none of them is listed."""
     deadline = time.monotonic() + timeout
     while True:
-        out = run(
-            "squeue", "-h", "-j", ",".join(job_ids), "-o", "%i|%T|%r"
-        ).stdout.strip()
+        out = run("squeue", "-h", "-j", ",".join(job_ids), "-o", "%i|%T|%r").stdout.strip()
         if not out:
             return
-        assert time.monotonic() < deadline, (
-            f"jobs still queued after {timeout}s:\n{out}"
-        )
+        assert time.monotonic() < deadline, f"jobs still queued after {timeout}s:\n{out}"
         time.sleep(0.1)
 
 
@@ -65,13 +59,9 @@ def test_array_then_afterok_reduce_round_trip(tmp_path):
         tmp_path / "task.sh",
         'echo "$SLURM_ARRAY_JOB_ID $SLURM_ARRAY_TASK_ID $1" > "$2/t_$SLURM_ARRAY_TASK_ID"\n',
     )
-    reduce = write_script(
-        tmp_path / "reduce.sh", 'ls "$1" | grep -c "^t_" > "$1/reduced"\n'
-    )
+    reduce = write_script(tmp_path / "reduce.sh", 'ls "$1" | grep -c "^t_" > "$1/reduced"\n')
     t0 = time.monotonic()
-    array = sbatch(
-        "--array=0-5", "-o", str(tmp_path / "%A_%a.out"), task, "arg one", str(tmp_path)
-    )
+    array = sbatch("--array=0-5", "-o", str(tmp_path / "%A_%a.out"), task, "arg one", str(tmp_path))
     dep = sbatch(
         f"--dependency=afterok:{array}",
         "--kill-on-invalid-dep=yes",
@@ -82,9 +72,7 @@ def test_array_then_afterok_reduce_round_trip(tmp_path):
     )
     wait_gone([array, dep])
     elapsed = time.monotonic() - t0
-    assert (tmp_path / "reduced").read_text().strip() == "6", (
-        tmp_path / "reduce.out"
-    ).read_text()
+    assert (tmp_path / "reduced").read_text().strip() == "6", (tmp_path / "reduce.out").read_text()
     for i in range(6):  # script arguments (with a space) reach the task
         assert (tmp_path / f"t_{i}").read_text() == f"{array} {i} arg one\n"
     if slurm.jobcomp_log:
@@ -98,34 +86,26 @@ def test_array_then_afterok_reduce_round_trip(tmp_path):
 
 def test_array_throttle_is_respected(tmp_path):
     slurm = require_real_slurm()
-    assert slurm.jobcomp_log is not None, (
-        "this check reads the jobcomp log (JobCompType=jobcomp/filetxt)"
-    )
+    assert slurm.jobcomp_log is not None, "this check reads the jobcomp log (JobCompType=jobcomp/filetxt)"
     task = write_script(
         tmp_path / "task.sh",
         'date +%s.%N > "$1/start_$SLURM_ARRAY_TASK_ID"; sleep 2; date +%s.%N > "$1/end_$SLURM_ARRAY_TASK_ID"\n',
     )
     array = sbatch("--array=0-4%2", "-o", "/dev/null", task, str(tmp_path))
     time.sleep(0.5)
-    pending = run(
-        "squeue", "-h", "-r", "-j", array, "-t", "PD", "-o", "%r"
-    ).stdout.split()
+    pending = run("squeue", "-h", "-r", "-j", array, "-t", "PD", "-o", "%r").stdout.split()
     wait_gone([array])
     rows = wait_jobcomp(slurm.jobcomp_log, lambda r: r.get("ArrayJobId") == array)
     deadline = time.monotonic() + 10
     while len(rows) < 5 and time.monotonic() < deadline:
         time.sleep(0.2)
-        rows = [
-            r for r in jobcomp_lines(slurm.jobcomp_log) if r.get("ArrayJobId") == array
-        ]
+        rows = [r for r in jobcomp_lines(slurm.jobcomp_log) if r.get("ArrayJobId") == array]
     assert len(rows) == 5 and {r["JobState"] for r in rows} == {"COMPLETED"}, rows
 
     def most_at_once(intervals: list[tuple[float, float]]) -> int:
         # half-open [start, end): truncating both ends to whole seconds keeps
         # intervals that did not overlap from overlapping
-        events = sorted(
-            [(s, 1) for s, _ in intervals] + [(e, -1) for _, e in intervals]
-        )
+        events = sorted([(s, 1) for s, _ in intervals] + [(e, -1) for _, e in intervals])
         running = peak = 0
         for _, step in events:
             running += step
@@ -147,30 +127,20 @@ def test_array_throttle_is_respected(tmp_path):
     )
     assert from_jobcomp <= 2, rows
     assert from_tasks <= 2
-    assert set(pending) <= {"JobArrayTaskLimit", "None", "Priority", "Resources"}, (
-        pending
-    )
+    assert set(pending) <= {"JobArrayTaskLimit", "None", "Priority", "Resources"}, pending
 
 
 def test_qos_helper_makes_a_qos_usable(tmp_path):
     slurm = require_real_slurm()
     slurm.require_accounting()
     name = f"smoke{os.getpid()}"
-    refused = run(
-        "sbatch", "--parsable", f"--qos={name}", "-o", "/dev/null", "--wrap", "true"
-    )
-    assert refused.returncode != 0 and "Invalid qos specification" in refused.stderr, (
-        refused
-    )
+    refused = run("sbatch", "--parsable", f"--qos={name}", "-o", "/dev/null", "--wrap", "true")
+    assert refused.returncode != 0 and "Invalid qos specification" in refused.stderr, refused
     try:
         slurm.add_qos(name, max_wall="00:05:00")
         assert slurm.has_qos(name)
-        ok = sbatch(
-            f"--qos={name}", "--time=00:01:00", "-o", "/dev/null", "--wrap", "true"
-        )
-        too_long = sbatch(
-            f"--qos={name}", "--time=00:10:00", "-o", "/dev/null", "--wrap", "true"
-        )
+        ok = sbatch(f"--qos={name}", "--time=00:01:00", "-o", "/dev/null", "--wrap", "true")
+        too_long = sbatch(f"--qos={name}", "--time=00:10:00", "-o", "/dev/null", "--wrap", "true")
         deadline = time.monotonic() + 15
         reason = ""
         while time.monotonic() < deadline:

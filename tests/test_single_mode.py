@@ -20,9 +20,11 @@ from conftest import REPO, read_json, script_env, wait_for
 import slurptuna
 from slurptuna import RunPaths, TrialParams, missing_chunks, optimize_entries, optimize_run
 
+
 def test_a_run_writes_the_spec_files_and_each_trial_mean_is_the_mean_over_all_seeds(run_root):
-    result = optimize_run(losses.quadratic, n_trials=3, n_seeds=23, chunk_size=5, run_root=run_root,
-                          worker_parallelism=2)
+    result = optimize_run(
+        losses.quadratic, n_trials=3, n_seeds=23, chunk_size=5, run_root=run_root, worker_parallelism=2
+    )
     run = RunPaths(Path(result.run_dir))
     assert run.dir.name == "quadratic_v0001" and result.run_name == "quadratic_v0001"
     assert {p.name for p in run.dir.iterdir()} >= {"meta.json", "summary.json", "optuna.db", "trials"}
@@ -62,11 +64,14 @@ def test_dict_losses_keep_their_component_means(run_root):
         assert summary["components"] == pytest.approx({"fit": fit, "steps": steps})
 
 
-@pytest.mark.parametrize(("definition", "expected"), [
-    (losses.total_loss_dict, lambda x: x + 2.0),           # "total_loss" wins over the other keys
-    (losses.list_loss, lambda x: (x + 2.0 + 4.0) / 3),     # mean of the list's items
-    (losses.numpy_loss, lambda x: float(__import__("numpy").float32(x)) + 2.0),
-])
+@pytest.mark.parametrize(
+    ("definition", "expected"),
+    [
+        (losses.total_loss_dict, lambda x: x + 2.0),  # "total_loss" wins over the other keys
+        (losses.list_loss, lambda x: (x + 2.0 + 4.0) / 3),  # mean of the list's items
+        (losses.numpy_loss, lambda x: float(__import__("numpy").float32(x)) + 2.0),
+    ],
+)
 def test_dict_list_and_numpy_returns_are_reduced_to_one_number(run_root, definition, expected):
     result = optimize_run(definition, n_trials=1, n_seeds=5, chunk_size=2, run_root=run_root)
     assert result.best_value == pytest.approx(expected(result.best_params["x"]))
@@ -85,8 +90,9 @@ def test_a_loss_that_raises_fails_its_trial_with_seed_params_traceback_and_log_a
 
 
 def test_with_fail_on_chunk_error_false_a_trial_reports_the_mean_of_the_chunks_that_worked(run_root):
-    result = optimize_run(losses.raises_at_seed_7, n_trials=1, n_seeds=10, chunk_size=4, run_root=run_root,
-                          fail_on_chunk_error=False)
+    result = optimize_run(
+        losses.raises_at_seed_7, n_trials=1, n_seeds=10, chunk_size=4, run_root=run_root, fail_on_chunk_error=False
+    )
     trial = result.study.trials[0]
     assert trial.state.name == "COMPLETE" and trial.user_attrs["missing_chunks"] == [1]
     assert trial.user_attrs["n_seeds"] == 6 and trial.value == pytest.approx(trial.params["x"])
@@ -104,11 +110,13 @@ def test_nan_and_non_numbers_fail_the_trial_naming_what_was_returned(run_root):
 
 def test_n_trials_is_the_total_so_a_rerun_finishes_instead_of_adding(run_root, seed_counter):
     first = optimize_run(losses.quadratic, n_trials=2, n_seeds=4, chunk_size=2, run_root=run_root)
-    again = optimize_run(losses.quadratic, n_trials=2, n_seeds=4, chunk_size=2, run_root=run_root,
-                         run_name=first.run_name)
+    again = optimize_run(
+        losses.quadratic, n_trials=2, n_seeds=4, chunk_size=2, run_root=run_root, run_name=first.run_name
+    )
     assert len(again.study.trials) == 2 and seed_counter.total() == 8
-    more = optimize_run(losses.quadratic, n_trials=3, n_seeds=4, chunk_size=2, run_root=run_root,
-                        run_name=first.run_name)
+    more = optimize_run(
+        losses.quadratic, n_trials=3, n_seeds=4, chunk_size=2, run_root=run_root, run_name=first.run_name
+    )
     assert len(more.study.trials) == 3 and seed_counter.total() == 12
 
 
@@ -117,21 +125,23 @@ def test_fresh_runs_are_reproducible_and_a_resume_proposes_new_points(run_root):
     b = optimize_run(losses.quadratic, n_trials=2, n_seeds=2, chunk_size=2, run_root=run_root, random_seed=5)
     assert b.run_name == "quadratic_v0002"
     assert [t.params for t in a.study.trials] == [t.params for t in b.study.trials]
-    resumed = optimize_run(losses.quadratic, n_trials=4, n_seeds=2, chunk_size=2, run_root=run_root,
-                           random_seed=5, run_name=a.run_name)
+    resumed = optimize_run(
+        losses.quadratic, n_trials=4, n_seeds=2, chunk_size=2, run_root=run_root, random_seed=5, run_name=a.run_name
+    )
     xs = [t.params["x"] for t in resumed.study.trials]
     assert len(set(xs)) == 4  # the reseeded sampler does not replay trials 0 and 1
 
 
 def test_resuming_with_other_seeds_or_chunking_is_refused_naming_the_difference(run_root):
     first = optimize_run(losses.quadratic, n_trials=1, n_seeds=4, chunk_size=2, run_root=run_root)
-    with pytest.raises(ValueError, match=r"seeds: the run has seeds 0..3 in 2 chunks of 2, this call asks for "
-                                         r"seeds 0..5 in 2 chunks of 3"):
-        optimize_run(losses.quadratic, n_trials=2, n_seeds=6, chunk_size=3, run_root=run_root,
-                     run_name=first.run_name)
+    with pytest.raises(
+        ValueError,
+        match=r"seeds: the run has seeds 0..3 in 2 chunks of 2, this call asks for "
+        r"seeds 0..5 in 2 chunks of 3",
+    ):
+        optimize_run(losses.quadratic, n_trials=2, n_seeds=6, chunk_size=3, run_root=run_root, run_name=first.run_name)
     with pytest.raises(ValueError, match="loss_name: the run has 'quadratic'"):
-        optimize_run(losses.list_loss, n_trials=2, n_seeds=4, chunk_size=2, run_root=run_root,
-                     run_name=first.run_name)
+        optimize_run(losses.list_loss, n_trials=2, n_seeds=4, chunk_size=2, run_root=run_root, run_name=first.run_name)
 
 
 def test_a_chunk_computed_for_other_params_is_not_trusted(run_root):
@@ -149,8 +159,9 @@ def test_a_chunk_computed_for_other_params_is_not_trusted(run_root):
 
 def test_two_launches_at_once_get_two_run_directories(tmp_path):
     made: list[Path] = []
-    threads = [threading.Thread(target=lambda: made.append(slurptuna._create_versioned_dir(tmp_path, "m")))
-               for _ in range(16)]
+    threads = [
+        threading.Thread(target=lambda: made.append(slurptuna._create_versioned_dir(tmp_path, "m"))) for _ in range(16)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -159,8 +170,15 @@ def test_two_launches_at_once_get_two_run_directories(tmp_path):
 
 
 def test_optimize_entries_runs_one_study_per_entry_with_the_entry_in_context(run_root):
-    result = optimize_entries(losses.context_loss, entry_ids=["p1", "participant 22"], n_trials=2,
-                              n_seeds=3, chunk_size=2, run_root=run_root, max_concurrent_entries=2)
+    result = optimize_entries(
+        losses.context_loss,
+        entry_ids=["p1", "participant 22"],
+        n_trials=2,
+        n_seeds=3,
+        chunk_size=2,
+        run_root=run_root,
+        max_concurrent_entries=2,
+    )
     assert result.entries == ["p1", "participant 22"] and result.n_entries == 2
     assert result.best_values_by_entry == {"p1": 2.0, "participant 22": 14.0}
     parent = Path(result.run_dir)
@@ -173,10 +191,20 @@ def test_optimize_entries_runs_one_study_per_entry_with_the_entry_in_context(run
 
 
 def test_single_mode_never_runs_more_loss_processes_than_cores(run_root, seed_counter):
-    optimize_run(losses.records_busy_intervals, n_trials=3, n_seeds=24, chunk_size=4, worker_parallelism=2,
-                 max_concurrent_trials=3, run_root=run_root)
-    intervals = [tuple(map(float, line.split()[1:])) for p in seed_counter.directory.glob("busy.*")
-                 for line in p.read_text().splitlines()]
+    optimize_run(
+        losses.records_busy_intervals,
+        n_trials=3,
+        n_seeds=24,
+        chunk_size=4,
+        worker_parallelism=2,
+        max_concurrent_trials=3,
+        run_root=run_root,
+    )
+    intervals = [
+        tuple(map(float, line.split()[1:]))
+        for p in seed_counter.directory.glob("busy.*")
+        for line in p.read_text().splitlines()
+    ]
     assert len(intervals) == 72
     events = sorted([(s, 1) for s, _ in intervals] + [(e, -1) for _, e in intervals])
     busy = peak = 0
@@ -187,8 +215,15 @@ def test_single_mode_never_runs_more_loss_processes_than_cores(run_root, seed_co
 
 
 def test_a_timed_out_chunk_is_retried_alone(run_root, seed_counter):
-    result = optimize_run(losses.sleeps_at_seed_0, n_trials=1, n_seeds=6, chunk_size=2, run_root=run_root,
-                          worker_time_limit=timedelta(seconds=5), trial_retry_attempts=1)
+    result = optimize_run(
+        losses.sleeps_at_seed_0,
+        n_trials=1,
+        n_seeds=6,
+        chunk_size=2,
+        run_root=run_root,
+        worker_time_limit=timedelta(seconds=5),
+        trial_retry_attempts=1,
+    )
     trial = result.study.trials[0]
     assert trial.state.name == "COMPLETE" and trial.user_attrs["attempts"] == 2
     counts = seed_counter.evaluations()
@@ -198,13 +233,20 @@ def test_a_timed_out_chunk_is_retried_alone(run_root, seed_counter):
 
 
 def test_timeouts_beyond_the_retries_fail_the_trial_with_the_reason(run_root, seed_counter):
-    result = optimize_run(losses.sleeps_at_seed_0, n_trials=1, n_seeds=2, chunk_size=2, run_root=run_root,
-                          worker_time_limit=timedelta(seconds=1), trial_retry_attempts=0)
+    result = optimize_run(
+        losses.sleeps_at_seed_0,
+        n_trials=1,
+        n_seeds=2,
+        chunk_size=2,
+        run_root=run_root,
+        worker_time_limit=timedelta(seconds=1),
+        trial_retry_attempts=0,
+    )
     reason = result.study.trials[0].user_attrs["fail_reason"]
     assert "chunks 0: TIMEOUT" in reason and "TIME LIMIT" in reason
 
 
-SCRIPT = textwrap.dedent('''
+SCRIPT = textwrap.dedent("""
     import sys
     from slurptuna import loss, optimize_run
 
@@ -218,12 +260,19 @@ SCRIPT = textwrap.dedent('''
     if __name__ == "__main__":
         result = optimize_run(model, n_trials=int(sys.argv[2]), n_seeds=6, chunk_size=3, run_root=sys.argv[3])
         print("RESULT", result.run_name, result.best_value, result.best_params["x"])
-''')
+""")
 
 
 def _run_script(path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, str(path), *args], capture_output=True, text=True, env=script_env(**env),
-                          timeout=120, cwd=path.parent, check=False)
+    return subprocess.run(
+        [sys.executable, str(path), *args],
+        capture_output=True,
+        text=True,
+        env=script_env(**env),
+        timeout=120,
+        cwd=path.parent,
+        check=False,
+    )
 
 
 def test_a_loss_defined_in_the_launched_script_with_an_argv_derived_name_runs_in_workers(tmp_path):
@@ -239,16 +288,22 @@ def test_a_loss_defined_in_the_launched_script_with_an_argv_derived_name_runs_in
 
 def test_the_import_sets_argv_only_while_importing_and_launches_do_not_leak(tmp_path):
     module = tmp_path / "argv_probe.py"
-    module.write_text("import sys\nSEEN = list(sys.argv)\n"
-                      "from slurptuna import loss\n"
-                      "@loss(name='argv_probe_' + sys.argv[1], parameter_space={'x': (0.0, 1.0)})\n"
-                      "def probe(params, seed):\n    return 0.0\n")
+    module.write_text(
+        "import sys\nSEEN = list(sys.argv)\n"
+        "from slurptuna import loss\n"
+        "@loss(name='argv_probe_' + sys.argv[1], parameter_space={'x': (0.0, 1.0)})\n"
+        "def probe(params, seed):\n    return 0.0\n"
+    )
     before = list(sys.argv)
     for launched in (["fit.py", "alpha"], ["fit.py", "beta", "--flag"]):
-        settings = slurptuna._RunSettings.from_json({
-            **_any_settings_json(), "loss_name": f"argv_probe_{launched[1]}", "argv": launched,
-            "loss_ref": {"module": None, "file": str(module), "sys_path": [str(tmp_path)]},
-        })
+        settings = slurptuna._RunSettings.from_json(
+            {
+                **_any_settings_json(),
+                "loss_name": f"argv_probe_{launched[1]}",
+                "argv": launched,
+                "loss_ref": {"module": None, "file": str(module), "sys_path": [str(tmp_path)]},
+            }
+        )
         definition = slurptuna._import_loss(settings)
         assert sys.modules[definition.seed_loss_fn.__module__].SEEN == launched
         assert sys.argv == before
@@ -260,7 +315,8 @@ def _any_settings_json() -> dict:
 
 def test_a_loss_registered_only_under_main_gives_an_error_that_says_so(tmp_path):
     script = tmp_path / "hidden.py"
-    script.write_text(textwrap.dedent('''
+    script.write_text(
+        textwrap.dedent("""
         import sys
         from slurptuna import loss, optimize_run
         if __name__ == "__main__":
@@ -268,7 +324,8 @@ def test_a_loss_registered_only_under_main_gives_an_error_that_says_so(tmp_path)
             def model(params, seed):
                 return 0.0
             optimize_run(model, n_trials=3, n_seeds=2, chunk_size=2, run_root=sys.argv[1])
-    '''))
+    """)
+    )
     done = _run_script(script, str(tmp_path / "runs"))
     assert done.returncode != 0
     assert "'hidden_model' is not registered" in done.stderr
@@ -276,15 +333,14 @@ def test_a_loss_registered_only_under_main_gives_an_error_that_says_so(tmp_path)
     assert done.stderr.count("Traceback") == 1  # one clear error, not one per trial
 
 
-CONTROLLER = textwrap.dedent('''
+CONTROLLER = textwrap.dedent("""
     import sys
     import losses
     from slurptuna import optimize_run
     result = optimize_run(losses.slow_quadratic, n_trials=3, n_seeds=12, chunk_size=2, run_root=sys.argv[1],
                           run_name="crash", random_seed=9)
     print("VALUES", [t.value for t in result.study.trials])
-''')
-
+""")
 
 
 @pytest.mark.parametrize("kill_signal", [signal.SIGKILL, signal.SIGINT])
@@ -293,8 +349,13 @@ def test_a_killed_or_interrupted_controller_resumes_reusing_finished_chunks(tmp_
     script.write_text(CONTROLLER)
     runs = tmp_path / "runs"
     trial1 = RunPaths(runs / "crash").trial(1)
-    process = subprocess.Popen([sys.executable, str(script), str(runs)], env=script_env(SLURPTUNA_TEST_SLEEP="0.03"),
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, str(script), str(runs)],
+        env=script_env(SLURPTUNA_TEST_SLEEP="0.03"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     wait_for(lambda: trial1.chunks_dir.is_dir() and len(list(trial1.chunks_dir.glob("chunk_*.json"))) >= 2)
     process.send_signal(kill_signal)
     _, stderr = process.communicate(timeout=60)
@@ -307,8 +368,14 @@ def test_a_killed_or_interrupted_controller_resumes_reusing_finished_chunks(tmp_
     x1 = read_json(trial1.params)["params"]["x"]
     before = seed_counter.evaluations()
 
-    resumed = subprocess.run([sys.executable, str(script), str(runs)], env=script_env(SLURPTUNA_TEST_SLEEP="0.0"),
-                             capture_output=True, text=True, timeout=120, check=False)
+    resumed = subprocess.run(
+        [sys.executable, str(script), str(runs)],
+        env=script_env(SLURPTUNA_TEST_SLEEP="0.0"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert resumed.returncode == 0, resumed.stderr
     values = eval(resumed.stdout.split("VALUES")[1])
     assert len(values) == 3 and None not in values
@@ -323,13 +390,24 @@ def test_a_killed_or_interrupted_controller_resumes_reusing_finished_chunks(tmp_
 
 
 def test_selftest_passes():
-    done = subprocess.run([sys.executable, str(REPO / "slurptuna.py"), "--selftest"], capture_output=True,
-                          text=True, timeout=180, check=False)
+    done = subprocess.run(
+        [sys.executable, str(REPO / "slurptuna.py"), "--selftest"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "selftest passed" in done.stdout
 
 
 def test_module_help_names_the_worker_commands():
-    done = subprocess.run([sys.executable, "-m", "slurptuna", "--help"], capture_output=True, text=True,
-                          env=script_env(), timeout=60, check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "slurptuna", "--help"],
+        capture_output=True,
+        text=True,
+        env=script_env(),
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 0 and "worker chunk RUN_DIR TRIAL" in done.stdout
