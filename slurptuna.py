@@ -26,6 +26,7 @@ This file is the whole tool (stdlib + optuna); copy it into a project to use it.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import importlib
 import importlib.util
@@ -48,7 +49,7 @@ from datetime import datetime, timedelta, timezone
 from enum import Enum
 from functools import cached_property, partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     import subprocess
@@ -353,6 +354,7 @@ def optimize_run(
     name of an existing run resumes it. Bad arguments raise ``ValueError`` before any
     work starts. See README.md for every parameter.
     """
+    _refuse_inside_worker("optimize_run")
     settings = _resolve_settings(
         loss=loss,
         n_trials=n_trials,
@@ -407,6 +409,7 @@ def optimize_entries(
     ``context["entry_id"]``; entry ``i`` samples with ``random_seed + i``. Other keyword
     arguments are those of ``optimize_run``.
     """
+    _refuse_inside_worker("optimize_entries")
     entries = [str(e) for e in entry_ids]
     if not entries:
         raise ConfigError("entry_ids must list at least one entry")
@@ -611,7 +614,7 @@ def _resolve_settings(
     worker_parallelism = _positive_int("worker_parallelism", worker_parallelism)
     return _RunSettings(
         loss_name=definition.name,
-        loss_ref=_locate_loss(definition, loss_module),
+        loss_ref=_locate_loss(definition, loss_module, resolved_mode),
         seeds=SeedPlan.resolve(definition, seeds, n_seeds, chunk_size, num_chunks),
         n_trials=_positive_int("n_trials", n_trials),
         random_seed=int(random_seed),
@@ -646,11 +649,14 @@ def _resolve_settings(
 _FILE_MODULE_PREFIX = "_slurptuna_file_"
 
 
-def _locate_loss(definition: LossDefinition, loss_module: str | None) -> dict[str, Any]:
+def _locate_loss(definition: LossDefinition, loss_module: str | None, mode: ExecutionMode) -> dict[str, Any]:
     """Record how a worker process imports the loss's module: by name, or from a file.
 
     A loss defined in the launched script lives in ``__main__``, which a worker cannot
-    import by name, so it is imported from the script's file instead.
+    import by name: a script is imported from its file, a module launched with
+    ``python -m pkg.fit`` by its name (as multiprocessing's spawn does), so that its
+    relative imports work. A loss typed into a notebook or ``python -`` has neither: single
+    mode's forked workers inherit it ("interactive"), Slurm's workers cannot.
     """
     if loss_module:
         if loss_module.endswith(".py") or os.path.isfile(loss_module):
@@ -660,11 +666,18 @@ def _locate_loss(definition: LossDefinition, loss_module: str | None) -> dict[st
     module_name = getattr(definition.seed_loss_fn, "__module__", None) or "__main__"
     module = sys.modules.get(module_name)
     path = getattr(module, "__file__", None) or definition.source_file
+    if module_name == "__main__":
+        launched_as = getattr(getattr(module, "__spec__", None), "name", None)
+        if launched_as and launched_as != "__main__":
+            module_name = launched_as  # python -m pkg.fit
     if module_name == "__main__" or module_name.startswith(_FILE_MODULE_PREFIX):
         if not path or not os.path.isfile(path):
+            if mode == ExecutionMode.SINGLE:
+                return {"module": None, "file": None, "sys_path": [os.getcwd()], "interactive": True}
             raise ConfigError(
-                f"loss {definition.name!r} was defined interactively; workers need it in a .py file "
-                "(define it in a module, or pass loss_module='path/to/file.py')"
+                f"loss {definition.name!r} was defined interactively (a notebook or `python -`); Slurm's workers "
+                "need it in a .py file: define it in a module, or pass loss_module='path/to/file.py' "
+                "(single mode runs it as it is)"
             )
         path = os.path.abspath(path)
         return {"module": None, "file": path, "sys_path": [os.path.dirname(path), os.getcwd()]}
@@ -786,6 +799,10 @@ class RunPaths:
     @property
     def batch_script(self) -> Path:
         return self.dir / "slurm_logs" / "slurptuna_task.sh"
+
+    def worker_log(self, name: str) -> Path:
+        """The stdout and stderr of one single-mode pool process (it runs chunks of many trials)."""
+        return self.dir / "slurm_logs" / f"local_worker_{name}.log"
 
     def trial(self, number: int) -> TrialPaths:
         return TrialPaths(self.dir, number)
@@ -1041,11 +1058,12 @@ class ChunkFailure:
     trial_number: int
     chunk_index: int
     loss_name: str
-    kind: str  # "raised", "bad_value" or "import"
+    kind: str  # "raised", "bad_value", "crashed" (the process died) or "import"
     message: str
     seed: int | None = None
     params: dict[str, ParamValue] = field(default_factory=dict)
     traceback: str = ""
+    log: str = ""  # the log of the process that ran the chunk, when the worker knows it
 
     def describe(self) -> str:
         where = f" at seed {self.seed}" if self.seed is not None else ""
@@ -1131,9 +1149,6 @@ def _split_evenly(n_items: int, n_parts: int) -> list[tuple[int, int]]:
     return list(itertools.pairwise(bounds))
 
 
-_FORKED_CHUNK: tuple[LossDefinition, dict[str, ParamValue], Sequence[int], dict[str, Any]] | None = None
-
-
 def _die_with_parent(parent_pid: int) -> None:
     """Ask Linux to kill this process when its parent dies (PR_SET_PDEATHSIG).
 
@@ -1149,11 +1164,89 @@ def _die_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
-def _evaluate_slice_in_child(bounds: tuple[int, int]) -> ChunkStats:
-    """Runs in a forked pool process, which inherited the chunk; only bounds and stats travel."""
-    assert _FORKED_CHUNK is not None
-    definition, params, seeds, context = _FORKED_CHUNK
-    return _evaluate_seeds(definition, params, seeds[bounds[0] : bounds[1]], context)
+def _describe_exit(code: int) -> str:
+    """A process's return code (negative: killed by that signal) in words."""
+    if code < 0:
+        try:
+            return f"killed by signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+def _describe_seed_range(seeds: Sequence[int]) -> str:
+    if not seeds:
+        return "no seeds"
+    if isinstance(seeds, range):
+        return f"seeds {seeds.start}..{seeds.stop - 1}"
+    return f"seeds {_format_ranges(seeds)}"
+
+
+def _evaluate_slices_in_children(
+    definition: LossDefinition,
+    params: dict[str, ParamValue],
+    seeds: Sequence[int],
+    context: dict[str, Any],
+    slices: list[tuple[int, int]],
+) -> list[ChunkStats]:
+    """Fork one child per slice; each sends back its statistics as one JSON text.
+
+    Not multiprocessing's pool: its processes are daemonic, and a daemonic process may not
+    start processes, so a loss that uses a ``multiprocessing.Pool`` or joblib would fail.
+    """
+    parent = os.getpid()
+    children = []
+    sys.stdout.flush()
+    sys.stderr.flush()
+    for lo, hi in slices:
+        read_fd, write_fd = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: evaluate, write, and leave without running the parent's cleanup
+            code = 0
+            try:
+                os.close(read_fd)
+                _die_with_parent(parent)
+                try:
+                    record = {"stats": _evaluate_seeds(definition, params, seeds[lo:hi], context).to_json()}
+                except _SeedError as exc:
+                    record = {"error": list(exc.args)}
+                with os.fdopen(write_fd, "wb") as out:
+                    out.write(json.dumps(record).encode())
+            except BaseException:
+                code = 1
+                traceback.print_exc()
+            finally:
+                with contextlib.suppress(BaseException):
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                os._exit(code)
+        os.close(write_fd)
+        children.append((pid, read_fd, seeds[lo:hi]))
+    parts: list[ChunkStats] = []
+    errors: list[list[Any]] = []
+    for pid, read_fd, part in children:
+        with os.fdopen(read_fd, "rb") as handle:
+            text = handle.read()
+        code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+        record = (
+            json.loads(text)
+            if text
+            else {
+                "error": [
+                    part[0],
+                    "crashed",
+                    f"the process evaluating {_describe_seed_range(part)} died ({_describe_exit(code)})",
+                    "",
+                ]
+            }
+        )
+        if "error" in record:
+            errors.append(record["error"])
+        else:
+            parts.append(ChunkStats.from_json(record["stats"]))
+    if errors:
+        raise _SeedError(*errors[0])
+    return parts
 
 
 def run_chunk(
@@ -1172,15 +1265,7 @@ def run_chunk(
     if len(slices) == 1:
         return _evaluate_seeds(definition, params, seeds, context)
     if use_processes:
-        import multiprocessing
-
-        global _FORKED_CHUNK
-        _FORKED_CHUNK = (definition, params, seeds, context)
-        try:
-            with multiprocessing.get_context("fork").Pool(len(slices), _die_with_parent, (os.getpid(),)) as pool:
-                parts = pool.map(_evaluate_slice_in_child, slices, chunksize=1)
-        finally:
-            _FORKED_CHUNK = None
+        parts = _evaluate_slices_in_children(definition, params, seeds, context, slices)
     else:
         from concurrent.futures import ThreadPoolExecutor
 
@@ -1322,16 +1407,113 @@ def run_chunk_task(run_dir: Path, trial_number: int, chunk_index: int) -> int:
         round(time.perf_counter() - started, 6),
         min(settings.worker_parallelism, len(seeds)),
     )
-    _write_json_atomic(trial.chunk(chunk_index), result.to_json())
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(trial.chunk_error(chunk_index))
+    _write_chunk_result(trial, result)
     return 0
 
 
-def _record_failure(trial: TrialPaths, failure: ChunkFailure, exit_code: int) -> int:
+def _write_chunk_result(trial: TrialPaths, result: ChunkResult) -> None:
+    """Write a chunk file; the error file of an earlier attempt at that chunk goes (the one place it does)."""
+    _write_json_atomic(trial.chunk(result.chunk_index), result.to_json())
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(trial.chunk_error(result.chunk_index))
+
+
+def _write_chunk_failure(trial: TrialPaths, failure: ChunkFailure) -> None:
     _write_json_atomic(trial.chunk_error(failure.chunk_index), asdict(failure))
+
+
+def _record_failure(trial: TrialPaths, failure: ChunkFailure, exit_code: int) -> int:
+    _write_chunk_failure(trial, failure)
     print(failure.describe(), file=sys.stderr)
     return exit_code
+
+
+# ---------------------------------------------------------------- a single-mode pool worker
+
+_INSIDE_WORKER = False  # True in worker processes: a run started there (a script without a main guard) would nest
+
+
+def _refuse_inside_worker(what: str) -> None:
+    if _INSIDE_WORKER:
+        raise ConfigError(
+            f"{what} was called while a slurptuna worker imported the loss's module: the script starts a run "
+            "when it is imported, so every worker would start a run of its own. Put the call under "
+            '`if __name__ == "__main__":` (keep the @loss function at module level)'
+        )
+
+
+def serve_pool(
+    settings: _RunSettings, commands: IO[bytes], results: IO[bytes], definition: LossDefinition | None = None
+) -> None:
+    """A single-mode pool worker: import the loss once, then evaluate work until the controller goes.
+
+    Each command is one JSON line ``{"run_dir", "trial", "units": [[chunk, lo, hi], ...]}``
+    (``lo:hi`` slices the chunk's seeds); each unit is answered by one JSON line with its
+    statistics or its failure. A reader thread takes the commands, so that the end of the
+    pipe (the controller exited or died) ends this process even while a loss runs.
+    """
+    import queue
+
+    inbox: queue.SimpleQueue[bytes] = queue.SimpleQueue()
+
+    def read_commands() -> None:
+        for line in commands:
+            inbox.put(line)
+        os._exit(0)
+
+    def reply(record: dict[str, Any]) -> None:
+        results.write(json.dumps(record).encode() + b"\n")
+        results.flush()
+
+    threading.Thread(target=read_commands, name="slurptuna-commands", daemon=True).start()
+    try:
+        definition = definition or _import_loss(settings)
+    except LossError as exc:
+        reply({"import_error": str(exc)})
+        return
+    reply({"ready": os.getpid()})
+    processes = 1 if settings.use_processes else settings.worker_parallelism  # threads: one process, p threads
+    trials: dict[tuple[str, int], TrialParams] = {}
+    while True:
+        command = json.loads(inbox.get())
+        key = (command["run_dir"], command["trial"])
+        if key not in trials:
+            if len(trials) > 64:
+                trials.clear()
+            trials[key] = TrialParams.load(RunPaths(Path(key[0])).trial(key[1]))
+        for chunk, lo, hi in command["units"]:
+            reply(_evaluate_unit(definition, trials[key], key[0], chunk, lo, hi, processes, settings.use_processes))
+
+
+def _evaluate_unit(
+    definition: LossDefinition,
+    expected: TrialParams,
+    run_dir: str,
+    chunk: int,
+    lo: int,
+    hi: int,
+    processes: int,
+    use_processes: bool,
+) -> dict[str, Any]:
+    """One unit of pool work: seeds ``lo:hi`` of a chunk -> its statistics (or the failing seed)."""
+    seeds = expected.plan.chunk(chunk)[lo:hi]
+    context = {
+        "entry_id": expected.entry_id,
+        "trial_number": expected.trial_number,
+        "chunk_index": chunk,
+        "run_dir": run_dir,
+    }
+    started = time.perf_counter()
+    try:
+        stats = run_chunk(definition, expected.params, seeds, context, processes, use_processes)
+    except _SeedError as exc:
+        seed, kind, message, trace = exc.args
+        failure = ChunkFailure(
+            expected.trial_number, chunk, definition.name, kind, message, seed, expected.params, trace
+        )
+        print(failure.describe(), file=sys.stderr, flush=True)  # the worker's log tells it too
+        return {"failure": asdict(failure)}
+    return {"stats": stats.to_json(), "seconds": time.perf_counter() - started}
 
 
 # ============================================================================
@@ -1366,12 +1548,19 @@ class _MissingChunks(SlurptunaError):
     pass
 
 
-def reduce_trial(run: RunPaths, trial_number: int, allow_missing: bool = False) -> TrialSummary:
-    """Pool every chunk of a trial into ``summary.json``; refuse if one is missing or stale."""
+def reduce_trial(
+    run: RunPaths, trial_number: int, allow_missing: bool = False, known: Mapping[int, ChunkResult] | None = None
+) -> TrialSummary:
+    """Pool every chunk of a trial into ``summary.json``; refuse if one is missing or stale.
+
+    ``known`` holds chunk results the caller just computed for this trial (single mode keeps
+    them in memory); every other chunk is read from its file and checked.
+    """
     trial = run.trial(trial_number)
     expected = TrialParams.load(trial)
+    known = known or {}
     n_chunks = expected.plan.n_chunks
-    chunks = [_load_valid_chunk(trial, expected, i) for i in range(n_chunks)]
+    chunks = [known[i] if i in known else _load_valid_chunk(trial, expected, i) for i in range(n_chunks)]
     missing = [i for i, c in enumerate(chunks) if c is None]
     present = [c for c in chunks if c is not None]
     if (missing and not allow_missing) or not present:
@@ -1427,10 +1616,41 @@ def _format_ranges(numbers_: Iterable[int]) -> str:
 # ============================================================================
 #
 # A trial is submitted as one or more chunk "array jobs" and one "reduce job" that
-# depends on them. The controller only needs four verbs from an executor:
-# submit_chunks, submit_reduce, queued (which jobs are still queued or running:
-# one scheduler call per poll cycle), cancel; plus explain, which says why chunks
-# have no result. Success is never taken from the scheduler, only from files.
+# depends on them. Success is never taken from the scheduler, only from files.
+
+
+class Executor(Protocol):
+    """What the controller asks of Slurm or of the local pool; job ids are strings."""
+
+    first_poll_seconds: float  # the pause after something changed; it grows to max_poll_seconds
+    max_poll_seconds: float
+
+    def submit_chunks(self, trial: TrialPaths, chunks: Sequence[int], attempt: int) -> list[JobRef]:
+        """Queue the chunks (array jobs); returns the jobs that hold them."""
+
+    def submit_reduce(
+        self, trial: TrialPaths, after: Sequence[JobRef], attempt: int, allow_missing: bool = False
+    ) -> JobRef:
+        """Queue the reduce job, to run once ``after`` all succeeded (or in any case with ``allow_missing``)."""
+
+    def queued(self, job_ids: Sequence[str]) -> set[str] | None:
+        """Which of the jobs are still queued or running (a query: one squeue call); None: ask again."""
+
+    def wait(self, seconds: float, stop: threading.Event) -> None:
+        """Let up to ``seconds`` pass (the local pool works meanwhile); return early once ``stop`` is set."""
+
+    def unrecorded(self, recorded: set[str]) -> list[str]:
+        """Queued jobs of this run that no jobs.json knows (sbatch answered after a crash)."""
+
+    def explain(self, trial: TrialPaths, jobs: Sequence[JobRef], chunks: Sequence[int]) -> str:
+        """Why these chunks have no result: how their tasks ended, with their logs' tails."""
+
+    def cancel(self, job_ids: Sequence[str]) -> None:
+        """Cancel the jobs (one scancel), their running tasks included."""
+
+    def close(self) -> None:
+        """The run's controller is leaving: stop local processes (Slurm jobs stay, to be adopted)."""
+
 
 _ACTIVE_STATES = frozenset(
     {
@@ -1504,23 +1724,23 @@ def _tail(path: Path, max_lines: int = 15, max_bytes: int = 4000) -> str:
     return ("[... truncated ...]\n" if cut else "") + "\n".join(lines[-max_lines:])
 
 
-def _explain_missing(
-    trial: TrialPaths, jobs: Sequence[JobRef], chunks: Sequence[int], state_of: Callable[[JobRef, int], str | None]
-) -> str:
-    """One line per distinct end state of the missing chunks, with the first log's tail."""
+def _job_of_chunk(jobs: Sequence[JobRef], chunk: int) -> JobRef | None:
+    """The job that last took chunk ``chunk`` (a retry's array job wins over the first attempt's)."""
+    return next((j for j in reversed(jobs) if j.kind == "chunks" and chunk in j.chunks), None)
+
+
+def _explain_missing(chunks: Sequence[int], describe: Callable[[int], tuple[str, Path | None]]) -> str:
+    """One line per distinct end state of the missing chunks, with the first log's tail.
+
+    ``describe(chunk)`` says how the chunk's task ended and where its log is.
+    """
     by_state: dict[str, list[int]] = {}
     first_log: dict[str, Path] = {}
-    arrays = [j for j in jobs if j.kind == "chunks"]
     for chunk in chunks:
-        job = next((j for j in reversed(arrays) if chunk in j.chunks), None)
-        if job is None:
-            by_state.setdefault("never submitted", []).append(chunk)
-            continue
-        task = chunk - job.offset
-        log = trial.chunk_log(job.job_id, task, "err")
-        state = state_of(job, task) or ("TIMEOUT" if "DUE TO TIME LIMIT" in _tail(log) else "ended without a result")
+        state, log = describe(chunk)
         by_state.setdefault(state, []).append(chunk)
-        first_log.setdefault(state, log)
+        if log is not None:
+            first_log.setdefault(state, log)
     lines = []
     for state, listed in by_state.items():
         line = f"chunks {_format_ranges(listed)}: {state}"
@@ -1733,7 +1953,23 @@ class _SlurmExecutor:
             timeout=60,
         )
         states = _parse_sacct(process.stdout) if process.returncode == 0 else {}
-        return _explain_missing(trial, jobs, chunks, lambda job, task: states.get((job.job_id, task)))
+
+        def describe(chunk: int) -> tuple[str, Path | None]:
+            job = _job_of_chunk(jobs, chunk)
+            if job is None:
+                return "never submitted", None
+            task = chunk - job.offset
+            log = trial.chunk_log(job.job_id, task, "err")
+            timed_out = "DUE TO TIME LIMIT" in _tail(log)
+            return states.get((job.job_id, task)) or ("TIMEOUT" if timed_out else "ended without a result"), log
+
+        return _explain_missing(chunks, describe)
+
+    def wait(self, seconds: float, stop: threading.Event) -> None:
+        stop.wait(seconds)  # nothing happens here between polls: Slurm runs the jobs
+
+    def close(self) -> None:
+        pass  # queued jobs belong to the run: a resume adopts them
 
     def cancel(self, job_ids: Sequence[str]) -> None:
         if job_ids:
@@ -1745,164 +1981,473 @@ class _SlurmExecutor:
 # ---------------------------------------------------------------- local processes, same interface
 
 
-@dataclass
-class _LocalTask:
-    out: Path
-    err: Path
-    slots: int
+@dataclass(eq=False)
+class _LocalJob:
+    """A local "job": the chunks of a trial, queued in the pool, or a reduce run in the controller."""
+
+    job_id: str
+    trial: TrialPaths
+    kind: str  # "chunks" or "reduce"
+    expected: TrialParams | None = None
+    state: str = "PENDING"  # PENDING, RUNNING, then COMPLETED, FAILED or CANCELLED
+    open_units: dict[int, int] = field(default_factory=dict)  # per chunk: units sent or queued, not answered
+    chunk_states: dict[int, str] = field(default_factory=dict)  # PENDING RUNNING COMPLETED FAILED TIMEOUT CANCELLED
+    chunk_logs: dict[int, Path] = field(default_factory=dict)
+    slices: dict[int, list[tuple[ChunkStats, float]]] = field(default_factory=dict)  # parts of split chunks
+    n_slices: dict[int, int] = field(default_factory=dict)
+    results: dict[int, ChunkResult] = field(default_factory=dict)
     after: tuple[str, ...] = ()
-    argv: list[str] = field(default_factory=list)  # a worker command, run as a process ...
-    inline: Callable[[], Any] | None = None  # ... or the worker's code, run in the controller
-    state: str = "PENDING"
-    process: subprocess.Popen[bytes] | None = None
-    started: float = 0.0
+    allow_missing: bool = False
+
+    @property
+    def active(self) -> bool:
+        return self.state in ("PENDING", "RUNNING")
+
+
+@dataclass(frozen=True, eq=False)
+class _Unit:
+    """Seeds ``lo:hi`` of one chunk: what a pool worker is sent."""
+
+    job: _LocalJob
+    chunk: int
+    lo: int
+    hi: int
+
+
+@dataclass(eq=False)
+class _PoolWorker:
+    """A pool process as the controller sees it: its pipes, its log and the work it was sent."""
+
+    pid: int
+    commands: IO[bytes]
+    results_fd: int
+    log: Path
+    process: subprocess.Popen[bytes] | None  # None for a forked worker
+    ready: bool = False
+    received: bytes = b""
+    batch: list[_Unit] = field(default_factory=list)  # sent and not yet answered, in order
+    unit_started: float = 0.0
+
+
+_BATCH_SECONDS = 0.02  # work sent to a worker at once, once the loss's speed is known: few messages, fair shares
+
+
+def _pool_size(settings: _RunSettings, cores: int) -> int:
+    """Never more processes than cores, nor than the trials in flight could use (worker_parallelism each)."""
+    if not settings.use_processes:
+        return 1  # threads: one process, worker_parallelism threads per chunk
+    return max(1, min(cores, settings.worker_parallelism * settings.max_concurrent_trials))
+
+
+def _uses_fork(settings: _RunSettings) -> bool:
+    """Fork the pool where multiprocessing would (Linux), unless the workers need another interpreter."""
+    import multiprocessing
+
+    method = multiprocessing.get_start_method(allow_none=True) or ("fork" if sys.platform == "linux" else "spawn")
+    return method == "fork" and hasattr(os, "fork") and settings.python == sys.executable
 
 
 class _LocalExecutor:
-    """Runs the chunk tasks as local worker processes, within the machine's cores.
+    """Single mode: one pool of worker processes per run, each importing the loss once.
 
-    The reduce job runs ``reduce_trial``, the code of ``worker reduce``, in the controller:
-    it reads a few small files, and a process would cost more than that (measured: about
-    0.08 s of a single-mode trial's 0.19 s fixed cost).
+    The controller sends work (a few chunks, or a slice of one when a trial has fewer chunks
+    than the pool has processes) and receives statistics over pipes; it writes the chunk files
+    itself and runs ``reduce_trial`` on the results it holds, so a trial's fixed cost is a few
+    file writes, not a process start. A worker that dies (a crash in the loss, the OOM killer)
+    or passes ``worker_time_limit`` is killed and replaced; only its chunk fails.
     """
 
     first_poll_seconds = 0.002
-    max_poll_seconds = 0.02
+    max_poll_seconds = 0.25  # news from the pool ends a wait at once; this only paces the time limit
 
     def __init__(self, settings: _RunSettings, run: RunPaths) -> None:
         self._settings = settings
-        # Local workers belong to their controller: they die with it (see _die_with_parent).
+        self._run = run
+        self._fork = _uses_fork(settings)
+        if not self._fork and settings.loss_ref.get("interactive"):
+            raise ConfigError(
+                f"loss {settings.loss_name!r} was defined interactively and this platform starts worker "
+                "processes afresh (spawn), so they cannot see it: define it in a .py file"
+            )
         self._env = {**_worker_env(settings), "SLURPTUNA_CONTROLLER_PID": str(os.getpid())}
-        self._cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        self._jobs: dict[str, list[_LocalTask]] = {}
-        self._tasks_by_id: dict[tuple[str, int], _LocalTask] = {}
-        self._unfinished: list[_LocalTask] = []  # in submission order: the local queue
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        self._size = _pool_size(settings, cores)
+        self._jobs: dict[str, _LocalJob] = {}
+        self._queue: collections.deque[_Unit] = collections.deque()
+        self._workers: list[_PoolWorker] = []
+        self._seconds_per_seed: float | None = None
         self._next_id = 0
+        self._started_workers = 0
+        for _ in range(self._size):
+            self._workers.append(self._start_worker())
 
-    def _new_job_id(self) -> str:
-        self._next_id += 1
-        return f"local{os.getpid()}-{self._next_id}"
-
-    def _queue(self, job_id: str, tasks: dict[int, _LocalTask]) -> None:
-        self._jobs[job_id] = list(tasks.values())
-        self._tasks_by_id.update({(job_id, i): t for i, t in tasks.items()})
-        self._unfinished.extend(tasks.values())
+    # ---- the interface the controller uses
 
     def submit_chunks(self, trial: TrialPaths, chunks: Sequence[int], attempt: int) -> list[JobRef]:
-        slots = min(self._settings.worker_parallelism, self._cores)
-        job_id = self._new_job_id()
-        self._queue(
-            job_id,
-            {
-                c: _LocalTask(
-                    trial.chunk_log(job_id, c, "out"),
-                    trial.chunk_log(job_id, c, "err"),
-                    slots,
-                    argv=_worker_command(self._settings, "chunk", trial, "--chunk", str(c)),
-                )
-                for c in chunks
-            },
-        )
-        return [JobRef(job_id, "chunks", tuple(chunks), 0, attempt)]
+        job = self._new_job(trial, "chunks", expected=TrialParams.load(trial))
+        plan = job.expected.plan
+        split = math.ceil(self._size / len(chunks)) if len(chunks) < self._size else 1
+        for chunk in chunks:
+            bounds = _split_evenly(len(plan.chunk(chunk)), split)
+            job.n_slices[chunk] = len(bounds)
+            job.chunk_states[chunk] = "PENDING"
+            job.open_units[chunk] = len(bounds)
+            self._queue.extend(_Unit(job, chunk, lo, hi) for lo, hi in bounds)
+        return [JobRef(job.job_id, "chunks", tuple(chunks), 0, attempt)]
 
     def submit_reduce(
         self, trial: TrialPaths, after: Sequence[JobRef], attempt: int, allow_missing: bool = False
     ) -> JobRef:
-        job_id = self._new_job_id()
-        self._queue(
-            job_id,
-            {
-                0: _LocalTask(
-                    trial.reduce_log(job_id, "out"),
-                    trial.reduce_log(job_id, "err"),
-                    0,
-                    tuple(j.job_id for j in after),
-                    inline=partial(reduce_trial, RunPaths(trial.run_dir), trial.number, allow_missing),
-                )
-            },
-        )
-        return JobRef(job_id, "reduce", attempt=attempt)
+        job = self._new_job(trial, "reduce")
+        job.after, job.allow_missing = tuple(j.job_id for j in after), allow_missing
+        return JobRef(job.job_id, "reduce", attempt=attempt)
 
     def queued(self, job_ids: Sequence[str]) -> set[str]:
-        self._advance()
-        return {j for j in job_ids if any(t.state in _ACTIVE_STATES for t in self._jobs.get(j, ()))}
+        return {j for j in job_ids if j in self._jobs and self._jobs[j].active}
 
-    def _job_state(self, job_id: str) -> str:
-        states = {t.state for t in self._jobs.get(job_id, ())}
-        if states & _ACTIVE_STATES:
-            return "RUNNING"
-        return "COMPLETED" if states <= {"COMPLETED"} and job_id in self._jobs else "FAILED"
+    def wait(self, seconds: float, stop: threading.Event) -> None:
+        """Run the pool for up to ``seconds``: send work, take results, enforce the time limit.
 
-    def _advance(self) -> None:
-        """Reap finished tasks, enforce the time limit, start what fits in the free cores."""
-        limit = self._settings.worker_time_limit_seconds
-        busy = 0
-        for task in self._all_tasks("RUNNING"):
-            code = task.process.poll()
-            if code is None and time.monotonic() - task.started > limit:
-                self._kill(task, "TIMEOUT")
-                with open(task.err, "a") as log:
-                    log.write(f"slurptuna: *** CANCELLED DUE TO TIME LIMIT ({limit} s) ***\n")
-            elif code is not None:
-                task.state = "COMPLETED" if code == 0 else "FAILED"
-            else:
-                busy += task.slots
-        for task in self._all_tasks("PENDING"):
-            dependencies = {self._job_state(j) for j in task.after}
-            if dependencies - {"COMPLETED", "RUNNING"}:
-                task.state = "CANCELLED"  # like --kill-on-invalid-dep=yes
-            elif "RUNNING" not in dependencies and task.inline is not None:
-                self._run_inline(task)
-            elif "RUNNING" not in dependencies and busy + task.slots <= max(self._cores, task.slots):
-                self._start(task)
-                busy += task.slots
-        self._unfinished = [t for t in self._unfinished if t.state in ("PENDING", "RUNNING")]
+        Returns early when a job ends or ``stop`` is set, so the controller reacts at once.
+        """
+        import select
 
-    def _all_tasks(self, state: str) -> list[_LocalTask]:
-        return [t for t in self._unfinished if t.state == state]
-
-    def _start(self, task: _LocalTask) -> None:
-        import subprocess
-
-        task.out.parent.mkdir(parents=True, exist_ok=True)
-        with open(task.out, "ab") as out, open(task.err, "ab") as err:
-            task.process = subprocess.Popen(
-                task.argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=self._env, start_new_session=True
-            )
-        task.state, task.started = "RUNNING", time.monotonic()
-
-    def _run_inline(self, task: _LocalTask) -> None:
-        try:
-            task.inline()
-            task.state = "COMPLETED"
-        except _MissingChunks as exc:
-            task.err.parent.mkdir(parents=True, exist_ok=True)
-            task.err.write_text(f"slurptuna reduce: {exc}\n")
-            task.state = "FAILED"
-
-    def _kill(self, task: _LocalTask, state: str) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(task.process.pid, signal.SIGKILL)
-        task.process.wait()
-        task.state = state
+        deadline = time.monotonic() + seconds
+        while True:
+            if self._step() or stop.is_set():
+                return
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            by_fd = {w.results_fd: w for w in self._workers}
+            readable, _, _ = select.select(list(by_fd), [], [], min(left, self.max_poll_seconds))
+            for fd in readable:
+                if by_fd[fd] in self._workers:
+                    self._take_results(by_fd[fd])
 
     def unrecorded(self, recorded: set[str]) -> list[str]:
-        return []  # local workers die with their controller
+        return []  # pool workers die with their controller
 
     def explain(self, trial: TrialPaths, jobs: Sequence[JobRef], chunks: Sequence[int]) -> str:
-        def state_of(job: JobRef, task: int) -> str | None:
-            found = self._tasks_by_id.get((job.job_id, task))
-            return found.state if found else None
+        def describe(chunk: int) -> tuple[str, Path | None]:
+            ref = _job_of_chunk(jobs, chunk)
+            job = self._jobs.get(ref.job_id) if ref else None
+            if job is None:
+                return "never submitted", None
+            return job.chunk_states.get(chunk, "ended without a result"), job.chunk_logs.get(chunk)
 
-        return _explain_missing(trial, jobs, chunks, state_of)
+        return _explain_missing(chunks, describe)
 
     def cancel(self, job_ids: Sequence[str]) -> None:
-        for job_id in job_ids:
-            for task in self._jobs.get(job_id, ()):
-                if task.state == "RUNNING":
-                    self._kill(task, "CANCELLED")
-                elif task.state == "PENDING":
-                    task.state = "CANCELLED"
+        cancelled = [self._jobs[j] for j in job_ids if j in self._jobs and self._jobs[j].active]
+        for job in cancelled:
+            job.state = "CANCELLED"
+            for chunk, state in job.chunk_states.items():
+                if state in ("PENDING", "RUNNING"):
+                    job.chunk_states[chunk] = "CANCELLED"
+        for worker in [w for w in self._workers if w.batch and w.batch[0].job in cancelled]:
+            self._replace(worker, requeue=[])  # its work is dropped, so stop it now
+
+    def close(self) -> None:
+        """Stop every worker at once (the end of the run, an error or Ctrl-C)."""
+        for worker in self._workers:
+            self._kill(worker)
+        self._workers = []
+
+    # ---- jobs
+
+    def _new_job(self, trial: TrialPaths, kind: str, expected: TrialParams | None = None) -> _LocalJob:
+        self._next_id += 1
+        job = _LocalJob(f"local{os.getpid()}-{self._next_id}", trial, kind, expected)
+        self._jobs[job.job_id] = job
+        return job
+
+    def _step(self) -> bool:
+        """Enforce the time limit, send work to idle workers, settle jobs; True if a job ended."""
+        now = time.monotonic()
+        limit = self._settings.worker_time_limit_seconds
+        for worker in [w for w in self._workers if w.batch and now - w.unit_started > limit]:
+            unit = worker.batch[0]
+            with open(worker.log, "a") as log:
+                log.write(
+                    f"slurptuna: *** chunk {unit.chunk} of trial {unit.job.trial.number} "
+                    f"CANCELLED DUE TO TIME LIMIT ({limit} s) ***\n"
+                )
+            if self._answer(unit):
+                unit.job.chunk_states[unit.chunk] = "TIMEOUT"
+            self._replace(worker, requeue=worker.batch[1:])
+        for worker in self._workers:
+            if worker.ready and not worker.batch:
+                batch = self._next_batch()
+                if not batch:
+                    break
+                self._send(worker, batch, now)
+        return self._settle_jobs()
+
+    def _settle_jobs(self) -> bool:
+        ended = False
+        for job in [j for j in self._jobs.values() if j.active]:
+            if job.kind == "chunks" and not any(job.open_units.values()):
+                job.state = "COMPLETED" if set(job.chunk_states.values()) <= {"COMPLETED"} else "FAILED"
+                ended = True
+            elif job.kind == "reduce":
+                dependencies = [self._jobs[j] for j in job.after if j in self._jobs]
+                if any(d.active for d in dependencies):
+                    continue
+                if not job.allow_missing and any(d.state != "COMPLETED" for d in dependencies):
+                    job.state = "CANCELLED"  # like --kill-on-invalid-dep=yes
+                else:
+                    self._reduce(job, {c: r for d in dependencies for c, r in d.results.items()})
+                ended = True
+        return ended
+
+    def _reduce(self, job: _LocalJob, known: dict[int, ChunkResult]) -> None:
+        """The reduce job's code, run here on the chunk results in memory (files only for older chunks)."""
+        try:
+            reduce_trial(RunPaths(job.trial.run_dir), job.trial.number, job.allow_missing, known=known)
+            job.state = "COMPLETED"
+        except _MissingChunks as exc:
+            log = job.trial.reduce_log(job.job_id, "err")
+            log.parent.mkdir(parents=True, exist_ok=True)
+            log.write_text(f"slurptuna reduce: {exc}\n")
+            job.state = "FAILED"
+
+    # ---- units: sending, results, failures
+
+    def _next_batch(self) -> list[_Unit]:
+        """The next units of one job, about ``_BATCH_SECONDS`` of work, no more than a fair share."""
+        while self._queue and not self._is_wanted(self._queue[0]):
+            self._answer(self._queue.popleft())  # its job was cancelled or its chunk failed: drop it
+        if not self._queue:
+            return []
+        batch = [self._queue.popleft()]
+        if self._seconds_per_seed is not None:
+            first = batch[0]
+            wanted = _BATCH_SECONDS / max(self._seconds_per_seed * (first.hi - first.lo), 1e-9)
+            fair = sum(first.job.open_units.values()) / len(self._workers)
+            while len(batch) < min(wanted, fair) and self._queue and self._queue[0].job is first.job:
+                batch.append(self._queue.popleft())
+        return batch
+
+    def _send(self, worker: _PoolWorker, batch: list[_Unit], now: float) -> None:
+        job = batch[0].job
+        command = {
+            "run_dir": str(job.trial.run_dir),
+            "trial": job.trial.number,
+            "units": [[u.chunk, u.lo, u.hi] for u in batch],
+        }
+        job.state = "RUNNING"
+        worker.batch, worker.unit_started = batch, now
+        for unit in batch:
+            job.chunk_states[unit.chunk] = "RUNNING"
+            job.chunk_logs[unit.chunk] = worker.log
+        try:
+            worker.commands.write(json.dumps(command).encode() + b"\n")
+            worker.commands.flush()
+        except BrokenPipeError:
+            self._lost(worker)
+
+    def _take_results(self, worker: _PoolWorker) -> None:
+        data = os.read(worker.results_fd, 1 << 16)
+        if not data:
+            self._lost(worker)
+            return
+        *lines, worker.received = (worker.received + data).split(b"\n")
+        for line in lines:
+            record = json.loads(line)
+            if "ready" in record:
+                worker.ready = True
+            elif "import_error" in record:
+                raise LossError(record["import_error"])
+            else:
+                unit = worker.batch.pop(0)
+                worker.unit_started = time.monotonic()
+                if "stats" in record:
+                    self._add_slice(unit, ChunkStats.from_json(record["stats"]), record["seconds"])
+                else:
+                    self._fail_unit(unit, ChunkFailure(**{**record["failure"], "log": str(worker.log)}))
+
+    def _failure_fields(self, unit: _Unit, worker: _PoolWorker) -> dict[str, Any]:
+        job = unit.job
+        return {
+            "trial_number": job.trial.number,
+            "chunk_index": unit.chunk,
+            "loss_name": self._settings.loss_name,
+            "params": job.expected.params,
+            "log": str(worker.log),
+        }
+
+    def _add_slice(self, unit: _Unit, stats: ChunkStats, seconds: float) -> None:
+        job = unit.job
+        if not self._answer(unit):
+            return
+        parts = job.slices.setdefault(unit.chunk, [])
+        parts.append((stats, seconds))
+        n_seeds = unit.hi - unit.lo
+        rate = seconds / max(n_seeds, 1)
+        self._seconds_per_seed = rate if self._seconds_per_seed is None else 0.8 * self._seconds_per_seed + 0.2 * rate
+        if len(parts) < job.n_slices[unit.chunk]:
+            return
+        del job.slices[unit.chunk]
+        seeds = job.expected.plan.chunk(unit.chunk)
+        result = ChunkResult(
+            job.trial.number,
+            unit.chunk,
+            _describe_seeds(seeds),
+            job.expected.params,
+            ChunkStats.pool([p for p, _ in parts]),
+            round(sum(t for _, t in parts), 6),
+            len(parts),
+        )
+        _write_chunk_result(job.trial, result)
+        job.results[unit.chunk] = result
+        job.chunk_states[unit.chunk] = "COMPLETED"
+
+    def _fail_unit(self, unit: _Unit, failure: ChunkFailure) -> None:
+        if self._answer(unit):
+            unit.job.chunk_states[unit.chunk] = "FAILED"
+            _write_chunk_failure(unit.job.trial, failure)
+
+    @staticmethod
+    def _is_wanted(unit: _Unit) -> bool:
+        return unit.job.active and unit.job.chunk_states.get(unit.chunk) in ("PENDING", "RUNNING")
+
+    def _answer(self, unit: _Unit) -> bool:
+        """Count a unit as answered; True if its result still matters (its job and chunk go on)."""
+        unit.job.open_units[unit.chunk] -= 1
+        return self._is_wanted(unit)
+
+    # ---- worker processes
+
+    def _start_worker(self) -> _PoolWorker:
+        self._started_workers += 1
+        log = self._run.worker_log(f"{os.getpid()}_{self._started_workers}")
+        log.parent.mkdir(parents=True, exist_ok=True)
+        command_read, command_write = os.pipe()
+        result_read, result_write = os.pipe()
+        process = None
+        if self._fork:
+            inherited = [fd for w in self._workers for fd in (w.commands.fileno(), w.results_fd)]
+            sys.stdout.flush()
+            sys.stderr.flush()
+            pid = os.fork()
+            if pid == 0:
+                _become_pool_worker(
+                    self._settings, command_read, result_write, log, [command_write, result_read, *inherited]
+                )
+            os.close(command_read)
+        else:
+            import subprocess
+
+            argv = [
+                self._settings.python,
+                "-m",
+                "slurptuna",
+                "worker",
+                "pool",
+                str(self._run.dir),
+                "--results-fd",
+                str(result_write),
+            ]
+            with open(log, "ab") as out:
+                process = subprocess.Popen(
+                    argv,
+                    stdin=command_read,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    pass_fds=(result_write,),
+                    env=self._env,
+                    start_new_session=True,
+                )
+            os.close(command_read)
+            pid = process.pid
+        os.close(result_write)
+        return _PoolWorker(pid, os.fdopen(command_write, "wb"), result_read, log, process)
+
+    def _lost(self, worker: _PoolWorker) -> None:
+        """A worker ended by itself: its current unit's chunk fails, saying how; the rest goes back."""
+        code = self._kill(worker)
+        if not worker.ready:
+            raise LossError(
+                f"a worker process died while importing the loss ({_describe_exit(code)}); "
+                f"log {worker.log}:\n{_tail(worker.log)}"
+            )
+        if worker.batch:
+            unit = worker.batch[0]
+            seeds = unit.job.expected.plan.chunk(unit.chunk)[unit.lo : unit.hi]
+            message = f"the worker process died ({_describe_exit(code)}) while evaluating {_describe_seed_range(seeds)}"
+            self._fail_unit(unit, ChunkFailure(**self._failure_fields(unit, worker), kind="crashed", message=message))
+        self._replace(worker, requeue=worker.batch[1:])
+
+    def _replace(self, worker: _PoolWorker, requeue: list[_Unit]) -> None:
+        self._kill(worker)
+        self._workers.remove(worker)
+        for unit in reversed(requeue):
+            if self._is_wanted(unit):
+                unit.job.chunk_states[unit.chunk] = "PENDING"
+            self._queue.appendleft(unit)
+        self._workers.append(self._start_worker())
+
+    def _kill(self, worker: _PoolWorker) -> int:
+        """Kill the worker and every process its loss started (its session), reap it; its return code."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(worker.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(worker.pid, signal.SIGKILL)
+        if worker.process is not None:
+            code = worker.process.wait()
+        else:
+            try:
+                code = os.waitstatus_to_exitcode(os.waitpid(worker.pid, 0)[1])
+            except ChildProcessError:
+                code = 0
+        with contextlib.suppress(OSError):
+            worker.commands.close()
+        with contextlib.suppress(OSError):
+            os.close(worker.results_fd)
+        return code
+
+
+def _become_pool_worker(
+    settings: _RunSettings, command_fd: int, result_fd: int, log: Path, close_fds: list[int]
+) -> None:
+    """The forked child: its own session, its log as stdout and stderr, then ``serve_pool``; never returns."""
+    code = 1
+    try:
+        parent = os.getppid()
+        os.setsid()  # the terminal's Ctrl-C goes to the controller, which stops the pool itself
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, signal.SIG_DFL)
+        for fd in close_fds:
+            os.close(fd)
+        out = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.dup2(out, 1)
+        os.dup2(out, 2)
+        os.close(out)
+        os.close(null)
+        # The inherited sys.stdout may not write to fd 1 (a notebook's stream, pytest's capture)
+        sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
+        sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
+        _die_with_parent(parent)
+        global _INSIDE_WORKER
+        _INSIDE_WORKER = True
+        inherited = _LOSSES.get(settings.loss_name) if settings.loss_ref.get("interactive") else None
+        if inherited is None:  # import the module as a spawned worker would; its __main__ twin must make room
+            for name in [n for n, d in _LOSSES.items() if getattr(d.seed_loss_fn, "__module__", "") == "__main__"]:
+                del _LOSSES[name]
+        serve_pool(settings, os.fdopen(command_fd, "rb"), os.fdopen(result_fd, "wb"), inherited)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        with contextlib.suppress(BaseException):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
 
 
 # ============================================================================
@@ -2002,7 +2547,9 @@ class _Progress:
 class _Controller:
     """Keeps up to ``max_concurrent_trials`` trials in flight until the study has ``n_trials``."""
 
-    def __init__(self, settings: _RunSettings, run: RunPaths, study: Any, executor: Any, stop: _StopSignal) -> None:
+    def __init__(
+        self, settings: _RunSettings, run: RunPaths, study: Any, executor: Executor, stop: _StopSignal
+    ) -> None:
         import optuna
 
         self._optuna = optuna
@@ -2040,7 +2587,8 @@ class _Controller:
                     self.n_finished, len(self._active), self.n_failed, self._best_value(), self.seeds_done
                 )
                 pause = 0.0 if self._free_slot() else backoff.next(changed)  # a free slot is filled at once
-                if self._stop.wait(pause):
+                self._executor.wait(pause, self._stop.event)
+                if self._stop.event.is_set():
                     self._cancel_everything()
         finally:
             self._progress.close()
@@ -2196,10 +2744,12 @@ class _Controller:
 
     def _failure_message(self, active: _ActiveTrial, failures: list[ChunkFailure]) -> str:
         first = failures[0]
-        job = next((j for j in active.jobs if j.kind == "chunks" and first.chunk_index in j.chunks), None)
-        log = f"\nlog: {active.paths.chunk_log(job.job_id, first.chunk_index - job.offset, 'err')}" if job else ""
+        job = _job_of_chunk(active.jobs, first.chunk_index)
+        log = first.log or (
+            str(active.paths.chunk_log(job.job_id, first.chunk_index - job.offset, "err")) if job else ""
+        )
         more = f"\n({len(failures) - 1} more chunk(s) failed too)" if len(failures) > 1 else ""
-        return first.describe() + log + more
+        return first.describe() + (f"\nlog: {log}" if log else "") + more
 
     # ---- telling Optuna
 
@@ -2322,7 +2872,8 @@ def _run_study(settings: _RunSettings, *, sampler: Any, storage: Any, pruner: An
             study.sampler = _default_sampler(optuna, settings, len(study.get_trials(deepcopy=False)))
         _compile_for_workers()
         executor_type = _SlurmExecutor if settings.mode == ExecutionMode.DISTRIBUTED.value else _LocalExecutor
-        controller = _Controller(settings, run, study, executor_type(settings, run), stop)
+        executor = executor_type(settings, run)
+        controller = _Controller(settings, run, study, executor, stop)
         try:
             controller.run()
         except _Interrupted as exc:
@@ -2331,6 +2882,8 @@ def _run_study(settings: _RunSettings, *, sampler: Any, storage: Any, pruner: An
                 file=sys.stderr,
             )
             raise SystemExit(130 if stop.signum == signal.SIGINT else 143) from None
+        finally:
+            executor.close()
         summary = controller.run_summary()
         _write_json_atomic(run.summary, summary)
     return OptimizeResult(
@@ -2355,6 +2908,7 @@ def _run_study(settings: _RunSettings, *, sampler: Any, storage: Any, pruner: An
 _USAGE = """\
 usage: python -m slurptuna worker chunk RUN_DIR TRIAL [--chunk I | --chunk-offset K]
        python -m slurptuna worker reduce RUN_DIR TRIAL [--allow-missing]
+       python -m slurptuna worker pool RUN_DIR --results-fd FD
        python slurptuna.py --selftest
 
 Workers are started by optimize_run (locally or by Slurm); a chunk task without
@@ -2365,17 +2919,28 @@ Workers are started by optimize_run (locally or by Slurm); a chunk task without
 def _worker_main(argv: Sequence[str]) -> int:
     import argparse
 
+    global _INSIDE_WORKER
+    _INSIDE_WORKER = True
     controller = os.environ.pop("SLURPTUNA_CONTROLLER_PID", None)
     if controller is not None:
         _die_with_parent(int(controller))
     parser = argparse.ArgumentParser(prog="python -m slurptuna worker", usage=_USAGE)
-    parser.add_argument("kind", choices=["chunk", "reduce"])
+    parser.add_argument("kind", choices=["chunk", "reduce", "pool"])
     parser.add_argument("run_dir", type=Path)
-    parser.add_argument("trial", type=int)
+    parser.add_argument("trial", type=int, nargs="?")
     parser.add_argument("--chunk", type=int)
     parser.add_argument("--chunk-offset", type=int, default=0)
     parser.add_argument("--allow-missing", action="store_true")
+    parser.add_argument("--results-fd", type=int)
     args = parser.parse_args(argv)
+    if args.kind == "pool":
+        if args.results_fd is None:
+            parser.error("a pool worker needs --results-fd")
+        settings = _RunSettings.from_json(_read_json(RunPaths(args.run_dir).meta))
+        serve_pool(settings, sys.stdin.buffer, os.fdopen(args.results_fd, "wb"))
+        return 0
+    if args.trial is None:
+        parser.error(f"worker {args.kind} needs TRIAL")
     if args.kind == "reduce":
         try:
             summary = reduce_trial(RunPaths(args.run_dir), args.trial, args.allow_missing)
