@@ -2456,6 +2456,10 @@ def _become_pool_worker(
         # The inherited sys.stdout may not write to fd 1 (a notebook's stream, pytest's capture)
         sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
         sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
+        import faulthandler
+
+        if faulthandler.is_enabled():  # a crash's Python traceback goes to the worker's log too
+            faulthandler.enable(sys.stderr)
         _die_with_parent(parent)
         global _INSIDE_WORKER
         _INSIDE_WORKER = True

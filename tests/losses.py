@@ -106,3 +106,39 @@ def records_busy_intervals(params, seed):
     with open(os.path.join(os.environ["SLURPTUNA_TEST_COUNT_DIR"], f"busy.{os.getpid()}"), "a") as handle:
         handle.write(f"{os.getpid()} {start} {time.time()}\n")
     return params["x"]
+
+
+def _first_time(name: str) -> bool:
+    """True once per $SLURPTUNA_TEST_COUNT_DIR: the first call of a loss that misbehaves once."""
+    marker = os.path.join(os.environ["SLURPTUNA_TEST_COUNT_DIR"], name)
+    try:
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL))
+        return True
+    except FileExistsError:
+        return False
+
+
+@loss(name="aborts_once_at_seed_5", parameter_space={"x": (0.0, 1.0)})
+def aborts_once_at_seed_5(params, seed):
+    """Kills its own process (SIGABRT) the first time it meets seed 5, like a segfaulting extension."""
+    _record(params, seed)
+    if seed == 5 and _first_time("aborted"):
+        os.abort()
+    return params["x"] + seed
+
+
+@loss(name="exits_once_at_seed_2", parameter_space={"x": (0.0, 1.0)})
+def exits_once_at_seed_2(params, seed):
+    if seed == 2 and _first_time("exited"):
+        os._exit(3)
+    return params["x"]
+
+
+@loss(name="uses_its_own_pool", parameter_space={"x": (0.0, 1.0)})
+def uses_its_own_pool(params, seed):
+    """Starts processes of its own, as a loss using multiprocessing or joblib does."""
+    import multiprocessing
+
+    with multiprocessing.get_context("fork").Pool(2) as pool:
+        parts = pool.map(abs, [params["x"], -float(seed)])
+    return sum(parts)
