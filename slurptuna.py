@@ -2592,7 +2592,7 @@ def _read_study_trials(run: RunPaths, study_name: str, attempts: int = 4) -> lis
     for attempt in range(attempts):
         try:
             storage = optuna.storages.RDBStorage(
-                url, skip_table_creation=True, engine_kwargs={"connect_args": {"timeout": 1.0}}
+                url, skip_table_creation=True, engine_kwargs={"connect_args": {"timeout": 0.5}}
             )
             try:
                 study = optuna.load_study(study_name=study_name, storage=storage)
@@ -2607,7 +2607,7 @@ def _read_study_trials(run: RunPaths, study_name: str, attempts: int = 4) -> lis
             if "locked" not in text and "busy" not in text:
                 raise StatusError(f"cannot read {run.optuna_db}: {_first_line(str(exc))}") from None
             if attempt + 1 < attempts:
-                time.sleep(0.5 * (attempt + 1))
+                time.sleep(0.25 * (attempt + 1))
     raise _DatabaseBusy(f"{run.optuna_db} stayed locked by its writer; try again in a moment")
 
 
