@@ -2671,7 +2671,8 @@ def _running_trial(
     ]
     seeds = sum(c.stats.loss.count for c, _ in done)
     first_start = min((mtime - c.elapsed_seconds for c, mtime in done), default=None)
-    until = now if len(done) < plan.n_chunks else max(mtime for _, mtime in done)
+    last_end = max((mtime for _, mtime in done), default=now)
+    until = max(now, last_end) if len(done) < plan.n_chunks else last_end  # a chunk may end while status reads
     rate = seeds / (until - first_start) if first_start is not None and until > first_start else None
     return RunningTrial(trial.number, params, len(done), plan.n_chunks, seeds, rate, jobs=[])
 
@@ -2887,7 +2888,9 @@ def _format_core_hours(hours: float) -> str:
 
 
 def _format_rate(seeds_per_second: float | None) -> str:
-    return "- seeds/s" if seeds_per_second is None else f"{seeds_per_second:,.3g} seeds/s"
+    if seeds_per_second is None:
+        return "- seeds/s"
+    return f"{seeds_per_second:,.0f} seeds/s" if seeds_per_second >= 100 else f"{seeds_per_second:.3g} seeds/s"
 
 
 def _format_duration(seconds: float) -> str:
