@@ -2932,14 +2932,621 @@ def _run_study(settings: _RunSettings, *, sampler: Any, storage: Any, pruner: An
 
 
 # ============================================================================
+# Status: what a run's files and the queue say, for a person or a script
+# ============================================================================
+#
+# `python -m slurptuna status RUN_DIR` must never disturb a live run: every file it
+# reads was written atomically, optuna.db is opened read-only, and the controller's
+# lock is only tested (a shared, non-blocking flock released at once), never kept.
+# Reading (`read_status`) is kept apart from drawing (`format_status`, pure).
+
+_ACTIVE_GAP_SECONDS = 600  # a pause in chunk work longer than this (a dead controller) does not count in the pace
+
+
+class StatusError(SlurptunaError):
+    """A directory that status cannot show: not a run, an unknown file format, optuna.db kept locked."""
+
+
+class _DatabaseBusy(StatusError):
+    pass
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    """One Slurm job of a running trial, as one ``squeue`` call showed it."""
+
+    job_id: str
+    kind: str  # "chunks" (an array job) or "reduce"
+    chunks: str  # the array job's chunks, "0-9"; "" for the reduce job
+    tasks: dict[str, int] | None  # state -> array tasks in it; {} when Slurm no longer lists it; None: not asked
+    pending_reasons: list[str]  # squeue's %r for pending tasks: Dependency, JobArrayTaskLimit, Priority ...
+
+
+@dataclass(frozen=True)
+class RunningTrial:
+    number: int
+    params: dict[str, ParamValue]
+    chunks_done: int
+    n_chunks: int
+    seeds_done: int
+    seeds_per_second: float | None  # since its first chunk started; None before a chunk is done
+    jobs: list[JobStatus]
+
+
+@dataclass(frozen=True)
+class FailedTrial:
+    number: int
+    reason: str  # the first line of the trial's fail_reason
+    log: str | None
+
+
+@dataclass(frozen=True)
+class RunStatus:
+    """Everything ``status`` shows of one run, read at ``checked_at``."""
+
+    run_dir: str
+    run_name: str
+    run_root: str
+    loss_name: str
+    mode: str
+    n_trials: int
+    n_complete: int
+    n_running: int
+    n_failed: int
+    n_pruned: int
+    best_trial: int | None
+    best_value: float | None
+    best_standard_error: float | None  # std / sqrt(n_seeds) of the best trial
+    best_params: dict[str, ParamValue]
+    running: list[RunningTrial]
+    failed: list[FailedTrial]
+    controller_holds_run: bool
+    controller_pid: int | None
+    core_hours: float  # chunk compute: elapsed seconds x processes, over every chunk file
+    seeds_done: int
+    seeds_per_second: float | None  # the run's pace over its active time
+    hours_left: float | None
+    core_hours_left: float | None
+    notes: list[str]  # what could not be read, in one line each (squeue failing ...)
+    checked_at: str
+
+    @property
+    def trials_left(self) -> int:
+        return max(0, self.n_trials - self.n_complete - self.n_failed - self.n_pruned)
+
+    @property
+    def needs_resume(self) -> bool:
+        return self.trials_left > 0 and not self.controller_holds_run
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": "run", **asdict(self), "trials_left": self.trials_left, "needs_resume": self.needs_resume}
+
+
+@dataclass(frozen=True)
+class EntryStatus:
+    entry: str
+    run_dir: str
+    run: RunStatus | None
+    problem: str | None  # why the entry's run could not be read
+
+
+@dataclass(frozen=True)
+class EntriesStatus:
+    """The parent directory of ``optimize_entries``: one run per entry."""
+
+    dir: str
+    entries: list[EntryStatus]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": "entries",
+            "dir": self.dir,
+            "entries": [
+                {
+                    "entry": e.entry,
+                    "run_dir": e.run_dir,
+                    "run": e.run.to_json() if e.run else None,
+                    "problem": e.problem,
+                }
+                for e in self.entries
+            ],
+        }
+
+
+# ---------------------------------------------------------------- reading a run without disturbing it
+
+
+def read_status(path: Path, now: float | None = None) -> RunStatus | EntriesStatus:
+    """The status of a run directory, or of an ``optimize_entries`` parent directory."""
+    now = time.time() if now is None else now
+    if not path.is_dir():
+        raise StatusError(f"{path} is not a directory")
+    run = RunPaths(path.resolve())
+    if run.meta.exists():
+        return read_run_status(run, now, ask_queue=_ask_squeue)
+    runs = _entry_runs(path)
+    if not runs:
+        inside = sorted(p.name for p in path.iterdir() if RunPaths(p).meta.exists())
+        hint = f"; it holds the runs {', '.join(inside[:5])}{' ...' if len(inside) > 5 else ''}" if inside else ""
+        raise StatusError(f"{path} is not a slurptuna run: it has no meta.json{hint}")
+    return EntriesStatus(str(path), [_read_entry(entry, entry_run, now) for entry, entry_run in runs])
+
+
+def _entry_runs(parent: Path) -> list[tuple[str, RunPaths]]:
+    """The entries of an ``optimize_entries`` directory: from its summary.json, else its run subdirectories."""
+    summary = _read_json(parent / "summary.json")
+    if isinstance(summary, dict) and isinstance(summary.get("entries"), list):
+        # summary.json is written as entries finish: entries not yet in "runs" are in <label>/
+        runs = summary.get("runs") or {}
+        return [(e, RunPaths(Path(runs.get(e) or parent / _safe_label(e)))) for e in summary["entries"]]
+    metas = {p: _read_json(RunPaths(p).meta) for p in sorted(parent.iterdir()) if RunPaths(p).meta.exists()}
+    return [(m["entry_id"], RunPaths(p)) for p, m in metas.items() if isinstance(m, dict) and m.get("entry_id")]
+
+
+def _read_entry(entry: str, run: RunPaths, now: float) -> EntryStatus:
+    try:
+        return EntryStatus(entry, str(run.dir), read_run_status(run, now, ask_queue=None), None)
+    except StatusError as exc:
+        return EntryStatus(entry, str(run.dir), None, str(exc))
+
+
+def read_run_status(
+    run: RunPaths, now: float, ask_queue: Callable[[Sequence[str]], dict[str, list[tuple[str, str, int]]]] | None
+) -> RunStatus:
+    """Read meta.json, optuna.db, the lock and the trial files; ask Slurm once about running trials' jobs."""
+    settings = _read_run_settings(run)
+    trials = _read_study_trials(run, settings.run_name or run.dir.name)
+    held, pid = _controller_holds(run)
+    by_state: dict[str, list[Any]] = {}
+    for trial in trials:
+        by_state.setdefault(trial.state.name, []).append(trial)
+    chunk_files = {t.number: _chunk_files(run.trial(t.number)) for t in trials}
+    notes = [] if run.optuna_db.exists() else ["no optuna.db yet: the controller has not started a trial"]
+    running = [_running_trial(run, settings, t, chunk_files[t.number], now) for t in by_state.get("RUNNING", [])]
+    if settings.mode == ExecutionMode.DISTRIBUTED.value and ask_queue is not None:
+        running, queue_note = _with_slurm_jobs(run, running, ask_queue)
+        notes += [queue_note] if queue_note else []
+    best = _best_trial(by_state.get("COMPLETE", []), settings.direction)
+    all_chunks = [c for files in chunk_files.values() for c in files]
+    core_seconds = math.fsum(c.elapsed_seconds * c.processes for c, _ in all_chunks)
+    seeds_done = sum(c.stats.loss.count for c, _ in all_chunks)
+    intervals = [(mtime - c.elapsed_seconds, mtime) for c, mtime in all_chunks]
+    active = _active_seconds(intervals, now if held else None, _ACTIVE_GAP_SECONDS)
+    pace = seeds_done / active if seeds_done and active > 0 else None
+    finished = by_state.get("COMPLETE", []) + by_state.get("PRUNED", [])
+    per_trial = (
+        sum(c.stats.loss.count for t in finished for c, _ in chunk_files[t.number]) / len(finished)
+        if finished
+        else settings.seeds.count
+    )
+    n_ended = sum(len(by_state.get(s, [])) for s in ("COMPLETE", "FAILED", "PRUNED"))
+    seeds_left = max(0.0, (settings.n_trials - n_ended) * per_trial - sum(r.seeds_done for r in running))
+    return RunStatus(
+        run_dir=str(run.dir),
+        run_name=settings.run_name or run.dir.name,
+        run_root=settings.run_root,
+        loss_name=settings.loss_name,
+        mode=settings.mode,
+        n_trials=settings.n_trials,
+        n_complete=len(by_state.get("COMPLETE", [])),
+        n_running=len(running),
+        n_failed=len(by_state.get("FAIL", [])),
+        n_pruned=len(by_state.get("PRUNED", [])),
+        best_trial=best.number if best else None,
+        best_value=best.value if best else None,
+        best_standard_error=_standard_error(run.trial(best.number), best) if best else None,
+        best_params=dict(best.params) if best else {},
+        running=running,
+        failed=[_failed_trial(t) for t in by_state.get("FAIL", [])],
+        controller_holds_run=held,
+        controller_pid=pid,
+        core_hours=core_seconds / 3600,
+        seeds_done=seeds_done,
+        seeds_per_second=pace,
+        hours_left=seeds_left / pace / 3600 if pace else None,
+        core_hours_left=seeds_left * core_seconds / seeds_done / 3600 if seeds_done else None,
+        notes=notes,
+        checked_at=datetime.fromtimestamp(now, timezone.utc).isoformat(timespec="seconds"),
+    )
+
+
+def _read_run_settings(run: RunPaths) -> _RunSettings:
+    record = _read_json(run.meta)
+    written_by = f"slurptuna {record.get('slurptuna_version', '?')}" if isinstance(record, dict) else "?"
+    try:
+        return _RunSettings.from_json(record)
+    except (TypeError, KeyError, ValueError, AttributeError) as exc:
+        raise StatusError(
+            f"{run.meta} has a format this slurptuna ({__version__}) cannot read (written by {written_by}): "
+            f"{type(exc).__name__}: {exc}"
+        ) from None
+
+
+def _read_study_trials(run: RunPaths, study_name: str, attempts: int = 4) -> list[Any]:
+    """The study's trials from a read-only connection; a locked database is tried again a few times."""
+    if not run.optuna_db.exists():
+        return []
+    import urllib.parse
+
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    url = f"sqlite:///file:{urllib.parse.quote(str(run.optuna_db))}?mode=ro&uri=true"
+    for attempt in range(attempts):
+        try:
+            storage = optuna.storages.RDBStorage(
+                url, skip_table_creation=True, engine_kwargs={"connect_args": {"timeout": 0.5}}
+            )
+            try:
+                study = optuna.load_study(study_name=study_name, storage=storage)
+                return study.get_trials(deepcopy=False)
+            finally:
+                storage.remove_session()
+                storage.engine.dispose()
+        except KeyError:
+            raise StatusError(f"{run.optuna_db} has no study named {study_name!r}") from None
+        except Exception as exc:  # sqlalchemy's and optuna's errors: read their text, not their types
+            text = " ".join(str(e) for e in _exception_chain(exc))
+            if "locked" not in text and "busy" not in text:
+                raise StatusError(f"cannot read {run.optuna_db}: {_first_line(str(exc))}") from None
+            if attempt + 1 < attempts:
+                time.sleep(0.25 * (attempt + 1))
+    raise _DatabaseBusy(f"{run.optuna_db} stayed locked by its writer; try again in a moment")
+
+
+def _exception_chain(exc: BaseException | None) -> Iterable[BaseException]:
+    while exc is not None:
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def _first_line(text: str) -> str:
+    return next((line.strip() for line in text.splitlines() if line.strip()), "")
+
+
+def _controller_holds(run: RunPaths) -> tuple[bool, int | None]:
+    """Whether a controller holds the run's lock, and the pid it wrote; the lock is only tested."""
+    import fcntl
+
+    try:
+        with open(run.lock) as handle:  # read-only: never created here
+            try:
+                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except OSError:
+                text = handle.read().strip()
+                return True, int(text) if text.isdigit() else None
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            return False, None
+    except FileNotFoundError:
+        return False, None
+
+
+def _chunk_files(trial: TrialPaths) -> list[tuple[ChunkResult, float]]:
+    """Every readable chunk file of a trial with its modification time (when the chunk ended)."""
+    try:
+        listing = list(os.scandir(trial.chunks_dir))
+    except FileNotFoundError:
+        return []
+    chunks = []
+    for entry in listing:
+        if not (entry.name.startswith("chunk_") and entry.name.endswith(".json")):
+            continue
+        try:
+            with open(entry.path) as handle:
+                chunks.append((ChunkResult.from_json(json.load(handle)), entry.stat().st_mtime))
+        except (OSError, ValueError, TypeError, KeyError):
+            continue  # removed or stale: the controller recomputes it
+    return chunks
+
+
+def _running_trial(
+    run: RunPaths, settings: _RunSettings, trial: Any, chunk_files: list[tuple[ChunkResult, float]], now: float
+) -> RunningTrial:
+    expected = _read_json(run.trial(trial.number).params) or {}
+    plan = SeedPlan.from_json(expected["seeds"]) if "seeds" in expected else settings.seeds
+    params = expected.get("params", dict(trial.params))
+    done = [
+        (c, mtime)
+        for c, mtime in chunk_files
+        if c.params == params
+        and 0 <= c.chunk_index < plan.n_chunks
+        and c.seeds == _describe_seeds(plan.chunk(c.chunk_index))
+    ]
+    seeds = sum(c.stats.loss.count for c, _ in done)
+    first_start = min((mtime - c.elapsed_seconds for c, mtime in done), default=None)
+    last_end = max((mtime for _, mtime in done), default=now)
+    until = max(now, last_end) if len(done) < plan.n_chunks else last_end  # a chunk may end while status reads
+    rate = seeds / (until - first_start) if first_start is not None and until > first_start else None
+    return RunningTrial(trial.number, params, len(done), plan.n_chunks, seeds, rate, jobs=[])
+
+
+def _with_slurm_jobs(
+    run: RunPaths, running: list[RunningTrial], ask_queue: Callable[[Sequence[str]], Any]
+) -> tuple[list[RunningTrial], str | None]:
+    """The running trials with their jobs' states from jobs.json and one squeue call for all of them."""
+    jobs = {r.number: _recorded_jobs(run.trial(r.number)) for r in running}
+    job_ids = [j.job_id for listed in jobs.values() for j in listed]
+    queue: dict[str, list[tuple[str, str, int]]] | None = {}
+    note = None
+    if job_ids:
+        try:
+            queue = ask_queue(job_ids)
+        except SlurmError as exc:
+            queue, note = None, f"Slurm's queue is not shown: {_first_line(str(exc))}"
+    return [replace(r, jobs=[_job_status(j, queue) for j in jobs[r.number]]) for r in running], note
+
+
+def _recorded_jobs(trial: TrialPaths) -> list[JobRef]:
+    record = _read_json(trial.jobs) or {}
+    try:
+        return [JobRef.from_json(j) for j in record.get("jobs", [])]
+    except TypeError:
+        return []
+
+
+def _job_status(job: JobRef, queue: Mapping[str, list[tuple[str, str, int]]] | None) -> JobStatus:
+    chunks = _format_ranges(job.chunks) if job.kind == "chunks" else ""
+    if queue is None:
+        return JobStatus(job.job_id, job.kind, chunks, None, [])
+    tasks: dict[str, int] = {}
+    reasons: list[str] = []
+    for state, reason, count in queue.get(job.job_id, []):
+        tasks[state] = tasks.get(state, 0) + count
+        if state == "PENDING" and reason and reason not in reasons:
+            reasons.append(reason)
+    return JobStatus(job.job_id, job.kind, chunks, tasks, reasons)
+
+
+def _ask_squeue(job_ids: Sequence[str]) -> dict[str, list[tuple[str, str, int]]]:
+    """One ``squeue`` call for these jobs: job id -> (state, pending reason, number of tasks) rows."""
+    process = _run_slurm(["squeue", "-h", "-t", "all", "-j", ",".join(job_ids), "-o", "%i|%T|%r"], timeout=30)
+    if process.returncode != 0:
+        if "Invalid job id" in process.stderr:
+            return {}  # a single job id that Slurm has already forgotten
+        raise _command_error(process)
+    return _parse_squeue_reasons(process.stdout)
+
+
+def _parse_squeue_reasons(stdout: str) -> dict[str, list[tuple[str, str, int]]]:
+    """``%i|%T|%r`` lines (``12|PENDING|Dependency``, ``12_[4-9%4]|PENDING|JobArrayTaskLimit``) -> rows per job."""
+    rows: dict[str, list[tuple[str, str, int]]] = {}
+    for line in stdout.splitlines():
+        fields = line.strip().split("|")
+        if len(fields) < 3:
+            continue
+        job, _, tasks = fields[0].partition("_")
+        rows.setdefault(job, []).append((fields[1].strip(), fields[2].strip(), _count_array_tasks(tasks)))
+    return rows
+
+
+def _count_array_tasks(tasks: str) -> int:
+    """``""`` or ``"3"`` -> 1; ``"[4-9,12%4]"`` -> 7 (squeue collapses pending array tasks)."""
+    spec = tasks.strip("[]").split("%")[0]
+    if not spec:
+        return 1
+    count = 0
+    for part in spec.split(","):
+        bounds, _, step = part.partition(":")
+        low, _, high = bounds.partition("-")
+        with contextlib.suppress(ValueError):
+            count += len(range(int(low), int(high or low) + 1, int(step or 1)))
+    return max(count, 1)
+
+
+def _best_trial(complete: list[Any], direction: str) -> Any:
+    valued = [t for t in complete if t.value is not None]
+    if not valued:
+        return None
+    return min(valued, key=lambda t: t.value) if direction == "minimize" else max(valued, key=lambda t: t.value)
+
+
+def _standard_error(trial: TrialPaths, frozen: Any) -> float | None:
+    """std / sqrt(n_seeds) from the trial's summary.json, else from what the controller told Optuna."""
+    summary = _read_json(trial.summary) or {}
+    std = summary.get("std", frozen.user_attrs.get("std"))
+    n_seeds = summary.get("n_seeds", frozen.user_attrs.get("n_seeds"))
+    if not isinstance(std, numbers.Real) or not isinstance(n_seeds, numbers.Integral) or n_seeds < 1:
+        return None
+    return std / math.sqrt(n_seeds)
+
+
+def _failed_trial(frozen: Any) -> FailedTrial:
+    reason = str(frozen.user_attrs.get("fail_reason") or "no reason recorded")
+    log = re.search(r"\blog:? ([^\s()]+)", reason)
+    return FailedTrial(frozen.number, _first_line(reason), log.group(1) if log else None)
+
+
+def _active_seconds(intervals: list[tuple[float, float]], now: float | None, max_gap: float) -> float:
+    """The time chunks were being computed, with pauses up to ``max_gap`` counted; ``now`` if still going."""
+    total = 0.0
+    span: list[float] | None = None
+    for start, end in sorted(intervals):
+        if span is not None and start - span[1] <= max_gap:
+            span[1] = max(span[1], end)
+            continue
+        if span is not None:
+            total += span[1] - span[0]
+        span = [start, end]
+    if span is not None:
+        if now is not None and 0 <= now - span[1] <= max_gap:
+            span[1] = now
+        total += span[1] - span[0]
+    return total
+
+
+# ---------------------------------------------------------------- drawing it
+
+
+def format_status(status: RunStatus | EntriesStatus) -> str:
+    return format_entries_status(status) if isinstance(status, EntriesStatus) else format_run_status(status)
+
+
+def format_run_status(s: RunStatus) -> str:
+    lines = [
+        f"run {s.run_name} ({s.mode} mode, loss {s.loss_name}) in {s.run_dir}",
+        f"trials: {s.n_complete} complete, {s.n_running} running, {s.n_failed} failed, {s.n_pruned} pruned"
+        f" of {s.n_trials}",
+        f"best: {_format_best(s)}",
+        f"controller: {_format_controller(s)}",
+        f"compute: {_format_core_hours(s.core_hours)} of chunk compute so far, {s.seeds_done:,} seeds",
+    ]
+    if s.trials_left and s.seeds_per_second:
+        lines.append(
+            f"left: about {_format_duration(s.hours_left * 3600)} and {_format_core_hours(s.core_hours_left)}"
+            f" at {_format_rate(s.seeds_per_second)} (the pace so far)"
+        )
+    if s.running:
+        lines.append("running trials:" if s.controller_holds_run else "interrupted trials (no controller):")
+    for trial in s.running:
+        lines.append(
+            f"  trial {trial.number}: chunks {trial.chunks_done}/{trial.n_chunks}, "
+            f"{_format_rate(trial.seeds_per_second)}, {_format_params(trial.params)}"
+        )
+        lines += [f"    {_format_job(job)}" for job in trial.jobs]
+    if s.failed:
+        lines.append("failed trials:")
+    for failed in s.failed:
+        lines.append(f"  trial {failed.number}: {failed.reason}")
+        lines += [f"    log: {failed.log}"] if failed.log else []
+    lines += [f"note: {note}" for note in s.notes]
+    return "\n".join(lines)
+
+
+def format_entries_status(s: EntriesStatus) -> str:
+    lines = [f"entries of {s.dir}:"]
+    width = max((len(e.entry) for e in s.entries), default=0)
+    for e in s.entries:
+        if e.run is None:
+            lines.append(f"  {e.entry:<{width}}  {e.problem}")
+            continue
+        r = e.run
+        if r.controller_holds_run:
+            state = f"running (pid {r.controller_pid if r.controller_pid is not None else '?'})"
+        else:
+            state = "needs resume" if r.trials_left else "finished"
+        lines.append(
+            f"  {e.entry:<{width}}  {state}: {r.n_complete}/{r.n_trials} complete, {r.n_running} running, "
+            f"{r.n_failed} failed, {r.n_pruned} pruned; best {_format_best(r)}"
+        )
+    if any(e.run and e.run.needs_resume for e in s.entries):
+        lines.append(f"resume with optimize_entries(..., run_name_prefix={Path(s.dir).name!r})")
+    return "\n".join(lines)
+
+
+def _format_best(s: RunStatus) -> str:
+    if s.best_value is None:
+        return "-"
+    error = f" ± {s.best_standard_error:.2g}" if s.best_standard_error is not None else ""
+    return f"{s.best_value:.6g}{error} (trial {s.best_trial}) {_format_params(s.best_params)}"
+
+
+def _format_controller(s: RunStatus) -> str:
+    if s.controller_holds_run:
+        return f"running (pid {s.controller_pid if s.controller_pid is not None else '?'})"
+    if s.trials_left:
+        return f"none; {s.trials_left} trial(s) left: resume with run_name={s.run_name!r} (run_root={s.run_root!r})"
+    return "none, the run is finished"
+
+
+def _format_job(job: JobStatus) -> str:
+    what = f"array job {job.job_id} (chunks {job.chunks})" if job.kind == "chunks" else f"reduce job {job.job_id}"
+    if job.tasks is None:
+        return what
+    if not job.tasks:
+        return f"{what}: no longer in Slurm's queue"
+    order = {"RUNNING": 0, "PENDING": 1}
+    states = []
+    for state, n in sorted(job.tasks.items(), key=lambda item: (order.get(item[0], 2), item[0])):
+        reasons = f" ({', '.join(job.pending_reasons)})" if state == "PENDING" and job.pending_reasons else ""
+        states.append((f"{n} {state}" if job.kind == "chunks" else state) + reasons)
+    return f"{what}: {', '.join(states)}"
+
+
+def _format_params(params: Mapping[str, ParamValue]) -> str:
+    return " ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+
+
+def _format_core_hours(hours: float) -> str:
+    return f"{hours:,.2f} core-hours" if hours >= 0.01 else f"{hours * 3600:.2g} core-seconds"
+
+
+def _format_rate(seeds_per_second: float | None) -> str:
+    if seeds_per_second is None:
+        return "- seeds/s"
+    return f"{seeds_per_second:,.0f} seeds/s" if seeds_per_second >= 100 else f"{seeds_per_second:.3g} seeds/s"
+
+
+def _format_duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 48 * 3600:
+        return f"{seconds // 3600:.0f} h {seconds % 3600 / 60:.0f} min"
+    return f"{seconds / 86400:.1f} days"
+
+
+# ---------------------------------------------------------------- the status command
+
+
+def _status_main(argv: Sequence[str]) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m slurptuna status", usage=_USAGE)
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--watch", type=float, nargs="?", const=5.0, metavar="SECONDS")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    if args.watch is not None and args.watch <= 0:
+        parser.error("--watch SECONDS must be > 0")
+    try:
+        if args.watch is None:
+            _show_status(args.run_dir, args.json, redraw=False)
+            return 0
+        while True:
+            _show_status(args.run_dir, args.json, redraw=True)
+            time.sleep(args.watch)
+    except KeyboardInterrupt:
+        return 0
+    except BrokenPipeError:  # `status ... | head`: the reader has seen enough
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except (StatusError, OSError) as exc:
+        print(f"slurptuna status: {_first_line(str(exc))}", file=sys.stderr)
+        return 2
+
+
+def _show_status(run_dir: Path, as_json: bool, redraw: bool) -> None:
+    """Print one status; while watching, a moment's lock on optuna.db shows as a line, not an exit."""
+    try:
+        status = read_status(run_dir)
+    except _DatabaseBusy as exc:
+        if not redraw:
+            raise
+        print(f"slurptuna status: {exc}", file=sys.stderr)
+        return
+    if as_json:
+        print(json.dumps(status.to_json(), indent=None if redraw else 1), flush=True)
+        return
+    if redraw and sys.stdout.isatty():
+        sys.stdout.write("\x1b[H\x1b[2J")  # home and clear: one screen, redrawn
+    print(format_status(status) + ("\n" if redraw and not sys.stdout.isatty() else ""), flush=True)
+
+
+# ============================================================================
 # Command line: the worker entry points and the self-test
 # ============================================================================
 
 _USAGE = """\
-usage: python -m slurptuna worker chunk RUN_DIR TRIAL [--chunk I | --chunk-offset K]
+usage: python -m slurptuna status RUN_DIR [--watch [SECONDS]] [--json]
+       python -m slurptuna worker chunk RUN_DIR TRIAL [--chunk I | --chunk-offset K]
        python -m slurptuna worker reduce RUN_DIR TRIAL [--allow-missing]
        python -m slurptuna worker pool RUN_DIR --results-fd FD
        python slurptuna.py --selftest
+
+status shows a run (or an optimize_entries directory) without disturbing it:
+trials, the best value, running trials and their Slurm jobs, failures, core-hours
+spent and left; --watch redraws every SECONDS (5), --json prints one JSON object.
 
 Workers are started by optimize_run (locally or by Slurm); a chunk task without
 --chunk takes its chunk from $SLURM_ARRAY_TASK_ID + K.
@@ -3061,10 +3668,12 @@ def selftest() -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m slurptuna``: the worker entry points, ``--selftest`` and ``--help``."""
+    """``python -m slurptuna``: ``status``, the worker entry points, ``--selftest`` and ``--help``."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["worker"]:
         return _worker_main(argv[1:])
+    if argv[:1] == ["status"]:
+        return _status_main(argv[1:])
     if argv[:1] == ["--selftest"]:
         logging.basicConfig(level=logging.WARNING)
         return selftest()
