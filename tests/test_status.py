@@ -81,12 +81,13 @@ def test_failed_trials_show_the_first_line_of_their_reason_and_their_log(run_roo
     assert "trials: 0 complete, 0 running, 2 failed, 0 pruned of 2" in lines
     assert "best: -" in lines
     failed = lines[lines.index("failed trials:") + 1 :]
+    x = [t.params["x"] for t in result.study.trials]
     for number in (0, 1):
         reason = failed[2 * number]
         assert reason.startswith(f"  trial {number}: loss 'raises_at_seed_7' failed at seed 7 (chunk 1)")
         assert reason.endswith("RuntimeError: model diverged")
         log = failed[2 * number + 1].removeprefix("    log: ")
-        assert Path(log).is_file() and f"trial_0000{number}" in log
+        assert Path(log).is_file() and f"chunk 1) with params {{'x': {x[number]!r}}}" in Path(log).read_text()
 
 
 def test_an_entries_directory_shows_one_line_per_entry(run_root):
