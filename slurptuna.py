@@ -27,7 +27,6 @@ This file is the whole tool (stdlib + optuna); copy it into a project to use it.
 from __future__ import annotations
 
 import collections
-import concurrent.futures
 import contextlib
 import importlib
 import importlib.util
@@ -700,19 +699,24 @@ def _write_json_atomic(path: Path, record: Any, indent: int | None = 1) -> None:
     """Write to a temp file in the same directory, then rename: readers never see half a file.
 
     ``indent=None`` writes one compact line (C's encoder, several times faster): for chunk
-    files, of which single mode writes thousands a second.
+    files, of which single mode writes thousands a second; hence also plain ``os`` calls.
     """
-    text = json.dumps(record, indent=indent) + "\n"
+    data = (json.dumps(record, indent=indent) + "\n").encode()
     directory, name = os.path.split(path)
     tmp = os.path.join(directory, f".{name}.{os.getpid()}.{threading.get_ident()}.tmp")  # unique per writer
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0)
     try:
         try:
-            handle = open(tmp, "w")  # noqa: SIM115
+            fd = os.open(tmp, flags, 0o666)
         except FileNotFoundError:
             os.makedirs(directory, exist_ok=True)
-            handle = open(tmp, "w")  # noqa: SIM115
-        with handle:
-            handle.write(text)
+            fd = os.open(tmp, flags, 0o666)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -1466,8 +1470,11 @@ def serve_pool(
 
     Each command is one JSON line ``{"run_dir", "trial", "units": [[chunk, lo, hi], ...]}``
     (``lo:hi`` slices the chunk's seeds); each unit is answered by one JSON line with its
-    statistics or its failure. A reader thread takes the commands, so that the end of the
-    pipe (the controller exited or died) ends this process even while a loss runs.
+    statistics or its failure. A whole chunk's file is written here, as a Slurm chunk task
+    writes it, so the controller's work per chunk is one short message. Answers to quick
+    units are sent together (at most ``_REPLY_SECONDS`` late): one pipe write per batch,
+    not per 100 seeds. A reader thread takes the commands, so that the end of the pipe
+    (the controller exited or died) ends this process even while a loss runs.
     """
     import queue
 
@@ -1478,9 +1485,14 @@ def serve_pool(
             inbox.put(line)
         os._exit(0)
 
-    def reply(record: dict[str, Any]) -> None:
+    sent = time.monotonic()
+
+    def reply(record: dict[str, Any], now: bool = True) -> None:
+        nonlocal sent
         results.write(json.dumps(record).encode() + b"\n")
-        results.flush()
+        if now or time.monotonic() - sent > _REPLY_SECONDS:
+            results.flush()
+            sent = time.monotonic()
 
     threading.Thread(target=read_commands, name="slurptuna-commands", daemon=True).start()
     try:
@@ -1490,22 +1502,29 @@ def serve_pool(
         return
     reply({"ready": os.getpid()})
     processes = 1 if settings.use_processes else settings.worker_parallelism  # threads: one process, p threads
-    trials: dict[tuple[str, int], TrialParams] = {}
+    trials: dict[tuple[str, int], tuple[TrialPaths, TrialParams]] = {}
     while True:
         command = json.loads(inbox.get())
         key = (command["run_dir"], command["trial"])
         if key not in trials:
             if len(trials) > 64:
                 trials.clear()
-            trials[key] = TrialParams.load(RunPaths(Path(key[0])).trial(key[1]))
-        for chunk, lo, hi in command["units"]:
-            reply(_evaluate_unit(definition, trials[key], key[0], chunk, lo, hi, processes, settings.use_processes))
+            paths = RunPaths(Path(key[0])).trial(key[1])
+            trials[key] = (paths, TrialParams.load(paths))
+        paths, expected = trials[key]
+        units = command["units"]
+        for i, (chunk, lo, hi) in enumerate(units):
+            answer = _evaluate_unit(definition, paths, expected, chunk, lo, hi, processes, settings.use_processes)
+            reply(answer, now=i == len(units) - 1 or answer.get("seconds", 1.0) > 0.001)
+
+
+_REPLY_SECONDS = 0.02
 
 
 def _evaluate_unit(
     definition: LossDefinition,
+    trial: TrialPaths,
     expected: TrialParams,
-    run_dir: str,
     chunk: int,
     lo: int,
     hi: int,
@@ -1518,7 +1537,7 @@ def _evaluate_unit(
         "entry_id": expected.entry_id,
         "trial_number": expected.trial_number,
         "chunk_index": chunk,
-        "run_dir": run_dir,
+        "run_dir": str(trial.run_dir),
     }
     started = time.perf_counter()
     try:
@@ -1530,7 +1549,14 @@ def _evaluate_unit(
         )
         print(failure.describe(), file=sys.stderr, flush=True)  # the worker's log tells it too
         return {"failure": asdict(failure)}
-    return {"stats": stats.to_json(), "seconds": time.perf_counter() - started}
+    seconds = time.perf_counter() - started
+    whole = hi - lo == len(expected.plan.chunk(chunk))
+    if whole:
+        result = ChunkResult(
+            expected.trial_number, chunk, _describe_seeds(seeds), expected.params, stats, round(seconds, 6), processes
+        )
+        _write_chunk_result(trial, result)
+    return {"stats": stats.to_json(), "seconds": seconds, "written": whole}
 
 
 # ============================================================================
@@ -2014,7 +2040,6 @@ class _LocalJob:
     slices: dict[int, list[tuple[ChunkStats, float]]] = field(default_factory=dict)  # parts of split chunks
     n_slices: dict[int, int] = field(default_factory=dict)
     results: dict[int, ChunkResult] = field(default_factory=dict)
-    writes: list[concurrent.futures.Future[None]] = field(default_factory=list)  # its chunk files being written
     after: tuple[str, ...] = ()
     allow_missing: bool = False
 
@@ -2070,10 +2095,11 @@ class _LocalExecutor:
     """Single mode: one pool of worker processes per run, each importing the loss once.
 
     The controller sends work (a few chunks, or a slice of one when a trial has fewer chunks
-    than the pool has processes) and receives statistics over pipes; it writes the chunk files
-    itself and runs ``reduce_trial`` on the results it holds, so a trial's fixed cost is a few
-    file writes, not a process start. A worker that dies (a crash in the loss, the OOM killer)
-    or passes ``worker_time_limit`` is killed and replaced; only its chunk fails.
+    than the pool has processes) and receives statistics over pipes; workers write whole
+    chunks' files, the controller those of split chunks, and it runs ``reduce_trial`` on the
+    results it holds, so a trial's fixed cost is a few file writes, not a process start.
+    A worker that dies (a crash in the loss, the OOM killer) or passes ``worker_time_limit``
+    is killed and replaced; only its chunk fails.
     """
 
     first_poll_seconds = 0.002
@@ -2097,8 +2123,6 @@ class _LocalExecutor:
         self._queue: collections.deque[_Unit] = collections.deque()
         self._workers: list[_PoolWorker] = []
         self._seconds_per_seed: float | None = None
-        # Chunk files are written on a thread: file system latency overlaps the pool's work
-        self._writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="slurptuna-chunk-files")
         self._next_id = 0
         self._started_workers = 0
         for _ in range(self._size):
@@ -2176,7 +2200,6 @@ class _LocalExecutor:
         for worker in self._workers:
             self._kill(worker)
         self._workers = []
-        self._writer.shutdown(wait=True)  # every chunk file computed so far is on disk
 
     # ---- jobs
 
@@ -2212,8 +2235,6 @@ class _LocalExecutor:
         ended = False
         for job in [j for j in self._jobs.values() if j.active]:
             if job.kind == "chunks" and not any(job.open_units.values()):
-                for write in job.writes:
-                    write.result()  # the job is done when its chunk files are
                 job.state = "COMPLETED" if set(job.chunk_states.values()) <= {"COMPLETED"} else "FAILED"
                 ended = True
             elif job.kind == "reduce":
@@ -2289,7 +2310,7 @@ class _LocalExecutor:
                 unit = worker.batch.pop(0)
                 worker.unit_started = time.monotonic()
                 if "stats" in record:
-                    self._add_slice(unit, ChunkStats.from_json(record["stats"]), record["seconds"])
+                    self._add_slice(unit, ChunkStats.from_json(record["stats"]), record["seconds"], record["written"])
                 else:
                     self._fail_unit(unit, ChunkFailure(**{**record["failure"], "log": str(worker.log)}))
 
@@ -2303,7 +2324,8 @@ class _LocalExecutor:
             "log": str(worker.log),
         }
 
-    def _add_slice(self, unit: _Unit, stats: ChunkStats, seconds: float) -> None:
+    def _add_slice(self, unit: _Unit, stats: ChunkStats, seconds: float, written: bool) -> None:
+        """A unit's statistics; the last slice of a split chunk completes it (the worker wrote whole ones)."""
         job = unit.job
         if not self._answer(unit):
             return
@@ -2325,7 +2347,8 @@ class _LocalExecutor:
             round(sum(t for _, t in parts), 6),
             len(parts),
         )
-        job.writes.append(self._writer.submit(_write_chunk_result, job.trial, result))
+        if not written:
+            _write_chunk_result(job.trial, result)
         job.results[unit.chunk] = result
         job.chunk_states[unit.chunk] = "COMPLETED"
 
