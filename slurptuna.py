@@ -1849,22 +1849,75 @@ def _parse_sacct(stdout: str) -> dict[tuple[str, int | None], str]:
     return states
 
 
-def _is_qos_error(stderr: str) -> bool:
-    return re.search(r"\bqos\b", stderr, re.IGNORECASE) is not None
+class SlurmFailure(Enum):
+    """What a failed Slurm command's answer means for the run, read from Slurm's own texts."""
+
+    BAD_QOS = "bad QoS"  # no such QoS, or not the user's: go on without --qos
+    LIMIT = "limit"  # a submit limit or a full job table: keep the QoS, wait for room
+    TRANSIENT = "transient"  # slurmctld busy, restarting or unreachable, or the command timed out: retry
+    OTHER = "other"  # anything else: stop
+
+
+class SlurmBusy(SlurmError):
+    """Slurm refused for now (``kind`` is LIMIT or TRANSIENT): waiting and asking again can succeed."""
+
+    def __init__(self, message: str, kind: SlurmFailure) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+_TIMED_OUT = 124  # `_run_slurm`'s exit code for a command it had to kill, as timeout(1) gives
+# The texts below are those of Slurm 22.05, recorded in tests/slurm_texts/. Slurm answers an
+# unknown QoS and one the user may not use alike. A refused submission prints the limit's
+# name on the line before "Job violates accounting/QOS policy (job submit limit, user's size
+# and/or time limits)": a submit limit (...Submit...Limit) frees up as jobs leave the queue,
+# while a size or time limit (QOSMaxWallDurationPerJobLimit with DenyOnLimit) never does.
+# A full job table (MaxJobCount) makes sbatch retry for ~2 minutes, then fail with EAGAIN.
+_BAD_QOS_TEXT = "Invalid qos specification"
+_LIMIT_NAME = re.compile(r"^(?:\w+: error: )?(\w+Limit)\s*$", re.MULTILINE)
+_POLICY_TEXT = "Job violates accounting/QOS policy (job submit limit"
+_FULL_TEXTS = ("Slurm temporarily unable to accept job", "Slurm job queue full")
+_TRANSIENT_TEXTS = (
+    "Socket timed out on send/recv operation",
+    "Unable to contact slurm controller",
+    "Connection refused",
+    "Resource temporarily unavailable",
+)
+
+
+def classify_slurm_failure(returncode: int, stderr: str) -> SlurmFailure:
+    """Bad QoS, limit, transient or other: what sbatch/squeue/scancel/sacct's answer means."""
+    if _BAD_QOS_TEXT in stderr:
+        return SlurmFailure.BAD_QOS
+    limits = _LIMIT_NAME.findall(stderr)
+    if any("Submit" in name for name in limits) or any(text in stderr for text in _FULL_TEXTS):
+        return SlurmFailure.LIMIT
+    if _POLICY_TEXT in stderr and not limits:
+        return SlurmFailure.LIMIT  # which limit is not said: assume the one that frees up
+    if returncode == _TIMED_OUT or any(text in stderr for text in _TRANSIENT_TEXTS):
+        return SlurmFailure.TRANSIENT
+    return SlurmFailure.OTHER
 
 
 def _run_slurm(
     argv: Sequence[str], env: Mapping[str, str] | None = None, timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:
-    """Run a Slurm command (an argument list, never a shell string) and capture its output."""
+    """Run a Slurm command (an argument list, never a shell string) and capture its output.
+
+    The command runs in its own process group: a terminal's Ctrl-C goes to the controller,
+    which decides what to cancel, and not to an sbatch halfway through a submission.
+    """
     import subprocess
 
     try:
-        return subprocess.run(list(argv), capture_output=True, text=True, env=env, timeout=timeout, check=False)
+        return subprocess.run(
+            list(argv), capture_output=True, text=True, env=env, timeout=timeout, check=False, start_new_session=True
+        )
     except FileNotFoundError:
         raise SlurmError(f"{argv[0]} is not on PATH: distributed mode needs the Slurm commands") from None
-    except subprocess.TimeoutExpired:
-        return subprocess.CompletedProcess(list(argv), 124, "", f"{argv[0]} timed out after {timeout} s")
+    except subprocess.TimeoutExpired as expired:
+        said = expired.stderr.decode(errors="replace") if isinstance(expired.stderr, bytes) else expired.stderr or ""
+        return subprocess.CompletedProcess(list(argv), _TIMED_OUT, "", f"{said}{argv[0]} timed out after {timeout} s")
 
 
 def _command_error(process: subprocess.CompletedProcess[str]) -> SlurmError:
@@ -1957,18 +2010,25 @@ class _SlurmExecutor:
         )
 
     def _sbatch(self, options: list[str], command: list[str]) -> str:
-        """Submit; if the QoS is refused, warn and submit once more without it, for the whole run."""
+        """Submit; if the QoS is refused, warn and submit once more without it, for the whole run.
+
+        A limit or an unreachable slurmctld raises SlurmBusy: the QoS is kept, and the caller
+        may wait and submit again (after a timeout the job may exist all the same).
+        """
         qos = [f"--qos={self._qos}"] if self._qos else []
         process = _run_slurm(["sbatch", "--parsable", *options, *qos, str(self._script), *command], env=self._env)
-        if process.returncode != 0 and qos and _is_qos_error(process.stderr):
+        if process.returncode == 0:
+            return _parse_job_id(process.stdout)
+        kind = classify_slurm_failure(process.returncode, process.stderr)
+        if kind is SlurmFailure.BAD_QOS and qos:
             logger.warning(
                 "sbatch refused --qos=%s (%s); submitting without a QoS from now on", self._qos, process.stderr.strip()
             )
             self._qos = None
             return self._sbatch(options, command)
-        if process.returncode != 0:
-            raise _command_error(process)
-        return _parse_job_id(process.stdout)
+        if kind in (SlurmFailure.LIMIT, SlurmFailure.TRANSIENT):
+            raise SlurmBusy(str(_command_error(process)), kind)
+        raise _command_error(process)
 
     def queued(self, job_ids: Sequence[str]) -> set[str] | None:
         """The jobs still queued or running, from one ``squeue`` call; None if squeue failed."""

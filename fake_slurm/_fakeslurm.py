@@ -604,11 +604,17 @@ def submit(argv):
 
 
 def sbatch(argv):
+    fault = injected_fault("sbatch")
+    if fault and os.environ.get("FAKE_SLURM_SBATCH_FAULT_QUEUES", "0") in ("", "0"):
+        append_log("submissions.jsonl", {"job_id": None, "argv": argv, "rejected": fault["stderr"]})
+        return answer(fault)
     try:
         job = submit(argv)
     except Fail as e:
         append_log("submissions.jsonl", {"job_id": None, "argv": argv, "rejected": str(e)})
         raise
+    if fault:  # the controller queued the job, but sbatch never heard back
+        return answer(fault)
     jid = job["job_id"]
     hang, calls = os.environ.get("FAKE_SLURM_SBATCH_HANG"), env_list("FAKE_SLURM_SBATCH_HANG_CALLS")
     if hang and (not calls or str(job["call_no"]) in calls):  # the job is queued, sbatch answers late
@@ -1228,6 +1234,42 @@ def scontrol(argv):
     return 0
 
 
+# ---------------------------------------------------------------- faults: answers recorded from real Slurm
+
+
+def recorded_text(name):
+    """A recorded answer: `name`.json in $FAKE_SLURM_TEXTS (default ../tests/slurm_texts), or a .json path."""
+    folder = os.environ.get("FAKE_SLURM_TEXTS") or os.path.join(
+        os.path.dirname(os.path.abspath(__file__)), os.pardir, "tests", "slurm_texts"
+    )
+    file = name if name.endswith(".json") else os.path.join(folder, f"{name}.json")
+    try:
+        with open(file) as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        raise Fail(f"fake_slurm: cannot read the recorded text {file}: {e}") from None
+
+
+def injected_fault(cmd):
+    """The recorded answer `cmd` gives this time instead of its own, per FAKE_SLURM_<CMD>_FAULT=name[:count]."""
+    spec = os.environ.get(f"FAKE_SLURM_{cmd.upper()}_FAULT", "").strip()
+    if not spec:
+        return None
+    name, _, count = spec.rpartition(":")
+    if not count.isdigit():
+        name, count = spec, ""
+    if count and bump(f"{cmd}_fault_calls") >= int(count):
+        return None
+    return recorded_text(name)
+
+
+def answer(record):
+    """Print a recorded answer as the real command did; return its exit code."""
+    sys.stdout.write(record["stdout"])
+    sys.stderr.write(record["stderr"])
+    return record["returncode"]
+
+
 # ---------------------------------------------------------------- entry point
 
 COMMANDS = {"sbatch": sbatch, "squeue": squeue, "scancel": scancel, "sacct": sacct, "scontrol": scontrol}
@@ -1238,6 +1280,9 @@ def main(cmd, argv):
     try:
         if cmd != "sbatch":
             append_log("calls.jsonl", {"cmd": cmd, "argv": argv})
+            fault = injected_fault(cmd) if cmd != "scontrol" else None
+            if fault:
+                return answer(fault)
         return COMMANDS[cmd](argv)
     except Fail as e:
         text = str(e)

@@ -209,6 +209,68 @@ def test_squeue_transient_failures_are_counted(slurm, monkeypatch):
     assert [c["cmd"] for c in calls] == ["squeue"] * 3
 
 
+TEXTS = Path(__file__).resolve().parent / "slurm_texts"
+
+
+def recorded(name):
+    return json.loads((TEXTS / f"{name}.json").read_text())
+
+
+def test_an_injected_sbatch_fault_answers_with_the_recorded_text_for_count_calls(slurm):
+    env = {"FAKE_SLURM_SBATCH_FAULT": "sbatch_qos_max_submit_per_user:2"}
+    limit = recorded("sbatch_qos_max_submit_per_user")
+    for _ in range(2):
+        proc = run("sbatch", "--parsable", "--qos=capped", "--wrap", "true", env=env)
+        assert (proc.returncode, proc.stdout, proc.stderr) == (1, "", limit["stderr"])
+    assert submit("--qos=capped", "--wrap", "true", env=env) == 1000  # the count ran out
+    log = [json.loads(x) for x in (slurm / "submissions.jsonl").read_text().splitlines()]
+    assert [x["job_id"] for x in log] == [None, None, 1000]
+    assert log[0]["rejected"] == limit["stderr"]
+
+
+def test_an_injected_sbatch_fault_without_a_count_answers_every_call(slurm):
+    env = {"FAKE_SLURM_SBATCH_FAULT": "sbatch_controller_down"}
+    for _ in range(3):
+        proc = run("sbatch", "--parsable", "--wrap", "true", env=env)
+        assert (
+            proc.stderr
+            == "sbatch: error: Batch job submission failed: Unable to contact slurm controller (connect failure)\n"
+        )
+    assert squeue("-t", "all") == []
+
+
+def test_a_failing_sbatch_can_still_queue_its_job_as_after_a_timeout(slurm):
+    env = {"FAKE_SLURM_SBATCH_FAULT": "sbatch_controller_stopped:1", "FAKE_SLURM_SBATCH_FAULT_QUEUES": "1"}
+    proc = run("sbatch", "--parsable", "--comment=run-tag", "--wrap", "sleep 30", env=env)
+    assert (proc.returncode, proc.stdout) == (1, "")
+    assert "Socket timed out on send/recv operation" in proc.stderr
+    assert squeue("-o", "%i|%k") == ["1000|run-tag"]  # found by its comment, though sbatch failed
+    assert submit("--wrap", "true", env=env) == 1001
+
+
+@pytest.mark.parametrize(
+    ("command", "name"),
+    [
+        (["squeue", "-h"], "squeue_controller_stopped"),
+        (["scancel", "1000"], "scancel_controller_down"),
+        (["sacct", "-X", "-n", "-P", "-j", "1000"], "sacct_slurmdbd_down"),
+    ],
+)
+def test_squeue_scancel_and_sacct_faults_answer_with_the_recorded_text(slurm, command, name):
+    jid = submit("--wrap", "sleep 30")
+    variable = f"FAKE_SLURM_{command[0].upper()}_FAULT"
+    proc = run(*command, env={variable: f"{name}:1"})
+    answer = recorded(name)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (answer["returncode"], "", answer["stderr"])
+    assert squeue("-o", "%i") == [str(jid)]  # still queued: the injected scancel cancelled nothing
+    assert run(*command, env={variable: f"{name}:1"}).stderr == ""  # the count ran out
+
+
+def test_an_unknown_recorded_text_is_an_error_naming_the_file(slurm):
+    proc = run("squeue", "-h", env={"FAKE_SLURM_SQUEUE_FAULT": "no_such_text"})
+    assert proc.returncode == 1 and "no_such_text.json" in proc.stderr
+
+
 def test_log_file_names(slurm):
     Path("logs").mkdir()
     array = submit(
