@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import importlib
 import importlib.util
 import inspect
@@ -44,12 +45,12 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, make_dataclass, replace
 from datetime import datetime, timedelta, timezone
 from enum import Enum
 from functools import cached_property, partial
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Protocol
+from typing import IO, TYPE_CHECKING, Annotated, Any, Protocol
 
 if TYPE_CHECKING:
     import subprocess
@@ -212,6 +213,7 @@ class LossDefinition:
     default_num_chunks: int = 10
     source_file: str | None = field(default=None, compare=False)
     takes_context: bool = False
+    context_by_keyword: bool = False  # the earlier package's fn(params, seed, *, context)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.seed_loss_fn(*args, **kwargs)
@@ -246,7 +248,8 @@ def loss(
             default_chunk_size=int(default_chunk_size),
             default_num_chunks=int(default_num_chunks),
             source_file=inspect.getsourcefile(function),
-            takes_context=_takes_context(function),
+            takes_context=_takes_context(function) != "no",
+            context_by_keyword=_takes_context(function) == "keyword",
         )
         _register(definition)
         return definition
@@ -254,15 +257,19 @@ def loss(
     return register(fn) if fn is not None else register
 
 
-def _takes_context(function: Callable[..., Any]) -> bool:
+def _takes_context(function: Callable[..., Any]) -> str:
+    """How the loss takes ``context``: "positional", "keyword" (``*, context``) or "no"."""
     signature = inspect.signature(function)
-    for n_args, with_context in ((3, True), (2, False)):
+    for args, kwargs, how in (((0, 1, 2), {}, "positional"), ((0, 1), {"context": 2}, "keyword"), ((0, 1), {}, "no")):
         try:
-            signature.bind(*range(n_args))
-            return with_context
+            signature.bind(*args, **kwargs)
+            return how
         except TypeError:
             continue
-    raise TypeError(f"loss {function.__name__}{signature} must take (params, seed) or (params, seed, context)")
+    raise TypeError(
+        f"loss {function.__name__}{signature} must take (params, seed), (params, seed, context) "
+        "or (params, seed, *, context)"
+    )
 
 
 def _register(definition: LossDefinition) -> None:
@@ -313,83 +320,70 @@ class MultiOptimizeResult:
 def optimize_run(
     loss: LossDefinition | str,
     *,
-    n_trials: int = 10,
-    seeds: Iterable[int] | None = None,
-    n_seeds: int | None = None,
-    chunk_size: int | None = None,
-    num_chunks: int | None = None,
-    random_seed: int = 123,
-    entry_id: str | None = None,
-    direction: str = "minimize",
-    mode: ExecutionMode | str = ExecutionMode.SINGLE,
-    run_root: str | os.PathLike[str] = "runs",
-    run_name: str | None = None,
-    loss_module: str | None = None,
-    slurm_poll_seconds: float = 15,
-    slurm_timeout_minutes: float | None = None,
-    cpus_per_task: int | None = None,
-    mem_per_cpu: str = "2G",
-    max_concurrent_trials: int = 1,
-    array_parallelism_limit: int | None = None,
-    worker_parallelism: int = 1,
-    worker_time_limit: timedelta = timedelta(hours=2),
-    slurm_qos: str | None = "short",
-    trial_retry_attempts: int = 1,
-    fail_on_chunk_error: bool = True,
-    use_processes: bool = True,
-    forward_sys_argv_to_workers: bool = True,
-    sampler: Any = None,
-    storage: Any = None,
-    pruner: Any = None,
-    slurm_partition: str | None = None,
-    slurm_account: str | None = None,
-    sbatch_args: Sequence[str] = (),
-    python: str | None = None,
-    progress: bool = True,
+    n_trials: Annotated[
+        int, _Opt("the total the run should reach: a re-run finishes it, it does not add", "count")
+    ] = 10,
+    seeds: Annotated[Iterable[int] | None, _Opt("an explicit list of seeds, honoured exactly", "seeds")] = None,
+    n_seeds: Annotated[int | None, _Opt("seeds `seed_start ..`; neither: `chunk_size * num_chunks`", "seeds")] = None,
+    chunk_size: Annotated[int | None, _Opt("seeds per chunk (an array task); None: the loss's, 100", "seeds")] = None,
+    num_chunks: Annotated[int | None, _Opt("chunks when `n_seeds` is not given; None: the loss's, 10", "seeds")] = None,
+    random_seed: Annotated[int, _Opt("seeds the default `TPESampler` (see Resume)", "integer")] = 123,
+    entry_id: Annotated[str | None, _Opt("`context['entry_id']` of the loss", "text?", identity=True)] = None,
+    direction: Annotated[str, _Opt("`'minimize'` or `'maximize'`", "direction", identity=True)] = "minimize",
+    mode: Annotated[ExecutionMode | str, _Opt("`'single'` or `'distributed'` (or `execution_mode(...)`)", "mode")] = (
+        ExecutionMode.SINGLE
+    ),
+    run_root: Annotated[str | os.PathLike[str], _Opt("the directory of runs", "path")] = "runs",
+    run_name: Annotated[str | None, _Opt("None: a new `<loss>_v%04d`; an existing name: resume it", "name?")] = None,
+    loss_module: Annotated[str | None, _Opt("a module name or `.py` path, if the loss's is not found", "loss")] = None,
+    slurm_poll_seconds: Annotated[float, _Opt("the longest wait between two `squeue` calls", "positive")] = 15,
+    slurm_timeout_minutes: Annotated[
+        float | None, _Opt("cancel (and retry) a trial attempt that takes longer", "positive?")
+    ] = None,
+    cpus_per_task: Annotated[int | None, _Opt("`sbatch --cpus-per-task`; None: `worker_parallelism`", "count?")] = None,
+    mem_per_cpu: Annotated[str, _Opt("`sbatch --mem-per-cpu`", "memory")] = "2G",
+    max_concurrent_trials: Annotated[int, _Opt("trials in flight at once", "count")] = 1,
+    array_parallelism_limit: Annotated[int | None, _Opt("the `%N` array throttle", "count?")] = None,
+    worker_parallelism: Annotated[int, _Opt("processes per chunk task (single mode: per trial)", "count")] = 1,
+    worker_time_limit: Annotated[
+        timedelta, _Opt("`sbatch --time` of a chunk task; single mode kills a chunk past it", "duration")
+    ] = timedelta(hours=2),
+    slurm_qos: Annotated[str | None, _Opt("`--qos`; None sends none", "text?")] = "short",
+    trial_retry_attempts: Annotated[
+        int, _Opt("resubmissions of the missing chunks after a timeout or a killed task", "count0")
+    ] = 1,
+    fail_on_chunk_error: Annotated[
+        bool, _Opt("False: a trial whose loss failed in some chunks reports the mean of the others", "flag")
+    ] = True,
+    use_processes: Annotated[bool, _Opt("False: threads instead of processes for a chunk's seeds", "flag")] = True,
+    forward_sys_argv_to_workers: Annotated[
+        bool, _Opt("workers see the launcher's `sys.argv` while importing the loss", "flag")
+    ] = True,
+    sampler: Annotated[Any, _Opt("an Optuna sampler; None: TPE seeded from `random_seed`", "object")] = None,
+    storage: Annotated[Any, _Opt("an Optuna storage; None: the run's `optuna.db`", "object")] = None,
+    pruner: Annotated[Any, _Opt("an Optuna pruner; None: no pruning", "object")] = None,
+    slurm_partition: Annotated[str | None, _Opt("`--partition`", "text?")] = None,
+    slurm_account: Annotated[str | None, _Opt("`--account`", "text?")] = None,
+    sbatch_args: Annotated[Sequence[str], _Opt("extra sbatch options, e.g. `['--constraint=avx2']`", "texts")] = (),
+    python: Annotated[str | None, _Opt("the workers' interpreter; None: this one", "executable?")] = None,
+    progress: Annotated[bool, _Opt("one status line on a terminal (never in a log file)", "flag")] = True,
+    resume_with_changed_loss: Annotated[
+        bool, _Opt("resume although the loss's code changed (its chunks are recomputed)", "flag")
+    ] = False,
 ) -> OptimizeResult:
     """Run (or resume) a study whose objective is the loss's mean over seeds.
 
     ``n_trials`` is the total the run should reach, so re-running the same call after
     a crash finishes the run. ``run_name=None`` starts the next ``<loss>_v%04d``; the
     name of an existing run resumes it. Bad arguments raise ``ValueError`` before any
-    work starts. See README.md for every parameter.
+    work starts. Each option's help is in its annotation (and README.md's table, which
+    ``python -m slurptuna options`` prints).
     """
     _refuse_inside_worker("optimize_run")
-    settings = _resolve_settings(
-        loss=loss,
-        n_trials=n_trials,
-        seeds=seeds,
-        n_seeds=n_seeds,
-        chunk_size=chunk_size,
-        num_chunks=num_chunks,
-        random_seed=random_seed,
-        entry_id=entry_id,
-        direction=direction,
-        mode=mode,
-        run_root=run_root,
-        run_name=run_name,
-        loss_module=loss_module,
-        slurm_poll_seconds=slurm_poll_seconds,
-        slurm_timeout_minutes=slurm_timeout_minutes,
-        cpus_per_task=cpus_per_task,
-        mem_per_cpu=mem_per_cpu,
-        max_concurrent_trials=max_concurrent_trials,
-        array_parallelism_limit=array_parallelism_limit,
-        worker_parallelism=worker_parallelism,
-        worker_time_limit=worker_time_limit,
-        slurm_qos=slurm_qos,
-        trial_retry_attempts=trial_retry_attempts,
-        fail_on_chunk_error=fail_on_chunk_error,
-        use_processes=use_processes,
-        forward_sys_argv_to_workers=forward_sys_argv_to_workers,
-        slurm_partition=slurm_partition,
-        slurm_account=slurm_account,
-        sbatch_args=sbatch_args,
-        python=python,
-        progress=progress,
-    )
+    given = locals()
+    settings, objects = _resolve_settings(loss, {name: given[name] for name in _options()})
     with _StopSignal() as stop:
-        return _run_study(settings, sampler=sampler, storage=storage, pruner=pruner, stop=stop)
+        return _run_study(settings, stop=stop, **objects)
 
 
 def optimize_entries(
@@ -398,54 +392,57 @@ def optimize_entries(
     entry_ids: Iterable[str],
     run_name_prefix: str | None = None,
     max_concurrent_entries: int | None = None,
-    random_seed: int = 123,
-    run_root: str | os.PathLike[str] = "runs",
-    mode: ExecutionMode | str = ExecutionMode.SINGLE,
     **run_options: Any,
 ) -> MultiOptimizeResult:
     """One independent study per entry (participant, condition), run concurrently.
 
     Each entry's run lives in ``<loss>_entries_v0001/<entry>/`` and sees its id as
     ``context["entry_id"]``; entry ``i`` samples with ``random_seed + i``. Other keyword
-    arguments are those of ``optimize_run``.
+    arguments are those of ``optimize_run``, with its defaults.
     """
     _refuse_inside_worker("optimize_entries")
     entries = [str(e) for e in entry_ids]
     if not entries:
         raise ConfigError("entry_ids must list at least one entry")
-    labels = [_safe_label(e) for e in entries]
+    labels = [_check_name("entry id (as a directory name)", _safe_label(e)) for e in entries]
     if len(set(labels)) != len(labels):
         raise ConfigError(f"entry_ids must stay distinct as directory names, got {labels}")
     if max_concurrent_entries is not None and max_concurrent_entries < 1:
         raise ConfigError(f"max_concurrent_entries must be >= 1 or None, got {max_concurrent_entries}")
-    for bad in ("entry_id", "run_name"):
+    for bad in ("entry_id", "run_name", "storage"):
         if bad in run_options:
-            raise ConfigError(f"optimize_entries sets {bad} itself; use entry_ids and run_name_prefix")
+            raise ConfigError(f"optimize_entries sets {bad} itself (one run per entry, named by entry_ids)")
+    if run_name_prefix is not None:
+        _check_name("run_name_prefix", run_name_prefix)
+    options = {name: option.default for name, option in _options().items()} | run_options
+    unknown = set(options) - set(_options())
+    if unknown:
+        raise ConfigError(f"unknown option(s) {sorted(unknown)}; optimize_run takes: {', '.join(_options())}")
     definition = _lookup_loss(loss)
-    resolved_mode = execution_mode(mode)
-    settings = [
+    resolved = [
         _resolve_settings(
-            loss=definition,
-            entry_id=entry,
-            random_seed=random_seed + index,
-            mode=resolved_mode,
-            run_root=".",
-            run_name=label,
-            **run_options,
+            definition,
+            {
+                **options,
+                "entry_id": entry,
+                "random_seed": options["random_seed"] + i,
+                "run_root": ".",
+                "run_name": label,
+            },
         )
-        for index, (entry, label) in enumerate(zip(entries, labels, strict=True))
+        for i, (entry, label) in enumerate(zip(entries, labels, strict=True))
     ]  # every entry's arguments are checked before the first one starts
-    parent = _open_parent_dir(Path(run_root), f"{definition.name}_entries", run_name_prefix)
-    settings = [replace(s, run_root=str(parent)) for s in settings]
+    parent = _open_parent_dir(Path(options["run_root"]), f"{definition.name}_entries", run_name_prefix)
     results: dict[str, OptimizeResult] = {}
 
-    def run_entry(entry_settings: _RunSettings) -> OptimizeResult:
-        return _run_study(entry_settings, sampler=None, storage=None, pruner=None, stop=stop)
+    def run_entry(entry: tuple[_RunSettings, dict[str, Any]]) -> OptimizeResult:
+        settings, objects = entry
+        return _run_study(replace(settings, run_root=str(parent)), stop=stop, **objects)
 
     from concurrent.futures import ThreadPoolExecutor
 
     with _StopSignal() as stop, ThreadPoolExecutor(max_workers=max_concurrent_entries or len(entries)) as pool:
-        for entry, result in zip(entries, pool.map(run_entry, settings), strict=True):
+        for entry, result in zip(entries, pool.map(run_entry, resolved), strict=True):
             results[entry] = result
             _write_entries_summary(parent, entries, results)
     return MultiOptimizeResult(
@@ -456,7 +453,7 @@ def optimize_entries(
         best_values_by_entry={e: r.best_value for e, r in results.items()},
         best_params_by_entry={e: r.best_params for e, r in results.items()},
         run_dir=str(parent),
-        mode=resolved_mode,
+        mode=execution_mode(options["mode"]),
     )
 
 
@@ -476,54 +473,199 @@ def _safe_label(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_.") or "entry"
 
 
-# ---------------------------------------------------------------- arguments, checked once
+# ---------------------------------------------------------------- options: defined once, in optimize_run's signature
+#
+# Each option of optimize_run is one parameter whose annotation carries its help and the
+# kind of value it takes (``_Opt``). Everything else derives from that signature, as
+# submitit derives its defaults from one: optimize_entries' defaults and checks, the
+# record of a run (``_RunSettings``, its meta.json), the resume check, and README.md's
+# table of options (``python -m slurptuna options``; a test compares the two).
 
 
 @dataclass(frozen=True)
-class _RunSettings:
-    """Every argument of a run, checked and resolved; ``meta.json`` is this record."""
+class _Opt:
+    """One option's line of help, the kind of value it takes, and whether a resume may change it."""
 
-    loss_name: str
-    loss_ref: dict[str, Any]
-    seeds: SeedPlan
-    n_trials: int
-    random_seed: int
-    entry_id: str | None
-    direction: str
-    mode: str
-    run_root: str
-    run_name: str | None
-    slurm_poll_seconds: float
-    slurm_timeout_minutes: float | None
-    cpus_per_task: int
-    mem_per_cpu: str
-    max_concurrent_trials: int
-    array_parallelism_limit: int | None
-    worker_parallelism: int
-    worker_time_limit_seconds: int
-    slurm_qos: str | None
-    trial_retry_attempts: int
-    fail_on_chunk_error: bool
-    use_processes: bool
-    argv: list[str]
-    slurm_partition: str | None
-    slurm_account: str | None
-    sbatch_args: list[str]
-    python: str
-    progress: bool
-    run_id: str = ""  # random, kept across resumes: tags the run's Slurm jobs (--comment)
+    help: str
+    kind: str  # a key of _KINDS
+    identity: bool = False  # part of the experiment: resuming with another value is refused
 
-    def to_json(self) -> dict[str, Any]:
-        record = asdict(self)
-        record["seeds"] = self.seeds.to_json()
-        return record
 
-    @classmethod
-    def from_json(cls, record: Mapping[str, Any]) -> _RunSettings:
-        known = set(cls.__dataclass_fields__)
-        values = {k: v for k, v in record.items() if k in known}
-        values["seeds"] = SeedPlan.from_json(record["seeds"])
-        return cls(**values)
+def _at_least(minimum: int) -> Callable[[str, Any], int]:
+    def check(name: str, value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+            raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
+        return int(value)
+
+    return check
+
+
+def _optional(check: Callable[[str, Any], Any]) -> Callable[[str, Any], Any]:
+    return lambda name, value: None if value is None else check(name, value)
+
+
+def _positive_number(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < math.inf:
+        raise ConfigError(f"{name} must be a number > 0, got {value!r}")
+    return float(value)
+
+
+def _text(name: str, value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{name} must be a non-empty string or None, got {value!r}")
+    return value
+
+
+def _texts(name: str, value: Any) -> list[str]:
+    if isinstance(value, str) or not isinstance(value, Iterable) or not all(isinstance(a, str) for a in value):
+        raise ConfigError(f"{name} must be a list of strings such as ['--constraint=avx2'], got {value!r}")
+    return list(value)
+
+
+def _choice(*allowed: str) -> Callable[[str, Any], str]:
+    def check(name: str, value: Any) -> str:
+        if value not in allowed:
+            raise ConfigError(f"{name} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
+        return value
+
+    return check
+
+
+def _memory(name: str, value: Any) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"\d+[KMGT]?", value.strip().upper()):
+        raise ConfigError(f"{name} must look like '2G', '500M' or '1024', got {value!r}")
+    return value.strip().upper()
+
+
+def _duration(name: str, value: Any) -> int:
+    """A positive ``timedelta``, kept as whole seconds."""
+    if not isinstance(value, timedelta) or value.total_seconds() <= 0:
+        raise ConfigError(f"{name} must be a positive datetime.timedelta, got {value!r}")
+    return math.ceil(value.total_seconds())
+
+
+def _executable(name: str, value: Any) -> str:
+    if not isinstance(value, str) or _which(value) is None:
+        raise ConfigError(f"{name}={value!r} is not an executable: give the workers' interpreter, or None for this one")
+    return value
+
+
+_NAME_LIMIT = 200
+
+
+def _check_name(name: str, value: Any) -> str:
+    """A name that becomes one directory under run_root: it never leads outside."""
+    if (
+        not isinstance(value, str)
+        or not value.strip()
+        or value in (".", "..")
+        or any(c in value for c in "/\\\0")
+        or len(value) > _NAME_LIMIT
+    ):
+        raise ConfigError(
+            f"{name} must be a plain directory name (1 to {_NAME_LIMIT} characters, no '/' or '\\', "
+            f"not '.' or '..'), got {value!r}"
+        )
+    return value
+
+
+def _as_is(name: str, value: Any) -> Any:
+    return value
+
+
+# What each kind of option accepts; "seeds", "loss" and "object" are not kept in meta.json
+# (they are resolved into the seed plan and the loss's location, or are Optuna objects).
+_KINDS: dict[str, Callable[[str, Any], Any]] = {
+    "count": _at_least(1),
+    "count?": _optional(_at_least(1)),
+    "count0": _at_least(0),
+    "integer": _at_least(-(2**63)),
+    "seeds": _as_is,  # checked by SeedPlan.resolve, which sees them together
+    "text?": _optional(_text),
+    "texts": _texts,
+    "direction": _choice("minimize", "maximize"),
+    "mode": lambda name, value: execution_mode(value).value,
+    "path": lambda name, value: os.fspath(value),
+    "name?": _optional(_check_name),
+    "loss": _optional(_text),
+    "positive": _positive_number,
+    "positive?": _optional(_positive_number),
+    "memory": _memory,
+    "duration": _duration,
+    "flag": lambda name, value: bool(value),
+    "object": _as_is,
+    "executable?": _optional(_executable),
+}
+_NOT_RECORDED = frozenset({"seeds", "loss", "object"})
+
+
+@dataclass(frozen=True)
+class _Option:
+    name: str
+    default: Any
+    help: str
+    kind: str
+    identity: bool
+
+    @property
+    def recorded(self) -> bool:
+        return self.kind not in _NOT_RECORDED
+
+
+@functools.cache
+def _options() -> dict[str, _Option]:
+    """optimize_run's options, in order, read from its signature and annotations."""
+    import typing
+
+    hints = typing.get_type_hints(optimize_run, include_extras=True)
+    options = {}
+    for name, parameter in inspect.signature(optimize_run).parameters.items():
+        if parameter.kind is inspect.Parameter.KEYWORD_ONLY:
+            spec = next(m for m in typing.get_args(hints[name])[1:] if isinstance(m, _Opt))
+            options[name] = _Option(name, parameter.default, spec.help, spec.kind, spec.identity)
+    return options
+
+
+def _options_table() -> str:
+    """README.md's table of options, made from the signature (``python -m slurptuna options``)."""
+
+    def default(option: _Option) -> str:
+        value = option.default
+        if isinstance(value, timedelta):
+            return f"`{value}`"
+        return f"`{value.value!r}`" if isinstance(value, Enum) else f"`{value!r}`"
+
+    rows = [f"| `{o.name}` | {default(o)} | {o.help} |" for o in _options().values()]
+    return "\n".join(["| option | default | meaning |", "|---|---|---|", *rows])
+
+
+# The record of a run (meta.json): what the launcher resolved, then every recorded option.
+_RunSettings = make_dataclass(
+    "_RunSettings",
+    [
+        ("loss_name", str),
+        ("loss_ref", dict),  # how workers import the loss (see _locate_loss)
+        ("seeds", "SeedPlan"),  # every trial's seeds and chunks
+        ("argv", list),  # the launcher's sys.argv, for the workers' import
+        ("code_id", str),  # the loss's code (see _code_id): chunks of other code are recomputed
+        *[(o.name, Any) for o in _options().values() if o.recorded],
+        ("run_id", str, field(default="")),  # random, kept across resumes: tags the run's Slurm jobs
+    ],
+    frozen=True,
+    namespace={
+        "__doc__": "Every option of a run, checked and resolved; ``meta.json`` is this record.",
+        "to_json": lambda self: {**asdict(self), "seeds": self.seeds.to_json()},
+        "from_json": classmethod(
+            lambda cls, record: cls(
+                **{
+                    **{k: v for k, v in record.items() if k in cls.__dataclass_fields__},
+                    "seeds": SeedPlan.from_json(record["seeds"]),
+                }
+            )
+        ),
+    },
+)
+_IDENTITY_FIELDS = ("loss_name", "seeds", *[o.name for o in _options().values() if o.identity])
 
 
 def _which(program: str) -> str | None:
@@ -543,107 +685,52 @@ def _lookup_loss(loss_or_name: LossDefinition | str) -> LossDefinition:
     return definition
 
 
-def _positive_int(name: str, value: Any, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def _optional_text(name: str, value: Any) -> str | None:
-    if value is not None and (not isinstance(value, str) or not value.strip()):
-        raise ConfigError(f"{name} must be a non-empty string or None, got {value!r}")
-    return value
-
-
-def _resolve_settings(
-    *,
-    loss: LossDefinition | str,
-    n_trials: int = 10,
-    seeds: Iterable[int] | None = None,
-    n_seeds: int | None = None,
-    chunk_size: int | None = None,
-    num_chunks: int | None = None,
-    random_seed: int = 123,
-    entry_id: str | None = None,
-    direction: str = "minimize",
-    mode: ExecutionMode | str = ExecutionMode.SINGLE,
-    run_root: str | os.PathLike[str] = "runs",
-    run_name: str | None = None,
-    loss_module: str | None = None,
-    slurm_poll_seconds: float = 15,
-    slurm_timeout_minutes: float | None = None,
-    cpus_per_task: int | None = None,
-    mem_per_cpu: str = "2G",
-    max_concurrent_trials: int = 1,
-    array_parallelism_limit: int | None = None,
-    worker_parallelism: int = 1,
-    worker_time_limit: timedelta = timedelta(hours=2),
-    slurm_qos: str | None = "short",
-    trial_retry_attempts: int = 1,
-    fail_on_chunk_error: bool = True,
-    use_processes: bool = True,
-    forward_sys_argv_to_workers: bool = True,
-    slurm_partition: str | None = None,
-    slurm_account: str | None = None,
-    sbatch_args: Sequence[str] = (),
-    python: str | None = None,
-    progress: bool = True,
-) -> _RunSettings:
+def _resolve_settings(loss: LossDefinition | str, given: Mapping[str, Any]) -> tuple[_RunSettings, dict[str, Any]]:
+    """Check every option (missing ones take their defaults); returns the run's record and the Optuna objects."""
     definition = _lookup_loss(loss)
-    resolved_mode = execution_mode(mode)
-    if direction not in ("minimize", "maximize"):
-        raise ConfigError(f"direction must be 'minimize' or 'maximize', got {direction!r}")
-    if not isinstance(worker_time_limit, timedelta) or worker_time_limit.total_seconds() <= 0:
-        raise ConfigError(f"worker_time_limit must be a positive datetime.timedelta, got {worker_time_limit!r}")
-    if not isinstance(slurm_poll_seconds, (int, float)) or slurm_poll_seconds <= 0:
-        raise ConfigError(f"slurm_poll_seconds must be > 0, got {slurm_poll_seconds!r}")
-    if slurm_timeout_minutes is not None and slurm_timeout_minutes <= 0:
-        raise ConfigError(f"slurm_timeout_minutes must be > 0 or None, got {slurm_timeout_minutes!r}")
-    if not isinstance(mem_per_cpu, str) or not re.fullmatch(r"\d+[KMGT]?", mem_per_cpu.strip().upper()):
-        raise ConfigError(f"mem_per_cpu must look like '2G', '500M' or '1024', got {mem_per_cpu!r}")
-    if isinstance(sbatch_args, str) or not all(isinstance(a, str) for a in sbatch_args):
-        raise ConfigError(f"sbatch_args must be a list of strings such as ['--constraint=avx2'], got {sbatch_args!r}")
-    if run_name is not None and (not run_name or "/" in run_name or run_name in (".", "..")):
-        raise ConfigError(f"run_name must be a plain directory name or None, got {run_name!r}")
-    if entry_id is not None and not isinstance(entry_id, str):
-        raise ConfigError(f"entry_id must be a string or None, got {entry_id!r}")
-    if python is not None and _which(python) is None:
-        raise ConfigError(
-            f"python={python!r} is not an executable: give the workers' interpreter, or None for this one"
-        )
-    worker_parallelism = _positive_int("worker_parallelism", worker_parallelism)
-    return _RunSettings(
+    options = _options()
+    values = {name: _KINDS[o.kind](name, given.get(name, o.default)) for name, o in options.items()}
+    values["cpus_per_task"] = values["cpus_per_task"] or values["worker_parallelism"]
+    values["python"] = values["python"] or sys.executable
+    mode = ExecutionMode(values["mode"])
+    settings = _RunSettings(
         loss_name=definition.name,
-        loss_ref=_locate_loss(definition, loss_module, resolved_mode),
-        seeds=SeedPlan.resolve(definition, seeds, n_seeds, chunk_size, num_chunks),
-        n_trials=_positive_int("n_trials", n_trials),
-        random_seed=int(random_seed),
-        entry_id=entry_id,
-        direction=direction,
-        mode=resolved_mode.value,
-        run_root=os.fspath(run_root),
-        run_name=run_name,
-        slurm_poll_seconds=float(slurm_poll_seconds),
-        slurm_timeout_minutes=slurm_timeout_minutes,
-        cpus_per_task=_positive_int("cpus_per_task", cpus_per_task or worker_parallelism),
-        mem_per_cpu=mem_per_cpu.strip().upper(),
-        max_concurrent_trials=_positive_int("max_concurrent_trials", max_concurrent_trials),
-        array_parallelism_limit=None
-        if array_parallelism_limit is None
-        else _positive_int("array_parallelism_limit", array_parallelism_limit),
-        worker_parallelism=worker_parallelism,
-        worker_time_limit_seconds=math.ceil(worker_time_limit.total_seconds()),
-        slurm_qos=_optional_text("slurm_qos", slurm_qos),
-        trial_retry_attempts=_positive_int("trial_retry_attempts", trial_retry_attempts, minimum=0),
-        fail_on_chunk_error=bool(fail_on_chunk_error),
-        use_processes=bool(use_processes),
-        argv=list(sys.argv) if forward_sys_argv_to_workers else list(sys.argv[:1]),
-        slurm_partition=_optional_text("slurm_partition", slurm_partition),
-        slurm_account=_optional_text("slurm_account", slurm_account),
-        sbatch_args=list(sbatch_args),
-        python=python or sys.executable,
-        progress=bool(progress),
+        loss_ref=_locate_loss(definition, values["loss_module"], mode),
+        seeds=SeedPlan.resolve(
+            definition, values["seeds"], values["n_seeds"], values["chunk_size"], values["num_chunks"]
+        ),
+        argv=list(sys.argv) if values["forward_sys_argv_to_workers"] else list(sys.argv[:1]),
+        code_id=_code_id(definition),
+        **{name: values[name] for name, o in options.items() if o.recorded},
     )
+    return settings, {name: values[name] for name, o in options.items() if o.kind == "object"}
+
+
+def _code_id(definition: LossDefinition) -> str:
+    """A hash of the loss function's compiled code and its file's name.
+
+    Compiled code, so comments, blank lines and moving the function do not count; a changed
+    expression or constant does. Functions it calls are not followed.
+    """
+    import hashlib
+
+    function = definition.seed_loss_fn
+    code = getattr(function, "__code__", None)
+    if code is None:
+        return ""
+    digest = hashlib.sha256(os.path.basename(definition.source_file or "").encode())
+
+    def add(code: Any) -> None:
+        digest.update(code.co_code)
+        digest.update(repr((code.co_names, code.co_varnames, code.co_freevars)).encode())
+        for const in code.co_consts:
+            if hasattr(const, "co_code"):
+                add(const)
+            else:
+                digest.update(repr(const).encode())
+
+    add(code)
+    return digest.hexdigest()[:16]
 
 
 _FILE_MODULE_PREFIX = "_slurptuna_file_"
@@ -845,9 +932,6 @@ def _open_parent_dir(root: Path, prefix: str, name: str | None) -> Path:
     return path
 
 
-_IDENTITY_FIELDS = ("loss_name", "seeds", "entry_id", "direction")
-
-
 def _open_run(settings: _RunSettings) -> tuple[RunPaths, _RunSettings]:
     """Create a new versioned run, or check that an existing one is the same experiment."""
     root = Path(settings.run_root)
@@ -859,12 +943,14 @@ def _open_run(settings: _RunSettings) -> tuple[RunPaths, _RunSettings]:
     recorded = _read_json(run.meta)
     settings = replace(settings, run_name=run.dir.name, run_id=(recorded or {}).get("run_id") or os.urandom(6).hex())
     if recorded is not None:
-        _check_same_experiment(recorded, settings.to_json(), run.dir)
+        _check_same_experiment(recorded, settings.to_json(), run)
     _write_json_atomic(run.meta, {**settings.to_json(), "slurptuna_version": __version__, "updated_at": _now_iso()})
     return run, settings
 
 
-def _check_same_experiment(recorded: Mapping[str, Any], wanted: Mapping[str, Any], run_dir: Path) -> None:
+def _check_same_experiment(recorded: Mapping[str, Any], wanted: Mapping[str, Any], run: RunPaths) -> None:
+    """Refuse a resume that would mix two experiments in one study, naming each difference."""
+
     def describe(name: str, value: Any) -> str:
         return SeedPlan.from_json(value).describe() if name == "seeds" and value else repr(value)
 
@@ -873,9 +959,16 @@ def _check_same_experiment(recorded: Mapping[str, Any], wanted: Mapping[str, Any
         for name in _IDENTITY_FIELDS
         if recorded.get(name) != wanted[name]
     ]
+    if recorded.get("code_id") != wanted["code_id"] and not wanted["resume_with_changed_loss"]:
+        computed = sorted(int(p.parent.name.split("_")[1]) for p in run.dir.glob("trials/trial_*/summary.json"))
+        differences.append(
+            f"the loss's code changed since trials {_format_ranges(computed) or '(none yet)'} were computed by it; "
+            "a study would rank the two codes together (resume_with_changed_loss=True if that is intended: "
+            "interrupted trials are then recomputed with the new code)"
+        )
     if differences:
         raise ConfigError(
-            f"cannot resume {run_dir}: it was started with different settings:\n  "
+            f"cannot resume {run.dir}: it was started with different settings:\n  "
             + "\n  ".join(differences)
             + "\nuse a new run_name (or None) to start a new run with these settings"
         )
@@ -909,9 +1002,9 @@ class SeedPlan:
         num_chunks: int | None,
     ) -> SeedPlan:
         if chunk_size is not None:
-            chunk_size = _positive_int("chunk_size", chunk_size)
+            chunk_size = _at_least(1)("chunk_size", chunk_size)
         if num_chunks is not None:
-            num_chunks = _positive_int("num_chunks", num_chunks)
+            num_chunks = _at_least(1)("num_chunks", num_chunks)
         if seeds is not None:
             seed_list = list(seeds)
             if not seed_list:
@@ -925,7 +1018,7 @@ class SeedPlan:
                 raise ConfigError(f"n_seeds={n_seeds} contradicts the {len(seed_list)} seeds given")
             total = len(seed_list)
         elif n_seeds is not None:
-            total = _positive_int("n_seeds", n_seeds)
+            total = _at_least(1)("n_seeds", n_seeds)
             seed_list = None
         else:
             total = (chunk_size or definition.default_chunk_size) * (num_chunks or definition.default_num_chunks)
@@ -1057,9 +1150,11 @@ class ChunkResult:
     stats: ChunkStats
     elapsed_seconds: float
     processes: int
+    code_id: str = ""  # the loss's code that computed it (see _code_id)
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "code_id": self.code_id,
             "trial_number": self.trial_number,
             "chunk_index": self.chunk_index,
             "seeds": self.seeds,
@@ -1105,19 +1200,30 @@ class _SeedError(Exception):
     """A seed's loss failed; carries (seed, kind, message, traceback text) across processes."""
 
 
+def _numeric_items(mapping: Mapping[Any, Any]) -> dict[str, float]:
+    return {str(k): float(v) for k, v in mapping.items() if isinstance(v, numbers.Real) and not isinstance(v, bool)}
+
+
 def _loss_value(value: Any, components: dict[str, list[float]]) -> float:
-    """A loss's return value as one finite float; a dict's numeric entries become components."""
+    """A loss's return value as one finite float; a dict's numeric entries become components.
+
+    The earlier package's ``{"total_loss": x, "components": {...}}`` keeps the nested
+    components too; without ``total_loss`` the value is the mean of the top-level numbers
+    (or of the nested ones when there are none).
+    """
     if isinstance(value, numbers.Real) and not isinstance(value, bool):
         total = float(value)
     elif isinstance(value, Mapping):
-        parts = {str(k): float(v) for k, v in value.items() if isinstance(v, numbers.Real) and not isinstance(v, bool)}
-        if not parts:
+        top = _numeric_items(value)
+        nested = _numeric_items(value["components"]) if isinstance(value.get("components"), Mapping) else {}
+        if not top and not nested:
             raise _BadLossValue(f"returned a dict without numeric values: {value!r:.200}")
-        for name, part in parts.items():
+        for name, part in (top | nested).items():
             if not math.isfinite(part):
                 raise _BadLossValue(f"returned {part} for component {name!r}")
             components.setdefault(name, []).append(part)
-        total = parts["total_loss"] if "total_loss" in parts else math.fsum(parts.values()) / len(parts)
+        averaged = top or nested
+        total = top["total_loss"] if "total_loss" in top else math.fsum(averaged.values()) / len(averaged)
     elif (
         isinstance(value, (list, tuple))
         and value
@@ -1139,7 +1245,11 @@ def _evaluate_seeds(
 ) -> ChunkStats:
     """Evaluate in blocks, so a chunk of millions of seeds needs the memory of one block."""
     function = definition.seed_loss_fn
-    call = (lambda p, s: function(p, s, context)) if definition.takes_context else function
+    call = function
+    if definition.context_by_keyword:
+        call = lambda p, s: function(p, s, context=context)  # noqa: E731
+    elif definition.takes_context:
+        call = lambda p, s: function(p, s, context)  # noqa: E731
     return ChunkStats.pool(
         [_evaluate_block(call, params, seeds[lo : lo + _BLOCK_SEEDS]) for lo in range(0, len(seeds), _BLOCK_SEEDS)]
     )
@@ -1308,6 +1418,7 @@ class TrialParams:
     params: dict[str, ParamValue]
     seeds: dict[str, Any]
     entry_id: str | None = None
+    code_id: str = ""  # the loss's code (see _code_id)
 
     @cached_property
     def plan(self) -> SeedPlan:
@@ -1331,8 +1442,14 @@ def _load_valid_chunk(trial: TrialPaths, expected: TrialParams, index: int) -> C
     except (TypeError, KeyError) as exc:
         logger.warning("ignoring malformed %s: %s", trial.chunk(index), exc)
         return None
-    if chunk.params != expected.params or chunk.seeds != _describe_seeds(expected.plan.chunk(index)):
-        logger.warning("ignoring %s: computed for other params or seeds; it will be recomputed", trial.chunk(index))
+    if (
+        chunk.params != expected.params
+        or chunk.seeds != _describe_seeds(expected.plan.chunk(index))
+        or chunk.code_id != expected.code_id
+    ):
+        logger.warning(
+            "ignoring %s: computed for other params, seeds or loss code; it will be recomputed", trial.chunk(index)
+        )
         return None
     return chunk
 
@@ -1356,8 +1473,11 @@ def _argv_as(argv: list[str]) -> Iterable[None]:
         sys.argv = saved
 
 
-def _import_loss(settings: _RunSettings) -> LossDefinition:
-    """Import the loss's module the way the launcher recorded, then find the loss by name."""
+def _import_loss(settings: _RunSettings, code_id: str | None = None) -> LossDefinition:
+    """Import the loss's module the way the launcher recorded, then find the loss by name.
+
+    With ``code_id``, the loss must be the code the run was started with (see ``_code_id``).
+    """
     ref = settings.loss_ref
     for entry in reversed(ref["sys_path"]):
         if entry not in sys.path:
@@ -1378,6 +1498,11 @@ def _import_loss(settings: _RunSettings) -> LossDefinition:
             f"loss {settings.loss_name!r} is not registered after importing {where} (found: {found}). "
             "Workers import the module under a name other than __main__, so an @loss registered only "
             'inside `if __name__ == "__main__":` is never seen: move it to module level'
+        )
+    if code_id is not None and _code_id(definition) != code_id:
+        raise LossError(
+            f"loss {settings.loss_name!r} in {where} is not the code this run was started with (edited since?): "
+            "restore it to finish the run, or resume with resume_with_changed_loss=True to recompute with the new code"
         )
     return definition
 
@@ -1404,7 +1529,7 @@ def run_chunk_task(run_dir: Path, trial_number: int, chunk_index: int) -> int:
     seeds = expected.plan.chunk(chunk_index)
     failure = partial(ChunkFailure, trial_number, chunk_index, settings.loss_name, params=expected.params)
     try:
-        definition = _import_loss(settings)
+        definition = _import_loss(settings, expected.code_id)
     except LossError as exc:
         return _record_failure(trial, failure("import", str(exc)), exit_code=2)
     context = {
@@ -1429,6 +1554,7 @@ def run_chunk_task(run_dir: Path, trial_number: int, chunk_index: int) -> int:
         stats,
         round(time.perf_counter() - started, 6),
         min(settings.worker_parallelism, len(seeds)),
+        expected.code_id,
     )
     _write_chunk_result(trial, result)
     return 0
@@ -1496,7 +1622,7 @@ def serve_pool(
 
     threading.Thread(target=read_commands, name="slurptuna-commands", daemon=True).start()
     try:
-        definition = definition or _import_loss(settings)
+        definition = definition or _import_loss(settings, settings.code_id)
     except LossError as exc:
         reply({"import_error": str(exc)})
         return
@@ -1553,7 +1679,14 @@ def _evaluate_unit(
     whole = hi - lo == len(expected.plan.chunk(chunk))
     if whole:
         result = ChunkResult(
-            expected.trial_number, chunk, _describe_seeds(seeds), expected.params, stats, round(seconds, 6), processes
+            expected.trial_number,
+            chunk,
+            _describe_seeds(seeds),
+            expected.params,
+            stats,
+            round(seconds, 6),
+            processes,
+            expected.code_id,
         )
         _write_chunk_result(trial, result)
     return {"stats": stats.to_json(), "seconds": seconds, "written": whole}
@@ -1580,11 +1713,7 @@ class TrialSummary:
     components: dict[str, float]
     chunk_seconds: float
     missing_chunks: list[int] = field(default_factory=list)
-
-    @property
-    def mean_total_loss(self) -> float:
-        """The earlier package's name for ``mean``."""
-        return self.mean
+    code_id: str = ""
 
 
 class _MissingChunks(SlurptunaError):
@@ -1622,6 +1751,7 @@ def reduce_trial(
         components={n: m.mean for n, m in stats.components.items()},
         chunk_seconds=round(math.fsum(c.elapsed_seconds for c in present), 6),
         missing_chunks=missing,
+        code_id=expected.code_id,
     )
     _write_json_atomic(trial.summary, {**asdict(summary), "mean_total_loss": summary.mean})
     return summary
@@ -1637,8 +1767,8 @@ def load_valid_summary(trial: TrialPaths, expected: TrialParams) -> TrialSummary
         summary = TrialSummary(**record)
     except TypeError:
         return None
-    if summary.params != expected.params or summary.seeds != expected.seeds:
-        logger.warning("ignoring %s: reduced for other params or seeds", trial.summary)
+    if summary.params != expected.params or summary.seeds != expected.seeds or summary.code_id != expected.code_id:
+        logger.warning("ignoring %s: reduced for other params, seeds or loss code", trial.summary)
         return None
     return summary
 
@@ -1982,7 +2112,7 @@ class _SlurmExecutor:
                 *self._options(trial, "chunks"),
                 f"--array={_array_spec(task_ids, s.array_parallelism_limit)}",
                 f"--cpus-per-task={s.cpus_per_task}",
-                f"--time={_slurm_time(s.worker_time_limit_seconds)}",
+                f"--time={_slurm_time(s.worker_time_limit)}",
                 f"--output={trial.chunk_log('%A', '%a', 'out')}",
                 f"--error={trial.chunk_log('%A', '%a', 'err')}",
             ]
@@ -2272,7 +2402,7 @@ class _LocalExecutor:
     def _step(self) -> bool:
         """Enforce the time limit, send work to idle workers, settle jobs; True if a job ended."""
         now = time.monotonic()
-        limit = self._settings.worker_time_limit_seconds
+        limit = self._settings.worker_time_limit
         for worker in [w for w in self._workers if w.batch and now - w.unit_started > limit]:
             unit = worker.batch[0]
             with open(worker.log, "a") as log:
@@ -2406,6 +2536,7 @@ class _LocalExecutor:
             ChunkStats.pool([p for p, _ in parts]),
             round(sum(t for _, t in parts), 6),
             len(parts),
+            job.expected.code_id,
         )
         if not written:
             _write_chunk_result(job.trial, result)
@@ -2750,9 +2881,8 @@ class _Controller:
 
     def _begin(self, trial: Any, still_queued: list[JobRef], attempt: int = 0) -> None:
         paths = self._run.trial(trial.number)
-        expected = TrialParams(
-            trial.number, dict(trial.params), self._settings.seeds.to_json(), self._settings.entry_id
-        )
+        s = self._settings
+        expected = TrialParams(trial.number, dict(trial.params), s.seeds.to_json(), s.entry_id, s.code_id)
         if _read_json(paths.params) != asdict(expected):
             _write_json_atomic(paths.params, asdict(expected))
         active = _ActiveTrial(trial, paths, expected, attempt=attempt)
@@ -3625,11 +3755,13 @@ usage: python -m slurptuna status RUN_DIR [--watch [SECONDS]] [--json]
        python -m slurptuna worker chunk RUN_DIR TRIAL [--chunk I | --chunk-offset K]
        python -m slurptuna worker reduce RUN_DIR TRIAL [--allow-missing]
        python -m slurptuna worker pool RUN_DIR --results-fd FD
+       python -m slurptuna options
        python slurptuna.py --selftest
 
 status shows a run (or an optimize_entries directory) without disturbing it:
 trials, the best value, running trials and their Slurm jobs, failures, core-hours
 spent and left; --watch redraws every SECONDS (5), --json prints one JSON object.
+options prints optimize_run's options as a markdown table (README.md has it).
 
 Workers are started by optimize_run (locally or by Slurm); a chunk task without
 --chunk takes its chunk from $SLURM_ARRAY_TASK_ID + K.
@@ -3757,6 +3889,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _worker_main(argv[1:])
     if argv[:1] == ["status"]:
         return _status_main(argv[1:])
+    if argv[:1] == ["options"]:
+        print(_options_table())
+        return 0
     if argv[:1] == ["--selftest"]:
         logging.basicConfig(level=logging.WARNING)
         return selftest()

@@ -22,11 +22,13 @@ def script_env(**extra: str) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(TESTS)]), **extra}
 
 
-def wait_for(condition, timeout: float = 60.0) -> None:
+def wait_for(condition, timeout: float = 60.0):
+    """Poll ``condition()`` until it is truthy; returns that value (fails the test after ``timeout`` s)."""
     deadline = time.monotonic() + timeout
-    while not condition():
+    while not (value := condition()):
         assert time.monotonic() < deadline, "condition not reached in time"
         time.sleep(0.02)
+    return value
 
 
 @pytest.fixture

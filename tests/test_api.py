@@ -42,7 +42,9 @@ def test_loss_with_context_is_detected():
 
 
 def test_signature_without_params_and_seed_raises_type_error_at_decoration():
-    with pytest.raises(TypeError, match=r"\(params, seed\) or \(params, seed, context\)"):
+    with pytest.raises(
+        TypeError, match=r"\(params, seed\), \(params, seed, context\) or \(params, seed, \*, context\)"
+    ):
 
         @loss(name="api_bad_signature", parameter_space={"a": (0.0, 1.0)})
         def bad(params):
@@ -201,5 +203,5 @@ def test_progress_line_only_on_a_terminal_and_when_asked(monkeypatch, enabled, s
 
 
 def test_cpus_per_task_defaults_to_worker_parallelism():
-    settings = slurptuna._resolve_settings(loss=losses.quadratic, worker_parallelism=3)
+    settings, _ = slurptuna._resolve_settings(losses.quadratic, {"worker_parallelism": 3})
     assert settings.cpus_per_task == 3

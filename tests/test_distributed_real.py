@@ -5,6 +5,7 @@ Skipped when no Slurm answers; with SLURPTUNA_REQUIRE_SLURM=1 (CI) that is a fai
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import signal
@@ -197,13 +198,14 @@ def test_real_slurm_timeout_is_retried_with_only_the_missing_chunks(slurm, run_r
 
 
 CONTROLLER = textwrap.dedent("""
+    import json
     import sys
     import losses
     from slurptuna import optimize_run
     result = optimize_run(losses.slow_quadratic, mode="distributed", n_trials=2, n_seeds=12, chunk_size=2,
                           run_root=sys.argv[1], run_name=sys.argv[2], random_seed=3, slurm_poll_seconds=0.3,
                           array_parallelism_limit=2, slurm_qos=None)
-    print("VALUES", [t.value for t in result.study.trials])
+    print("VALUES", json.dumps([t.value for t in result.study.trials]))
 """)
 
 
@@ -247,7 +249,7 @@ def test_real_slurm_sigkilled_controller_is_relaunched_and_adopts_its_queued_job
     resumed, _ = _start_controller(tmp_path, run_name)
     stdout, stderr = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, stderr
-    values = eval(stdout.split("VALUES")[1])
+    values = json.loads(stdout.split("VALUES")[1])
     assert len(values) == 2 and None not in values
     x0 = read_json(trial0.params)["params"]["x"]
     assert values[0] == pytest.approx(math.fsum(losses.quadratic_value({"x": x0}, s) for s in range(12)) / 12)

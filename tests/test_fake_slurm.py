@@ -9,18 +9,15 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import wait_for
 
 FAKE = Path(__file__).resolve().parent.parent / "fake_slurm"
 
 
 @pytest.fixture
-def slurm(tmp_path, monkeypatch):
-    """Fake Slurm first on PATH, state in tmp_path/state, cwd tmp_path."""
-    state = tmp_path / "state"
-    # the real interpreter before any pyenv shim: each command starts ~60 ms faster
-    path = os.pathsep.join([str(FAKE), os.path.dirname(sys.executable), os.environ["PATH"]])
-    monkeypatch.setenv("PATH", path)
-    monkeypatch.setenv("FAKE_SLURM_DIR", str(state))
+def slurm(fake_slurm, tmp_path, monkeypatch):
+    """Fake Slurm first on PATH (conftest's fake_slurm), no other FAKE_SLURM_ setting, cwd tmp_path."""
+    state = fake_slurm.state
     for name in list(os.environ):
         if name.startswith("FAKE_SLURM_") and name != "FAKE_SLURM_DIR":
             monkeypatch.delenv(name)
@@ -42,16 +39,6 @@ def run(*cmd, env=None, check=False, cwd=None):
 def submit(*args, env=None):
     proc = run("sbatch", "--parsable", *args, env=env, check=True)
     return int(proc.stdout.strip())
-
-
-def wait_for(predicate, timeout=8.0):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.03)
-    raise AssertionError("condition not reached in time")
 
 
 def squeue(*args):
@@ -381,14 +368,14 @@ def test_option_and_time_parsing():
 
 
 FAKE_WORKER = """
-import os, sys
+import json, os, sys
 with open(os.path.join(os.environ["OUT_DIR"], "imports"), "a") as f:
     f.write(f"{os.getpid()}\\n")
 
 def main(argv):
     task = os.environ["SLURM_ARRAY_TASK_ID"]
     with open(os.path.join(os.environ["OUT_DIR"], f"task_{task}"), "w") as f:
-        f.write(repr((argv, sys.argv[1:], os.getcwd(), sys.stdin.read())))
+        json.dump([argv, sys.argv[1:], os.getcwd(), sys.stdin.read()], f)
     print(f"out {task}")
     print(f"err {task}", file=sys.stderr)
     return int(argv[-1]) if task == "2" else 0
@@ -428,7 +415,7 @@ def test_fork_python_fast_launch(slurm, tmp_path, fork):
     assert states[f"{jid}_2"] == "FAILED|7:0"
     assert all(states[f"{jid}_{k}"] == "COMPLETED|0:0" for k in (0, 1, 3))
     for k in range(4):
-        argv, sys_argv, cwd, stdin = eval((out / f"task_{k}").read_text())
+        argv, sys_argv, cwd, stdin = json.loads((out / f"task_{k}").read_text())
         assert argv == ["worker", "chunk", "7"] and sys_argv == argv
         assert (cwd, stdin) == (str(tmp_path), "")
         assert (tmp_path / f"log_{k}.out").read_text() == f"out {k}\n"

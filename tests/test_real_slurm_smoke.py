@@ -127,7 +127,7 @@ def test_array_throttle_is_respected(tmp_path):
     )
     assert from_jobcomp <= 2, rows
     assert from_tasks <= 2
-    assert set(pending) <= {"JobArrayTaskLimit", "None", "Priority", "Resources"}, pending
+    assert pending and set(pending) <= {"JobArrayTaskLimit", "None", "Priority", "Resources"}, pending
 
 
 def test_qos_helper_makes_a_qos_usable(tmp_path):

@@ -141,7 +141,7 @@ def test_slurm_commands_run_in_their_own_session_and_a_timeout_keeps_what_they_s
 def executor(tmp_path, monkeypatch):
     """A Slurm executor with QoS "short" whose sbatch answers come from a list, recorded."""
     monkeypatch.setattr(slurptuna, "_which", lambda name: "/usr/bin/" + name)
-    settings = slurptuna._resolve_settings(loss=losses.quadratic, mode="distributed", slurm_qos="short")
+    settings, _ = slurptuna._resolve_settings(losses.quadratic, {"mode": "distributed", "slurm_qos": "short"})
     run = RunPaths(tmp_path / "run")
     answers, calls = [], []
 
