@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-# No network: a dead proxy and a resolver that finds no host (loopback is never proxied, so a
-# server of the test on 127.0.0.1 is still reached); nothing of chromium's own that phones home.
+# No network: a dead proxy and a resolver that finds no host but 127.0.0.1 (loopback is never
+# proxied, so a server of the test is still reached); nothing of chromium's own that phones home.
 FLAGS = [
     "--headless",
     "--no-sandbox",
@@ -34,7 +34,7 @@ FLAGS = [
     "--disable-default-apps",
     "--hide-scrollbars",
     "--proxy-server=127.0.0.1:9",
-    "--host-resolver-rules=MAP * ~NOTFOUND",
+    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
     "--enable-logging=stderr",
     "--v=0",
 ]
