@@ -3773,11 +3773,12 @@ _REPORT_PAGE = """<!DOCTYPE html>
 <title>{title}</title>
 <style>
 body {{ font-family: sans-serif; margin: 1.5em auto; max-width: 1100px; padding: 0 1em; color: #222; }}
-pre.status {{ background: #f4f4f4; padding: 0.8em; overflow-x: auto; }}
+pre.status {{ background: #f4f4f4; padding: 0.8em; white-space: pre-wrap; overflow-wrap: anywhere; }}
 .note {{ color: #666; font-style: italic; }}
 figure.plot {{ margin: 0; }}
 table.trials {{ border-collapse: collapse; width: 100%; font-size: 0.9em; }}
 table.trials th, table.trials td {{ border-bottom: 1px solid #ddd; padding: 0.25em 0.5em; text-align: left; }}
+table.trials td:nth-child(3) {{ white-space: nowrap; }}
 tr.fail td {{ color: #a00; }}
 tr.pruned td {{ color: #777; }}
 footer {{ color: #888; font-size: 0.8em; margin-top: 2em; }}
