@@ -19,7 +19,7 @@ from pathlib import Path
 import browser
 import losses
 import pytest
-from conftest import REPO, read_json, script_env
+from conftest import REPO, read_json, script_env, wait_for
 
 import slurptuna
 from slurptuna import RunPaths, optimize_entries, optimize_run
@@ -185,6 +185,30 @@ def test_a_run_where_every_trial_failed_gets_a_page_that_says_so(run_root):
     page = (Path(result.run_dir) / "report.html").read_text()
     assert "no complete trial yet: nothing to plot" in page
     assert [row[1] for row in trial_rows(page)] == ["FAIL", "FAIL"]
+
+
+def test_a_report_of_a_live_run_leaves_it_running_and_shows_its_running_trial(tmp_path):
+    live = "import sys, losses, slurptuna; slurptuna.optimize_run(losses.slow_quadratic, n_trials=30, n_seeds=16, "
+    live += "chunk_size=4, run_root=sys.argv[1], progress=False)"
+    controller = subprocess.Popen(
+        [sys.executable, "-c", live, str(tmp_path / "runs")],
+        env=script_env(SLURPTUNA_TEST_SLEEP="0.1"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        run = RunPaths(tmp_path / "runs" / "slow_quadratic_v0001")
+        wait_for(lambda: run.trial(1).summary.exists() or controller.poll() is not None, timeout=60)
+        done = report(run.dir)
+        assert done.returncode == 0, done.stderr
+        assert controller.poll() is None, "the run goes on while and after the report reads it"
+    finally:
+        controller.terminate()
+        controller.wait(timeout=30)
+    page = (run.dir / "report.html").read_text()
+    states = [row[1] for row in trial_rows(page)]
+    assert states.count("COMPLETE") >= 2 and set(states) <= {"COMPLETE", "RUNNING"}
+    assert "controller: running (pid " in page and page.count("<figure") == 5
 
 
 # ---------------------------------------------------------------- errors: one line, exit 2
