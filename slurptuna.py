@@ -3747,11 +3747,314 @@ def _show_status(run_dir: Path, as_json: bool, redraw: bool) -> None:
 
 
 # ============================================================================
+# Report: a run as one self-contained HTML page of plots
+# ============================================================================
+#
+# `python -m slurptuna report RUN_DIR` reads a run as `status` does (the same readers,
+# never disturbing a live run) and draws it with Optuna's own plots. plotly is an
+# optional extra (`pip install slurptuna[report]`) imported only in this section; its
+# JavaScript is embedded once in the page, so the page opens offline, from a cluster's
+# file system, with no network. Reading (`read_report`) is kept apart from drawing
+# (`render_report`).
+
+_REPORT_NEEDS = "the report needs plotly: pip install 'slurptuna[report]' (or: pip install plotly)"
+_RATE_BINS = 60  # points of the seeds/s curve
+
+
+@dataclass(frozen=True)
+class TrialRow:
+    """One trial as the report's table shows it."""
+
+    number: int
+    state: str  # COMPLETE, FAIL, PRUNED, RUNNING, WAITING
+    value: float | None
+    standard_error: float | None  # std / sqrt(n_seeds); None when the trial has no summary
+    params: dict[str, ParamValue]
+    n_seeds: int | None
+    seconds: float | None  # from the trial's start to its end in Optuna
+    fail_reason: str  # the first line of why it failed; "" unless FAIL
+
+
+@dataclass(frozen=True)
+class RunReport:
+    """Everything the report page shows of one run."""
+
+    status: RunStatus
+    direction: str
+    trials: list[TrialRow]
+    study_trials: list[Any]  # optuna FrozenTrials, for optuna.visualization
+    seeds_per_second: list[tuple[float, float]]  # (unix time, seeds/s), the run's pace over its chunks
+
+
+def read_report(path: Path, now: float | None = None) -> RunReport:
+    """Read one run for its report; an ``optimize_entries`` directory is refused with its runs named."""
+    now = time.time() if now is None else now
+    run = RunPaths(path.resolve())
+    if not run.meta.exists():
+        entries = _entry_runs(path) if path.is_dir() else []
+        if not entries:
+            read_status(path, now)  # raises the status command's error: not a directory, not a run
+        examples = " ".join(str(entry_run.dir) for _, entry_run in entries[:2])
+        raise StatusError(f"{path} holds one run per entry: make a report of one of them, e.g. {examples}")
+    status = read_run_status(run, now, ask_queue=None)
+    settings = _read_run_settings(run)
+    study_trials = _read_study_trials(run, status.run_name)
+    chunks = [c for t in study_trials for c in _chunk_files(run.trial(t.number))]
+    return RunReport(
+        status=status,
+        direction=settings.direction,
+        trials=[_trial_row(run.trial(t.number), t) for t in study_trials],
+        study_trials=study_trials,
+        seeds_per_second=_seeds_per_second_series(
+            [(mtime - c.elapsed_seconds, mtime, c.stats.loss.count) for c, mtime in chunks], _RATE_BINS
+        ),
+    )
+
+
+def _trial_row(trial: TrialPaths, frozen: Any) -> TrialRow:
+    state = frozen.state.name
+    n_seeds = frozen.user_attrs.get("n_seeds")
+    if n_seeds is None and state == "COMPLETE":
+        n_seeds = (_read_json(trial.summary) or {}).get("n_seeds")
+    ended = frozen.datetime_complete
+    return TrialRow(
+        number=frozen.number,
+        state=state,
+        value=frozen.value if state == "COMPLETE" else None,
+        standard_error=_standard_error(trial, frozen) if state == "COMPLETE" else None,
+        params=dict(frozen.params) or (_read_json(trial.params) or {}).get("params", {}),
+        n_seeds=n_seeds,
+        seconds=(ended - frozen.datetime_start).total_seconds() if ended and frozen.datetime_start else None,
+        fail_reason=_failed_trial(frozen).reason if state == "FAIL" else "",
+    )
+
+
+def _seeds_per_second_series(chunks: Sequence[tuple[float, float, int]], n_bins: int) -> list[tuple[float, float]]:
+    """(time, seeds/s) in ``n_bins`` equal bins over the run: each chunk's seeds spread over the time it ran."""
+    if not chunks:
+        return []
+    start = min(begin for begin, _, _ in chunks)
+    end = max(finish for _, finish, _ in chunks)
+    n_bins = max(1, min(n_bins, len(chunks)))
+    width = (end - start) / n_bins
+    if width <= 0:
+        return []
+    seeds = [0.0] * n_bins
+    for begin, finish, count in chunks:
+        first = min(n_bins - 1, int((begin - start) / width))
+        last = max(first, min(n_bins - 1, int((finish - start) / width)))
+        bins = range(first, last + 1)
+        overlaps = [max(0.0, min(finish, start + (b + 1) * width) - max(begin, start + b * width)) for b in bins]
+        total = math.fsum(overlaps)  # normalized, so rounding at the bins' edges loses no seed
+        for b, overlap in zip(bins, overlaps, strict=True):
+            seeds[b] += count * overlap / total if total > 0 else (count if b == first else 0)
+    return [(start + (b + 0.5) * width, seeds[b] / width) for b in range(n_bins)]
+
+
+# ---------------------------------------------------------------- drawing it with plotly
+
+
+def render_report(report: RunReport) -> str:
+    """The report as one HTML page; plotly.js is embedded in the first plot and shared by the others."""
+    import html
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # optuna's experimental-feature warnings are not the reader's business
+        sections = _report_figures(report)
+    parts = []
+    plotly_embedded = False
+    for title, figure, note in sections:
+        parts.append(f"<section><h2>{html.escape(title)}</h2>")
+        if note:
+            parts.append(f'<p class="note">{html.escape(note)}</p>')
+        if figure is not None:
+            figure.update_layout(title=None, margin={"t": 30})
+            plot = figure.to_html(
+                full_html=False,
+                include_plotlyjs=not plotly_embedded,
+                config={"displaylogo": False, "responsive": True},
+                default_height="420px",
+            )
+            plotly_embedded = True
+            parts.append(f'<figure class="plot">{plot}</figure>')
+        parts.append("</section>")
+    s = report.status
+    return _REPORT_PAGE.format(
+        title=html.escape(f"slurptuna report: {s.run_name}"),
+        status=html.escape(format_run_status(s)),
+        sections="\n".join(parts),
+        table=_trials_table(report.trials),
+        generated=html.escape(f"slurptuna {__version__}, {s.checked_at}"),
+    )
+
+
+def _report_figures(report: RunReport) -> list[tuple[str, Any, str]]:
+    """(title, plotly figure or None, note) for each plot of the page, in order."""
+    import optuna
+    import optuna.visualization as plots
+
+    complete = [t for t in report.study_trials if t.state.name == "COMPLETE"]
+    rate = ("Seeds per second over the run", *_rate_figure(report.seeds_per_second))
+    if not complete:
+        note = "no complete trial yet: nothing to plot"
+        return [("Optimization history", None, note), rate]
+    study = optuna.create_study(study_name=report.status.run_name, direction=report.direction)
+    study.add_trials([t for t in report.study_trials if t.state.is_finished()])
+    return [
+        ("Optimization history", plots.plot_optimization_history(study), ""),
+        ("Mean of each complete trial ± standard error", _errors_figure(report.trials), ""),
+        ("Parameter importances", *_importance_figure(study, len(complete))),
+        ("The mean against each parameter", plots.plot_slice(study), ""),
+        rate,
+    ]
+
+
+def _errors_figure(trials: Sequence[TrialRow]) -> Any:
+    import plotly.graph_objects as go
+
+    complete = [t for t in trials if t.state == "COMPLETE"]
+    figure = go.Figure(
+        go.Scatter(
+            x=[t.number for t in complete],
+            y=[t.value for t in complete],
+            error_y={"type": "data", "array": [t.standard_error for t in complete], "visible": True},
+            mode="markers",
+            name="mean ± standard error",
+            text=[_format_params(t.params) for t in complete],
+        )
+    )
+    figure.update_layout(xaxis_title="trial", yaxis_title="mean loss ± std / sqrt(n_seeds)")
+    return figure
+
+
+def _importance_figure(study: Any, n_complete: int) -> tuple[Any, str]:
+    import optuna.visualization as plots
+
+    if n_complete < 2:
+        return None, f"parameter importances need at least 2 complete trials; this run has {n_complete}"
+    try:
+        return plots.plot_param_importances(study), ""
+    except Exception as exc:  # optuna's evaluators fail on degenerate studies (all values equal ...)
+        return None, f"parameter importances could not be computed: {_first_line(str(exc)) or type(exc).__name__}"
+
+
+def _rate_figure(series: Sequence[tuple[float, float]]) -> tuple[Any, str]:
+    import plotly.graph_objects as go
+
+    if not series:
+        return None, "no chunk finished yet"
+    figure = go.Figure(
+        go.Scatter(
+            x=[datetime.fromtimestamp(t, timezone.utc).isoformat() for t, _ in series],
+            y=[rate for _, rate in series],
+            mode="lines",
+            line_shape="hv",
+            name="seeds/s",
+        )
+    )
+    figure.update_layout(xaxis_title="time (UTC)", yaxis_title="seeds/s", yaxis_rangemode="tozero")
+    return figure, "each chunk's seeds spread evenly over the time it ran (from its file's time and elapsed seconds)"
+
+
+def _trials_table(trials: Sequence[TrialRow]) -> str:
+    import html
+
+    rows = []
+    for t in trials:
+        value = "" if t.value is None else f"{t.value:.6g}"
+        if t.value is not None and t.standard_error is not None:
+            value += f" ± {t.standard_error:.2g}"
+        cells = [
+            str(t.number),
+            t.state,
+            value,
+            _format_params(t.params),
+            "" if t.n_seeds is None else f"{t.n_seeds:,}",
+            "" if t.seconds is None else f"{t.seconds:.1f}",
+            t.fail_reason,
+        ]
+        rows.append(f'<tr class="{t.state.lower()}">' + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
+    head = "".join(f"<th>{h}</th>" for h in ("trial", "state", "value ± SE", "params", "seeds", "seconds", "reason"))
+    return f'<table class="trials"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+
+
+_REPORT_PAGE = """<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>{title}</title>
+<style>
+body {{ font-family: sans-serif; margin: 1.5em auto; max-width: 1100px; padding: 0 1em; color: #222; }}
+pre.status {{ background: #f4f4f4; padding: 0.8em; white-space: pre-wrap; overflow-wrap: anywhere; }}
+.note {{ color: #666; font-style: italic; }}
+figure.plot {{ margin: 0; }}
+table.trials {{ border-collapse: collapse; width: 100%; font-size: 0.9em; }}
+table.trials th, table.trials td {{ border-bottom: 1px solid #ddd; padding: 0.25em 0.5em; text-align: left; }}
+table.trials td:nth-child(3) {{ white-space: nowrap; }}
+tr.fail td {{ color: #a00; }}
+tr.pruned td {{ color: #777; }}
+footer {{ color: #888; font-size: 0.8em; margin-top: 2em; }}
+</style>
+</head>
+<body>
+<h1>{title}</h1>
+<pre class="status">{status}</pre>
+{sections}
+<section><h2>Trials</h2>
+{table}
+</section>
+<footer>made by {generated}; this page needs no network</footer>
+</body>
+</html>
+"""
+
+
+# ---------------------------------------------------------------- the report command
+
+
+def _report_main(argv: Sequence[str]) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m slurptuna report", usage=_USAGE)
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("-o", "--output", type=Path, help="the HTML file to write (RUN_DIR/report.html)")
+    args = parser.parse_args(argv)
+    try:
+        import plotly  # noqa: F401  (the optional extra: checked before any work)
+    except ImportError:
+        print(f"slurptuna report: {_REPORT_NEEDS}", file=sys.stderr)
+        return 2
+    try:
+        page = render_report(read_report(args.run_dir))
+        output = args.output or args.run_dir / "report.html"
+        _write_text_atomic(output, page)
+    except (StatusError, OSError) as exc:
+        print(f"slurptuna report: {_first_line(str(exc))}", file=sys.stderr)
+        return 2
+    print(f"wrote {output}")
+    return 0
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    """Temp file beside it, then rename: a browser reloading the page never sees half of it."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+# ============================================================================
 # Command line: the worker entry points and the self-test
 # ============================================================================
 
 _USAGE = """\
 usage: python -m slurptuna status RUN_DIR [--watch [SECONDS]] [--json]
+       python -m slurptuna report RUN_DIR [-o REPORT.html]
        python -m slurptuna worker chunk RUN_DIR TRIAL [--chunk I | --chunk-offset K]
        python -m slurptuna worker reduce RUN_DIR TRIAL [--allow-missing]
        python -m slurptuna worker pool RUN_DIR --results-fd FD
@@ -3761,6 +4064,8 @@ usage: python -m slurptuna status RUN_DIR [--watch [SECONDS]] [--json]
 status shows a run (or an optimize_entries directory) without disturbing it:
 trials, the best value, running trials and their Slurm jobs, failures, core-hours
 spent and left; --watch redraws every SECONDS (5), --json prints one JSON object.
+report writes one self-contained HTML page of plots (RUN_DIR/report.html) that
+opens offline; it needs plotly: pip install 'slurptuna[report]'.
 options prints optimize_run's options as a markdown table (README.md has it).
 
 Workers are started by optimize_run (locally or by Slurm); a chunk task without
@@ -3883,12 +4188,14 @@ def selftest() -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m slurptuna``: ``status``, the worker entry points, ``--selftest`` and ``--help``."""
+    """``python -m slurptuna``: ``status``, ``report``, the worker entry points, ``--selftest`` and ``--help``."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["worker"]:
         return _worker_main(argv[1:])
     if argv[:1] == ["status"]:
         return _status_main(argv[1:])
+    if argv[:1] == ["report"]:
+        return _report_main(argv[1:])
     if argv[:1] == ["options"]:
         print(_options_table())
         return 0

@@ -142,3 +142,11 @@ def uses_its_own_pool(params, seed):
     with multiprocessing.get_context("fork").Pool(2) as pool:
         parts = pool.map(abs, [params["x"], -float(seed)])
     return sum(parts)
+
+
+@loss(name="fails_when_x_high", parameter_space={"x": (0.0, 1.0), "k": search_param(range=(1, 4), dtype="int")})
+def fails_when_x_high(params, seed):
+    """Raises for x > 0.7 only, so one run has complete and failed trials."""
+    if params["x"] > 0.7:
+        raise RuntimeError(f"model diverged at x={params['x']:.3f}")
+    return quadratic_value(params, seed) + 0.01 * params["k"]
