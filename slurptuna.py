@@ -366,6 +366,9 @@ def optimize_run(
     slurm_account: Annotated[str | None, _Opt("`--account`", "text?")] = None,
     sbatch_args: Annotated[Sequence[str], _Opt("extra sbatch options, e.g. `['--constraint=avx2']`", "texts")] = (),
     python: Annotated[str | None, _Opt("the workers' interpreter; None: this one", "executable?")] = None,
+    slurm_unavailable_minutes: Annotated[
+        float, _Opt("how long to keep asking while slurmctld does not answer (busy, restarting)", "positive")
+    ] = 30,
     progress: Annotated[bool, _Opt("one status line on a terminal (never in a log file)", "flag")] = True,
     resume_with_changed_loss: Annotated[
         bool, _Opt("resume although the loss's code changed (its chunks are recomputed)", "flag")
@@ -2055,6 +2058,36 @@ def _command_error(process: subprocess.CompletedProcess[str]) -> SlurmError:
     return SlurmError(f"{' '.join(process.args)} failed with exit code {process.returncode}: {output}")
 
 
+@dataclass
+class _Outage:
+    """When to ask Slurm again while it does not answer: after 1 s, doubling up to 60 s, for ``limit`` s.
+
+    Time is passed in (``now``), so the rule is tested without waiting. One outage is the
+    time from the first failed command to the next answer; it is logged once.
+    """
+
+    limit: float
+    first: float = 1.0
+    cap: float = 60.0
+    started: float | None = None
+    delay: float = 0.0
+
+    def next_delay(self, now: float) -> float | None:
+        """Seconds to wait before asking again, or None when the outage has lasted ``limit`` s."""
+        if self.started is None:
+            self.started, self.delay = now, self.first
+        else:
+            self.delay = min(self.cap, self.delay * 2)
+        left = self.started + self.limit - now
+        return None if left <= 0 else min(self.delay, left)
+
+    def end(self, now: float) -> float | None:
+        """Slurm answered: how long the outage lasted (None if there was none)."""
+        lasted = None if self.started is None else now - self.started
+        self.started = None
+        return lasted
+
+
 _BATCH_SCRIPT = """#!/bin/sh
 # Written by slurptuna: sbatch passes the worker command as arguments; no shell parsing.
 exec "$@"
@@ -2066,11 +2099,13 @@ class _SlurmExecutor:
 
     first_poll_seconds = 0.25
 
-    def __init__(self, settings: _RunSettings, run: RunPaths) -> None:
+    def __init__(self, settings: _RunSettings, run: RunPaths, stop: threading.Event) -> None:
         if _which("sbatch") is None:
             raise ConfigError("distributed mode needs Slurm: sbatch is not on PATH (use mode='single' to run locally)")
         self._settings = settings
-        self._tag = f"slurptuna:{settings.run_id}"
+        self._stop = stop
+        self._outage = _Outage(60 * settings.slurm_unavailable_minutes)
+        self._tag = f"slurptuna:{settings.run_id}"  # every job's --comment starts with it
         self._qos = settings.slurm_qos
         self._env = _worker_env(settings)
         self._max_array_size: int | None = None
@@ -2096,7 +2131,6 @@ class _SlurmExecutor:
         s = self._settings
         options = [
             f"--job-name={s.run_name}.t{trial.number:05d}.{kind}",
-            f"--comment={self._tag}",
             f"--mem-per-cpu={s.mem_per_cpu}",
         ]
         options += [f"--partition={s.slurm_partition}"] if s.slurm_partition else []
@@ -2140,25 +2174,70 @@ class _SlurmExecutor:
         )
 
     def _sbatch(self, options: list[str], command: list[str]) -> str:
-        """Submit; if the QoS is refused, warn and submit once more without it, for the whole run.
+        """Submit one job; its id.
 
-        A limit or an unreachable slurmctld raises SlurmBusy: the QoS is kept, and the caller
-        may wait and submit again (after a timeout the job may exist all the same).
+        A refused QoS is dropped for the rest of the run, with a warning. While slurmctld does
+        not answer, ask again with backoff for up to ``slurm_unavailable_minutes``, but first
+        look for the job by its own ``--comment``: a timed-out sbatch may have queued it, and
+        a chunk set must never be queued twice. A limit raises ``SlurmBusy`` (LIMIT): the
+        controller waits for room, keeping the QoS. Anything else raises ``SlurmError``.
         """
-        qos = [f"--qos={self._qos}"] if self._qos else []
-        process = _run_slurm(["sbatch", "--parsable", *options, *qos, str(self._script), *command], env=self._env)
-        if process.returncode == 0:
-            return _parse_job_id(process.stdout)
-        kind = classify_slurm_failure(process.returncode, process.stderr)
-        if kind is SlurmFailure.BAD_QOS and qos:
-            logger.warning(
-                "sbatch refused --qos=%s (%s); submitting without a QoS from now on", self._qos, process.stderr.strip()
+        comment = f"{self._tag}.{os.urandom(4).hex()}"
+        while True:
+            qos = [f"--qos={self._qos}"] if self._qos else []
+            argv = ["sbatch", "--parsable", f"--comment={comment}", *options, *qos, str(self._script), *command]
+            process = _run_slurm(argv, env=self._env)
+            if process.returncode == 0:
+                self._slurm_answered()
+                return _parse_job_id(process.stdout)
+            kind = classify_slurm_failure(process.returncode, process.stderr)
+            if kind is SlurmFailure.BAD_QOS and qos:
+                logger.warning(
+                    "sbatch refused --qos=%s (%s); submitting without a QoS from now on",
+                    self._qos,
+                    process.stderr.strip(),
+                )
+                self._qos = None
+            elif kind is SlurmFailure.LIMIT:
+                self._slurm_answered()
+                raise SlurmBusy(str(_command_error(process)), kind)
+            elif kind is SlurmFailure.TRANSIENT:
+                queued = self._jobs_with_comment(comment)
+                if queued:
+                    logger.warning("sbatch failed (%s) but queued job %s all the same", process.stderr.strip(), queued)
+                    return queued
+                self._wait_out_outage(process)
+            else:
+                raise _command_error(process)
+
+    def _jobs_with_comment(self, comment: str) -> str | None:
+        """The job (array) queued with this exact ``--comment``, if squeue answers and shows one."""
+        process = _run_slurm(["squeue", "-h", "--me", "-o", "%F|%k"], timeout=60)
+        found = [line.split("|")[0] for line in process.stdout.splitlines() if line.split("|", 1)[-1] == comment]
+        return found[0] if process.returncode == 0 and found else None
+
+    def _wait_out_outage(self, failed: subprocess.CompletedProcess[str]) -> None:
+        """Slurm did not answer: wait before the next try, or give up after slurm_unavailable_minutes."""
+        first = self._outage.started is None
+        delay = self._outage.next_delay(time.monotonic())
+        if delay is None:
+            raise SlurmError(
+                f"Slurm has not answered for {self._settings.slurm_unavailable_minutes:g} minutes "
+                f"(slurm_unavailable_minutes); last answer: {_command_error(failed)}"
             )
-            self._qos = None
-            return self._sbatch(options, command)
-        if kind in (SlurmFailure.LIMIT, SlurmFailure.TRANSIENT):
-            raise SlurmBusy(str(_command_error(process)), kind)
-        raise _command_error(process)
+        if first:
+            logger.warning(
+                "Slurm does not answer (%s); asking again with backoff for up to %g minutes",
+                (failed.stderr.strip() or "no output").splitlines()[-1],
+                self._settings.slurm_unavailable_minutes,
+            )
+        if self._stop.wait(delay):
+            raise _Interrupted("interrupted while waiting for Slurm to answer")
+
+    def _slurm_answered(self) -> None:
+        lasted = self._outage.end(time.monotonic())
+        if lasted is not None:
+            logger.warning("Slurm answers again after %.0f s", lasted)
 
     def queued(self, job_ids: Sequence[str]) -> set[str] | None:
         """The jobs still queued or running, from one ``squeue`` call; None if squeue failed."""
@@ -2168,8 +2247,19 @@ class _SlurmExecutor:
         if process.returncode != 0:
             if "Invalid job id" in process.stderr:
                 return set()  # a single job id that Slurm has already forgotten
-            logger.warning("squeue failed, will ask again: %s", _command_error(process))
+            if classify_slurm_failure(process.returncode, process.stderr) is not SlurmFailure.TRANSIENT:
+                logger.warning("squeue failed, will ask again: %s", _command_error(process))
+                return None
+            first = self._outage.started is None
+            if self._outage.next_delay(time.monotonic()) is None:
+                raise SlurmError(
+                    f"Slurm has not answered squeue for {self._settings.slurm_unavailable_minutes:g} minutes "
+                    f"(slurm_unavailable_minutes): {_command_error(process)}"
+                )
+            if first:
+                logger.warning("Slurm does not answer squeue (%s); asking again", process.stderr.strip())
             return None
+        self._slurm_answered()
         return {job for job, states in _parse_squeue(process.stdout).items() if states & _ACTIVE_STATES}
 
     def unrecorded(self, recorded: set[str]) -> list[str]:
@@ -2178,7 +2268,11 @@ class _SlurmExecutor:
         if process.returncode != 0:
             logger.warning("squeue failed, cannot look for unrecorded jobs: %s", _command_error(process))
             return []
-        found = {line.split("|")[0] for line in process.stdout.splitlines() if line.endswith(f"|{self._tag}")}
+        found = {
+            job
+            for job, _, comment in (line.partition("|") for line in process.stdout.splitlines())
+            if comment == self._tag or comment.startswith(self._tag + ".")
+        }
         return sorted(found - recorded)
 
     def explain(self, trial: TrialPaths, jobs: Sequence[JobRef], chunks: Sequence[int]) -> str:
@@ -2745,10 +2839,84 @@ class _ActiveTrial:
     deadline: float | None = None
     reduce_checked: bool = False
     partial_reduce: bool = False
+    room_below: int | None = None  # refused by a submit limit while this many of the run's jobs were queued
+    room_retry_at: float = 0.0  # ... or ask again then, in case other jobs of the user made the room
+    chunks_complete: bool = False
+    chunk_files_seen: int = -1  # chunk files found when they were last all checked
 
     def save_jobs(self) -> None:
         jobs = [{**asdict(replace(j, chunks=())), "chunks": list(j.chunks)} for j in self.jobs]  # no deep copy
         _write_json_atomic(self.paths.jobs, {"attempt": self.attempt, "jobs": jobs}, indent=None)
+
+
+# ---------------------------------------------------------------- the trial life cycle, decided apart from done
+
+
+class _Next(Enum):
+    """What to do next with a trial: ``_decide`` says it, ``_Controller._advance`` does it."""
+
+    WAIT = "wait"
+    SUBMIT = "submit again: the run's jobs left room under the submit limit"
+    STOP_RUN = "stop the run: the loss cannot be imported, every trial would fail alike"
+    FAIL_LOSS = "fail: the loss failed in a chunk (fail_on_chunk_error)"
+    CANCEL_OVERDUE = "cancel the attempt: over slurm_timeout_minutes"
+    CANCEL_REDUCE = "cancel the reduce job: its arrays ended and a chunk has no result"
+    COMPLETE = "complete: every chunk has its file; reduce here, cancel a reduce job still queued"
+    COMPLETE_FROM_SUMMARY = "complete from the reduce job's summary.json"
+    REDUCE_PARTIAL = "reduce the chunks that worked (fail_on_chunk_error=False)"
+    FAIL_ALL_CHUNKS = "fail: the loss failed in every chunk that has no result"
+    RETRY = "submit the missing chunks again"
+    FAIL_NO_RESULT = "fail: no result after the retries"
+
+
+@dataclass(frozen=True)
+class _TrialView:
+    """What the files and the queue say about one trial, with the clock already applied."""
+
+    n_chunks: int
+    all_chunks_done: bool  # every chunk has a valid file
+    failed_chunks: frozenset[int]  # chunks whose loss failed (their error files)
+    missing_chunks: frozenset[int] = frozenset()  # filled in once no job of the trial is queued
+    import_failed: bool = False
+    jobs_queued: bool = False
+    arrays_queued: bool = False
+    summary_valid: bool = False
+    overdue: bool = False
+    reduce_checked: bool = False
+    partial_reduce: bool = False
+    waiting_for_room: bool = False
+    room: bool = False
+    retries_left: bool = False
+    fail_on_chunk_error: bool = True
+
+
+_LIMIT_RETRY_SECONDS = 60.0  # under a submit limit, ask again this often even if the run's own jobs stay
+
+
+def _decide(view: _TrialView) -> _Next:
+    """The trial life cycle as a pure function: tested without Slurm, processes or sleeping."""
+    if view.waiting_for_room:
+        return _Next.SUBMIT if view.room else _Next.WAIT
+    if view.import_failed:
+        return _Next.STOP_RUN
+    if view.failed_chunks and view.fail_on_chunk_error:
+        return _Next.FAIL_LOSS
+    if view.jobs_queued:
+        if view.overdue:
+            return _Next.CANCEL_OVERDUE
+        if view.all_chunks_done and not view.partial_reduce:
+            return _Next.COMPLETE  # no need to wait for the reduce job's turn in the queue
+        if not view.arrays_queued and not view.reduce_checked and not view.partial_reduce:
+            return _Next.CANCEL_REDUCE
+        return _Next.WAIT
+    if view.summary_valid:
+        return _Next.COMPLETE_FROM_SUMMARY
+    if view.all_chunks_done:
+        return _Next.COMPLETE  # the reduce job failed or was cancelled, the chunks are all there
+    if view.failed_chunks and view.missing_chunks <= view.failed_chunks:
+        nothing_worked = view.partial_reduce or len(view.missing_chunks) == view.n_chunks
+        return _Next.FAIL_ALL_CHUNKS if nothing_worked else _Next.REDUCE_PARTIAL
+    return _Next.RETRY if view.retries_left else _Next.FAIL_NO_RESULT
 
 
 class _Backoff:
@@ -2771,16 +2939,19 @@ class _Progress:
         self.started = time.monotonic()
         self.last = 0.0
 
-    def show(self, done: int, running: int, failed: int, best: float | None, seeds: int) -> None:
+    def show(
+        self, done: int, running: int, failed: int, best: float | None, seeds: int, waiting_for_room: bool = False
+    ) -> None:
         now = time.monotonic()
         if not self.enabled or now - self.last < 0.5:
             return
         self.last = now
         rate = seeds / max(now - self.started, 1e-9)
         best_text = "-" if best is None else f"{best:.6g}"
+        room = " | waiting for room under a Slurm limit" if waiting_for_room else ""
         sys.stderr.write(
             f"\rslurptuna: trials {done}/{self.total} ({running} running, {failed} failed) "
-            f"best {best_text} | {rate:,.0f} seeds/s \x1b[K"
+            f"best {best_text} | {rate:,.0f} seeds/s{room}\x1b[K"
         )
         sys.stderr.flush()
 
@@ -2814,9 +2985,12 @@ class _Controller:
         self.best = study.best_trial if self.n_complete else None  # a FrozenTrial; read once, then kept
         self.seeds_done = 0
         self._active: list[_ActiveTrial] = []
+        self._queued: set[str] = set()  # the run's jobs in the queue at the last poll
+        self._under_limit = False  # a trial waits for room under a Slurm submit limit (said once)
         self._progress = _Progress(settings.progress, settings.n_trials)
 
     def run(self) -> None:
+        """The thin loop: start trials, poll once, advance each trial, wait. Any error cancels the run's jobs."""
         backoff = _Backoff(self._executor.first_poll_seconds, self._executor.max_poll_seconds)
         try:
             self._adopt_interrupted_trials()
@@ -2826,15 +3000,27 @@ class _Controller:
                     return
                 queued = self._executor.queued(self._job_ids())
                 if queued is not None:
+                    self._queued = queued
                     for active in list(self._active):
                         changed = self._advance(active, queued) or changed
                 self._progress.show(
-                    self.n_finished, len(self._active), self.n_failed, self._best_value(), self.seeds_done
+                    self.n_finished,
+                    len(self._active),
+                    self.n_failed,
+                    self._best_value(),
+                    self.seeds_done,
+                    waiting_for_room=any(a.room_below is not None for a in self._active),
                 )
                 pause = 0.0 if self._free_slot() else backoff.next(changed)  # a free slot is filled at once
                 self._executor.wait(pause, self._stop.event)
                 if self._stop.event.is_set():
-                    self._cancel_everything()
+                    raise _Interrupted(f"interrupted by signal {self._stop.signum}")
+        except BaseException as exc:  # Ctrl-C, a loss that cannot be imported, Slurm refusing: leave no job
+            job_ids = self._job_ids()
+            self._executor.cancel(job_ids)
+            if isinstance(exc, _Interrupted):
+                raise _Interrupted(f"{exc}; cancelled {len(job_ids)} job(s)") from None
+            raise
         finally:
             self._progress.close()
 
@@ -2847,6 +3033,7 @@ class _Controller:
         return (
             self.n_finished + len(self._active) < self._settings.n_trials
             and len(self._active) < self._settings.max_concurrent_trials
+            and not any(a.room_below is not None for a in self._active)  # under a submit limit: no new trial
         )
 
     def _start_new_trials(self) -> bool:
@@ -2869,8 +3056,9 @@ class _Controller:
         queued = self._executor.queued(job_ids) if job_ids else set()
         while queued is None:  # the scheduler must answer before anything is submitted twice
             if self._stop.wait(self._executor.max_poll_seconds):
-                self._cancel_everything()
+                raise _Interrupted(f"interrupted by signal {self._stop.signum}")
             queued = self._executor.queued(job_ids)
+        self._queued = queued
         for frozen in running:
             trial = self._optuna.trial.Trial(self._study, frozen._trial_id)
             jobs = [JobRef.from_json(j) for j in recorded[frozen.number].get("jobs", [])]
@@ -2894,82 +3082,118 @@ class _Controller:
             self._submit(active, still_queued)
 
     def _submit(self, active: _ActiveTrial, still_queued: list[JobRef]) -> None:
-        """Submit the chunks that have no valid file and no queued job, then a reduce job after them."""
+        """Submit the chunks that have no valid file and no queued job, then a reduce job after them.
+
+        A submit limit (``SlurmBusy`` LIMIT) leaves the trial waiting for room with what was
+        submitted so far; ``_Next.SUBMIT`` calls this again with those jobs.
+        """
         covered = {c for j in still_queued if j.kind == "chunks" for c in j.chunks}
         to_run = [c for c in missing_chunks(active.paths, active.expected) if c not in covered]
-        for chunk in to_run:
+        for chunk in to_run:  # the one place stale chunk errors go: before their chunk runs again
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(active.paths.chunk_error(chunk))
         arrays = [j for j in still_queued if j.kind == "chunks"]
         reduce = next((j for j in still_queued if j.kind == "reduce"), None)
-        if to_run:
-            arrays += self._executor.submit_chunks(active.paths, to_run, active.attempt)
-            if reduce is not None:  # it does not wait for the arrays just submitted
-                self._executor.cancel([reduce.job_id])
-                reduce = None
-        active.jobs = arrays
-        active.save_jobs()
-        if reduce is None:
-            reduce = self._executor.submit_reduce(active.paths, arrays, active.attempt)
+        active.room_below = None
+        try:
+            if to_run:
+                arrays += self._executor.submit_chunks(active.paths, to_run, active.attempt)
+                if reduce is not None:  # it does not wait for the arrays just submitted
+                    self._executor.cancel([reduce.job_id])
+                    reduce = None
+            if reduce is None:
+                active.jobs = arrays
+                active.save_jobs()
+                reduce = self._executor.submit_reduce(active.paths, arrays, active.attempt)
+        except SlurmBusy as busy:
+            if busy.kind is not SlurmFailure.LIMIT:
+                raise
+            active.jobs = [*arrays, *([reduce] if reduce else [])]
+            active.save_jobs()
+            self._wait_for_room(active, busy)
+            return
         active.jobs = [*arrays, reduce]
         active.save_jobs()
         active.reduce_checked = False
+        if self._under_limit and not any(a.room_below is not None for a in self._active):
+            self._under_limit = False
+            logger.warning(
+                "trial %d: submitted; no trial waits for room under the Slurm limit now", active.trial.number
+            )
         if self._settings.slurm_timeout_minutes:
             active.deadline = time.monotonic() + 60 * self._settings.slurm_timeout_minutes
 
+    def _wait_for_room(self, active: _ActiveTrial, busy: SlurmBusy) -> None:
+        if not self._under_limit:  # one line per episode, not per refused sbatch
+            self._under_limit = True
+            logger.warning(
+                "trial %d: Slurm refused a submission under a limit, keeping the QoS; waiting for the run's jobs "
+                "to leave the queue and starting no new trial until then:\n%s",
+                active.trial.number,
+                busy,
+            )
+        submitted = {j.job_id for j in active.jobs}
+        active.room_below = max(1, len(self._queued | submitted))
+        active.room_retry_at = time.monotonic() + _LIMIT_RETRY_SECONDS
+
     # ---- following a trial
 
-    def _advance(self, active: _ActiveTrial, queued: set[str]) -> bool:
-        """Move a trial on by what the files and the queue say; True if anything changed."""
+    def _view(self, active: _ActiveTrial, queued: set[str], now: float) -> _TrialView:
+        """What the files and the queue say about the trial (reading only what the decision needs)."""
         failures = _chunk_failures(active.paths)
-        running = [j.job_id for j in active.jobs if j.job_id in queued]
-        unimportable = next((f for f in failures if f.kind == "import"), None)
-        if unimportable is not None:  # every trial would fail the same way: stop, resumable
-            self._executor.cancel(self._job_ids())
-            raise LossError(unimportable.message)
-        if failures and self._settings.fail_on_chunk_error:
-            self._executor.cancel(running)
-            self._fail(active, self._failure_message(active, failures))
-            return True
-        if running:
-            return self._check_running(active, queued, running)
-        summary = load_valid_summary(active.paths, active.expected)
-        if summary is not None:
-            self._complete(active, summary)
-            return True
-        missing = missing_chunks(active.paths, active.expected)
-        failed_chunks = {f.chunk_index for f in failures}
-        if failures and set(missing) <= failed_chunks:
-            if active.partial_reduce or len(missing) == self._settings.seeds.n_chunks:
-                self._fail(active, self._failure_message(active, failures))
-            else:  # fail_on_chunk_error=False: the mean of the chunks that worked
-                active.partial_reduce = True
-                active.jobs.append(self._executor.submit_reduce(active.paths, [], active.attempt, allow_missing=True))
-                active.save_jobs()
-            return True
-        if missing:
-            reason = self._executor.explain(active.paths, active.jobs, missing)
-        else:
-            reduce = active.jobs[-1]
-            log = active.paths.reduce_log(reduce.job_id, "err")
-            reason = f"the reduce job {reduce.job_id} ended without writing summary.json (log {log})\n{_tail(log)}"
-        if active.attempt < self._settings.trial_retry_attempts:
-            active.attempt += 1
-            logger.warning(
-                "trial %d: retry %d of %d, resubmitting %s:\n%s",
-                active.trial.number,
-                active.attempt,
-                self._settings.trial_retry_attempts,
-                f"chunks {_format_ranges(missing)}" if missing else "the reduce job",
-                reason,
-            )
-            self._submit(active, still_queued=[])
-        else:
-            self._fail(active, f"no result after {active.attempt + 1} attempt(s):\n{reason}")
-        return True
+        jobs_queued = any(j.job_id in queued for j in active.jobs)
+        summary_valid = not jobs_queued and load_valid_summary(active.paths, active.expected) is not None
+        all_done = not summary_valid and self._all_chunks_done(active)
+        missing = (
+            frozenset()
+            if jobs_queued or summary_valid or all_done
+            else frozenset(missing_chunks(active.paths, active.expected))
+        )
+        return _TrialView(
+            n_chunks=self._settings.seeds.n_chunks,
+            all_chunks_done=all_done,
+            failed_chunks=frozenset(f.chunk_index for f in failures),
+            missing_chunks=missing,
+            import_failed=any(f.kind == "import" for f in failures),
+            jobs_queued=jobs_queued,
+            arrays_queued=any(j.job_id in queued for j in active.jobs if j.kind == "chunks"),
+            summary_valid=summary_valid,
+            overdue=active.deadline is not None and now > active.deadline,
+            reduce_checked=active.reduce_checked,
+            partial_reduce=active.partial_reduce,
+            waiting_for_room=active.room_below is not None,
+            room=active.room_below is not None and (len(queued) < active.room_below or now >= active.room_retry_at),
+            retries_left=active.attempt < self._settings.trial_retry_attempts,
+            fail_on_chunk_error=self._settings.fail_on_chunk_error,
+        )
 
-    def _check_running(self, active: _ActiveTrial, queued: set[str], running: list[str]) -> bool:
-        if active.deadline is not None and time.monotonic() > active.deadline:
+    def _all_chunks_done(self, active: _ActiveTrial) -> bool:
+        """Every chunk has a valid file: counted with one listdir, read only when the count changed."""
+        try:
+            count = sum(1 for name in os.listdir(active.paths.chunks_dir) if name.startswith("chunk_"))
+        except FileNotFoundError:
+            return False
+        if count >= self._settings.seeds.n_chunks and count != active.chunk_files_seen:
+            active.chunk_files_seen = count
+            active.chunks_complete = not missing_chunks(active.paths, active.expected)
+        return count >= self._settings.seeds.n_chunks and active.chunks_complete
+
+    def _advance(self, active: _ActiveTrial, queued: set[str]) -> bool:
+        """Decide what the trial needs (``_decide``) and do it; True if anything changed."""
+        view = self._view(active, queued, time.monotonic())
+        action = _decide(view)
+        if action is _Next.WAIT:
+            return False
+        running = [j.job_id for j in active.jobs if j.job_id in queued]
+        if action is _Next.SUBMIT:
+            self._submit(active, still_queued=[j for j in active.jobs if j.job_id in queued])
+        elif action is _Next.STOP_RUN:
+            failure = next(f for f in _chunk_failures(active.paths) if f.kind == "import")
+            raise LossError(failure.message)
+        elif action in (_Next.FAIL_LOSS, _Next.FAIL_ALL_CHUNKS):
+            self._executor.cancel(running)
+            self._fail(active, self._failure_message(active, _chunk_failures(active.paths)))
+        elif action is _Next.CANCEL_OVERDUE:
             logger.warning(
                 "trial %d: over slurm_timeout_minutes=%s, cancelling its jobs",
                 active.trial.number,
@@ -2977,14 +3201,43 @@ class _Controller:
             )
             self._executor.cancel(running)
             active.deadline = None
-            return True
-        arrays_done = not any(j.job_id in queued for j in active.jobs if j.kind == "chunks")
-        if arrays_done and not active.reduce_checked:
+        elif action is _Next.CANCEL_REDUCE:
             active.reduce_checked = True
-            if missing_chunks(active.paths, active.expected) and not active.partial_reduce:
-                self._executor.cancel(running)  # its dependency can never be satisfied
-                return True
-        return False
+            self._executor.cancel(running)  # its dependency can never be satisfied
+        elif action is _Next.COMPLETE:
+            summary = reduce_trial(self._run, active.trial.number)  # the reduce job's code, the same summary.json
+            self._executor.cancel(running)  # the reduce job, if it has not run yet
+            self._complete(active, summary)
+        elif action is _Next.COMPLETE_FROM_SUMMARY:
+            self._complete(active, load_valid_summary(active.paths, active.expected))
+        elif action is _Next.REDUCE_PARTIAL:
+            active.partial_reduce = True
+            active.jobs.append(self._executor.submit_reduce(active.paths, [], active.attempt, allow_missing=True))
+            active.save_jobs()
+        else:
+            self._retry_or_fail(active, action, sorted(view.missing_chunks))
+        return True
+
+    def _retry_or_fail(self, active: _ActiveTrial, action: _Next, missing: list[int]) -> None:
+        if missing:
+            reason = self._executor.explain(active.paths, active.jobs, missing)
+        else:
+            reduce = active.jobs[-1]
+            log = active.paths.reduce_log(reduce.job_id, "err")
+            reason = f"the reduce job {reduce.job_id} ended without writing summary.json (log {log})\n{_tail(log)}"
+        if action is _Next.FAIL_NO_RESULT:
+            self._fail(active, f"no result after {active.attempt + 1} attempt(s):\n{reason}")
+            return
+        active.attempt += 1
+        logger.warning(
+            "trial %d: retry %d of %d, resubmitting %s:\n%s",
+            active.trial.number,
+            active.attempt,
+            self._settings.trial_retry_attempts,
+            f"chunks {_format_ranges(missing)}" if missing else "the reduce job",
+            reason,
+        )
+        self._submit(active, still_queued=[])
 
     def _failure_message(self, active: _ActiveTrial, failures: list[ChunkFailure]) -> str:
         first = failures[0]
@@ -3044,11 +3297,6 @@ class _Controller:
 
     def _write_run_summary(self) -> None:
         _write_json_atomic(self._run.summary, self.run_summary())
-
-    def _cancel_everything(self) -> None:
-        job_ids = self._job_ids()
-        self._executor.cancel(job_ids)
-        raise _Interrupted(f"interrupted by signal {self._stop.signum}; cancelled {len(job_ids)} job(s)")
 
 
 def _chunk_failures(trial: TrialPaths) -> list[ChunkFailure]:
@@ -3114,8 +3362,10 @@ def _run_study(settings: _RunSettings, *, sampler: Any, storage: Any, pruner: An
         )
         if sampler is None:
             study.sampler = _default_sampler(optuna, settings, len(study.get_trials(deepcopy=False)))
-        executor_type = _SlurmExecutor if settings.mode == ExecutionMode.DISTRIBUTED.value else _LocalExecutor
-        executor = executor_type(settings, run)
+        if settings.mode == ExecutionMode.DISTRIBUTED.value:
+            executor: Executor = _SlurmExecutor(settings, run, stop.event)
+        else:
+            executor = _LocalExecutor(settings, run)
         controller = _Controller(settings, run, study, executor, stop)
         try:
             controller.run()
@@ -3125,6 +3375,13 @@ def _run_study(settings: _RunSettings, *, sampler: Any, storage: Any, pruner: An
                 file=sys.stderr,
             )
             raise SystemExit(130 if stop.signum == signal.SIGINT else 143) from None
+        except SlurmError as exc:  # the run's jobs are cancelled; what was computed stays
+            print(
+                f"slurptuna: the run stopped: {exc}\nResume with run_name={settings.run_name!r} "
+                f"(run_root={settings.run_root!r}) once Slurm accepts the jobs",
+                file=sys.stderr,
+            )
+            raise
         finally:
             executor.close()
         summary = controller.run_summary()

@@ -223,12 +223,15 @@ def test_a_loss_that_raises_fails_its_trial_with_the_traceback_and_cancels_the_r
     assert queue_is_empty()
 
 
-def test_transient_squeue_failures_are_retried(fake_slurm, run_root, monkeypatch, caplog):
+def test_transient_squeue_failures_are_retried_and_logged_once_per_outage(fake_slurm, run_root, monkeypatch, caplog):
     monkeypatch.setenv("FAKE_SLURM_SQUEUE_FAIL", "3")
     with caplog.at_level(logging.WARNING, logger="slurptuna"):
         result = distributed(losses.quadratic, run_root, n_trials=1, n_seeds=4, chunk_size=2)
     assert result.n_complete == 1
-    assert sum("squeue failed" in r.getMessage() for r in caplog.records) == 3
+    assert len(fake_slurm.calls("squeue")) >= 4  # three failed, then answers
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("Slurm does not answer squeue" in m for m in messages) == 1
+    assert sum("Slurm answers again" in m for m in messages) == 1
 
 
 def test_one_squeue_call_covers_every_trial_in_flight(fake_slurm, run_root):
@@ -321,7 +324,9 @@ def test_a_job_queued_while_the_controller_died_in_sbatch_is_cancelled_on_resume
     stdout, stderr = resumed.communicate(timeout=120)
     assert resumed.returncode == 0, stderr
     assert f"cancelling job(s) {stray} of this run that a crash left out of jobs.json" in stderr
-    assert [c["argv"][-1] for c in fake_slurm.calls("scancel")] == [stray]
+    cancelled = [c["argv"][-1] for c in fake_slurm.calls("scancel")]
+    assert cancelled[0] == stray  # then only reduce jobs, left pending when the controller reduced first
+    assert set(cancelled[1:]) <= {str(s["job_id"]) for s in reduce_submissions(fake_slurm)}
     assert len(json.loads(stdout.split("VALUES")[1])) == 2
     wait_for(queue_is_empty, timeout=10)
 

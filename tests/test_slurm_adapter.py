@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import threading
 from pathlib import Path
 
 import losses
@@ -139,19 +140,28 @@ def test_slurm_commands_run_in_their_own_session_and_a_timeout_keeps_what_they_s
 
 @pytest.fixture
 def executor(tmp_path, monkeypatch):
-    """A Slurm executor with QoS "short" whose sbatch answers come from a list, recorded."""
+    """A Slurm executor (QoS "short") whose Slurm answers come from a list; calls and waits recorded, none slept."""
     monkeypatch.setattr(slurptuna, "_which", lambda name: "/usr/bin/" + name)
-    settings, _ = slurptuna._resolve_settings(losses.quadratic, {"mode": "distributed", "slurm_qos": "short"})
+    settings, _ = slurptuna._resolve_settings(
+        losses.quadratic, {"mode": "distributed", "slurm_qos": "short", "slurm_unavailable_minutes": 1}
+    )
     run = RunPaths(tmp_path / "run")
     answers, calls = [], []
 
-    def sbatch(argv, env=None, timeout=120):
+    def slurm(argv, env=None, timeout=120):
         calls.append(list(argv))
         return answers.pop(0)
 
-    monkeypatch.setattr(slurptuna, "_run_slurm", sbatch)
-    made = slurptuna._SlurmExecutor(settings, run)
-    made.answers, made.calls = answers, calls
+    class Clockless(threading.Event):
+        waits: list[float] = []
+
+        def wait(self, seconds=None):
+            self.waits.append(seconds)
+            return False
+
+    monkeypatch.setattr(slurptuna, "_run_slurm", slurm)
+    made = slurptuna._SlurmExecutor(settings, run, Clockless())
+    made.answers, made.calls, made.waits = answers, calls, Clockless.waits
     return made
 
 
@@ -161,23 +171,79 @@ def answered(name: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize(
-    ("name", "kind"),
-    [
-        ("sbatch_qos_max_submit_per_user", LIMIT),
-        ("sbatch_assoc_max_submit_with_qos", LIMIT),
-        ("sbatch_max_job_count", LIMIT),
-        ("sbatch_controller_stopped", TRANSIENT),
-        ("sbatch_controller_down", TRANSIENT),
-    ],
+    "name", ["sbatch_qos_max_submit_per_user", "sbatch_assoc_max_submit_with_qos", "sbatch_max_job_count"]
 )
-def test_a_limit_or_an_unreachable_slurm_raises_slurm_busy_and_keeps_the_qos(executor, name, kind):
+def test_a_submit_limit_raises_slurm_busy_and_keeps_the_qos(executor, name):
     executor.answers += [answered(name), subprocess.CompletedProcess([], 0, "77\n", "")]
     with pytest.raises(SlurmBusy) as raised:
         executor._sbatch(["--job-name=t"], ["true"])
-    assert raised.value.kind is kind
+    assert raised.value.kind is LIMIT
     assert recorded(name)["stderr"].strip().splitlines()[-1] in str(raised.value)
     assert executor._sbatch(["--job-name=t"], ["true"]) == "77"
     assert [any(a == "--qos=short" for a in argv) for argv in executor.calls] == [True, True]
+
+
+def _comment(argv: list[str]) -> str:
+    return next(a for a in argv if a.startswith("--comment=")).split("=", 1)[1]
+
+
+@pytest.mark.parametrize("name", ["sbatch_controller_stopped", "sbatch_controller_down"])
+def test_while_slurm_does_not_answer_sbatch_looks_for_its_job_then_asks_again_with_the_same_comment(executor, name):
+    executor.answers += [
+        answered(name),
+        answered("squeue_controller_stopped"),  # the lookup fails too: wait, then ask again
+        answered(name),
+        subprocess.CompletedProcess([], 0, "12|slurptuna:other\n", ""),  # squeue answers: not our job
+        subprocess.CompletedProcess([], 0, "78\n", ""),
+    ]
+    assert executor._sbatch(["--job-name=t"], ["true"]) == "78"
+    commands = [argv[0] for argv in executor.calls]
+    assert commands == ["sbatch", "squeue", "sbatch", "squeue", "sbatch"]
+    sbatches = [argv for argv in executor.calls if argv[0] == "sbatch"]
+    assert len({_comment(argv) for argv in sbatches}) == 1 and all("--qos=short" in argv for argv in sbatches)
+    assert executor.waits == [1.0, 2.0]  # backoff, with the clock of the wait, not sleep
+
+
+def test_a_failed_sbatch_whose_job_was_queued_anyway_is_adopted_not_submitted_again(executor, monkeypatch):
+    executor.answers.append(answered("sbatch_controller_stopped"))
+    executor.answers.append(subprocess.CompletedProcess([], 0, "", ""))  # filled in below, with the comment
+
+    def squeue_shows_the_job(argv, env=None, timeout=120):
+        executor.calls.append(list(argv))
+        if argv[0] == "squeue":
+            return subprocess.CompletedProcess(argv, 0, f"91|{_comment(executor.calls[0])}\n", "")
+        return executor.answers.pop(0)
+
+    monkeypatch.setattr(slurptuna, "_run_slurm", squeue_shows_the_job)
+    assert executor._sbatch(["--job-name=t"], ["true"]) == "91"
+    assert [argv[0] for argv in executor.calls] == ["sbatch", "squeue"]
+
+
+def test_slurm_silent_for_longer_than_slurm_unavailable_minutes_stops_with_the_last_answer(executor, monkeypatch):
+    clock = iter(range(0, 10_000, 25))
+    monkeypatch.setattr(slurptuna.time, "monotonic", lambda: float(next(clock)))
+    for _ in range(10):
+        executor.answers += [answered("sbatch_controller_down"), answered("squeue_controller_down")]
+    with pytest.raises(SlurmError, match=r"has not answered for 1 minutes.*Unable to contact slurm controller"):
+        executor._sbatch(["--job-name=t"], ["true"])
+    assert sum(argv[0] == "sbatch" for argv in executor.calls) == 4  # at 0, 25, 50 and 75 s: past the 60 s limit
+
+
+def test_the_outage_rule_backs_off_and_gives_up_at_its_limit():
+    outage = slurptuna._Outage(limit=100.0)
+    assert [outage.next_delay(now) for now in (0.0, 1.0, 3.0, 7.0, 15.0, 31.0, 63.0, 99.0, 100.0)] == [
+        1.0,
+        2.0,
+        4.0,
+        8.0,
+        16.0,
+        32.0,
+        37.0,
+        1.0,
+        None,
+    ]
+    assert outage.end(now=120.0) == 120.0 and outage.end(now=121.0) is None
+    assert outage.next_delay(200.0) == 1.0  # a new outage starts over
 
 
 def test_a_bad_qos_is_dropped_and_the_job_submitted_without_it(executor):
