@@ -2986,6 +2986,9 @@ class _Controller:
         self.seeds_done = 0
         self._active: list[_ActiveTrial] = []
         self._queued: set[str] = set()  # the run's jobs in the queue at the last poll
+        # One line per finished trial, through Optuna's logger: its format, its verbosity, and a
+        # controller's log file tells the story (Optuna's tell() says nothing itself)
+        self._trial_log = optuna.logging.get_logger("optuna.slurptuna")
         self._under_limit = False  # a trial waits for room under a Slurm submit limit (said once)
         self._progress = _Progress(settings.progress, settings.n_trials)
 
@@ -3268,6 +3271,18 @@ class _Controller:
         if self.best is None or _better(frozen.value, self.best.value, self._settings.direction):
             self.best = frozen
         self._write_run_summary()
+        self._trial_log.info(
+            "Trial %d finished with value: %r (standard error %.3g over %d seeds) and parameters: %s. "
+            "%.1f s. Best is trial %d with value: %r.",
+            frozen.number,
+            summary.mean,
+            summary.std / math.sqrt(summary.n_seeds),
+            summary.n_seeds,
+            frozen.params,
+            frozen.duration.total_seconds() if frozen.duration else 0.0,
+            self.best.number,
+            self.best.value,
+        )
 
     def _fail(self, active: _ActiveTrial, reason: str) -> None:
         logger.error("trial %d failed: %s", active.trial.number, reason)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -243,3 +244,27 @@ def test_ctrl_c_stops_the_pool_at_once_leaving_no_process_and_resume_reuses_the_
         for seed in (2 * chunk, 2 * chunk + 1):
             assert after[(x0, seed)] == before[(x0, seed)]
     assert all(after[(x0, seed)] >= 1 for seed in range(40))
+
+
+def test_a_controller_writing_to_a_log_file_tells_one_line_per_finished_trial(tmp_path):
+    script = tmp_path / "fit.py"
+    script.write_text(
+        textwrap.dedent("""
+        import sys
+        import losses
+        from slurptuna import optimize_run
+        if __name__ == "__main__":
+            optimize_run(losses.fails_when_x_high, n_trials=6, n_seeds=4, chunk_size=2, run_root=sys.argv[1])
+        """)
+    )
+    log = tmp_path / "controller.log"
+    with open(log, "w") as out:  # not a terminal: the progress line stays off, the story goes in the log
+        done = subprocess.run(
+            [sys.executable, str(script), str(tmp_path / "runs")], env=script_env(), stdout=out, stderr=out, timeout=120
+        )
+    assert done.returncode == 0
+    text = log.read_text()
+    finished = re.findall(r"^\[I [^]]+\] Trial (\d+) finished with value: (\S+) \(standard error", text, re.MULTILINE)
+    failed = re.findall(r"trial (\d+) failed: loss 'fails_when_x_high'", text)
+    assert sorted([int(n) for n, _ in finished] + [int(n) for n in failed]) == list(range(6))
+    assert "\r" not in text and "seeds/s" not in text
