@@ -50,7 +50,7 @@ from datetime import datetime, timedelta, timezone
 from enum import Enum
 from functools import cached_property, partial
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Annotated, Any, Protocol
+from typing import IO, TYPE_CHECKING, Annotated, Any, NoReturn, Protocol
 
 if TYPE_CHECKING:
     import subprocess
@@ -1318,6 +1318,26 @@ def _describe_seed_range(seeds: Sequence[int]) -> str:
     return f"seeds {_format_ranges(seeds)}"
 
 
+def _leave_forked_child(body: Callable[[], None]) -> NoReturn:
+    """Run a forked child's ``body``, flush its output, and leave with ``os._exit``.
+
+    ``os._exit``: the child must not run the parent's cleanup (atexit, finalizers, buffers).
+    """
+    code = 1
+    try:
+        body()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        with contextlib.suppress(BaseException):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
+
+
 def _evaluate_slices_in_children(
     definition: LossDefinition,
     params: dict[str, ParamValue],
@@ -1337,9 +1357,11 @@ def _evaluate_slices_in_children(
     for lo, hi in slices:
         read_fd, write_fd = os.pipe()
         pid = os.fork()
-        if pid == 0:  # the child: evaluate, write, and leave without running the parent's cleanup
-            code = 0
-            try:
+        if pid == 0:
+
+            def evaluate_and_write(
+                read_fd: int = read_fd, write_fd: int = write_fd, lo: int = lo, hi: int = hi
+            ) -> None:
                 os.close(read_fd)
                 _die_with_parent(parent)
                 try:
@@ -1348,14 +1370,8 @@ def _evaluate_slices_in_children(
                     record = {"error": list(exc.args)}
                 with os.fdopen(write_fd, "wb") as out:
                     out.write(json.dumps(record).encode())
-            except BaseException:
-                code = 1
-                traceback.print_exc()
-            finally:
-                with contextlib.suppress(BaseException):
-                    sys.stdout.flush()
-                    sys.stderr.flush()
-                os._exit(code)
+
+            _leave_forked_child(evaluate_and_write)
         os.close(write_fd)
         children.append((pid, read_fd, seeds[lo:hi]))
     parts: list[ChunkStats] = []
@@ -2744,10 +2760,10 @@ class _LocalExecutor:
 
 def _become_pool_worker(
     settings: _RunSettings, command_fd: int, result_fd: int, log: Path, close_fds: list[int]
-) -> None:
-    """The forked child: its own session, its log as stdout and stderr, then ``serve_pool``; never returns."""
-    code = 1
-    try:
+) -> NoReturn:
+    """The forked child: its own session, its log as stdout and stderr, then ``serve_pool``."""
+
+    def serve() -> None:
         parent = os.getppid()
         os.setsid()  # the terminal's Ctrl-C goes to the controller, which stops the pool itself
         for signum in (signal.SIGINT, signal.SIGTERM):
@@ -2776,16 +2792,8 @@ def _become_pool_worker(
             for name in [n for n, d in _LOSSES.items() if getattr(d.seed_loss_fn, "__module__", "") == "__main__"]:
                 del _LOSSES[name]
         serve_pool(settings, os.fdopen(command_fd, "rb"), os.fdopen(result_fd, "wb"), inherited)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    except BaseException:
-        traceback.print_exc()
-    finally:
-        with contextlib.suppress(BaseException):
-            sys.stdout.flush()
-            sys.stderr.flush()
-        os._exit(code)
+
+    _leave_forked_child(serve)
 
 
 # ============================================================================

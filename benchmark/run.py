@@ -768,6 +768,15 @@ def slurm_answers() -> bool:
 BATCH_SCRIPT = '#!/bin/sh\nexec "$@"\n'
 
 
+def _sbatch_hand(*options: str, name: str, command: list[str], env: dict[str, str]) -> str:
+    """One sbatch of the hand-written baseline; its job id."""
+    common = ["sbatch", "--parsable", "--mem-per-cpu=100M", "--time=0-00:10:00", "--cpus-per-task=1"]
+    done = subprocess.run(
+        [*common, *options, f"--job-name={name}", *command], capture_output=True, text=True, env=env, check=True
+    )
+    return done.stdout.strip().split(";")[0]
+
+
 def handwritten_run(
     root: Path, n_trials: int, n_chunks: int, chunk_size: int, poll: float, env: dict[str, str]
 ) -> float:
@@ -786,49 +795,22 @@ def handwritten_run(
         trial_dir = root / f"trial_{number}"
         trial_dir.mkdir()
         (trial_dir / "params.json").write_text(json.dumps(trial.params))
-        common = ["sbatch", "--parsable", "--mem-per-cpu=100M", "--time=0-00:10:00", "--cpus-per-task=1"]
-        array = (
-            subprocess.run(
-                [
-                    *common,
-                    f"--array=0-{n_chunks - 1}",
-                    f"--job-name=hand.t{number}.chunks",
-                    f"--output={trial_dir}/chunk_%A_%a.out",
-                    str(script),
-                    *task,
-                    "chunk",
-                    str(trial_dir),
-                    str(chunk_size),
-                ],
-                capture_output=True,
-                text=True,
-                env=env,
-                check=True,
-            )
-            .stdout.strip()
-            .split(";")[0]
+
+        job = [str(script), *task]
+        array = _sbatch_hand(
+            f"--array=0-{n_chunks - 1}",
+            f"--output={trial_dir}/chunk_%A_%a.out",
+            name=f"hand.t{number}.chunks",
+            command=[*job, "chunk", str(trial_dir), str(chunk_size)],
+            env=env,
         )
-        reduce = (
-            subprocess.run(
-                [
-                    *common,
-                    f"--dependency=afterok:{array}",
-                    "--kill-on-invalid-dep=yes",
-                    f"--job-name=hand.t{number}.reduce",
-                    f"--output={trial_dir}/reduce_%j.out",
-                    str(script),
-                    *task,
-                    "reduce",
-                    str(trial_dir),
-                    str(n_chunks),
-                ],
-                capture_output=True,
-                text=True,
-                env=env,
-                check=True,
-            )
-            .stdout.strip()
-            .split(";")[0]
+        reduce = _sbatch_hand(
+            f"--dependency=afterok:{array}",
+            "--kill-on-invalid-dep=yes",
+            f"--output={trial_dir}/reduce_%j.out",
+            name=f"hand.t{number}.reduce",
+            command=[*job, "reduce", str(trial_dir), str(n_chunks)],
+            env=env,
         )
         while True:
             time.sleep(poll)
