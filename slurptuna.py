@@ -300,6 +300,8 @@ class OptimizeResult:
     mode: ExecutionMode = ExecutionMode.SINGLE
     n_complete: int = 0
     n_failed: int = 0
+    n_pruned: int = 0
+    best_standard_error: float | None = None  # the best trial's std / sqrt(n_seeds)
     study: Any = field(default=None, compare=False, repr=False)
 
 
@@ -361,7 +363,12 @@ def optimize_run(
     ] = True,
     sampler: Annotated[Any, _Opt("an Optuna sampler; None: TPE seeded from `random_seed`", "object")] = None,
     storage: Annotated[Any, _Opt("an Optuna storage; None: the run's `optuna.db`", "object")] = None,
-    pruner: Annotated[Any, _Opt("an Optuna pruner; None: no pruning", "object")] = None,
+    pruner: Annotated[
+        Any, _Opt("an Optuna pruner, told of each chunk (see Seeds as a budget); None: no pruning", "object")
+    ] = None,
+    prune_report: Annotated[
+        str, _Opt("what the pruner is told: `'chunk'` means, `'running_mean'`, or `'auto'` (by pruner)", "report")
+    ] = "auto",
     slurm_partition: Annotated[str | None, _Opt("`--partition`", "text?")] = None,
     slurm_account: Annotated[str | None, _Opt("`--account`", "text?")] = None,
     sbatch_args: Annotated[Sequence[str], _Opt("extra sbatch options, e.g. `['--constraint=avx2']`", "texts")] = (),
@@ -594,6 +601,7 @@ _KINDS: dict[str, Callable[[str, Any], Any]] = {
     "duration": _duration,
     "flag": lambda name, value: bool(value),
     "object": _as_is,
+    "report": _choice("auto", "chunk", "running_mean"),
     "executable?": _optional(_executable),
 }
 _NOT_RECORDED = frozenset({"seeds", "loss", "object"})
@@ -1714,6 +1722,7 @@ class TrialSummary:
     chunk_seconds: float
     missing_chunks: list[int] = field(default_factory=list)
     code_id: str = ""
+    standard_error: float | None = None  # std / sqrt(n_seeds): how far the mean may be from the loss's
 
 
 class _MissingChunks(SlurptunaError):
@@ -1752,6 +1761,7 @@ def reduce_trial(
         chunk_seconds=round(math.fsum(c.elapsed_seconds for c in present), 6),
         missing_chunks=missing,
         code_id=expected.code_id,
+        standard_error=math.sqrt(stats.loss.variance / stats.loss.count),
     )
     _write_json_atomic(trial.summary, {**asdict(summary), "mean_total_loss": summary.mean})
     return summary
@@ -2770,6 +2780,7 @@ class _Progress:
         self.total = total
         self.started = time.monotonic()
         self.last = 0.0
+        self.pruned: tuple[int, int] | None = None  # pruned trials and the seeds they did not use, when pruning
 
     def show(self, done: int, running: int, failed: int, best: float | None, seeds: int) -> None:
         now = time.monotonic()
@@ -2778,8 +2789,9 @@ class _Progress:
         self.last = now
         rate = seeds / max(now - self.started, 1e-9)
         best_text = "-" if best is None else f"{best:.6g}"
+        pruned = f", {self.pruned[0]} pruned, {self.pruned[1]:,} seeds saved" if self.pruned else ""
         sys.stderr.write(
-            f"\rslurptuna: trials {done}/{self.total} ({running} running, {failed} failed) "
+            f"\rslurptuna: trials {done}/{self.total} ({running} running, {failed} failed{pruned}) "
             f"best {best_text} | {rate:,.0f} seeds/s \x1b[K"
         )
         sys.stderr.flush()
@@ -2787,6 +2799,73 @@ class _Progress:
     def close(self) -> None:
         if self.enabled and self.last:
             sys.stderr.write("\n")
+
+
+# ---- seeds as a budget: each chunk is reported to the pruner as it arrives
+#
+# Chunk k holds the same seeds in every trial, and a trial's chunks start in index order.
+# WilcoxonPruner pairs the reports of two trials by step, so it is told each chunk's mean
+# at step = chunk index (paired by seeds). Step-ordered pruners (Median, Percentile,
+# SuccessiveHalving, Hyperband, Threshold, Patient) compare values at one step, so they are
+# told the running mean of chunks 0..k-1 at step = the seeds in them: only the unbroken run
+# of chunks from chunk 0 counts, so that a step means the same seeds in every trial.
+
+
+@dataclass
+class _TrialReports:
+    """What the controller has told Optuna of one trial's chunks, and the chunk files it has read."""
+
+    reported: set[int]  # steps already reported (from the storage on resume): never reported twice
+    chunks: dict[int, ChunkResult] = field(default_factory=dict)
+    file_times: dict[int, int] = field(default_factory=dict)  # a chunk file is read again only if rewritten
+    asked: bool = False  # should_prune() asked at least once
+
+
+def _report_form(optuna: Any, pruner: Any, chosen: str) -> str | None:
+    """``'chunk'`` or ``'running_mean'`` (``prune_report``; ``'auto'`` by pruner), or None without a pruner."""
+    if pruner is None or isinstance(pruner, optuna.pruners.NopPruner):
+        return None
+    if chosen != "auto":
+        return chosen
+    inner = pruner
+    while isinstance(inner, optuna.pruners.PatientPruner) and inner._wrapped_pruner is not None:
+        inner = inner._wrapped_pruner  # PatientPruner only delays the pruner it wraps
+    return "chunk" if isinstance(inner, getattr(optuna.pruners, "WilcoxonPruner", ())) else "running_mean"
+
+
+def _chunk_reports(chunks: Mapping[int, ChunkResult], form: str) -> dict[int, float]:
+    """Step -> value for these chunks, in the given form (see above)."""
+    if form == "chunk":
+        return {index: chunk.stats.loss.mean for index, chunk in chunks.items()}
+    reports: dict[int, float] = {}
+    running: _Moments | None = None
+    index = 0
+    while index in chunks:
+        loss = chunks[index].stats.loss
+        running = loss if running is None else _Moments.pool([running, loss])
+        reports[running.count] = running.mean
+        index += 1
+    return reports
+
+
+def _read_new_chunks(trial: TrialPaths, expected: TrialParams, reports: _TrialReports) -> None:
+    """Read the trial's chunk files written since the last look (validated, as everywhere)."""
+    try:
+        with os.scandir(trial.chunks_dir) as entries:
+            files = [(e.name, e.stat().st_mtime_ns) for e in entries]
+    except FileNotFoundError:
+        return
+    for name, mtime in files:
+        found = re.fullmatch(r"chunk_(\d+)\.json", name)
+        if found is None or reports.file_times.get(int(found.group(1))) == mtime:
+            continue
+        index = int(found.group(1))
+        reports.file_times[index] = mtime
+        chunk = _load_valid_chunk(trial, expected, index) if index < expected.plan.n_chunks else None
+        if chunk is not None:
+            reports.chunks[index] = chunk
+        else:
+            reports.chunks.pop(index, None)
 
 
 class _Controller:
@@ -2815,6 +2894,7 @@ class _Controller:
         self.seeds_done = 0
         self._active: list[_ActiveTrial] = []
         self._progress = _Progress(settings.progress, settings.n_trials)
+        self._init_pruning()
 
     def run(self) -> None:
         backoff = _Backoff(self._executor.first_poll_seconds, self._executor.max_poll_seconds)
@@ -2932,7 +3012,11 @@ class _Controller:
             self._fail(active, self._failure_message(active, failures))
             return True
         if running:
-            return self._check_running(active, queued, running)
+            reported = self._report_chunks(active)
+            if self._should_prune(active, reported):
+                self._prune(active, running)
+                return True
+            return self._check_running(active, queued, running) or reported
         summary = load_valid_summary(active.paths, active.expected)
         if summary is not None:
             self._complete(active, summary)
@@ -2999,8 +3083,10 @@ class _Controller:
 
     def _complete(self, active: _ActiveTrial, summary: TrialSummary) -> None:
         trial = active.trial
+        self._report_chunks(active, last=True)  # the best trial must have every step, for WilcoxonPruner
         trial.set_user_attr("n_seeds", summary.n_seeds)
         trial.set_user_attr("std", summary.std)
+        trial.set_user_attr("standard_error", summary.std / math.sqrt(summary.n_seeds))
         if active.attempt:
             trial.set_user_attr("attempts", active.attempt + 1)
         if summary.components:
@@ -3034,11 +3120,14 @@ class _Controller:
             "loss_name": self._settings.loss_name,
             "run_name": self._settings.run_name,
             "best_value": self._best_value(),
+            "best_standard_error": self._best_standard_error(),
             "best_params": self.best.params if self.best else {},
             "best_trial": self.best.number if self.best else None,
             "n_trials": self._settings.n_trials,
             "n_complete": self.n_complete,
             "n_failed": self.n_failed,
+            "n_pruned": self.n_pruned,
+            "seeds_saved": self.seeds_saved,
             "updated_at": _now_iso(),
         }
 
@@ -3049,6 +3138,81 @@ class _Controller:
         job_ids = self._job_ids()
         self._executor.cancel(job_ids)
         raise _Interrupted(f"interrupted by signal {self._stop.signum}; cancelled {len(job_ids)} job(s)")
+
+    # ---- seeds as a budget: reporting chunks, pruning
+
+    def _init_pruning(self) -> None:
+        """The report form, the steps reported before a crash, and the pruned trials so far."""
+        states = self._optuna.trial.TrialState
+        self._report_form = _report_form(self._optuna, self._study.pruner, self._settings.prune_report)
+        self._reports: dict[int, _TrialReports] = {}
+        self.n_pruned = self.seeds_saved = 0
+        for frozen in self._study.get_trials(deepcopy=False, states=(states.RUNNING, states.PRUNED)):
+            if frozen.state == states.RUNNING:  # to be adopted: its reports stay, none is repeated
+                if self._report_form is not None:
+                    self._reports[frozen.number] = _TrialReports(set(frozen.intermediate_values))
+            else:
+                self.n_pruned += 1
+                self.seeds_saved += max(0, self._settings.seeds.count - frozen.user_attrs.get("n_seeds", 0))
+        if self._report_form is not None:
+            self._progress.pruned = (self.n_pruned, self.seeds_saved)
+        if self._report_form == "chunk":  # WilcoxonPruner's first test imports scipy.stats: a second, not mid-run
+            with contextlib.suppress(ImportError):
+                importlib.import_module("scipy.stats")
+
+    def _report_chunks(self, active: _ActiveTrial, last: bool = False) -> bool:
+        """Tell Optuna of the trial's chunks that arrived since the last look; True if there was news."""
+        if self._report_form is None:
+            return False
+        reports = self._reports.setdefault(active.trial.number, _TrialReports(set()))
+        _read_new_chunks(active.paths, active.expected, reports)
+        steps = _chunk_reports(reports.chunks, self._report_form)
+        new = sorted(step for step in steps if step not in reports.reported)
+        for step in new:
+            active.trial.report(steps[step], step)
+            reports.reported.add(step)
+        if last:
+            del self._reports[active.trial.number]
+        return bool(new)
+
+    def _should_prune(self, active: _ActiveTrial, reported: bool) -> bool:
+        """Ask the pruner after news (or once after a resume); never once every chunk is in."""
+        reports = self._reports.get(active.trial.number)
+        if (
+            reports is None
+            or not reports.chunks
+            or not reports.reported
+            or len(reports.chunks) == active.expected.plan.n_chunks
+            or (reports.asked and not reported)
+        ):
+            return False
+        reports.asked = True
+        return active.trial.should_prune()
+
+    def _prune(self, active: _ActiveTrial, running: list[str]) -> None:
+        """Cancel the trial's queued work (its arrays and reduce job, one call); its chunk files stay."""
+        self._executor.cancel(running)
+        trial = active.trial
+        used = _Moments.pool([c.stats.loss for c in self._reports.pop(trial.number).chunks.values()])
+        trial.set_user_attr("n_seeds", used.count)
+        trial.set_user_attr("running_mean", used.mean)
+        trial.set_user_attr("std", math.sqrt(used.variance))
+        trial.set_user_attr("standard_error", math.sqrt(used.variance / used.count))
+        self._study.tell(trial, state=self._optuna.trial.TrialState.PRUNED)
+        logger.info("trial %d pruned after %d seeds, running mean %.6g", trial.number, used.count, used.mean)
+        self._active.remove(active)
+        self.n_finished += 1
+        self.n_pruned += 1
+        self.seeds_done += used.count
+        self.seeds_saved += self._settings.seeds.count - used.count
+        self._progress.pruned = (self.n_pruned, self.seeds_saved)
+        self._write_run_summary()
+
+    def _best_standard_error(self) -> float | None:
+        attrs = self.best.user_attrs if self.best else {}
+        if "standard_error" in attrs or "std" not in attrs:
+            return attrs.get("standard_error")
+        return attrs["std"] / math.sqrt(attrs["n_seeds"])  # a trial told before standard errors were kept
 
 
 def _chunk_failures(trial: TrialPaths) -> list[ChunkFailure]:
@@ -3109,7 +3273,7 @@ def _run_study(settings: _RunSettings, *, sampler: Any, storage: Any, pruner: An
             storage=storage or f"sqlite:///{run.optuna_db}",
             load_if_exists=True,
             direction=settings.direction,
-            pruner=pruner,
+            pruner=optuna.pruners.NopPruner() if pruner is None else pruner,  # Optuna's default would be MedianPruner
             sampler=sampler,
         )
         if sampler is None:
@@ -3140,6 +3304,8 @@ def _run_study(settings: _RunSettings, *, sampler: Any, storage: Any, pruner: An
         mode=execution_mode(settings.mode),
         n_complete=summary["n_complete"],
         n_failed=summary["n_failed"],
+        n_pruned=summary["n_pruned"],
+        best_standard_error=summary["best_standard_error"],
         study=study,
     )
 
