@@ -1761,7 +1761,7 @@ def reduce_trial(
         chunk_seconds=round(math.fsum(c.elapsed_seconds for c in present), 6),
         missing_chunks=missing,
         code_id=expected.code_id,
-        standard_error=math.sqrt(stats.loss.variance / stats.loss.count),
+        standard_error=math.sqrt(stats.loss.variance) / math.sqrt(stats.loss.count),
     )
     _write_json_atomic(trial.summary, {**asdict(summary), "mean_total_loss": summary.mean})
     return summary
@@ -3086,7 +3086,10 @@ class _Controller:
         self._report_chunks(active, last=True)  # the best trial must have every step, for WilcoxonPruner
         trial.set_user_attr("n_seeds", summary.n_seeds)
         trial.set_user_attr("std", summary.std)
-        trial.set_user_attr("standard_error", summary.std / math.sqrt(summary.n_seeds))
+        standard_error = summary.standard_error
+        trial.set_user_attr(
+            "standard_error", summary.std / math.sqrt(summary.n_seeds) if standard_error is None else standard_error
+        )
         if active.attempt:
             trial.set_user_attr("attempts", active.attempt + 1)
         if summary.components:
@@ -3197,7 +3200,7 @@ class _Controller:
         trial.set_user_attr("n_seeds", used.count)
         trial.set_user_attr("running_mean", used.mean)
         trial.set_user_attr("std", math.sqrt(used.variance))
-        trial.set_user_attr("standard_error", math.sqrt(used.variance / used.count))
+        trial.set_user_attr("standard_error", math.sqrt(used.variance) / math.sqrt(used.count))
         self._study.tell(trial, state=self._optuna.trial.TrialState.PRUNED)
         logger.info("trial %d pruned after %d seeds, running mean %.6g", trial.number, used.count, used.mean)
         self._active.remove(active)
