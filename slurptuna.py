@@ -2848,24 +2848,28 @@ def _chunk_reports(chunks: Mapping[int, ChunkResult], form: str) -> dict[int, fl
     return reports
 
 
-def _read_new_chunks(trial: TrialPaths, expected: TrialParams, reports: _TrialReports) -> None:
-    """Read the trial's chunk files written since the last look (validated, as everywhere)."""
+def _read_new_chunks(trial: TrialPaths, expected: TrialParams, reports: _TrialReports) -> bool:
+    """Read the trial's chunk files written since the last look (validated, as everywhere); True if any."""
     try:
         with os.scandir(trial.chunks_dir) as entries:
-            files = [(e.name, e.stat().st_mtime_ns) for e in entries]
+            names = [e.name for e in entries]
     except FileNotFoundError:
-        return
-    for name, mtime in files:
+        return False
+    news = False
+    for name in names:
         found = re.fullmatch(r"chunk_(\d+)\.json", name)
-        if found is None or reports.file_times.get(int(found.group(1))) == mtime:
-            continue
-        index = int(found.group(1))
-        reports.file_times[index] = mtime
-        chunk = _load_valid_chunk(trial, expected, index) if index < expected.plan.n_chunks else None
-        if chunk is not None:
-            reports.chunks[index] = chunk
-        else:
-            reports.chunks.pop(index, None)
+        index = int(found.group(1)) if found else -1
+        if not 0 <= index < expected.plan.n_chunks or index in reports.chunks:
+            continue  # a valid chunk is never rewritten: only missing chunks are run again
+        with contextlib.suppress(FileNotFoundError):
+            mtime = os.stat(trial.chunk(index)).st_mtime_ns
+            if reports.file_times.get(index) != mtime:  # an invalid file is read again only once rewritten
+                reports.file_times[index] = mtime
+                chunk = _load_valid_chunk(trial, expected, index)
+                if chunk is not None:
+                    reports.chunks[index] = chunk
+                    news = True
+    return news
 
 
 class _Controller:
@@ -3168,8 +3172,8 @@ class _Controller:
         if self._report_form is None:
             return False
         reports = self._reports.setdefault(active.trial.number, _TrialReports(set()))
-        _read_new_chunks(active.paths, active.expected, reports)
-        steps = _chunk_reports(reports.chunks, self._report_form)
+        news = _read_new_chunks(active.paths, active.expected, reports)
+        steps = _chunk_reports(reports.chunks, self._report_form) if news else {}
         new = sorted(step for step in steps if step not in reports.reported)
         for step in new:
             active.trial.report(steps[step], step)
