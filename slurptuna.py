@@ -666,7 +666,8 @@ _RunSettings = make_dataclass(
         "from_json": classmethod(
             lambda cls, record: cls(
                 **{
-                    **{k: v for k, v in record.items() if k in cls.__dataclass_fields__},
+                    **{o.name: _KINDS[o.kind](o.name, o.default) for o in _options().values() if o.recorded},
+                    **{k: v for k, v in record.items() if k in cls.__dataclass_fields__},  # older runs lack new options
                     "seeds": SeedPlan.from_json(record["seeds"]),
                 }
             )

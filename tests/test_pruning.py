@@ -324,3 +324,16 @@ def test_real_slurm_a_pruned_trial_s_remaining_array_tasks_leave_the_queue(real_
     ).stdout
     if states.strip():  # accounting answers: the reduce job and the unstarted tasks were cancelled
         assert "CANCELLED" in states
+
+
+def test_status_still_reads_a_run_recorded_before_prune_report_existed(run_root):
+    result = optimize_run(losses.cliff, n_trials=1, n_seeds=4, run_root=run_root, progress=False)
+    meta = Path(result.run_dir) / "meta.json"
+    record = read_json(meta)
+    del record["prune_report"]
+    meta.write_text(json.dumps(record))
+    shown = subprocess.run(
+        [sys.executable, "-m", "slurptuna", "status", result.run_dir], capture_output=True, text=True, env=script_env()
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert "trials: 1 complete, 0 running, 0 failed, 0 pruned of 1" in shown.stdout
