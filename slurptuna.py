@@ -300,6 +300,8 @@ class OptimizeResult:
     mode: ExecutionMode = ExecutionMode.SINGLE
     n_complete: int = 0
     n_failed: int = 0
+    n_pruned: int = 0
+    best_standard_error: float | None = None  # the best trial's std / sqrt(n_seeds)
     study: Any = field(default=None, compare=False, repr=False)
 
 
@@ -361,7 +363,12 @@ def optimize_run(
     ] = True,
     sampler: Annotated[Any, _Opt("an Optuna sampler; None: TPE seeded from `random_seed`", "object")] = None,
     storage: Annotated[Any, _Opt("an Optuna storage; None: the run's `optuna.db`", "object")] = None,
-    pruner: Annotated[Any, _Opt("an Optuna pruner; None: no pruning", "object")] = None,
+    pruner: Annotated[
+        Any, _Opt("an Optuna pruner, told of each chunk (see Seeds as a budget); None: no pruning", "object")
+    ] = None,
+    prune_report: Annotated[
+        str, _Opt("what the pruner is told: `'chunk'` means, `'running_mean'`, or `'auto'` (by pruner)", "report")
+    ] = "auto",
     slurm_partition: Annotated[str | None, _Opt("`--partition`", "text?")] = None,
     slurm_account: Annotated[str | None, _Opt("`--account`", "text?")] = None,
     sbatch_args: Annotated[Sequence[str], _Opt("extra sbatch options, e.g. `['--constraint=avx2']`", "texts")] = (),
@@ -597,6 +604,7 @@ _KINDS: dict[str, Callable[[str, Any], Any]] = {
     "duration": _duration,
     "flag": lambda name, value: bool(value),
     "object": _as_is,
+    "report": _choice("auto", "chunk", "running_mean"),
     "executable?": _optional(_executable),
 }
 _NOT_RECORDED = frozenset({"seeds", "loss", "object"})
@@ -661,7 +669,8 @@ _RunSettings = make_dataclass(
         "from_json": classmethod(
             lambda cls, record: cls(
                 **{
-                    **{k: v for k, v in record.items() if k in cls.__dataclass_fields__},
+                    **{o.name: _KINDS[o.kind](o.name, o.default) for o in _options().values() if o.recorded},
+                    **{k: v for k, v in record.items() if k in cls.__dataclass_fields__},  # older runs lack new options
                     "seeds": SeedPlan.from_json(record["seeds"]),
                 }
             )
@@ -1733,6 +1742,7 @@ class TrialSummary:
     chunk_seconds: float
     missing_chunks: list[int] = field(default_factory=list)
     code_id: str = ""
+    standard_error: float | None = None  # std / sqrt(n_seeds): how far the mean may be from the loss's
 
 
 class _MissingChunks(SlurptunaError):
@@ -1771,6 +1781,7 @@ def reduce_trial(
         chunk_seconds=round(math.fsum(c.elapsed_seconds for c in present), 6),
         missing_chunks=missing,
         code_id=expected.code_id,
+        standard_error=math.sqrt(stats.loss.variance) / math.sqrt(stats.loss.count),
     )
     _write_json_atomic(trial.summary, {**asdict(summary), "mean_total_loss": summary.mean})
     return summary
@@ -2867,6 +2878,7 @@ class _Next(Enum):
     SUBMIT = "submit again: the run's jobs left room under the submit limit"
     STOP_RUN = "stop the run: the loss cannot be imported, every trial would fail alike"
     FAIL_LOSS = "fail: the loss failed in a chunk (fail_on_chunk_error)"
+    PRUNE = "prune: the pruner says the trial cannot win; cancel its queued work"
     CANCEL_OVERDUE = "cancel the attempt: over slurm_timeout_minutes"
     CANCEL_REDUCE = "cancel the reduce job: its arrays ended and a chunk has no result"
     COMPLETE = "complete: every chunk has its file; reduce here, cancel a reduce job still queued"
@@ -2890,6 +2902,7 @@ class _TrialView:
     arrays_queued: bool = False
     summary_valid: bool = False
     overdue: bool = False
+    prune: bool = False  # the pruner's answer to the chunks reported so far
     reduce_checked: bool = False
     partial_reduce: bool = False
     waiting_for_room: bool = False
@@ -2910,6 +2923,8 @@ def _decide(view: _TrialView) -> _Next:
     if view.failed_chunks and view.fail_on_chunk_error:
         return _Next.FAIL_LOSS
     if view.jobs_queued:
+        if view.prune:
+            return _Next.PRUNE
         if view.overdue:
             return _Next.CANCEL_OVERDUE
         if view.all_chunks_done and not view.partial_reduce:
@@ -2946,6 +2961,7 @@ class _Progress:
         self.total = total
         self.started = time.monotonic()
         self.last = 0.0
+        self.pruned: tuple[int, int] | None = None  # pruned trials and the seeds they did not use, when pruning
 
     def show(
         self, done: int, running: int, failed: int, best: float | None, seeds: int, waiting_for_room: bool = False
@@ -2957,8 +2973,9 @@ class _Progress:
         rate = seeds / max(now - self.started, 1e-9)
         best_text = "-" if best is None else f"{best:.6g}"
         room = " | waiting for room under a Slurm limit" if waiting_for_room else ""
+        pruned = f", {self.pruned[0]} pruned, {self.pruned[1]:,} seeds saved" if self.pruned else ""
         sys.stderr.write(
-            f"\rslurptuna: trials {done}/{self.total} ({running} running, {failed} failed) "
+            f"\rslurptuna: trials {done}/{self.total} ({running} running, {failed} failed{pruned}) "
             f"best {best_text} | {rate:,.0f} seeds/s{room}\x1b[K"
         )
         sys.stderr.flush()
@@ -2966,6 +2983,77 @@ class _Progress:
     def close(self) -> None:
         if self.enabled and self.last:
             sys.stderr.write("\n")
+
+
+# ---- seeds as a budget: each chunk is reported to the pruner as it arrives
+#
+# Chunk k holds the same seeds in every trial, and a trial's chunks start in index order.
+# WilcoxonPruner pairs the reports of two trials by step, so it is told each chunk's mean
+# at step = chunk index (paired by seeds). Step-ordered pruners (Median, Percentile,
+# SuccessiveHalving, Hyperband, Threshold, Patient) compare values at one step, so they are
+# told the running mean of chunks 0..k-1 at step = the seeds in them: only the unbroken run
+# of chunks from chunk 0 counts, so that a step means the same seeds in every trial.
+
+
+@dataclass
+class _TrialReports:
+    """What the controller has told Optuna of one trial's chunks, and the chunk files it has read."""
+
+    reported: set[int]  # steps already reported (from the storage on resume): never reported twice
+    chunks: dict[int, ChunkResult] = field(default_factory=dict)
+    file_times: dict[int, int] = field(default_factory=dict)  # a chunk file is read again only if rewritten
+    asked: bool = False  # should_prune() asked at least once
+
+
+def _report_form(optuna: Any, pruner: Any, chosen: str) -> str | None:
+    """``'chunk'`` or ``'running_mean'`` (``prune_report``; ``'auto'`` by pruner), or None without a pruner."""
+    if pruner is None or isinstance(pruner, optuna.pruners.NopPruner):
+        return None
+    if chosen != "auto":
+        return chosen
+    inner = pruner
+    while isinstance(inner, optuna.pruners.PatientPruner) and inner._wrapped_pruner is not None:
+        inner = inner._wrapped_pruner  # PatientPruner only delays the pruner it wraps
+    return "chunk" if isinstance(inner, getattr(optuna.pruners, "WilcoxonPruner", ())) else "running_mean"
+
+
+def _chunk_reports(chunks: Mapping[int, ChunkResult], form: str) -> dict[int, float]:
+    """Step -> value for these chunks, in the given form (see above)."""
+    if form == "chunk":
+        return {index: chunk.stats.loss.mean for index, chunk in chunks.items()}
+    reports: dict[int, float] = {}
+    running: _Moments | None = None
+    index = 0
+    while index in chunks:
+        loss = chunks[index].stats.loss
+        running = loss if running is None else _Moments.pool([running, loss])
+        reports[running.count] = running.mean
+        index += 1
+    return reports
+
+
+def _read_new_chunks(trial: TrialPaths, expected: TrialParams, reports: _TrialReports) -> bool:
+    """Read the trial's chunk files written since the last look (validated, as everywhere); True if any."""
+    try:
+        with os.scandir(trial.chunks_dir) as entries:
+            names = [e.name for e in entries]
+    except FileNotFoundError:
+        return False
+    news = False
+    for name in names:
+        found = re.fullmatch(r"chunk_(\d+)\.json", name)
+        index = int(found.group(1)) if found else -1
+        if not 0 <= index < expected.plan.n_chunks or index in reports.chunks:
+            continue  # a valid chunk is never rewritten: only missing chunks are run again
+        with contextlib.suppress(FileNotFoundError):
+            mtime = os.stat(trial.chunk(index)).st_mtime_ns
+            if reports.file_times.get(index) != mtime:  # an invalid file is read again only once rewritten
+                reports.file_times[index] = mtime
+                chunk = _load_valid_chunk(trial, expected, index)
+                if chunk is not None:
+                    reports.chunks[index] = chunk
+                    news = True
+    return news
 
 
 class _Controller:
@@ -2999,6 +3087,7 @@ class _Controller:
         self._trial_log = optuna.logging.get_logger("optuna.slurptuna")
         self._under_limit = False  # a trial waits for room under a Slurm submit limit (said once)
         self._progress = _Progress(settings.progress, settings.n_trials)
+        self._init_pruning()
 
     def run(self) -> None:
         """The thin loop: start trials, poll once, advance each trial, wait. Any error cancels the run's jobs."""
@@ -3149,7 +3238,7 @@ class _Controller:
 
     # ---- following a trial
 
-    def _view(self, active: _ActiveTrial, queued: set[str], now: float) -> _TrialView:
+    def _view(self, active: _ActiveTrial, queued: set[str], now: float, prune: bool) -> _TrialView:
         """What the files and the queue say about the trial (reading only what the decision needs)."""
         failures = _chunk_failures(active.paths)
         jobs_queued = any(j.job_id in queued for j in active.jobs)
@@ -3170,6 +3259,7 @@ class _Controller:
             arrays_queued=any(j.job_id in queued for j in active.jobs if j.kind == "chunks"),
             summary_valid=summary_valid,
             overdue=active.deadline is not None and now > active.deadline,
+            prune=prune,
             reduce_checked=active.reduce_checked,
             partial_reduce=active.partial_reduce,
             waiting_for_room=active.room_below is not None,
@@ -3190,13 +3280,22 @@ class _Controller:
         return count >= self._settings.seeds.n_chunks and active.chunks_complete
 
     def _advance(self, active: _ActiveTrial, queued: set[str]) -> bool:
-        """Decide what the trial needs (``_decide``) and do it; True if anything changed."""
-        view = self._view(active, queued, time.monotonic())
+        """Decide what the trial needs (``_decide``) and do it; True if anything changed.
+
+        While its jobs run, the chunks that arrived are reported to Optuna first, and the
+        pruner's answer is part of what is decided on.
+        """
+        running = [j.job_id for j in active.jobs if j.job_id in queued]
+        reported = self._report_chunks(active) if running else False
+        view = self._view(
+            active, queued, time.monotonic(), prune=bool(running) and self._should_prune(active, reported)
+        )
         action = _decide(view)
         if action is _Next.WAIT:
-            return False
-        running = [j.job_id for j in active.jobs if j.job_id in queued]
-        if action is _Next.SUBMIT:
+            return reported
+        if action is _Next.PRUNE:
+            self._prune(active, running)
+        elif action is _Next.SUBMIT:
             self._submit(active, still_queued=[j for j in active.jobs if j.job_id in queued])
         elif action is _Next.STOP_RUN:
             failure = next(f for f in _chunk_failures(active.paths) if f.kind == "import")
@@ -3263,8 +3362,13 @@ class _Controller:
 
     def _complete(self, active: _ActiveTrial, summary: TrialSummary) -> None:
         trial = active.trial
+        self._report_chunks(active, last=True)  # the best trial must have every step, for WilcoxonPruner
         trial.set_user_attr("n_seeds", summary.n_seeds)
         trial.set_user_attr("std", summary.std)
+        standard_error = summary.standard_error
+        trial.set_user_attr(
+            "standard_error", summary.std / math.sqrt(summary.n_seeds) if standard_error is None else standard_error
+        )
         if active.attempt:
             trial.set_user_attr("attempts", active.attempt + 1)
         if summary.components:
@@ -3295,6 +3399,7 @@ class _Controller:
     def _fail(self, active: _ActiveTrial, reason: str) -> None:
         logger.error("trial %d failed: %s", active.trial.number, reason)
         active.trial.set_user_attr("fail_reason", reason[-20000:])
+        self._reports.pop(active.trial.number, None)
         self._study.tell(active.trial, state=self._optuna.trial.TrialState.FAIL)
         self._active.remove(active)
         self.n_finished += 1
@@ -3310,16 +3415,101 @@ class _Controller:
             "loss_name": self._settings.loss_name,
             "run_name": self._settings.run_name,
             "best_value": self._best_value(),
+            "best_standard_error": self._best_standard_error(),
             "best_params": self.best.params if self.best else {},
             "best_trial": self.best.number if self.best else None,
             "n_trials": self._settings.n_trials,
             "n_complete": self.n_complete,
             "n_failed": self.n_failed,
+            "n_pruned": self.n_pruned,
+            "seeds_saved": self.seeds_saved,
             "updated_at": _now_iso(),
         }
 
     def _write_run_summary(self) -> None:
         _write_json_atomic(self._run.summary, self.run_summary())
+
+    # ---- seeds as a budget: reporting chunks, pruning
+
+    def _init_pruning(self) -> None:
+        """The report form, the steps reported before a crash, and the pruned trials so far."""
+        states = self._optuna.trial.TrialState
+        self._report_form = _report_form(self._optuna, self._study.pruner, self._settings.prune_report)
+        self._reports: dict[int, _TrialReports] = {}
+        self.n_pruned = self.seeds_saved = 0
+        for frozen in self._study.get_trials(deepcopy=False, states=(states.RUNNING, states.PRUNED)):
+            if frozen.state == states.RUNNING:  # to be adopted: its reports stay, none is repeated
+                if self._report_form is not None:
+                    self._reports[frozen.number] = _TrialReports(set(frozen.intermediate_values))
+            else:
+                self.n_pruned += 1
+                self.seeds_saved += max(0, self._settings.seeds.count - frozen.user_attrs.get("n_seeds", 0))
+        if self._report_form is not None:
+            self._progress.pruned = (self.n_pruned, self.seeds_saved)
+        if self._report_form == "chunk":  # WilcoxonPruner's first test imports scipy.stats: a second, not mid-run
+            with contextlib.suppress(ImportError):
+                importlib.import_module("scipy.stats")
+
+    def _report_chunks(self, active: _ActiveTrial, last: bool = False) -> bool:
+        """Tell Optuna of the trial's chunks that arrived since the last look; True if there was news."""
+        if self._report_form is None:
+            return False
+        reports = self._reports.setdefault(active.trial.number, _TrialReports(set()))
+        news = _read_new_chunks(active.paths, active.expected, reports)
+        steps = _chunk_reports(reports.chunks, self._report_form) if news else {}
+        new = sorted(step for step in steps if step not in reports.reported)
+        for step in new:
+            active.trial.report(steps[step], step)
+            reports.reported.add(step)
+        if last:
+            del self._reports[active.trial.number]
+        return bool(new)
+
+    def _should_prune(self, active: _ActiveTrial, reported: bool) -> bool:
+        """Ask the pruner after news (or once after a resume); never once every chunk is in."""
+        reports = self._reports.get(active.trial.number)
+        if (
+            reports is None
+            or not reports.chunks
+            or not reports.reported
+            or len(reports.chunks) == active.expected.plan.n_chunks
+            or (reports.asked and not reported)
+        ):
+            return False
+        reports.asked = True
+        return active.trial.should_prune()
+
+    def _prune(self, active: _ActiveTrial, running: list[str]) -> None:
+        """Cancel the trial's queued work (its arrays and reduce job, one call); its chunk files stay."""
+        self._executor.cancel(running)
+        trial = active.trial
+        used = _Moments.pool([c.stats.loss for c in self._reports.pop(trial.number).chunks.values()])
+        trial.set_user_attr("n_seeds", used.count)
+        trial.set_user_attr("running_mean", used.mean)
+        trial.set_user_attr("std", math.sqrt(used.variance))
+        trial.set_user_attr("standard_error", math.sqrt(used.variance) / math.sqrt(used.count))
+        self._study.tell(trial, state=self._optuna.trial.TrialState.PRUNED)
+        self._trial_log.info(
+            "Trial %d pruned after %d seeds (running mean %r, standard error %.3g) with parameters: %s.",
+            trial.number,
+            used.count,
+            used.mean,
+            math.sqrt(used.variance) / math.sqrt(used.count),
+            trial.params,
+        )
+        self._active.remove(active)
+        self.n_finished += 1
+        self.n_pruned += 1
+        self.seeds_done += used.count
+        self.seeds_saved += self._settings.seeds.count - used.count
+        self._progress.pruned = (self.n_pruned, self.seeds_saved)
+        self._write_run_summary()
+
+    def _best_standard_error(self) -> float | None:
+        attrs = self.best.user_attrs if self.best else {}
+        if "standard_error" in attrs or "std" not in attrs:
+            return attrs.get("standard_error")
+        return attrs["std"] / math.sqrt(attrs["n_seeds"])  # a trial told before standard errors were kept
 
 
 def _chunk_failures(trial: TrialPaths) -> list[ChunkFailure]:
@@ -3380,7 +3570,7 @@ def _run_study(settings: _RunSettings, *, sampler: Any, storage: Any, pruner: An
             storage=storage or f"sqlite:///{run.optuna_db}",
             load_if_exists=True,
             direction=settings.direction,
-            pruner=pruner,
+            pruner=optuna.pruners.NopPruner() if pruner is None else pruner,  # Optuna's default would be MedianPruner
             sampler=sampler,
         )
         if sampler is None:
@@ -3420,6 +3610,8 @@ def _run_study(settings: _RunSettings, *, sampler: Any, storage: Any, pruner: An
         mode=execution_mode(settings.mode),
         n_complete=summary["n_complete"],
         n_failed=summary["n_failed"],
+        n_pruned=summary["n_pruned"],
+        best_standard_error=summary["best_standard_error"],
         study=study,
     )
 

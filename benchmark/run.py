@@ -40,6 +40,7 @@ sys.path[:0] = [str(REPO), str(BENCH)]
 
 import bench_kernels  # noqa: E402
 import bench_losses  # noqa: E402
+import bench_pruning  # noqa: E402
 
 import slurptuna  # noqa: E402
 
@@ -1269,7 +1270,9 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="fewer seeds and trials")
     parser.add_argument("--profile", action="store_true", help="only print a cProfile of one chunk task")
     parser.add_argument("--controller-child", metavar="JSON", help=argparse.SUPPRESS)
-    parser.add_argument("--cases", default="1,2,3,4,5,6,7,8,9,10", help="comma-separated case numbers (default: all)")
+    parser.add_argument(
+        "--cases", default="1,2,3,4,5,6,7,8,9,10,11", help="comma-separated case numbers (default: all)"
+    )
     parser.add_argument("--keep", action="store_true", help="keep benchmark/results/tmp-PID/ (the runs) at the end")
     args = parser.parse_args()
     if args.controller_child:
@@ -1308,6 +1311,11 @@ def main() -> int:
         scale = case_fake_scale(args.quick) if 9 in cases else {}
         if 10 in cases:
             case_memory(task, scale)
+        if 11 in cases:
+            log("case 11: seeds as a budget (pruning), bench_pruning.py")
+            for pruning_row in bench_pruning.case_pruning(ROOTS.repo / "pruning", args.quick):
+                ROWS.append(pruning_row)
+                print(" | ".join(pruning_row.values()), flush=True)
         path = write_results(args.quick, started, machine)
     finally:
         if not args.keep:

@@ -150,3 +150,15 @@ def fails_when_x_high(params, seed):
     if params["x"] > 0.7:
         raise RuntimeError(f"model diverged at x={params['x']:.3f}")
     return quadratic_value(params, seed) + 0.01 * params["k"]
+
+
+@loss(name="cliff", parameter_space={"x": (0.0, 1.0)})
+def cliff(params, seed):
+    """``quadratic`` plus 5 for x > 0.5: a trial there is clearly bad from its first seeds on."""
+    _record(params, seed)
+    time.sleep(float(os.environ.get("SLURPTUNA_TEST_SLEEP", "0.001")))
+    return cliff_value(params, seed)
+
+
+def cliff_value(params: dict, seed: int) -> float:
+    return quadratic_value(params, seed) + (5.0 if params["x"] > 0.5 else 0.0)

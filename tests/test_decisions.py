@@ -67,3 +67,9 @@ def test_a_trial_refused_by_a_submit_limit_submits_again_only_when_there_is_room
     waiting = replace(ENDED, waiting_for_room=True)
     assert _decide(waiting) is _Next.WAIT
     assert _decide(replace(waiting, room=True)) is _Next.SUBMIT
+
+
+def test_a_trial_the_pruner_gives_up_is_pruned_while_its_jobs_run_before_any_other_rule():
+    assert _decide(replace(RUNNING, prune=True)) is _Next.PRUNE
+    assert _decide(replace(RUNNING, prune=True, overdue=True)) is _Next.PRUNE
+    assert _decide(replace(ENDED, prune=True, retries_left=True)) is _Next.RETRY  # nothing left to cancel
