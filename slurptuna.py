@@ -2202,19 +2202,31 @@ class _SlurmExecutor:
                 self._slurm_answered()
                 raise SlurmBusy(str(_command_error(process)), kind)
             elif kind is SlurmFailure.TRANSIENT:
-                queued = self._jobs_with_comment(comment)
+                queued = self._queued_all_the_same(comment, process)
                 if queued:
                     logger.warning("sbatch failed (%s) but queued job %s all the same", process.stderr.strip(), queued)
                     return queued
-                self._wait_out_outage(process)
             else:
                 raise _command_error(process)
 
-    def _jobs_with_comment(self, comment: str) -> str | None:
-        """The job (array) queued with this exact ``--comment``, if squeue answers and shows one."""
-        process = _run_slurm(["squeue", "-h", "--me", "-o", "%F|%k"], timeout=60)
-        found = [line.split("|")[0] for line in process.stdout.splitlines() if line.split("|", 1)[-1] == comment]
-        return found[0] if process.returncode == 0 and found else None
+    def _queued_all_the_same(self, comment: str, failed: subprocess.CompletedProcess[str]) -> str | None:
+        """After a failed sbatch: the job it queued anyway, or None once squeue has surely shown there is none.
+
+        A stopped or busy slurmctld holds the requests sent meanwhile and, when it resumes, may
+        answer a squeue before it queues an sbatch sent earlier. So "none" counts only from a
+        squeue sent after the pause that follows an answered one; until then, wait with backoff.
+        ``-t all``: short tasks of that job may have run and ended already.
+        """
+        answered = False
+        while True:
+            process = _run_slurm(["squeue", "-h", "--me", "-t", "all", "-o", "%F|%k"], timeout=60)
+            found = [line.split("|")[0] for line in process.stdout.splitlines() if line.split("|", 1)[-1] == comment]
+            if process.returncode == 0 and found:
+                return found[0]
+            if process.returncode == 0 and answered:
+                return None
+            answered = process.returncode == 0
+            self._wait_out_outage(failed if answered else process)
 
     def _wait_out_outage(self, failed: subprocess.CompletedProcess[str]) -> None:
         """Slurm did not answer: wait before the next try, or give up after slurm_unavailable_minutes."""
