@@ -2999,6 +2999,7 @@ class _Controller:
         self._active: list[_ActiveTrial] = []
         self._queued: set[str] = set()  # the run's jobs in the queue at the last poll
         self._under_limit = False  # a trial waits for room under a Slurm submit limit (said once)
+        self._trial_cap: int | None = None  # after a submit limit: at most this many trials in flight
         self._progress = _Progress(settings.progress, settings.n_trials)
 
     def run(self) -> None:
@@ -3044,7 +3045,7 @@ class _Controller:
     def _free_slot(self) -> bool:
         return (
             self.n_finished + len(self._active) < self._settings.n_trials
-            and len(self._active) < self._settings.max_concurrent_trials
+            and len(self._active) < min(self._settings.max_concurrent_trials, self._trial_cap or math.inf)
             and not any(a.room_below is not None for a in self._active)  # under a submit limit: no new trial
         )
 
@@ -3136,12 +3137,17 @@ class _Controller:
             active.deadline = time.monotonic() + 60 * self._settings.slurm_timeout_minutes
 
     def _wait_for_room(self, active: _ActiveTrial, busy: SlurmBusy) -> None:
+        # Stay under the limit from now on: no more trials in flight than held jobs when it was hit,
+        # or every new trial would be refused again (a real limit does not go away).
+        holding = sum(1 for a in self._active if a is not active and a.jobs and a.room_below is None)
+        self._trial_cap = max(1, holding) if self._trial_cap is None else min(self._trial_cap, max(1, holding))
         if not self._under_limit:  # one line per episode, not per refused sbatch
             self._under_limit = True
             logger.warning(
                 "trial %d: Slurm refused a submission under a limit, keeping the QoS; waiting for the run's jobs "
-                "to leave the queue and starting no new trial until then:\n%s",
+                "to leave the queue, then running at most %d trial(s) at a time:\n%s",
                 active.trial.number,
+                self._trial_cap,
                 busy,
             )
         submitted = {j.job_id for j in active.jobs}
