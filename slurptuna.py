@@ -3051,7 +3051,7 @@ class _Controller:
 
     def _start_new_trials(self) -> bool:
         started = False
-        while self._free_slot():
+        while self._free_slot() and not self._stop.event.is_set():  # no new trial once Ctrl-C came (in sbatch)
             trial = self._study.ask(self._distributions)
             self._begin(trial, still_queued=[])
             started = True
