@@ -2229,19 +2229,31 @@ class _SlurmExecutor:
                 self._slurm_answered()
                 raise SlurmBusy(str(_command_error(process)), kind)
             elif kind is SlurmFailure.TRANSIENT:
-                queued = self._jobs_with_comment(comment)
+                queued = self._queued_all_the_same(comment, process)
                 if queued:
                     logger.warning("sbatch failed (%s) but queued job %s all the same", process.stderr.strip(), queued)
                     return queued
-                self._wait_out_outage(process)
             else:
                 raise _command_error(process)
 
-    def _jobs_with_comment(self, comment: str) -> str | None:
-        """The job (array) queued with this exact ``--comment``, if squeue answers and shows one."""
-        process = _run_slurm(["squeue", "-h", "--me", "-o", "%F|%k"], timeout=60)
-        found = [line.split("|")[0] for line in process.stdout.splitlines() if line.split("|", 1)[-1] == comment]
-        return found[0] if process.returncode == 0 and found else None
+    def _queued_all_the_same(self, comment: str, failed: subprocess.CompletedProcess[str]) -> str | None:
+        """After a failed sbatch: the job it queued anyway, or None once squeue has surely shown there is none.
+
+        A stopped or busy slurmctld holds the requests sent meanwhile and, when it resumes, may
+        answer a squeue before it queues an sbatch sent earlier. So "none" counts only from a
+        squeue sent after the pause that follows an answered one; until then, wait with backoff.
+        ``-t all``: short tasks of that job may have run and ended already.
+        """
+        answered = False
+        while True:
+            process = _run_slurm(["squeue", "-h", "--me", "-t", "all", "-o", "%F|%k"], timeout=60)
+            found = [line.split("|")[0] for line in process.stdout.splitlines() if line.split("|", 1)[-1] == comment]
+            if process.returncode == 0 and found:
+                return found[0]
+            if process.returncode == 0 and answered:
+                return None
+            answered = process.returncode == 0
+            self._wait_out_outage(failed if answered else process)
 
     def _wait_out_outage(self, failed: subprocess.CompletedProcess[str]) -> None:
         """Slurm did not answer: wait before the next try, or give up after slurm_unavailable_minutes."""
@@ -3086,6 +3098,7 @@ class _Controller:
         # controller's log file tells the story (Optuna's tell() says nothing itself)
         self._trial_log = optuna.logging.get_logger("optuna.slurptuna")
         self._under_limit = False  # a trial waits for room under a Slurm submit limit (said once)
+        self._trial_cap: int | None = None  # after a submit limit: at most this many trials in flight
         self._progress = _Progress(settings.progress, settings.n_trials)
         self._init_pruning()
 
@@ -3132,13 +3145,13 @@ class _Controller:
     def _free_slot(self) -> bool:
         return (
             self.n_finished + len(self._active) < self._settings.n_trials
-            and len(self._active) < self._settings.max_concurrent_trials
+            and len(self._active) < min(self._settings.max_concurrent_trials, self._trial_cap or math.inf)
             and not any(a.room_below is not None for a in self._active)  # under a submit limit: no new trial
         )
 
     def _start_new_trials(self) -> bool:
         started = False
-        while self._free_slot():
+        while self._free_slot() and not self._stop.event.is_set():  # no new trial once Ctrl-C came (in sbatch)
             trial = self._study.ask(self._distributions)
             self._begin(trial, still_queued=[])
             started = True
@@ -3224,12 +3237,17 @@ class _Controller:
             active.deadline = time.monotonic() + 60 * self._settings.slurm_timeout_minutes
 
     def _wait_for_room(self, active: _ActiveTrial, busy: SlurmBusy) -> None:
+        # Stay under the limit from now on: no more trials in flight than held jobs when it was hit,
+        # or every new trial would be refused again (a real limit does not go away).
+        holding = sum(1 for a in self._active if a is not active and a.jobs and a.room_below is None)
+        self._trial_cap = max(1, holding) if self._trial_cap is None else min(self._trial_cap, max(1, holding))
         if not self._under_limit:  # one line per episode, not per refused sbatch
             self._under_limit = True
             logger.warning(
                 "trial %d: Slurm refused a submission under a limit, keeping the QoS; waiting for the run's jobs "
-                "to leave the queue and starting no new trial until then:\n%s",
+                "to leave the queue, then running at most %d trial(s) at a time:\n%s",
                 active.trial.number,
+                self._trial_cap,
                 busy,
             )
         submitted = {j.job_id for j in active.jobs}

@@ -188,3 +188,25 @@ def jobcomp_lines(path: str | os.PathLike[str] | None) -> list[dict[str, str]]:
         if "JobId" in fields:
             rows.append(fields)
     return rows
+
+
+def slurmctld_pid() -> int:
+    """The pid of this cluster's slurmctld, from ``$SLURPTUNA_SLURM_DIR/pids/slurmctld.pid``.
+
+    ``slurm/local-slurm`` writes that file (``local-slurm env`` and CI export the directory).
+    Skips (or fails, with SLURPTUNA_REQUIRE_SLURM=1) if there is none, or if that pid is not a
+    running slurmctld: a test must never stop a process it does not know.
+    """
+    directory = os.environ.get("SLURPTUNA_SLURM_DIR")
+    if not directory:
+        _unavailable('SLURPTUNA_SLURM_DIR is not set: cannot find slurmctld\'s pid (eval "$(local-slurm env)")')
+    path = Path(directory) / "pids" / "slurmctld.pid"
+    try:
+        pid = int(path.read_text().strip())
+        comm = Path(f"/proc/{pid}/comm").read_text().strip()
+    except (OSError, ValueError) as exc:
+        _unavailable(f"no running slurmctld recorded in {path}: {exc}")
+        raise AssertionError("unreachable") from None
+    if comm != "slurmctld":
+        _unavailable(f"{path} names pid {pid}, which is {comm!r}, not slurmctld")
+    return pid

@@ -189,19 +189,24 @@ def _comment(argv: list[str]) -> str:
 
 @pytest.mark.parametrize("name", ["sbatch_controller_stopped", "sbatch_controller_down"])
 def test_while_slurm_does_not_answer_sbatch_looks_for_its_job_then_asks_again_with_the_same_comment(executor, name):
+    not_ours = subprocess.CompletedProcess([], 0, "12|slurptuna:other\n", "")
     executor.answers += [
         answered(name),
-        answered("squeue_controller_stopped"),  # the lookup fails too: wait, then ask again
+        answered("squeue_controller_stopped"),  # the lookup fails too: wait, then look again
+        not_ours,  # answered, but maybe before slurmctld queued the sbatch it held: wait, then look again
+        not_ours,  # a second answer, after the pause: the job is surely not there
         answered(name),
-        subprocess.CompletedProcess([], 0, "12|slurptuna:other\n", ""),  # squeue answers: not our job
+        not_ours,
+        not_ours,
         subprocess.CompletedProcess([], 0, "78\n", ""),
     ]
     assert executor._sbatch(["--job-name=t"], ["true"]) == "78"
     commands = [argv[0] for argv in executor.calls]
-    assert commands == ["sbatch", "squeue", "sbatch", "squeue", "sbatch"]
+    assert commands == ["sbatch", "squeue", "squeue", "squeue", "sbatch", "squeue", "squeue", "sbatch"]
+    assert all("-t" in argv and "all" in argv for argv in executor.calls if argv[0] == "squeue")  # ended ones too
     sbatches = [argv for argv in executor.calls if argv[0] == "sbatch"]
     assert len({_comment(argv) for argv in sbatches}) == 1 and all("--qos=short" in argv for argv in sbatches)
-    assert executor.waits == [1.0, 2.0]  # backoff, with the clock of the wait, not sleep
+    assert executor.waits == [1.0, 2.0, 4.0]  # backoff over the whole outage, with the clock of the wait, not sleep
 
 
 def test_a_failed_sbatch_whose_job_was_queued_anyway_is_adopted_not_submitted_again(executor, monkeypatch):
@@ -222,11 +227,11 @@ def test_a_failed_sbatch_whose_job_was_queued_anyway_is_adopted_not_submitted_ag
 def test_slurm_silent_for_longer_than_slurm_unavailable_minutes_stops_with_the_last_answer(executor, monkeypatch):
     clock = iter(range(0, 10_000, 25))
     monkeypatch.setattr(slurptuna.time, "monotonic", lambda: float(next(clock)))
-    for _ in range(10):
-        executor.answers += [answered("sbatch_controller_down"), answered("squeue_controller_down")]
+    executor.answers += [answered("sbatch_controller_down")] + [answered("squeue_controller_down")] * 10
     with pytest.raises(SlurmError, match=r"has not answered for 1 minutes.*Unable to contact slurm controller"):
         executor._sbatch(["--job-name=t"], ["true"])
-    assert sum(argv[0] == "sbatch" for argv in executor.calls) == 4  # at 0, 25, 50 and 75 s: past the 60 s limit
+    # sbatch is not sent again before squeue answers; looked for at 0, 25, 50 and 75 s: past the 60 s limit
+    assert [argv[0] for argv in executor.calls] == ["sbatch"] + ["squeue"] * 4
 
 
 def test_the_outage_rule_backs_off_and_gives_up_at_its_limit():
