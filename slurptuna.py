@@ -3334,7 +3334,9 @@ class _Controller:
             self._executor.cancel(running)  # its dependency can never be satisfied
         elif action is _Next.COMPLETE:
             summary = reduce_trial(self._run, active.trial.number)  # the reduce job's code, the same summary.json
-            self._executor.cancel(running)  # the reduce job, if it has not run yet
+            # the reduce job, if it has not run yet; array tasks that wrote their chunk end by themselves
+            # (cancelled, accounting would call them CANCELLED)
+            self._executor.cancel([j.job_id for j in active.jobs if j.kind == "reduce" and j.job_id in running])
             self._complete(active, summary)
         elif action is _Next.COMPLETE_FROM_SUMMARY:
             self._complete(active, load_valid_summary(active.paths, active.expected))

@@ -167,8 +167,12 @@ def test_real_slurm_stopped_slurmctld_is_waited_for_and_no_chunk_is_queued_twice
         assert trial.value == pytest.approx(direct_mean(trial.params["x"], 6), rel=1e-12)
     assert sorted(seed_counter.evaluations().values()) == [1] * 18  # every seed of every trial evaluated once
     messages = [r.getMessage() for r in caplog.records]
-    assert sum("Slurm does not answer" in m for m in messages) == 1, messages
-    assert sum("Slurm answers again" in m for m in messages) == 1, messages
+    # the outage is met either as a wait (logged once) or by finding the job the failed sbatch queued anyway
+    waited = (
+        sum("Slurm does not answer" in m for m in messages) == 1 == sum("Slurm answers again" in m for m in messages)
+    )
+    found = any("queued job" in m and "all the same" in m for m in messages)
+    assert waited or found, messages
     run = RunPaths(run_root / run_name)
     for t in range(3):
         arrays = [j for j in read_json(run.trial(t).jobs)["jobs"] if j["kind"] == "chunks"]

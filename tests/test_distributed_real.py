@@ -70,7 +70,9 @@ def test_real_slurm_trials_have_the_same_means_as_single_mode(slurm, run_root):
     assert [t.value for t in remote.study.trials] == pytest.approx([t.value for t in local.study.trials], rel=1e-15)
     rows = jobcomp_rows(facts, remote.run_name)
     assert sorted(r["Name"].rsplit(".", 1)[1] for r in rows) == ["chunks"] * 15 + ["reduce"] * 3
-    assert {r["JobState"] for r in rows} == {"COMPLETED"}
+    assert {r["JobState"] for r in rows if r["Name"].endswith(".chunks")} == {"COMPLETED"}
+    # a reduce job still pending when the controller reduced the trial itself is cancelled, not waited for
+    assert {r["JobState"] for r in rows if r["Name"].endswith(".reduce")} <= {"COMPLETED", "CANCELLED"}
 
 
 def test_real_slurm_respects_the_array_throttle(slurm, run_root, seed_counter, monkeypatch):

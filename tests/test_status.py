@@ -13,6 +13,7 @@ from pathlib import Path
 import losses
 import pytest
 from conftest import read_json, script_env, wait_for
+from real_slurm import require_real_slurm
 
 import slurptuna
 from slurptuna import RunPaths, optimize_entries, optimize_run
@@ -147,6 +148,28 @@ def test_a_live_distributed_run_shows_its_jobs_states_and_pending_reasons_from_o
     assert "PENDING (JobArrayTaskLimit)" in array_line
     assert f"    reduce job {reduce}: PENDING (Dependency)" in lines
     assert len(ours) == 1 and ours[0]["argv"][ours[0]["argv"].index("-j") + 1] == f"{array},{reduce}"
+
+
+def test_on_the_real_slurm_status_shows_queued_jobs_with_their_states_and_pending_reasons(tmp_path):
+    require_real_slurm()
+    process, run = start_controller(tmp_path, "distributed", sleep="1.0")  # chunks of 2 s, one at a time
+    try:
+        wait_for(lambda: len((read_json(run.trial(0).jobs) if run.trial(0).jobs.exists() else {}).get("jobs", [])) == 2)
+        array, reduce = (job["job_id"] for job in read_json(run.trial(0).jobs)["jobs"])
+
+        def throttled() -> subprocess.CompletedProcess | None:
+            shown = status(run.dir)
+            return shown if "PENDING (JobArrayTaskLimit)" in shown.stdout else None
+
+        done = wait_for(throttled, timeout=30)  # Slurm gives the reason once it has looked at the array
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.communicate(timeout=60)
+    lines = done.stdout.splitlines()
+    assert "trials: 0 complete, 1 running, 0 failed, 0 pruned of 1" in lines
+    array_line = next(line for line in lines if line.startswith(f"    array job {array} (chunks 0-3): "))
+    assert "PENDING (JobArrayTaskLimit)" in array_line
+    assert f"    reduce job {reduce}: PENDING (Dependency)" in lines
 
 
 def test_a_failing_squeue_is_one_note_and_the_rest_is_shown(fake_slurm, tmp_path, monkeypatch):
