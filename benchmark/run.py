@@ -1261,7 +1261,28 @@ def write_results(quick: bool, started: float, machine: list[str]) -> Path:
     ]
     path = BENCH / "RESULTS.md"
     path.write_text("\n".join(lines).rstrip() + "\n")
+    table = lines[lines.index(machine[-1]) + 2 :]
+    _write_readme_table(table[: table.index("") + 2 if "" in table else len(table)])
     return path
+
+
+README_MARKERS = (
+    "<!-- performance: written by benchmark/run.py from the run in benchmark/RESULTS.md -->",
+    "<!-- /performance -->",
+)
+
+
+def _write_readme_table(table: list[str]) -> None:
+    """README.md's performance table is this run's table: no number there that this run did not print."""
+    readme = REPO / "README.md"
+    text = readme.read_text()
+    start, end = README_MARKERS
+    if start not in text or end not in text:
+        log("README.md has no performance markers: not updated")
+        return
+    before, rest = text.split(start, 1)
+    after = rest.split(end, 1)[1]
+    readme.write_text(before + start + "\n" + "\n".join(table).rstrip() + "\n" + end + after)
 
 
 def main() -> int:
