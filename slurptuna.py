@@ -52,8 +52,10 @@ from functools import cached_property, partial
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Annotated, Any, NoReturn, Protocol
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # types only: workers never import optuna (see below)
     import subprocess
+
+    import optuna
 
 # Imported where used, not here: a worker starts in well under 0.1 s, and never loads
 # optuna, multiprocessing, subprocess or concurrent.futures unless it needs them.
@@ -302,7 +304,7 @@ class OptimizeResult:
     n_failed: int = 0
     n_pruned: int = 0
     best_standard_error: float | None = None  # the best trial's std / sqrt(n_seeds)
-    study: Any = field(default=None, compare=False, repr=False)
+    study: optuna.Study | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -921,6 +923,147 @@ class RunPaths:
         return TrialPaths(self.dir, number)
 
 
+# ---------------------------------------------------------------- the run's file records
+#
+# Each file a run writes is one frozen dataclass with ``to_json``/``from_json``; the paths
+# are TrialPaths'. params.json says what every chunk and summary of a trial must have been
+# computed for; a chunk file or summary that does not match it is never trusted.
+
+
+@dataclass(frozen=True)
+class TrialParams:
+    """``params.json``: what every chunk and the summary of a trial must have been computed for."""
+
+    trial_number: int
+    params: dict[str, ParamValue]
+    seeds: dict[str, Any]
+    entry_id: str | None = None
+    code_id: str = ""  # the loss's code (see _code_id)
+
+    @cached_property
+    def plan(self) -> SeedPlan:
+        return SeedPlan.from_json(self.seeds)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, record: Mapping[str, Any]) -> TrialParams:
+        return cls(**record)
+
+    @classmethod
+    def load(cls, trial: TrialPaths) -> TrialParams:
+        record = _read_json(trial.params)
+        if record is None:
+            raise SlurptunaError(f"{trial.params} is missing or unreadable")
+        return cls.from_json(record)
+
+
+@dataclass(frozen=True)
+class ChunkResult:
+    """One chunk file: which seeds and params it was computed for, and their statistics."""
+
+    trial_number: int
+    chunk_index: int
+    seeds: dict[str, Any]
+    params: dict[str, ParamValue]
+    stats: ChunkStats
+    elapsed_seconds: float
+    processes: int
+    code_id: str = ""  # the loss's code that computed it (see _code_id)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "code_id": self.code_id,
+            "trial_number": self.trial_number,
+            "chunk_index": self.chunk_index,
+            "seeds": self.seeds,
+            "params": self.params,
+            "stats": self.stats.to_json(),
+            "elapsed_seconds": self.elapsed_seconds,
+            "processes": self.processes,
+        }
+
+    @classmethod
+    def from_json(cls, record: Mapping[str, Any]) -> ChunkResult:
+        return cls(**{**record, "stats": ChunkStats.from_json(record["stats"])})
+
+
+@dataclass(frozen=True)
+class ChunkFailure:
+    """Why a chunk has no result: the loss raised, returned a non-number, or could not be imported."""
+
+    trial_number: int
+    chunk_index: int
+    loss_name: str
+    kind: str  # "raised", "bad_value", "crashed" (the process died) or "import"
+    message: str
+    seed: int | None = None
+    params: dict[str, ParamValue] = field(default_factory=dict)
+    traceback: str = ""
+    log: str = ""  # the log of the process that ran the chunk, when the worker knows it
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, record: Mapping[str, Any]) -> ChunkFailure:
+        return cls(**record)
+
+    def describe(self) -> str:
+        where = f" at seed {self.seed}" if self.seed is not None else ""
+        text = (
+            f"loss {self.loss_name!r} failed{where} (chunk {self.chunk_index}) with params "
+            f"{self.params}: {self.message}"
+        )
+        return text + (f"\n{self.traceback.rstrip()}" if self.traceback else "")
+
+
+@dataclass(frozen=True)
+class TrialSummary:
+    """A trial's ``summary.json``: the pooled statistics of all its chunks."""
+
+    trial_number: int
+    params: dict[str, ParamValue]
+    seeds: dict[str, Any]
+    n_seeds: int
+    n_chunks: int
+    mean: float
+    std: float
+    min: float
+    max: float
+    components: dict[str, float]
+    chunk_seconds: float
+    missing_chunks: list[int] = field(default_factory=list)
+    code_id: str = ""
+    standard_error: float | None = None  # std / sqrt(n_seeds): how far the mean may be from the loss's
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "mean_total_loss": self.mean}  # the earlier package's name for the mean, too
+
+    @classmethod
+    def from_json(cls, record: Mapping[str, Any]) -> TrialSummary:
+        return cls(**{k: v for k, v in record.items() if k != "mean_total_loss"})
+
+
+@dataclass(frozen=True)
+class JobRef:
+    """A submitted job of a trial, as recorded in ``jobs.json``."""
+
+    job_id: str
+    kind: str  # "chunks" (an array job: chunk = offset + array task id) or "reduce"
+    chunks: tuple[int, ...] = ()
+    offset: int = 0
+    attempt: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(replace(self, chunks=())), "chunks": list(self.chunks)}  # a long tuple, not deep-copied
+
+    @classmethod
+    def from_json(cls, record: Mapping[str, Any]) -> JobRef:
+        return cls(**{**record, "chunks": tuple(record.get("chunks", ()))})
+
+
 def _create_versioned_dir(root: Path, prefix: str) -> Path:
     """Make ``<prefix>_v%04d`` with the next free number; ``mkdir`` is the race-free claim."""
     root.mkdir(parents=True, exist_ok=True)
@@ -1149,59 +1292,6 @@ class ChunkStats:
             _Moments(**{k: record[k] for k in ("count", "mean", "m2", "min", "max")}),
             {n: _Moments(**m) for n, m in record.get("components", {}).items()},
         )
-
-
-@dataclass(frozen=True)
-class ChunkResult:
-    """One chunk file: which seeds and params it was computed for, and their statistics."""
-
-    trial_number: int
-    chunk_index: int
-    seeds: dict[str, Any]
-    params: dict[str, ParamValue]
-    stats: ChunkStats
-    elapsed_seconds: float
-    processes: int
-    code_id: str = ""  # the loss's code that computed it (see _code_id)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "code_id": self.code_id,
-            "trial_number": self.trial_number,
-            "chunk_index": self.chunk_index,
-            "seeds": self.seeds,
-            "params": self.params,
-            "stats": self.stats.to_json(),
-            "elapsed_seconds": self.elapsed_seconds,
-            "processes": self.processes,
-        }
-
-    @classmethod
-    def from_json(cls, record: Mapping[str, Any]) -> ChunkResult:
-        return cls(**{**record, "stats": ChunkStats.from_json(record["stats"])})
-
-
-@dataclass(frozen=True)
-class ChunkFailure:
-    """Why a chunk has no result: the loss raised, returned a non-number, or could not be imported."""
-
-    trial_number: int
-    chunk_index: int
-    loss_name: str
-    kind: str  # "raised", "bad_value", "crashed" (the process died) or "import"
-    message: str
-    seed: int | None = None
-    params: dict[str, ParamValue] = field(default_factory=dict)
-    traceback: str = ""
-    log: str = ""  # the log of the process that ran the chunk, when the worker knows it
-
-    def describe(self) -> str:
-        where = f" at seed {self.seed}" if self.seed is not None else ""
-        text = (
-            f"loss {self.loss_name!r} failed{where} (chunk {self.chunk_index}) with params "
-            f"{self.params}: {self.message}"
-        )
-        return text + (f"\n{self.traceback.rstrip()}" if self.traceback else "")
 
 
 class _BadLossValue(Exception):
@@ -1438,28 +1528,6 @@ def run_chunk(
 # ---------------------------------------------------------------- a chunk task, as a worker runs it
 
 
-@dataclass(frozen=True)
-class TrialParams:
-    """``params.json``: what every chunk and the summary of a trial must have been computed for."""
-
-    trial_number: int
-    params: dict[str, ParamValue]
-    seeds: dict[str, Any]
-    entry_id: str | None = None
-    code_id: str = ""  # the loss's code (see _code_id)
-
-    @cached_property
-    def plan(self) -> SeedPlan:
-        return SeedPlan.from_json(self.seeds)
-
-    @classmethod
-    def load(cls, trial: TrialPaths) -> TrialParams:
-        record = _read_json(trial.params)
-        if record is None:
-            raise SlurptunaError(f"{trial.params} is missing or unreadable")
-        return cls(**record)
-
-
 def _load_valid_chunk(trial: TrialPaths, expected: TrialParams, index: int) -> ChunkResult | None:
     """The chunk file, if it was computed for these params and these seeds; else None."""
     record = _read_json(trial.chunk(index))
@@ -1594,7 +1662,7 @@ def _write_chunk_result(trial: TrialPaths, result: ChunkResult) -> None:
 
 
 def _write_chunk_failure(trial: TrialPaths, failure: ChunkFailure) -> None:
-    _write_json_atomic(trial.chunk_error(failure.chunk_index), asdict(failure))
+    _write_json_atomic(trial.chunk_error(failure.chunk_index), failure.to_json())
 
 
 def _record_failure(trial: TrialPaths, failure: ChunkFailure, exit_code: int) -> int:
@@ -1702,7 +1770,7 @@ def _evaluate_unit(
             expected.trial_number, chunk, definition.name, kind, message, seed, expected.params, trace
         )
         print(failure.describe(), file=sys.stderr, flush=True)  # the worker's log tells it too
-        return {"failure": asdict(failure)}
+        return {"failure": failure.to_json()}
     seconds = time.perf_counter() - started
     whole = hi - lo == len(expected.plan.chunk(chunk))
     if whole:
@@ -1723,26 +1791,6 @@ def _evaluate_unit(
 # ============================================================================
 # Reduce: chunk statistics -> the trial's summary.json, exactly
 # ============================================================================
-
-
-@dataclass(frozen=True)
-class TrialSummary:
-    """A trial's ``summary.json``: the pooled statistics of all its chunks."""
-
-    trial_number: int
-    params: dict[str, ParamValue]
-    seeds: dict[str, Any]
-    n_seeds: int
-    n_chunks: int
-    mean: float
-    std: float
-    min: float
-    max: float
-    components: dict[str, float]
-    chunk_seconds: float
-    missing_chunks: list[int] = field(default_factory=list)
-    code_id: str = ""
-    standard_error: float | None = None  # std / sqrt(n_seeds): how far the mean may be from the loss's
 
 
 class _MissingChunks(SlurptunaError):
@@ -1783,7 +1831,7 @@ def reduce_trial(
         code_id=expected.code_id,
         standard_error=math.sqrt(stats.loss.variance) / math.sqrt(stats.loss.count),
     )
-    _write_json_atomic(trial.summary, {**asdict(summary), "mean_total_loss": summary.mean})
+    _write_json_atomic(trial.summary, summary.to_json())
     return summary
 
 
@@ -1792,9 +1840,8 @@ def load_valid_summary(trial: TrialPaths, expected: TrialParams) -> TrialSummary
     record = _read_json(trial.summary)
     if record is None:
         return None
-    record.pop("mean_total_loss", None)
     try:
-        summary = TrialSummary(**record)
+        summary = TrialSummary.from_json(record)
     except TypeError:
         return None
     if summary.params != expected.params or summary.seeds != expected.seeds or summary.code_id != expected.code_id:
@@ -1872,21 +1919,6 @@ _ACTIVE_STATES = frozenset(
         "RESV_DEL_HOLD",
     }
 )
-
-
-@dataclass(frozen=True)
-class JobRef:
-    """A submitted job of a trial, as recorded in ``jobs.json``."""
-
-    job_id: str
-    kind: str  # "chunks" (an array job: chunk = offset + array task id) or "reduce"
-    chunks: tuple[int, ...] = ()
-    offset: int = 0
-    attempt: int = 0
-
-    @classmethod
-    def from_json(cls, record: Mapping[str, Any]) -> JobRef:
-        return cls(**{**record, "chunks": tuple(record.get("chunks", ()))})
 
 
 def _worker_command(settings: _RunSettings, kind: str, trial: TrialPaths, *extra: str) -> list[str]:
@@ -2635,7 +2667,7 @@ class _LocalExecutor:
                 if "stats" in record:
                     self._add_slice(unit, ChunkStats.from_json(record["stats"]), record["seconds"], record["written"])
                 else:
-                    self._fail_unit(unit, ChunkFailure(**{**record["failure"], "log": str(worker.log)}))
+                    self._fail_unit(unit, ChunkFailure.from_json({**record["failure"], "log": str(worker.log)}))
 
     def _failure_fields(self, unit: _Unit, worker: _PoolWorker) -> dict[str, Any]:
         job = unit.job
@@ -2862,7 +2894,7 @@ class _Interrupted(SlurptunaError):
 class _ActiveTrial:
     """A trial the controller is waiting for."""
 
-    trial: Any  # optuna.trial.Trial
+    trial: optuna.trial.Trial
     paths: TrialPaths
     expected: TrialParams
     jobs: list[JobRef] = field(default_factory=list)
@@ -2876,7 +2908,7 @@ class _ActiveTrial:
     chunk_files_seen: int = -1  # chunk files found when they were last all checked
 
     def save_jobs(self) -> None:
-        jobs = [{**asdict(replace(j, chunks=())), "chunks": list(j.chunks)} for j in self.jobs]  # no deep copy
+        jobs = [j.to_json() for j in self.jobs]
         _write_json_atomic(self.paths.jobs, {"attempt": self.attempt, "jobs": jobs}, indent=None)
 
 
@@ -3072,7 +3104,7 @@ class _Controller:
     """Keeps up to ``max_concurrent_trials`` trials in flight until the study has ``n_trials``."""
 
     def __init__(
-        self, settings: _RunSettings, run: RunPaths, study: Any, executor: Executor, stop: _StopSignal
+        self, settings: _RunSettings, run: RunPaths, study: optuna.Study, executor: Executor, stop: _StopSignal
     ) -> None:
         import optuna
 
@@ -3180,12 +3212,12 @@ class _Controller:
                 logger.info("trial %d: adopting queued jobs %s", frozen.number, ", ".join(j.job_id for j in adopted))
             self._begin(trial, still_queued=adopted, attempt=recorded[frozen.number].get("attempt", 0))
 
-    def _begin(self, trial: Any, still_queued: list[JobRef], attempt: int = 0) -> None:
+    def _begin(self, trial: optuna.trial.Trial, still_queued: list[JobRef], attempt: int = 0) -> None:
         paths = self._run.trial(trial.number)
         s = self._settings
         expected = TrialParams(trial.number, dict(trial.params), s.seeds.to_json(), s.entry_id, s.code_id)
-        if _read_json(paths.params) != asdict(expected):
-            _write_json_atomic(paths.params, asdict(expected))
+        if _read_json(paths.params) != expected.to_json():
+            _write_json_atomic(paths.params, expected.to_json())
         active = _ActiveTrial(trial, paths, expected, attempt=attempt)
         self._active.append(active)
         summary = load_valid_summary(paths, expected)
@@ -3538,7 +3570,7 @@ def _chunk_failures(trial: TrialPaths) -> list[ChunkFailure]:
     except FileNotFoundError:
         return []
     records = [_read_json(trial.errors_dir / n) for n in names if n.endswith(".json")]
-    return [ChunkFailure(**r) for r in records if r]
+    return [ChunkFailure.from_json(r) for r in records if r]
 
 
 def _better(value: float, than: float, direction: str) -> bool:
