@@ -447,13 +447,16 @@ def optimize_entries(
     parent = _open_parent_dir(Path(options["run_root"]), f"{definition.name}_entries", run_name_prefix)
     results: dict[str, OptimizeResult] = {}
 
+    at_once = min(max_concurrent_entries or len(entries), len(entries))
+    cores = max(1, _usable_cores() // at_once)  # single mode: the entries' pools share the machine's cores
+
     def run_entry(entry: tuple[_RunSettings, dict[str, Any]]) -> OptimizeResult:
         settings, objects = entry
-        return _run_study(replace(settings, run_root=str(parent)), stop=stop, **objects)
+        return _run_study(replace(settings, run_root=str(parent)), stop=stop, cores=cores, **objects)
 
     from concurrent.futures import ThreadPoolExecutor
 
-    with _StopSignal() as stop, ThreadPoolExecutor(max_workers=max_concurrent_entries or len(entries)) as pool:
+    with _StopSignal() as stop, ThreadPoolExecutor(max_workers=at_once) as pool:
         for entry, result in zip(entries, pool.map(run_entry, resolved), strict=True):
             results[entry] = result
             _write_entries_summary(parent, entries, results)
@@ -2431,6 +2434,10 @@ class _PoolWorker:
 _BATCH_SECONDS = 0.02  # work sent to a worker at once, once the loss's speed is known: few messages, fair shares
 
 
+def _usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def _pool_size(settings: _RunSettings, cores: int) -> int:
     """Never more processes than cores, nor than the trials in flight could use (worker_parallelism each)."""
     if not settings.use_processes:
@@ -2460,7 +2467,8 @@ class _LocalExecutor:
     first_poll_seconds = 0.002
     max_poll_seconds = 0.25  # news from the pool ends a wait at once; this only paces the time limit
 
-    def __init__(self, settings: _RunSettings, run: RunPaths) -> None:
+    def __init__(self, settings: _RunSettings, run: RunPaths, cores: int | None = None) -> None:
+        """``cores``: what this run may use (optimize_entries shares the machine's among its runs)."""
         self._settings = settings
         self._run = run
         self._fork = _uses_fork(settings)
@@ -2472,8 +2480,7 @@ class _LocalExecutor:
                 "processes afresh (spawn), so they cannot see it: define it in a .py file"
             )
         self._env = {**_worker_env(settings), "SLURPTUNA_CONTROLLER_PID": str(os.getpid())}
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        self._size = _pool_size(settings, cores)
+        self._size = _pool_size(settings, cores or _usable_cores())
         self._jobs: dict[str, _LocalJob] = {}
         self._queue: collections.deque[_Unit] = collections.deque()
         self._workers: list[_PoolWorker] = []
@@ -3612,7 +3619,9 @@ def _controller_lock(run: RunPaths) -> Iterable[None]:
         yield
 
 
-def _run_study(settings: _RunSettings, *, sampler: Any, storage: Any, pruner: Any, stop: _StopSignal) -> OptimizeResult:
+def _run_study(
+    settings: _RunSettings, *, sampler: Any, storage: Any, pruner: Any, stop: _StopSignal, cores: int | None = None
+) -> OptimizeResult:
     import optuna
 
     run, settings = _open_run(settings)
@@ -3630,7 +3639,7 @@ def _run_study(settings: _RunSettings, *, sampler: Any, storage: Any, pruner: An
         if settings.mode == ExecutionMode.DISTRIBUTED.value:
             executor: Executor = _SlurmExecutor(settings, run, stop.event)
         else:
-            executor = _LocalExecutor(settings, run)
+            executor = _LocalExecutor(settings, run, cores)
         controller = _Controller(settings, run, study, executor, stop)
         try:
             controller.run()

@@ -215,6 +215,30 @@ def test_single_mode_never_runs_more_loss_processes_than_cores(run_root, seed_co
     assert 1 < peak <= len(os.sched_getaffinity(0))
 
 
+def test_concurrent_entries_share_the_cores_instead_of_each_taking_them_all(run_root, seed_counter):
+    optimize_entries(
+        losses.records_busy_intervals,
+        entry_ids=["a", "b"],
+        n_trials=2,
+        n_seeds=8,
+        chunk_size=2,
+        worker_parallelism=2,
+        run_root=run_root,
+    )
+    intervals = [
+        tuple(map(float, line.split()[1:]))
+        for p in seed_counter.directory.glob("busy.*")
+        for line in p.read_text().splitlines()
+    ]
+    assert len(intervals) == 32
+    events = sorted([(s, 1) for s, _ in intervals] + [(e, -1) for _, e in intervals])
+    busy = peak = 0
+    for _, step in events:
+        busy += step
+        peak = max(peak, busy)
+    assert 1 < peak <= len(os.sched_getaffinity(0))
+
+
 def test_a_timed_out_chunk_is_retried_alone(run_root, seed_counter):
     result = optimize_run(
         losses.sleeps_at_seed_0,
