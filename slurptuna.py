@@ -241,6 +241,7 @@ def loss(
     """
 
     def register(function: Callable[..., Any]) -> LossDefinition:
+        how_context = _takes_context(function)
         definition = LossDefinition(
             name=name or function.__name__,
             description=description or (function.__doc__ or "").strip(),
@@ -250,8 +251,8 @@ def loss(
             default_chunk_size=int(default_chunk_size),
             default_num_chunks=int(default_num_chunks),
             source_file=inspect.getsourcefile(function),
-            takes_context=_takes_context(function) != "no",
-            context_by_keyword=_takes_context(function) == "keyword",
+            takes_context=how_context != "no",
+            context_by_keyword=how_context == "keyword",
         )
         _register(definition)
         return definition
@@ -2898,6 +2899,14 @@ class _Interrupted(SlurptunaError):
 
 
 @dataclass
+class _ChunkFiles:
+    """The valid chunk files of a running trial read so far: each is read once (early completion, pruning)."""
+
+    chunks: dict[int, ChunkResult] = field(default_factory=dict)
+    file_times: dict[int, int] = field(default_factory=dict)  # an invalid file is read again only if rewritten
+
+
+@dataclass
 class _ActiveTrial:
     """A trial the controller is waiting for."""
 
@@ -2911,8 +2920,7 @@ class _ActiveTrial:
     partial_reduce: bool = False
     room_below: int | None = None  # refused by a submit limit while this many of the run's jobs were queued
     room_retry_at: float = 0.0  # ... or ask again then, in case other jobs of the user made the room
-    chunks_complete: bool = False
-    chunk_files_seen: int = -1  # chunk files found when they were last all checked
+    files: _ChunkFiles = field(default_factory=_ChunkFiles)  # its valid chunk files read so far
 
     def save_jobs(self) -> None:
         jobs = [j.to_json() for j in self.jobs]
@@ -3048,11 +3056,9 @@ class _Progress:
 
 @dataclass
 class _TrialReports:
-    """What the controller has told Optuna of one trial's chunks, and the chunk files it has read."""
+    """What the controller has told Optuna of one trial's chunks."""
 
     reported: set[int]  # steps already reported (from the storage on resume): never reported twice
-    chunks: dict[int, ChunkResult] = field(default_factory=dict)
-    file_times: dict[int, int] = field(default_factory=dict)  # a chunk file is read again only if rewritten
     asked: bool = False  # should_prune() asked at least once
 
 
@@ -3083,7 +3089,7 @@ def _chunk_reports(chunks: Mapping[int, ChunkResult], form: str) -> dict[int, fl
     return reports
 
 
-def _read_new_chunks(trial: TrialPaths, expected: TrialParams, reports: _TrialReports) -> bool:
+def _read_new_chunks(trial: TrialPaths, expected: TrialParams, files: _ChunkFiles) -> bool:
     """Read the trial's chunk files written since the last look (validated, as everywhere); True if any."""
     try:
         with os.scandir(trial.chunks_dir) as entries:
@@ -3094,15 +3100,15 @@ def _read_new_chunks(trial: TrialPaths, expected: TrialParams, reports: _TrialRe
     for name in names:
         found = re.fullmatch(r"chunk_(\d+)\.json", name)
         index = int(found.group(1)) if found else -1
-        if not 0 <= index < expected.plan.n_chunks or index in reports.chunks:
+        if not 0 <= index < expected.plan.n_chunks or index in files.chunks:
             continue  # a valid chunk is never rewritten: only missing chunks are run again
         with contextlib.suppress(FileNotFoundError):
             mtime = os.stat(trial.chunk(index)).st_mtime_ns
-            if reports.file_times.get(index) != mtime:  # an invalid file is read again only once rewritten
-                reports.file_times[index] = mtime
+            if files.file_times.get(index) != mtime:  # an invalid file is read again only once rewritten
+                files.file_times[index] = mtime
                 chunk = _load_valid_chunk(trial, expected, index)
                 if chunk is not None:
-                    reports.chunks[index] = chunk
+                    files.chunks[index] = chunk
                     news = True
     return news
 
@@ -3326,15 +3332,15 @@ class _Controller:
         )
 
     def _all_chunks_done(self, active: _ActiveTrial) -> bool:
-        """Every chunk has a valid file: counted with one listdir, read only when the count changed."""
+        """Every chunk has a valid file: a listdir counts them, and only then are the unread ones read."""
         try:
             count = sum(1 for name in os.listdir(active.paths.chunks_dir) if name.startswith("chunk_"))
         except FileNotFoundError:
             return False
-        if count >= self._settings.seeds.n_chunks and count != active.chunk_files_seen:
-            active.chunk_files_seen = count
-            active.chunks_complete = not missing_chunks(active.paths, active.expected)
-        return count >= self._settings.seeds.n_chunks and active.chunks_complete
+        n_chunks = self._settings.seeds.n_chunks
+        if count >= n_chunks:
+            _read_new_chunks(active.paths, active.expected, active.files)
+        return len(active.files.chunks) == n_chunks
 
     def _advance(self, active: _ActiveTrial, queued: set[str]) -> bool:
         """Decide what the trial needs (``_decide``) and do it; True if anything changed.
@@ -3514,8 +3520,8 @@ class _Controller:
         if self._report_form is None:
             return False
         reports = self._reports.setdefault(active.trial.number, _TrialReports(set()))
-        news = _read_new_chunks(active.paths, active.expected, reports)
-        steps = _chunk_reports(reports.chunks, self._report_form) if news else {}
+        news = _read_new_chunks(active.paths, active.expected, active.files)
+        steps = _chunk_reports(active.files.chunks, self._report_form) if news or last else {}
         new = sorted(step for step in steps if step not in reports.reported)
         for step in new:
             active.trial.report(steps[step], step)
@@ -3529,9 +3535,9 @@ class _Controller:
         reports = self._reports.get(active.trial.number)
         if (
             reports is None
-            or not reports.chunks
+            or not active.files.chunks
             or not reports.reported
-            or len(reports.chunks) == active.expected.plan.n_chunks
+            or len(active.files.chunks) == active.expected.plan.n_chunks
             or (reports.asked and not reported)
         ):
             return False
@@ -3542,7 +3548,8 @@ class _Controller:
         """Cancel the trial's queued work (its arrays and reduce job, one call); its chunk files stay."""
         self._executor.cancel(running)
         trial = active.trial
-        used = _Moments.pool([c.stats.loss for c in self._reports.pop(trial.number).chunks.values()])
+        del self._reports[trial.number]
+        used = _Moments.pool([c.stats.loss for c in active.files.chunks.values()])
         trial.set_user_attr("n_seeds", used.count)
         trial.set_user_attr("running_mean", used.mean)
         trial.set_user_attr("std", math.sqrt(used.variance))
