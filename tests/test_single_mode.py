@@ -191,6 +191,24 @@ def test_optimize_entries_runs_one_study_per_entry_with_the_entry_in_context(run
     assert result.results_by_entry["p1"].run_dir == str(parent / "p1")
 
 
+def busy_intervals(seed_counter) -> list[tuple[float, float]]:
+    """(start, end) of every loss call that losses.records_busy_intervals recorded."""
+    return [
+        tuple(map(float, line.split()[1:]))
+        for p in seed_counter.directory.glob("busy.*")
+        for line in p.read_text().splitlines()
+    ]
+
+
+def most_at_once(intervals: list[tuple[float, float]]) -> int:
+    events = sorted([(s, 1) for s, _ in intervals] + [(e, -1) for _, e in intervals])
+    busy = peak = 0
+    for _, step in events:
+        busy += step
+        peak = max(peak, busy)
+    return peak
+
+
 def test_single_mode_never_runs_more_loss_processes_than_cores(run_root, seed_counter):
     optimize_run(
         losses.records_busy_intervals,
@@ -201,17 +219,9 @@ def test_single_mode_never_runs_more_loss_processes_than_cores(run_root, seed_co
         max_concurrent_trials=3,
         run_root=run_root,
     )
-    intervals = [
-        tuple(map(float, line.split()[1:]))
-        for p in seed_counter.directory.glob("busy.*")
-        for line in p.read_text().splitlines()
-    ]
+    intervals = busy_intervals(seed_counter)
     assert len(intervals) == 72
-    events = sorted([(s, 1) for s, _ in intervals] + [(e, -1) for _, e in intervals])
-    busy = peak = 0
-    for _, step in events:
-        busy += step
-        peak = max(peak, busy)
+    peak = most_at_once(intervals)
     assert 1 < peak <= len(os.sched_getaffinity(0))
 
 
@@ -225,17 +235,9 @@ def test_concurrent_entries_share_the_cores_instead_of_each_taking_them_all(run_
         worker_parallelism=2,
         run_root=run_root,
     )
-    intervals = [
-        tuple(map(float, line.split()[1:]))
-        for p in seed_counter.directory.glob("busy.*")
-        for line in p.read_text().splitlines()
-    ]
+    intervals = busy_intervals(seed_counter)
     assert len(intervals) == 32
-    events = sorted([(s, 1) for s, _ in intervals] + [(e, -1) for _, e in intervals])
-    busy = peak = 0
-    for _, step in events:
-        busy += step
-        peak = max(peak, busy)
+    peak = most_at_once(intervals)
     assert 1 < peak <= len(os.sched_getaffinity(0))
 
 
