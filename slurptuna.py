@@ -638,9 +638,23 @@ def _options() -> dict[str, _Option]:
     options = {}
     for name, parameter in inspect.signature(optimize_run).parameters.items():
         if parameter.kind is inspect.Parameter.KEYWORD_ONLY:
-            spec = next(m for m in typing.get_args(hints[name])[1:] if isinstance(m, _Opt))
+            spec = _opt_of(hints[name])
             options[name] = _Option(name, parameter.default, spec.help, spec.kind, spec.identity)
     return options
+
+
+def _opt_of(hint: Any) -> _Opt:
+    """The ``_Opt`` in an option's annotation. Python 3.10 wraps ``Annotated[X | None, ...] = None``
+    in one more ``Optional[...]``, so the search goes through the hint's arguments."""
+    import typing
+
+    for meta in getattr(hint, "__metadata__", ()):
+        if isinstance(meta, _Opt):
+            return meta
+    for arg in typing.get_args(hint):
+        with contextlib.suppress(LookupError):
+            return _opt_of(arg)
+    raise LookupError(f"no _Opt in {hint!r}")
 
 
 def _options_table() -> str:
