@@ -962,6 +962,15 @@ class TrialParams:
     def plan(self) -> SeedPlan:
         return SeedPlan.from_json(self.seeds)
 
+    def loss_context(self, chunk_index: int, run_dir: Path) -> dict[str, Any]:
+        """The ``context`` a loss taking three arguments sees while it evaluates this chunk."""
+        return {
+            "entry_id": self.entry_id,
+            "trial_number": self.trial_number,
+            "chunk_index": chunk_index,
+            "run_dir": str(run_dir),
+        }
+
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -1005,6 +1014,14 @@ class ChunkResult:
     @classmethod
     def from_json(cls, record: Mapping[str, Any]) -> ChunkResult:
         return cls(**{**record, "stats": ChunkStats.from_json(record["stats"])})
+
+    @classmethod
+    def of(cls, expected: TrialParams, index: int, stats: ChunkStats, seconds: float, processes: int) -> ChunkResult:
+        """The record of chunk ``index`` of the trial that ``expected`` describes."""
+        seeds = _describe_seeds(expected.plan.chunk(index))
+        return cls(
+            expected.trial_number, index, seeds, expected.params, stats, round(seconds, 6), processes, expected.code_id
+        )
 
 
 @dataclass(frozen=True)
@@ -1281,6 +1298,15 @@ class _Moments:
     @property
     def variance(self) -> float:
         return self.m2 / (self.count - 1) if self.count > 1 else 0.0
+
+    @property
+    def std(self) -> float:
+        return math.sqrt(self.variance)
+
+    @property
+    def standard_error(self) -> float:
+        """std / sqrt(count): how far the mean may be from the loss's expectation over all seeds."""
+        return self.std / math.sqrt(self.count)
 
     def to_json(self) -> dict[str, Any]:
         return {"count": self.count, "mean": self.mean, "m2": self.m2, "min": self.min, "max": self.max}
@@ -1568,12 +1594,49 @@ def _load_valid_chunk(trial: TrialPaths, expected: TrialParams, index: int) -> C
     return chunk
 
 
+@dataclass
+class _ChunkFiles:
+    """The valid chunk files of a running trial read so far: each is read once (early completion, pruning)."""
+
+    chunks: dict[int, ChunkResult] = field(default_factory=dict)
+    file_times: dict[int, int] = field(default_factory=dict)  # an invalid file is read again only if rewritten
+
+
+def _read_new_chunks(trial: TrialPaths, expected: TrialParams, files: _ChunkFiles) -> bool:
+    """Read the trial's chunk files written since the last look (validated, as everywhere); True if any."""
+    try:
+        with os.scandir(trial.chunks_dir) as entries:
+            names = [e.name for e in entries]
+    except FileNotFoundError:
+        return False
+    news = False
+    for name in names:
+        found = re.fullmatch(r"chunk_(\d+)\.json", name)
+        index = int(found.group(1)) if found else -1
+        if not 0 <= index < expected.plan.n_chunks or index in files.chunks:
+            continue  # a valid chunk is never rewritten: only missing chunks are run again
+        with contextlib.suppress(FileNotFoundError):
+            mtime = os.stat(trial.chunk(index)).st_mtime_ns
+            if files.file_times.get(index) != mtime:  # an invalid file is read again only once rewritten
+                files.file_times[index] = mtime
+                chunk = _load_valid_chunk(trial, expected, index)
+                if chunk is not None:
+                    files.chunks[index] = chunk
+                    news = True
+    return news
+
+
+def _read_valid_chunks(trial: TrialPaths, expected: TrialParams) -> dict[int, ChunkResult]:
+    """Every valid chunk file of the trial, by index."""
+    files = _ChunkFiles()
+    _read_new_chunks(trial, expected, files)
+    return files.chunks
+
+
 def missing_chunks(trial: TrialPaths, expected: TrialParams) -> list[int]:
-    """Chunks without a trustworthy file. A trial that never ran has no chunk directory."""
-    n_chunks = expected.plan.n_chunks
-    if not trial.chunks_dir.is_dir():
-        return list(range(n_chunks))
-    return [i for i in range(n_chunks) if _load_valid_chunk(trial, expected, i) is None]
+    """Chunks without a trustworthy file."""
+    valid = _read_valid_chunks(trial, expected)
+    return [i for i in range(expected.plan.n_chunks) if i not in valid]
 
 
 @contextlib.contextmanager
@@ -1631,8 +1694,11 @@ def _import_file(path: str) -> None:
     spec.loader.exec_module(module)
 
 
-def run_chunk_task(run_dir: Path, trial_number: int, chunk_index: int) -> int:
-    """What ``python -m slurptuna worker chunk`` does; returns the process exit code."""
+def run_chunk_task(run_dir: Path, trial_number: int, chunk_index: int, log: Path | None = None) -> int:
+    """What ``python -m slurptuna worker chunk`` does; returns the process exit code.
+
+    ``log``: where this task's stderr goes (Slurm's ``--error``), named in a failure's record.
+    """
     run = RunPaths(Path(run_dir))
     settings = _RunSettings.from_json(_read_json(run.meta))
     trial = run.trial(trial_number)
@@ -1641,17 +1707,14 @@ def run_chunk_task(run_dir: Path, trial_number: int, chunk_index: int) -> int:
         print(f"chunk {chunk_index} of trial {trial_number} is already computed", file=sys.stderr)
         return 0
     seeds = expected.plan.chunk(chunk_index)
-    failure = partial(ChunkFailure, trial_number, chunk_index, settings.loss_name, params=expected.params)
+    failure = partial(
+        ChunkFailure, trial_number, chunk_index, settings.loss_name, params=expected.params, log=str(log or "")
+    )
     try:
         definition = _import_loss(settings, expected.code_id)
     except LossError as exc:
         return _record_failure(trial, failure("import", str(exc)), exit_code=2)
-    context = {
-        "entry_id": expected.entry_id,
-        "trial_number": trial_number,
-        "chunk_index": chunk_index,
-        "run_dir": str(run.dir),
-    }
+    context = expected.loss_context(chunk_index, run.dir)
     started = time.perf_counter()
     try:
         stats = run_chunk(
@@ -1660,17 +1723,8 @@ def run_chunk_task(run_dir: Path, trial_number: int, chunk_index: int) -> int:
     except _SeedError as exc:
         seed, kind, message, trace = exc.args
         return _record_failure(trial, failure(kind, message, seed=seed, traceback=trace), exit_code=1)
-    result = ChunkResult(
-        trial_number,
-        chunk_index,
-        _describe_seeds(seeds),
-        expected.params,
-        stats,
-        round(time.perf_counter() - started, 6),
-        min(settings.worker_parallelism, len(seeds)),
-        expected.code_id,
-    )
-    _write_chunk_result(trial, result)
+    processes = min(settings.worker_parallelism, len(seeds))
+    _write_chunk_result(trial, ChunkResult.of(expected, chunk_index, stats, time.perf_counter() - started, processes))
     return 0
 
 
@@ -1773,12 +1827,7 @@ def _evaluate_unit(
 ) -> dict[str, Any]:
     """One unit of pool work: seeds ``lo:hi`` of a chunk -> its statistics (or the failing seed)."""
     seeds = expected.plan.chunk(chunk)[lo:hi]
-    context = {
-        "entry_id": expected.entry_id,
-        "trial_number": expected.trial_number,
-        "chunk_index": chunk,
-        "run_dir": str(trial.run_dir),
-    }
+    context = expected.loss_context(chunk, trial.run_dir)
     started = time.perf_counter()
     try:
         stats = run_chunk(definition, expected.params, seeds, context, processes, use_processes)
@@ -1792,17 +1841,7 @@ def _evaluate_unit(
     seconds = time.perf_counter() - started
     whole = hi - lo == len(expected.plan.chunk(chunk))
     if whole:
-        result = ChunkResult(
-            expected.trial_number,
-            chunk,
-            _describe_seeds(seeds),
-            expected.params,
-            stats,
-            round(seconds, 6),
-            processes,
-            expected.code_id,
-        )
-        _write_chunk_result(trial, result)
+        _write_chunk_result(trial, ChunkResult.of(expected, chunk, stats, seconds, processes))
     return {"stats": stats.to_json(), "seconds": seconds, "written": whole}
 
 
@@ -1840,14 +1879,14 @@ def reduce_trial(
         n_seeds=stats.loss.count,
         n_chunks=len(present),
         mean=stats.loss.mean,
-        std=math.sqrt(stats.loss.variance),
+        std=stats.loss.std,
         min=stats.loss.min,
         max=stats.loss.max,
         components={n: m.mean for n, m in stats.components.items()},
         chunk_seconds=round(math.fsum(c.elapsed_seconds for c in present), 6),
         missing_chunks=missing,
         code_id=expected.code_id,
-        standard_error=math.sqrt(stats.loss.variance) / math.sqrt(stats.loss.count),
+        standard_error=stats.loss.standard_error,
     )
     _write_json_atomic(trial.summary, summary.to_json())
     return summary
@@ -1880,44 +1919,75 @@ def _format_ranges(numbers_: Iterable[int]) -> str:
 
 
 # ============================================================================
-# Executors: Slurm (sbatch/squeue/scancel/sacct) and local processes, one interface
+# Executors: they run chunk tasks, on Slurm or in a local pool, one interface
 # ============================================================================
 #
-# A trial is submitted as one or more chunk "array jobs" and one "reduce job" that
-# depends on them. Success is never taken from the scheduler, only from files.
+# The controller owns the trial (what to run, when it is complete, what Optuna is told);
+# an executor only runs chunk tasks. Success is never taken from the scheduler, only from
+# results: chunk files, or results an executor holds in memory.
 
 
 class Executor(Protocol):
-    """What the controller asks of Slurm or of the local pool; job ids are strings."""
+    """What the controller asks of Slurm or of the local pool: run chunk tasks, nothing else.
+
+    The contract, as Optuna's ``BaseStorage`` states its own:
+
+    * ``start(trial, expected, chunks, attempt)`` queues these chunks of the trial (never a
+      chunk already queued). The executor may hold some back (a site's submit limit) and
+      start them later by itself; held chunks count as running.
+    * A chunk task writes ``chunk_XXXXX.json`` or its error file (``ChunkFailure``), as
+      ``run_chunk_task`` and ``serve_pool`` do. ``results(trial)`` returns the valid chunk
+      results the executor knows of (in memory, or read from new files).
+    * ``poll()`` looks once at what runs (at most one scheduler call); False when the
+      scheduler did not answer: the queries keep their last answer and the controller waits.
+    * ``running(trial)`` is a query: some chunk of the trial is queued, running or held back.
+    * ``cancel(trials)`` stops every queued or running chunk task of these trials, in one call;
+      it returns how many jobs (Slurm) or chunks (the pool) it stopped.
+    * ``finished(trial)``: the controller is done with the trial; the executor forgets it.
+    * ``explain(trial, chunks)``: how the tasks of these chunks ended, with their logs' tails.
+    * ``has_room()``: a new trial may start (False while a limit holds work back).
+    * ``adopt(trials)``: on resume, the chunks that a crashed controller left queued, per trial.
+    * ``wait(seconds)``: let time pass (the pool works meanwhile); returns early on news or stop.
+    * ``close()``: the controller is leaving: stop local processes (Slurm jobs stay, to be adopted).
+
+    A new executor is one class with this interface and one row in ``_EXECUTORS``.
+    """
 
     first_poll_seconds: float  # the pause after something changed; it grows to max_poll_seconds
     max_poll_seconds: float
 
-    def submit_chunks(self, trial: TrialPaths, chunks: Sequence[int], attempt: int) -> list[JobRef]:
-        """Queue the chunks (array jobs); returns the jobs that hold them."""
+    def start(self, trial: TrialPaths, expected: TrialParams, chunks: Sequence[int], attempt: int) -> None: ...
 
-    def submit_reduce(
-        self, trial: TrialPaths, after: Sequence[JobRef], attempt: int, allow_missing: bool = False
-    ) -> JobRef:
-        """Queue the reduce job, to run once ``after`` all succeeded (or in any case with ``allow_missing``)."""
+    def poll(self) -> bool: ...
 
-    def queued(self, job_ids: Sequence[str]) -> set[str] | None:
-        """Which of the jobs are still queued or running (a query: one squeue call); None: ask again."""
+    def running(self, trial: TrialPaths) -> bool: ...
 
-    def wait(self, seconds: float, stop: threading.Event) -> None:
-        """Let up to ``seconds`` pass (the local pool works meanwhile); return early once ``stop`` is set."""
+    def results(self, trial: TrialPaths) -> Mapping[int, ChunkResult]: ...
 
-    def unrecorded(self, recorded: set[str]) -> list[str]:
-        """Queued jobs of this run that no jobs.json knows (sbatch answered after a crash)."""
+    def cancel(self, trials: Iterable[TrialPaths]) -> int: ...
 
-    def explain(self, trial: TrialPaths, jobs: Sequence[JobRef], chunks: Sequence[int]) -> str:
-        """Why these chunks have no result: how their tasks ended, with their logs' tails."""
+    def finished(self, trial: TrialPaths) -> None: ...
 
-    def cancel(self, job_ids: Sequence[str]) -> None:
-        """Cancel the jobs (one scancel), their running tasks included."""
+    def explain(self, trial: TrialPaths, chunks: Sequence[int]) -> str: ...
 
-    def close(self) -> None:
-        """The run's controller is leaving: stop local processes (Slurm jobs stay, to be adopted)."""
+    def has_room(self) -> bool: ...
+
+    def adopt(self, trials: Sequence[TrialPaths]) -> dict[int, frozenset[int]]: ...
+
+    def wait(self, seconds: float) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class _ChunkState(Enum):
+    """How a chunk task stands or ended, in the words Slurm's accounting uses."""
+
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    TIMEOUT = "TIMEOUT"
+    CANCELLED = "CANCELLED"
 
 
 _ACTIVE_STATES = frozenset(
@@ -2135,6 +2205,14 @@ def _command_error(process: subprocess.CompletedProcess[str]) -> SlurmError:
     return SlurmError(f"{' '.join(process.args)} failed with exit code {process.returncode}: {output}")
 
 
+_INVALID_JOB_ID = "Invalid job id"  # squeue or scancel of a job id Slurm has already forgotten
+
+
+def _parse_job_comments(stdout: str) -> list[tuple[str, str]]:
+    """``%F|%k`` lines (job id, comment) -> pairs: how a run finds its own jobs by their ``--comment`` tag."""
+    return [(job, comment) for job, _, comment in (line.partition("|") for line in stdout.splitlines())]
+
+
 @dataclass
 class _Outage:
     """When to ask Slurm again while it does not answer: after 1 s, doubling up to 60 s, for ``limit`` s.
@@ -2171,22 +2249,77 @@ exec "$@"
 """
 
 
+@dataclass
+class _SlurmTrial:
+    """One trial's jobs on Slurm (``jobs.json``), and the chunks a submit limit holds back."""
+
+    paths: TrialPaths
+    expected: TrialParams
+    attempt: int = 0
+    jobs: list[JobRef] = field(default_factory=list)  # every array and reduce job of the trial, in order
+    held: list[int] = field(default_factory=list)  # chunks to submit once the limit leaves room
+    needs_reduce: bool = False  # a reduce job is to follow the arrays
+    cancelled: bool = False  # its jobs were cancelled since it last started chunks
+    files: _ChunkFiles = field(default_factory=lambda: _ChunkFiles())  # its valid chunk files read so far
+
+    def save_jobs(self) -> None:
+        jobs = [j.to_json() for j in self.jobs]
+        _write_json_atomic(self.paths.jobs, {"attempt": self.attempt, "jobs": jobs}, indent=None)
+
+
+@dataclass
+class _SubmitLimit:
+    """A submit limit was hit: wait until the run holds fewer jobs, or ``retry_at`` (other users' jobs may leave)."""
+
+    room_below: int  # the run's queued jobs when it was refused
+    retry_at: float
+
+
+_LIMIT_RETRY_SECONDS = 60.0  # under a submit limit, ask again this often even if the run's own jobs stay
+
+
 class _SlurmExecutor:
-    """Trials as Slurm array jobs plus dependent reduce jobs."""
+    """Chunk tasks as Slurm array jobs; behind them, private to Slurm, a reduce job per trial.
+
+    The reduce job (``--dependency=afterok`` on the trial's arrays) writes the trial's
+    ``summary.json`` even when the controller died; the controller does not wait for it and
+    cancels it once it has reduced the trial itself. A submit limit holds chunks back here:
+    the controller sees them as running and starts no new trial meanwhile. Time comes from
+    ``clock`` and waits go through ``sleep`` (which returns True once the run is stopped), so
+    the rules are tested, and a long run simulated, without waiting.
+    """
 
     first_poll_seconds = 0.25
 
-    def __init__(self, settings: _RunSettings, run: RunPaths, stop: threading.Event) -> None:
-        if _which("sbatch") is None:
+    def __init__(
+        self,
+        settings: _RunSettings,
+        run: RunPaths,
+        stop: threading.Event,
+        cores: int | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], bool] | None = None,
+        slurm: Callable[..., subprocess.CompletedProcess[str]] | None = None,
+    ) -> None:
+        self._slurm = slurm or _run_slurm  # looked up now: tests and the benchmark replace _run_slurm
+        if slurm is None and _which("sbatch") is None:
             raise ConfigError("distributed mode needs Slurm: sbatch is not on PATH (use mode='single' to run locally)")
         self._settings = settings
-        self._stop = stop
+        self._clock = clock
+        self._sleep = sleep or stop.wait
         self._outage = _Outage(60 * settings.slurm_unavailable_minutes)
         self._tag = f"slurptuna:{settings.run_id}"  # every job's --comment starts with it
         self._qos = settings.slurm_qos
         self._env = _worker_env(settings)
         self._max_array_size: int | None = None
         self.max_poll_seconds = settings.slurm_poll_seconds
+        self._trials: dict[int, _SlurmTrial] = {}
+        self._queued: set[str] = set()  # the run's jobs queued or running at the last poll, and those submitted since
+        self._to_cancel: set[str] = set()  # reduce jobs no longer needed: cancelled with the next scancel
+        self._limit: _SubmitLimit | None = None  # chunks are held back until there is room
+        self._under_limit = False  # said once per episode
+        self._trial_cap: int | None = None  # after a limit: at most this many trials with jobs (it does not go away)
         self._script = run.batch_script
         if not self._script.exists():
             _compile_for_workers()
@@ -2196,10 +2329,149 @@ class _SlurmExecutor:
             tmp.chmod(0o755)
             os.replace(tmp, self._script)
 
+    # ---- the interface the controller uses
+
+    def start(self, trial: TrialPaths, expected: TrialParams, chunks: Sequence[int], attempt: int) -> None:
+        """Submit the chunks as arrays, then a reduce job after every queued array of the trial."""
+        state = self._trials.setdefault(trial.number, _SlurmTrial(trial, expected))
+        state.attempt, state.cancelled = attempt, False
+        state.jobs = [j for j in state.jobs if j.job_id in self._queued]  # ended jobs were explained already
+        state.held = sorted(set(state.held) | set(chunks))
+        old_reduce = {j.job_id for j in state.jobs if j.kind == "reduce" and j.job_id in self._queued}
+        if old_reduce and state.held:  # it does not wait for the arrays about to be submitted
+            self._to_cancel |= old_reduce
+            self._queued -= old_reduce
+        state.needs_reduce = state.needs_reduce or bool(state.held)
+        if self._limit is None:
+            self._submit_pending(state)
+
+    def poll(self) -> bool:
+        """One ``squeue`` for the run's queued jobs; then, if a limit left room, what it held back."""
+        if self._to_cancel:
+            self._scancel(sorted(self._to_cancel))
+            self._to_cancel.clear()
+        queued = self._ask_queue(sorted(self._queued))
+        if queued is None:
+            return False
+        self._queued = queued
+        if self._limit is not None and (len(queued) < self._limit.room_below or self._clock() >= self._limit.retry_at):
+            self._limit = None
+            for state in list(self._trials.values()):
+                if self._limit is None and (state.held or state.needs_reduce):
+                    self._submit_pending(state)
+            if self._limit is None:
+                self._under_limit = False
+                logger.warning("submitted; no trial waits for room under the Slurm limit now")
+        return True
+
+    def running(self, trial: TrialPaths) -> bool:
+        state = self._trials.get(trial.number)
+        return state is not None and (
+            bool(state.held) or any(j.job_id in self._queued for j in state.jobs if j.kind == "chunks")
+        )
+
+    def results(self, trial: TrialPaths) -> Mapping[int, ChunkResult]:
+        """The trial's valid chunk files, reading only those written since the last look."""
+        state = self._trials.get(trial.number)
+        if state is None:
+            return {}  # nothing was started here
+        _read_new_chunks(trial, state.expected, state.files)
+        return state.files.chunks
+
+    def cancel(self, trials: Iterable[TrialPaths]) -> int:
+        job_ids = set(self._to_cancel)
+        for trial in trials:
+            state = self._trials.get(trial.number)
+            if state is not None:
+                state.held, state.needs_reduce, state.cancelled = [], False, True
+                job_ids |= {j.job_id for j in state.jobs if j.job_id in self._queued}
+        self._to_cancel.clear()
+        self._scancel(sorted(job_ids))
+        return len(job_ids)
+
+    def finished(self, trial: TrialPaths) -> None:
+        """Forget the trial; its reduce job, if still queued, leaves with the next scancel.
+
+        Array tasks that wrote their chunk end by themselves (cancelled, accounting would
+        call them CANCELLED).
+        """
+        state = self._trials.pop(trial.number, None)
+        if state is not None and not state.cancelled:
+            self._to_cancel |= {j.job_id for j in state.jobs if j.kind == "reduce" and j.job_id in self._queued}
+
+    def explain(self, trial: TrialPaths, chunks: Sequence[int]) -> str:
+        jobs = self._trials[trial.number].jobs if trial.number in self._trials else []
+        process = self._slurm(
+            ["sacct", "-X", "-n", "-P", "-j", ",".join(j.job_id for j in jobs), "-o", "jobid,state,exitcode"],
+            timeout=60,
+        )
+        states = _parse_sacct(process.stdout) if process.returncode == 0 else {}
+
+        def describe(chunk: int) -> tuple[str, Path | None]:
+            job = _job_of_chunk(jobs, chunk)
+            if job is None:
+                return "never submitted", None
+            task = chunk - job.offset
+            log = trial.chunk_log(job.job_id, task, "err")
+            timed_out = "DUE TO TIME LIMIT" in _tail(log)
+            return states.get((job.job_id, task)) or ("TIMEOUT" if timed_out else "ended without a result"), log
+
+        return _explain_missing(chunks, describe)
+
+    def has_room(self) -> bool:
+        if any(s.held or s.needs_reduce for s in self._trials.values()):
+            return False
+        return self._trial_cap is None or len(self._trials) < self._trial_cap
+
+    def adopt(self, trials: Sequence[TrialPaths]) -> dict[int, frozenset[int]]:
+        """The chunks still queued for these trials, from their ``jobs.json`` and one ``squeue``.
+
+        Jobs of this run that no ``jobs.json`` knows (sbatch answered after a crash) are
+        cancelled: their chunks are not known, so the missing chunks are submitted again.
+        The scheduler must answer before anything is submitted twice.
+        """
+        recorded = {t.number: _read_json(t.jobs) or {} for t in trials}
+        jobs = {n: [JobRef.from_json(j) for j in r.get("jobs", [])] for n, r in recorded.items()}
+        known = {j.job_id for listed in jobs.values() for j in listed}
+        strays = self._unrecorded(known) if trials else []
+        if strays:
+            logger.warning("cancelling job(s) %s of this run that a crash left out of jobs.json", ", ".join(strays))
+            self._scancel(strays)
+        queued = self._ask_queue(sorted(known))
+        while queued is None:
+            if self._sleep(self.max_poll_seconds):
+                raise _Interrupted("interrupted while waiting for Slurm to answer")
+            queued = self._ask_queue(sorted(known))
+        self._queued |= queued
+        adopted: dict[int, frozenset[int]] = {}
+        for trial in trials:
+            mine = [j for j in jobs[trial.number] if j.job_id in queued]
+            if mine:
+                logger.info("trial %d: adopting queued jobs %s", trial.number, ", ".join(j.job_id for j in mine))
+                expected = TrialParams.load(trial)
+                attempt = recorded[trial.number].get("attempt", 0)
+                state = _SlurmTrial(trial, expected, attempt, jobs=mine)
+                state.needs_reduce = not any(j.kind == "reduce" for j in mine)  # the crash came before its sbatch
+                self._trials[trial.number] = state
+                self._submit_pending(state)
+                adopted[trial.number] = frozenset(c for j in mine if j.kind == "chunks" for c in j.chunks)
+        return adopted
+
+    def wait(self, seconds: float) -> None:
+        self._sleep(seconds)  # nothing happens here between polls: Slurm runs the jobs
+
+    def close(self) -> None:
+        """Queued chunk tasks belong to the run (a resume adopts them); reduce jobs no longer needed go."""
+        if self._to_cancel:
+            self._scancel(sorted(self._to_cancel))
+            self._to_cancel.clear()
+
+    # ---- submitting
+
     @property
     def max_array_size(self) -> int:
         if self._max_array_size is None:
-            shown = _run_slurm(["scontrol", "show", "config"], timeout=30)
+            shown = self._slurm(["scontrol", "show", "config"], timeout=30)
             found = re.search(r"^MaxArraySize\s*=\s*(\d+)", shown.stdout, re.MULTILINE)
             self._max_array_size = int(found.group(1)) if found else 1001
         return self._max_array_size
@@ -2214,27 +2486,42 @@ class _SlurmExecutor:
         options += [f"--account={s.slurm_account}"] if s.slurm_account else []
         return options + list(s.sbatch_args)
 
-    def submit_chunks(self, trial: TrialPaths, chunks: Sequence[int], attempt: int) -> list[JobRef]:
-        s = self._settings
-        trial.logs_dir.mkdir(parents=True, exist_ok=True)
-        jobs = []
-        for offset, task_ids in _array_groups(chunks, self.max_array_size):
-            options = [
-                *self._options(trial, "chunks"),
-                f"--array={_array_spec(task_ids, s.array_parallelism_limit)}",
-                f"--cpus-per-task={s.cpus_per_task}",
-                f"--time={_slurm_time(s.worker_time_limit)}",
-                f"--output={trial.chunk_log('%A', '%a', 'out')}",
-                f"--error={trial.chunk_log('%A', '%a', 'err')}",
-            ]
-            command = _worker_command(s, "chunk", trial, "--chunk-offset", str(offset))
-            job_id = self._sbatch(options, command)
-            jobs.append(JobRef(job_id, "chunks", tuple(offset + t for t in task_ids), offset, attempt))
-        return jobs
+    def _submit_pending(self, state: _SlurmTrial) -> None:
+        """Submit the trial's held chunks as arrays, then its reduce job; a submit limit holds the rest."""
+        try:
+            for offset, task_ids in _array_groups(state.held, self.max_array_size):
+                job = self._submit_array(state, offset, task_ids)
+                state.jobs.append(job)
+                self._queued.add(job.job_id)
+                state.held = [c for c in state.held if c not in set(job.chunks)]
+                state.save_jobs()
+            if state.needs_reduce:
+                arrays = [j for j in state.jobs if j.kind == "chunks" and j.job_id in self._queued]
+                reduce = self._submit_reduce(state, arrays)
+                state.jobs.append(reduce)
+                self._queued.add(reduce.job_id)
+                state.needs_reduce = False
+                state.save_jobs()
+        except SlurmBusy as busy:
+            self._hold_for_room(state, busy)
 
-    def submit_reduce(
-        self, trial: TrialPaths, after: Sequence[JobRef], attempt: int, allow_missing: bool = False
-    ) -> JobRef:
+    def _submit_array(self, state: _SlurmTrial, offset: int, task_ids: list[int]) -> JobRef:
+        s, trial = self._settings, state.paths
+        trial.logs_dir.mkdir(parents=True, exist_ok=True)
+        options = [
+            *self._options(trial, "chunks"),
+            f"--array={_array_spec(task_ids, s.array_parallelism_limit)}",
+            f"--cpus-per-task={s.cpus_per_task}",
+            f"--time={_slurm_time(s.worker_time_limit)}",
+            f"--output={trial.chunk_log('%A', '%a', 'out')}",
+            f"--error={trial.chunk_log('%A', '%a', 'err')}",
+        ]
+        command = _worker_command(s, "chunk", trial, "--chunk-offset", str(offset))
+        job_id = self._sbatch(options, command)
+        return JobRef(job_id, "chunks", tuple(offset + t for t in task_ids), offset, state.attempt)
+
+    def _submit_reduce(self, state: _SlurmTrial, after: Sequence[JobRef]) -> JobRef:
+        trial = state.paths
         trial.logs_dir.mkdir(parents=True, exist_ok=True)
         options = [
             *self._options(trial, "reduce"),
@@ -2245,10 +2532,23 @@ class _SlurmExecutor:
         ]
         if after:
             options += ["--dependency=afterok:" + ":".join(j.job_id for j in after), "--kill-on-invalid-dep=yes"]
-        extra = ["--allow-missing"] if allow_missing else []
-        return JobRef(
-            self._sbatch(options, _worker_command(self._settings, "reduce", trial, *extra)), "reduce", attempt=attempt
-        )
+        job_id = self._sbatch(options, _worker_command(self._settings, "reduce", trial))
+        return JobRef(job_id, "reduce", attempt=state.attempt)
+
+    def _hold_for_room(self, state: _SlurmTrial, busy: SlurmBusy) -> None:
+        """Keep the rest for later and stay under the limit: no more trials in flight than held jobs then."""
+        holding = sum(1 for s in self._trials.values() if s is not state and s.jobs and not s.held)
+        self._trial_cap = max(1, holding) if self._trial_cap is None else min(self._trial_cap, max(1, holding))
+        if not self._under_limit:  # one line per episode, not per refused sbatch
+            self._under_limit = True
+            logger.warning(
+                "trial %d: Slurm refused a submission under a limit, keeping the QoS; waiting for the run's jobs "
+                "to leave the queue, then running at most %d trial(s) at a time:\n%s",
+                state.paths.number,
+                self._trial_cap,
+                busy,
+            )
+        self._limit = _SubmitLimit(max(1, len(self._queued)), self._clock() + _LIMIT_RETRY_SECONDS)
 
     def _sbatch(self, options: list[str], command: list[str]) -> str:
         """Submit one job; its id.
@@ -2257,13 +2557,13 @@ class _SlurmExecutor:
         not answer, ask again with backoff for up to ``slurm_unavailable_minutes``, but first
         look for the job by its own ``--comment``: a timed-out sbatch may have queued it, and
         a chunk set must never be queued twice. A limit raises ``SlurmBusy`` (LIMIT): the
-        controller waits for room, keeping the QoS. Anything else raises ``SlurmError``.
+        chunks wait for room, keeping the QoS. Anything else raises ``SlurmError``.
         """
         comment = f"{self._tag}.{os.urandom(4).hex()}"
         while True:
             qos = [f"--qos={self._qos}"] if self._qos else []
             argv = ["sbatch", "--parsable", f"--comment={comment}", *options, *qos, str(self._script), *command]
-            process = _run_slurm(argv, env=self._env)
+            process = self._slurm(argv, env=self._env)
             if process.returncode == 0:
                 self._slurm_answered()
                 return _parse_job_id(process.stdout)
@@ -2296,8 +2596,8 @@ class _SlurmExecutor:
         """
         answered = False
         while True:
-            process = _run_slurm(["squeue", "-h", "--me", "-t", "all", "-o", "%F|%k"], timeout=60)
-            found = [line.split("|")[0] for line in process.stdout.splitlines() if line.split("|", 1)[-1] == comment]
+            process = self._slurm(["squeue", "-h", "--me", "-t", "all", "-o", "%F|%k"], timeout=60)
+            found = [job for job, tag in _parse_job_comments(process.stdout) if tag == comment]
             if process.returncode == 0 and found:
                 return found[0]
             if process.returncode == 0 and answered:
@@ -2305,10 +2605,54 @@ class _SlurmExecutor:
             answered = process.returncode == 0
             self._wait_out_outage(failed if answered else process)
 
+    # ---- asking and cancelling
+
+    def _ask_queue(self, job_ids: Sequence[str]) -> set[str] | None:
+        """The jobs still queued or running, from one ``squeue`` call; None if Slurm did not answer."""
+        if not job_ids:
+            return set()
+        process = self._slurm(["squeue", "-h", "-t", "all", "-j", ",".join(job_ids), "-o", "%i|%T"], timeout=60)
+        if process.returncode != 0:
+            if _INVALID_JOB_ID in process.stderr:
+                return set()  # a single job id that Slurm has already forgotten
+            if classify_slurm_failure(process.returncode, process.stderr) is not SlurmFailure.TRANSIENT:
+                logger.warning("squeue failed, will ask again: %s", _command_error(process))
+                return None
+            first = self._outage.started is None
+            if self._outage.next_delay(self._clock()) is None:
+                raise SlurmError(
+                    f"Slurm has not answered squeue for {self._settings.slurm_unavailable_minutes:g} minutes "
+                    f"(slurm_unavailable_minutes): {_command_error(process)}"
+                )
+            if first:
+                logger.warning("Slurm does not answer squeue (%s); asking again", process.stderr.strip())
+            return None
+        self._slurm_answered()
+        return {job for job, states in _parse_squeue(process.stdout).items() if states & _ACTIVE_STATES}
+
+    def _unrecorded(self, recorded: set[str]) -> list[str]:
+        """Queued jobs of this run that no ``jobs.json`` knows: sbatch answered after a crash."""
+        process = self._slurm(["squeue", "-h", "--me", "-o", "%F|%k"], timeout=60)
+        if process.returncode != 0:
+            logger.warning("squeue failed, cannot look for unrecorded jobs: %s", _command_error(process))
+            return []
+        found = {
+            job
+            for job, comment in _parse_job_comments(process.stdout)
+            if comment == self._tag or comment.startswith(self._tag + ".")
+        }
+        return sorted(found - recorded)
+
+    def _scancel(self, job_ids: Sequence[str]) -> None:
+        if job_ids:
+            process = self._slurm(["scancel", *job_ids], timeout=60)
+            if process.returncode != 0 and _INVALID_JOB_ID not in process.stderr:
+                logger.warning("%s", _command_error(process))
+
     def _wait_out_outage(self, failed: subprocess.CompletedProcess[str]) -> None:
         """Slurm did not answer: wait before the next try, or give up after slurm_unavailable_minutes."""
         first = self._outage.started is None
-        delay = self._outage.next_delay(time.monotonic())
+        delay = self._outage.next_delay(self._clock())
         if delay is None:
             raise SlurmError(
                 f"Slurm has not answered for {self._settings.slurm_unavailable_minutes:g} minutes "
@@ -2320,115 +2664,16 @@ class _SlurmExecutor:
                 (failed.stderr.strip() or "no output").splitlines()[-1],
                 self._settings.slurm_unavailable_minutes,
             )
-        if self._stop.wait(delay):
+        if self._sleep(delay):
             raise _Interrupted("interrupted while waiting for Slurm to answer")
 
     def _slurm_answered(self) -> None:
-        lasted = self._outage.end(time.monotonic())
+        lasted = self._outage.end(self._clock())
         if lasted is not None:
             logger.warning("Slurm answers again after %.0f s", lasted)
 
-    def queued(self, job_ids: Sequence[str]) -> set[str] | None:
-        """The jobs still queued or running, from one ``squeue`` call; None if squeue failed."""
-        if not job_ids:
-            return set()
-        process = _run_slurm(["squeue", "-h", "-t", "all", "-j", ",".join(job_ids), "-o", "%i|%T"], timeout=60)
-        if process.returncode != 0:
-            if "Invalid job id" in process.stderr:
-                return set()  # a single job id that Slurm has already forgotten
-            if classify_slurm_failure(process.returncode, process.stderr) is not SlurmFailure.TRANSIENT:
-                logger.warning("squeue failed, will ask again: %s", _command_error(process))
-                return None
-            first = self._outage.started is None
-            if self._outage.next_delay(time.monotonic()) is None:
-                raise SlurmError(
-                    f"Slurm has not answered squeue for {self._settings.slurm_unavailable_minutes:g} minutes "
-                    f"(slurm_unavailable_minutes): {_command_error(process)}"
-                )
-            if first:
-                logger.warning("Slurm does not answer squeue (%s); asking again", process.stderr.strip())
-            return None
-        self._slurm_answered()
-        return {job for job, states in _parse_squeue(process.stdout).items() if states & _ACTIVE_STATES}
-
-    def unrecorded(self, recorded: set[str]) -> list[str]:
-        """Queued jobs of this run that no ``jobs.json`` knows: sbatch answered after a crash."""
-        process = _run_slurm(["squeue", "-h", "--me", "-o", "%F|%k"], timeout=60)
-        if process.returncode != 0:
-            logger.warning("squeue failed, cannot look for unrecorded jobs: %s", _command_error(process))
-            return []
-        found = {
-            job
-            for job, _, comment in (line.partition("|") for line in process.stdout.splitlines())
-            if comment == self._tag or comment.startswith(self._tag + ".")
-        }
-        return sorted(found - recorded)
-
-    def explain(self, trial: TrialPaths, jobs: Sequence[JobRef], chunks: Sequence[int]) -> str:
-        process = _run_slurm(
-            ["sacct", "-X", "-n", "-P", "-j", ",".join(j.job_id for j in jobs), "-o", "jobid,state,exitcode"],
-            timeout=60,
-        )
-        states = _parse_sacct(process.stdout) if process.returncode == 0 else {}
-
-        def describe(chunk: int) -> tuple[str, Path | None]:
-            job = _job_of_chunk(jobs, chunk)
-            if job is None:
-                return "never submitted", None
-            task = chunk - job.offset
-            log = trial.chunk_log(job.job_id, task, "err")
-            timed_out = "DUE TO TIME LIMIT" in _tail(log)
-            return states.get((job.job_id, task)) or ("TIMEOUT" if timed_out else "ended without a result"), log
-
-        return _explain_missing(chunks, describe)
-
-    def wait(self, seconds: float, stop: threading.Event) -> None:
-        stop.wait(seconds)  # nothing happens here between polls: Slurm runs the jobs
-
-    def close(self) -> None:
-        pass  # queued jobs belong to the run: a resume adopts them
-
-    def cancel(self, job_ids: Sequence[str]) -> None:
-        if job_ids:
-            process = _run_slurm(["scancel", *job_ids], timeout=60)
-            if process.returncode != 0 and "Invalid job id" not in process.stderr:
-                logger.warning("%s", _command_error(process))
-
 
 # ---------------------------------------------------------------- local processes, same interface
-
-
-@dataclass(eq=False)
-class _LocalJob:
-    """A local "job": the chunks of a trial, queued in the pool, or a reduce run in the controller."""
-
-    job_id: str
-    trial: TrialPaths
-    kind: str  # "chunks" or "reduce"
-    expected: TrialParams | None = None
-    state: str = "PENDING"  # PENDING, RUNNING, then COMPLETED, FAILED or CANCELLED
-    open_units: dict[int, int] = field(default_factory=dict)  # per chunk: units sent or queued, not answered
-    chunk_states: dict[int, str] = field(default_factory=dict)  # PENDING RUNNING COMPLETED FAILED TIMEOUT CANCELLED
-    chunk_logs: dict[int, Path] = field(default_factory=dict)
-    slices: dict[int, list[tuple[ChunkStats, float]]] = field(default_factory=dict)  # parts of split chunks
-    n_slices: dict[int, int] = field(default_factory=dict)
-    results: dict[int, ChunkResult] = field(default_factory=dict)
-    after: tuple[str, ...] = ()
-    allow_missing: bool = False
-
-    @property
-    def active(self) -> bool:
-        return self.state in ("PENDING", "RUNNING")
-
-
-@dataclass(frozen=True, eq=False)
-class _Unit:
-    """Seeds ``lo:hi`` of one chunk: what a pool worker is sent."""
-
-    job: _LocalJob
-    chunk: int
-    lo: int
-    hi: int
 
 
 @dataclass(eq=False)
@@ -2444,9 +2689,7 @@ class _PoolWorker:
     received: bytes = b""
     batch: list[_Unit] = field(default_factory=list)  # sent and not yet answered, in order
     unit_started: float = 0.0
-
-
-_BATCH_SECONDS = 0.02  # work sent to a worker at once, once the loss's speed is known: few messages, fair shares
+    exit_code: int | None = None  # once killed and reaped
 
 
 def _usable_cores() -> int:
@@ -2468,22 +2711,16 @@ def _uses_fork(settings: _RunSettings) -> bool:
     return method == "fork" and hasattr(os, "fork") and settings.python == sys.executable
 
 
-class _LocalExecutor:
-    """Single mode: one pool of worker processes per run, each importing the loss once.
+class _Pool:
+    """The pool's processes, started once per run, each importing the loss once.
 
-    The controller sends work (a few chunks, or a slice of one when a trial has fewer chunks
-    than the pool has processes) and receives statistics over pipes; workers write whole
-    chunks' files, the controller those of split chunks, and it runs ``reduce_trial`` on the
-    results it holds, so a trial's fixed cost is a few file writes, not a process start.
-    A worker that dies (a crash in the loss, the OOM killer) or passes ``worker_time_limit``
-    is killed and replaced; only its chunk fails.
+    Forked where multiprocessing forks, else ``python -m slurptuna worker pool``; each in a
+    session of its own (Ctrl-C reaches the controller, which stops them), answering over a
+    pipe. This class knows processes and pipes, not chunks: ``_LocalExecutor`` decides what
+    each worker does.
     """
 
-    first_poll_seconds = 0.002
-    max_poll_seconds = 0.25  # news from the pool ends a wait at once; this only paces the time limit
-
-    def __init__(self, settings: _RunSettings, run: RunPaths, cores: int | None = None) -> None:
-        """``cores``: what this run may use (optimize_entries shares the machine's among its runs)."""
+    def __init__(self, settings: _RunSettings, run: RunPaths, size: int) -> None:
         self._settings = settings
         self._run = run
         self._fork = _uses_fork(settings)
@@ -2495,266 +2732,58 @@ class _LocalExecutor:
                 "processes afresh (spawn), so they cannot see it: define it in a .py file"
             )
         self._env = {**_worker_env(settings), "SLURPTUNA_CONTROLLER_PID": str(os.getpid())}
-        self._size = _pool_size(settings, cores or _usable_cores())
-        self._jobs: dict[str, _LocalJob] = {}
-        self._queue: collections.deque[_Unit] = collections.deque()
-        self._workers: list[_PoolWorker] = []
-        self._seconds_per_seed: float | None = None
-        self._next_id = 0
-        self._started_workers = 0
-        for _ in range(self._size):
-            self._workers.append(self._start_worker())
+        self._started = 0
+        self.workers: list[_PoolWorker] = []
+        for _ in range(size):
+            self.workers.append(self._start_worker())
 
-    # ---- the interface the controller uses
-
-    def submit_chunks(self, trial: TrialPaths, chunks: Sequence[int], attempt: int) -> list[JobRef]:
-        job = self._new_job(trial, "chunks", expected=TrialParams.load(trial))
-        plan = job.expected.plan
-        split = math.ceil(self._size / len(chunks)) if len(chunks) < self._size else 1
-        for chunk in chunks:
-            bounds = _split_evenly(len(plan.chunk(chunk)), split)
-            job.n_slices[chunk] = len(bounds)
-            job.chunk_states[chunk] = "PENDING"
-            job.open_units[chunk] = len(bounds)
-            self._queue.extend(_Unit(job, chunk, lo, hi) for lo, hi in bounds)
-        return [JobRef(job.job_id, "chunks", tuple(chunks), 0, attempt)]
-
-    def submit_reduce(
-        self, trial: TrialPaths, after: Sequence[JobRef], attempt: int, allow_missing: bool = False
-    ) -> JobRef:
-        job = self._new_job(trial, "reduce")
-        job.after, job.allow_missing = tuple(j.job_id for j in after), allow_missing
-        return JobRef(job.job_id, "reduce", attempt=attempt)
-
-    def queued(self, job_ids: Sequence[str]) -> set[str]:
-        return {j for j in job_ids if j in self._jobs and self._jobs[j].active}
-
-    def wait(self, seconds: float, stop: threading.Event) -> None:
-        """Run the pool for up to ``seconds``: send work, take results, enforce the time limit.
-
-        Returns early when a job ends or ``stop`` is set, so the controller reacts at once.
-        """
+    def readable(self, timeout: float) -> list[_PoolWorker]:
+        """The workers that answered (or whose pipe closed) within ``timeout`` seconds."""
         import select
 
-        deadline = time.monotonic() + seconds
-        while True:
-            if self._step() or stop.is_set():
-                return
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return
-            by_fd = {w.results_fd: w for w in self._workers}
-            readable, _, _ = select.select(list(by_fd), [], [], min(left, self.max_poll_seconds))
-            for fd in readable:
-                if by_fd[fd] in self._workers:
-                    self._take_results(by_fd[fd])
+        by_fd = {w.results_fd: w for w in self.workers}
+        ready, _, _ = select.select(list(by_fd), [], [], timeout)
+        return [by_fd[fd] for fd in ready]
 
-    def unrecorded(self, recorded: set[str]) -> list[str]:
-        return []  # pool workers die with their controller
-
-    def explain(self, trial: TrialPaths, jobs: Sequence[JobRef], chunks: Sequence[int]) -> str:
-        def describe(chunk: int) -> tuple[str, Path | None]:
-            ref = _job_of_chunk(jobs, chunk)
-            job = self._jobs.get(ref.job_id) if ref else None
-            if job is None:
-                return "never submitted", None
-            return job.chunk_states.get(chunk, "ended without a result"), job.chunk_logs.get(chunk)
-
-        return _explain_missing(chunks, describe)
-
-    def cancel(self, job_ids: Sequence[str]) -> None:
-        cancelled = [self._jobs[j] for j in job_ids if j in self._jobs and self._jobs[j].active]
-        for job in cancelled:
-            job.state = "CANCELLED"
-            for chunk, state in job.chunk_states.items():
-                if state in ("PENDING", "RUNNING"):
-                    job.chunk_states[chunk] = "CANCELLED"
-        for worker in [w for w in self._workers if w.batch and w.batch[0].job in cancelled]:
-            self._replace(worker, requeue=[])  # its work is dropped, so stop it now
-
-    def close(self) -> None:
-        """Stop every worker at once (the end of the run, an error or Ctrl-C)."""
-        for worker in self._workers:
-            self._kill(worker)
-        self._workers = []
-
-    # ---- jobs
-
-    def _new_job(self, trial: TrialPaths, kind: str, expected: TrialParams | None = None) -> _LocalJob:
-        self._next_id += 1
-        job = _LocalJob(f"local{os.getpid()}-{self._next_id}", trial, kind, expected)
-        self._jobs[job.job_id] = job
-        return job
-
-    def _step(self) -> bool:
-        """Enforce the time limit, send work to idle workers, settle jobs; True if a job ended."""
-        now = time.monotonic()
-        limit = self._settings.worker_time_limit
-        for worker in [w for w in self._workers if w.batch and now - w.unit_started > limit]:
-            unit = worker.batch[0]
-            with open(worker.log, "a") as log:
-                log.write(
-                    f"slurptuna: *** chunk {unit.chunk} of trial {unit.job.trial.number} "
-                    f"CANCELLED DUE TO TIME LIMIT ({limit} s) ***\n"
-                )
-            if self._answer(unit):
-                unit.job.chunk_states[unit.chunk] = "TIMEOUT"
-            self._replace(worker, requeue=worker.batch[1:])
-        for worker in self._workers:
-            if worker.ready and not worker.batch:
-                batch = self._next_batch()
-                if not batch:
-                    break
-                self._send(worker, batch, now)
-        return self._settle_jobs()
-
-    def _settle_jobs(self) -> bool:
-        ended = False
-        for job in [j for j in self._jobs.values() if j.active]:
-            if job.kind == "chunks" and not any(job.open_units.values()):
-                job.state = "COMPLETED" if set(job.chunk_states.values()) <= {"COMPLETED"} else "FAILED"
-                ended = True
-            elif job.kind == "reduce":
-                dependencies = [self._jobs[j] for j in job.after if j in self._jobs]
-                if any(d.active for d in dependencies):
-                    continue
-                if not job.allow_missing and any(d.state != "COMPLETED" for d in dependencies):
-                    job.state = "CANCELLED"  # like --kill-on-invalid-dep=yes
-                else:
-                    self._reduce(job, {c: r for d in dependencies for c, r in d.results.items()})
-                ended = True
-        return ended
-
-    def _reduce(self, job: _LocalJob, known: dict[int, ChunkResult]) -> None:
-        """The reduce job's code, run here on the chunk results in memory (files only for older chunks)."""
-        try:
-            reduce_trial(RunPaths(job.trial.run_dir), job.trial.number, job.allow_missing, known=known)
-            job.state = "COMPLETED"
-        except _MissingChunks as exc:
-            log = job.trial.reduce_log(job.job_id, "err")
-            log.parent.mkdir(parents=True, exist_ok=True)
-            log.write_text(f"slurptuna reduce: {exc}\n")
-            job.state = "FAILED"
-
-    # ---- units: sending, results, failures
-
-    def _next_batch(self) -> list[_Unit]:
-        """The next units of one job, about ``_BATCH_SECONDS`` of work, no more than a fair share."""
-        while self._queue and not self._is_wanted(self._queue[0]):
-            self._answer(self._queue.popleft())  # its job was cancelled or its chunk failed: drop it
-        if not self._queue:
-            return []
-        batch = [self._queue.popleft()]
-        if self._seconds_per_seed is not None:
-            first = batch[0]
-            wanted = _BATCH_SECONDS / max(self._seconds_per_seed * (first.hi - first.lo), 1e-9)
-            fair = sum(first.job.open_units.values()) / len(self._workers)
-            while len(batch) < min(wanted, fair) and self._queue and self._queue[0].job is first.job:
-                batch.append(self._queue.popleft())
-        return batch
-
-    def _send(self, worker: _PoolWorker, batch: list[_Unit], now: float) -> None:
-        job = batch[0].job
-        command = {
-            "run_dir": str(job.trial.run_dir),
-            "trial": job.trial.number,
-            "units": [[u.chunk, u.lo, u.hi] for u in batch],
-        }
-        job.state = "RUNNING"
-        worker.batch, worker.unit_started = batch, now
-        for unit in batch:
-            job.chunk_states[unit.chunk] = "RUNNING"
-            job.chunk_logs[unit.chunk] = worker.log
+    def send(self, worker: _PoolWorker, command: dict[str, Any]) -> bool:
+        """One command line to the worker; False if its pipe is closed (it died)."""
         try:
             worker.commands.write(json.dumps(command).encode() + b"\n")
             worker.commands.flush()
+            return True
         except BrokenPipeError:
-            self._lost(worker)
+            return False
 
-    def _take_results(self, worker: _PoolWorker) -> None:
+    def receive(self, worker: _PoolWorker) -> list[dict[str, Any]] | None:
+        """The whole answers that arrived from the worker; None once its pipe closed."""
         data = os.read(worker.results_fd, 1 << 16)
         if not data:
-            self._lost(worker)
-            return
+            return None
         *lines, worker.received = (worker.received + data).split(b"\n")
-        for line in lines:
-            record = json.loads(line)
-            if "ready" in record:
-                worker.ready = True
-            elif "import_error" in record:
-                raise LossError(record["import_error"])
-            else:
-                unit = worker.batch.pop(0)
-                worker.unit_started = time.monotonic()
-                if "stats" in record:
-                    self._add_slice(unit, ChunkStats.from_json(record["stats"]), record["seconds"], record["written"])
-                else:
-                    self._fail_unit(unit, ChunkFailure.from_json({**record["failure"], "log": str(worker.log)}))
+        return [json.loads(line) for line in lines]
 
-    def _failure_fields(self, unit: _Unit, worker: _PoolWorker) -> dict[str, Any]:
-        job = unit.job
-        return {
-            "trial_number": job.trial.number,
-            "chunk_index": unit.chunk,
-            "loss_name": self._settings.loss_name,
-            "params": job.expected.params,
-            "log": str(worker.log),
-        }
+    def replace(self, worker: _PoolWorker) -> int:
+        """Kill the worker and start another in its place; the old one's exit code."""
+        code = self.kill(worker)
+        self.workers.remove(worker)  # before the fork: the new worker must not inherit its closed pipes
+        self.workers.append(self._start_worker())
+        return code
 
-    def _add_slice(self, unit: _Unit, stats: ChunkStats, seconds: float, written: bool) -> None:
-        """A unit's statistics; the last slice of a split chunk completes it (the worker wrote whole ones)."""
-        job = unit.job
-        if not self._answer(unit):
-            return
-        parts = job.slices.setdefault(unit.chunk, [])
-        parts.append((stats, seconds))
-        n_seeds = unit.hi - unit.lo
-        rate = seconds / max(n_seeds, 1)
-        self._seconds_per_seed = rate if self._seconds_per_seed is None else 0.8 * self._seconds_per_seed + 0.2 * rate
-        if len(parts) < job.n_slices[unit.chunk]:
-            return
-        del job.slices[unit.chunk]
-        seeds = job.expected.plan.chunk(unit.chunk)
-        result = ChunkResult(
-            job.trial.number,
-            unit.chunk,
-            _describe_seeds(seeds),
-            job.expected.params,
-            ChunkStats.pool([p for p, _ in parts]),
-            round(sum(t for _, t in parts), 6),
-            len(parts),
-            job.expected.code_id,
-        )
-        if not written:
-            _write_chunk_result(job.trial, result)
-        job.results[unit.chunk] = result
-        job.chunk_states[unit.chunk] = "COMPLETED"
-
-    def _fail_unit(self, unit: _Unit, failure: ChunkFailure) -> None:
-        if self._answer(unit):
-            unit.job.chunk_states[unit.chunk] = "FAILED"
-            _write_chunk_failure(unit.job.trial, failure)
-
-    @staticmethod
-    def _is_wanted(unit: _Unit) -> bool:
-        return unit.job.active and unit.job.chunk_states.get(unit.chunk) in ("PENDING", "RUNNING")
-
-    def _answer(self, unit: _Unit) -> bool:
-        """Count a unit as answered; True if its result still matters (its job and chunk go on)."""
-        unit.job.open_units[unit.chunk] -= 1
-        return self._is_wanted(unit)
-
-    # ---- worker processes
+    def close(self) -> None:
+        """Stop every worker at once (the end of the run, an error or Ctrl-C)."""
+        for worker in self.workers:
+            self.kill(worker)
+        self.workers = []
 
     def _start_worker(self) -> _PoolWorker:
-        self._started_workers += 1
-        log = self._run.worker_log(f"{os.getpid()}_{self._started_workers}")
+        self._started += 1
+        log = self._run.worker_log(f"{os.getpid()}_{self._started}")
         log.parent.mkdir(parents=True, exist_ok=True)
         command_read, command_write = os.pipe()
         result_read, result_write = os.pipe()
         process = None
         if self._fork:
-            inherited = [fd for w in self._workers for fd in (w.commands.fileno(), w.results_fd)]
+            inherited = [fd for w in self.workers for fd in (w.commands.fileno(), w.results_fd)]
             sys.stdout.flush()
             sys.stderr.flush()
             pid = os.fork()
@@ -2791,32 +2820,15 @@ class _LocalExecutor:
         os.close(result_write)
         return _PoolWorker(pid, os.fdopen(command_write, "wb"), result_read, log, process)
 
-    def _lost(self, worker: _PoolWorker) -> None:
-        """A worker ended by itself: its current unit's chunk fails, saying how; the rest goes back."""
-        code = self._kill(worker)
-        if not worker.ready:
-            raise LossError(
-                f"a worker process died while importing the loss ({_describe_exit(code)}); "
-                f"log {worker.log}:\n{_tail(worker.log)}"
-            )
-        if worker.batch:
-            unit = worker.batch[0]
-            seeds = unit.job.expected.plan.chunk(unit.chunk)[unit.lo : unit.hi]
-            message = f"the worker process died ({_describe_exit(code)}) while evaluating {_describe_seed_range(seeds)}"
-            self._fail_unit(unit, ChunkFailure(**self._failure_fields(unit, worker), kind="crashed", message=message))
-        self._replace(worker, requeue=worker.batch[1:])
+    @staticmethod
+    def kill(worker: _PoolWorker) -> int:
+        """Kill the worker and every process its loss started (its session), reap it; its return code.
 
-    def _replace(self, worker: _PoolWorker, requeue: list[_Unit]) -> None:
-        self._kill(worker)
-        self._workers.remove(worker)
-        for unit in reversed(requeue):
-            if self._is_wanted(unit):
-                unit.job.chunk_states[unit.chunk] = "PENDING"
-            self._queue.appendleft(unit)
-        self._workers.append(self._start_worker())
-
-    def _kill(self, worker: _PoolWorker) -> int:
-        """Kill the worker and every process its loss started (its session), reap it; its return code."""
+        Once only: a second call returns the same code and closes no file descriptor again
+        (its number may belong to another file by then).
+        """
+        if worker.exit_code is not None:
+            return worker.exit_code
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(worker.pid, signal.SIGKILL)
         with contextlib.suppress(ProcessLookupError):
@@ -2832,6 +2844,7 @@ class _LocalExecutor:
             worker.commands.close()
         with contextlib.suppress(OSError):
             os.close(worker.results_fd)
+        worker.exit_code = code
         return code
 
 
@@ -2873,6 +2886,300 @@ def _become_pool_worker(
     _leave_forked_child(serve)
 
 
+@dataclass(eq=False)
+class _LocalTrial:
+    """A trial's chunks in the pool: the latest attempt of each, and the results held in memory."""
+
+    paths: TrialPaths
+    expected: TrialParams
+    chunks: dict[int, _LocalChunk] = field(default_factory=dict)
+    results: dict[int, ChunkResult] = field(default_factory=dict)
+
+
+@dataclass(eq=False)
+class _LocalChunk:
+    """One chunk in the pool: where it stands, its units not yet answered, its slices so far."""
+
+    trial: _LocalTrial
+    index: int
+    n_slices: int
+    open_units: int
+    state: _ChunkState = _ChunkState.PENDING
+    log: Path | None = None
+    slices: list[tuple[ChunkStats, float]] = field(default_factory=list)
+
+    @property
+    def wanted(self) -> bool:
+        return self.state in (_ChunkState.PENDING, _ChunkState.RUNNING)
+
+
+@dataclass(frozen=True, eq=False)
+class _Unit:
+    """Seeds ``lo:hi`` of one chunk: what a pool worker is sent."""
+
+    chunk: _LocalChunk
+    lo: int
+    hi: int
+
+
+_BATCH_SECONDS = 0.02  # work sent to a worker at once, once the loss's speed is known: few messages, fair shares
+
+
+class _LocalExecutor:
+    """Single mode: chunk tasks in one pool of worker processes per run (``_Pool``).
+
+    The controller's chunks become units of work (a few chunks, or a slice of one when a
+    trial has fewer chunks than the pool has processes) sent over pipes; statistics come
+    back and are held here as results. Workers write whole chunks' files, this executor
+    those of split chunks, so a trial's fixed cost is a few file writes, not a process
+    start. A worker that dies (a crash in the loss, the OOM killer) or passes
+    ``worker_time_limit`` is killed and replaced; only its chunk fails.
+    """
+
+    first_poll_seconds = 0.002
+    max_poll_seconds = 0.25  # news from the pool ends a wait at once; this only paces the time limit
+
+    def __init__(
+        self,
+        settings: _RunSettings,
+        run: RunPaths,
+        stop: threading.Event,
+        cores: int | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """``cores``: what this run may use (optimize_entries shares the machine's among its runs)."""
+        self._settings = settings
+        self._stop = stop
+        self._clock = clock
+        self._pool = _Pool(settings, run, _pool_size(settings, cores or _usable_cores()))
+        self._trials: dict[int, _LocalTrial] = {}
+        self._queue: collections.deque[_Unit] = collections.deque()
+        self._seconds_per_seed: float | None = None
+        self._ended = False  # some trial's last running chunk ended: the controller should look
+
+    # ---- the interface the controller uses
+
+    def start(self, trial: TrialPaths, expected: TrialParams, chunks: Sequence[int], attempt: int) -> None:
+        local = self._trials.setdefault(trial.number, _LocalTrial(trial, expected))
+        size = len(self._pool.workers)
+        split = math.ceil(size / len(chunks)) if len(chunks) < size else 1
+        for index in chunks:
+            bounds = _split_evenly(len(expected.plan.chunk(index)), split)
+            chunk = local.chunks[index] = _LocalChunk(local, index, len(bounds), len(bounds))
+            self._queue.extend(_Unit(chunk, lo, hi) for lo, hi in bounds)
+
+    def poll(self) -> bool:
+        return True  # the pool's news arrive during wait()
+
+    def running(self, trial: TrialPaths) -> bool:
+        local = self._trials.get(trial.number)
+        return local is not None and any(c.wanted for c in local.chunks.values())
+
+    def results(self, trial: TrialPaths) -> Mapping[int, ChunkResult]:
+        local = self._trials.get(trial.number)
+        return local.results if local else {}
+
+    def cancel(self, trials: Iterable[TrialPaths]) -> int:
+        numbers = {t.number for t in trials}
+        cancelled = [c for n in numbers if n in self._trials for c in self._trials[n].chunks.values() if c.wanted]
+        for chunk in cancelled:
+            chunk.state = _ChunkState.CANCELLED
+        for worker in [w for w in self._pool.workers if w.batch and w.batch[0].chunk.trial.paths.number in numbers]:
+            self._replace(worker, requeue=[])  # its work is dropped, so stop it now
+        return len(cancelled)
+
+    def finished(self, trial: TrialPaths) -> None:
+        self.cancel([trial])
+        self._trials.pop(trial.number, None)
+
+    def explain(self, trial: TrialPaths, chunks: Sequence[int]) -> str:
+        local = self._trials.get(trial.number)
+
+        def describe(index: int) -> tuple[str, Path | None]:
+            chunk = local.chunks.get(index) if local else None
+            if chunk is None:
+                return "never submitted", None
+            return (
+                chunk.state.value if chunk.state is not _ChunkState.COMPLETED else "ended without a result",
+                chunk.log,
+            )
+
+        return _explain_missing(chunks, describe)
+
+    def has_room(self) -> bool:
+        return True
+
+    def adopt(self, trials: Sequence[TrialPaths]) -> dict[int, frozenset[int]]:
+        return {}  # pool workers die with their controller
+
+    def wait(self, seconds: float) -> None:
+        """Run the pool for up to ``seconds``: send work, take results, enforce the time limit.
+
+        Returns early when a trial's last running chunk ends or the run is stopped, so the
+        controller reacts at once.
+        """
+        deadline = self._clock() + seconds
+        while True:
+            self._step()
+            if self._ended or self._stop.is_set():
+                self._ended = False
+                return
+            left = deadline - self._clock()
+            if left <= 0:
+                return
+            for worker in self._pool.readable(min(left, self.max_poll_seconds)):
+                if worker in self._pool.workers:
+                    self._take_answers(worker)
+
+    def close(self) -> None:
+        self._pool.close()
+
+    # ---- units: sending, answers, failures
+
+    def _step(self) -> None:
+        """Enforce the time limit, then send work to idle workers."""
+        now = self._clock()
+        limit = self._settings.worker_time_limit
+        for worker in [w for w in self._pool.workers if w.batch and now - w.unit_started > limit]:
+            unit = worker.batch[0]
+            with open(worker.log, "a") as log:
+                log.write(
+                    f"slurptuna: *** chunk {unit.chunk.index} of trial {unit.chunk.trial.paths.number} "
+                    f"CANCELLED DUE TO TIME LIMIT ({limit} s) ***\n"
+                )
+            if self._answer(unit):
+                self._end_chunk(unit.chunk, _ChunkState.TIMEOUT)
+            self._replace(worker, requeue=worker.batch[1:])
+        for worker in self._pool.workers:
+            if worker.ready and not worker.batch:
+                batch = self._next_batch()
+                if not batch:
+                    break
+                self._send(worker, batch, now)
+
+    def _next_batch(self) -> list[_Unit]:
+        """The next units of one trial, about ``_BATCH_SECONDS`` of work, no more than a fair share."""
+        while self._queue and not self._queue[0].chunk.wanted:
+            self._answer(self._queue.popleft())  # its trial was cancelled or its chunk failed: drop it
+        if not self._queue:
+            return []
+        batch = [self._queue.popleft()]
+        if self._seconds_per_seed is not None:
+            first = batch[0]
+            trial = first.chunk.trial
+            wanted = _BATCH_SECONDS / max(self._seconds_per_seed * (first.hi - first.lo), 1e-9)
+            fair = sum(c.open_units for c in trial.chunks.values()) / len(self._pool.workers)
+            while len(batch) < min(wanted, fair) and self._queue and self._queue[0].chunk.trial is trial:
+                batch.append(self._queue.popleft())
+        return batch
+
+    def _send(self, worker: _PoolWorker, batch: list[_Unit], now: float) -> None:
+        trial = batch[0].chunk.trial
+        command = {
+            "run_dir": str(trial.paths.run_dir),
+            "trial": trial.paths.number,
+            "units": [[u.chunk.index, u.lo, u.hi] for u in batch],
+        }
+        worker.batch, worker.unit_started = batch, now
+        for unit in batch:
+            unit.chunk.state, unit.chunk.log = _ChunkState.RUNNING, worker.log
+        if not self._pool.send(worker, command):
+            self._lost(worker)
+
+    def _take_answers(self, worker: _PoolWorker) -> None:
+        answers = self._pool.receive(worker)
+        if answers is None:
+            self._lost(worker)
+            return
+        for answer in answers:
+            if "ready" in answer:
+                worker.ready = True
+            elif "import_error" in answer:
+                raise LossError(answer["import_error"])
+            else:
+                unit = worker.batch.pop(0)
+                worker.unit_started = self._clock()
+                if "stats" in answer:
+                    self._add_slice(unit, ChunkStats.from_json(answer["stats"]), answer["seconds"], answer["written"])
+                else:
+                    self._fail_unit(unit, ChunkFailure.from_json({**answer["failure"], "log": str(worker.log)}))
+
+    def _add_slice(self, unit: _Unit, stats: ChunkStats, seconds: float, written: bool) -> None:
+        """A unit's statistics; the last slice of a split chunk completes it (the worker wrote whole ones)."""
+        chunk = unit.chunk
+        if not self._answer(unit):
+            return
+        chunk.slices.append((stats, seconds))
+        rate = seconds / max(unit.hi - unit.lo, 1)
+        self._seconds_per_seed = rate if self._seconds_per_seed is None else 0.8 * self._seconds_per_seed + 0.2 * rate
+        if len(chunk.slices) < chunk.n_slices:
+            return
+        trial = chunk.trial
+        result = ChunkResult.of(
+            trial.expected,
+            chunk.index,
+            ChunkStats.pool([p for p, _ in chunk.slices]),
+            sum(t for _, t in chunk.slices),
+            processes=len(chunk.slices),
+        )
+        chunk.slices = []
+        if not written:
+            _write_chunk_result(trial.paths, result)
+        trial.results[chunk.index] = result
+        self._end_chunk(chunk, _ChunkState.COMPLETED)
+
+    def _fail_unit(self, unit: _Unit, failure: ChunkFailure) -> None:
+        if self._answer(unit):
+            _write_chunk_failure(unit.chunk.trial.paths, failure)
+            self._end_chunk(unit.chunk, _ChunkState.FAILED)
+
+    def _end_chunk(self, chunk: _LocalChunk, state: _ChunkState) -> None:
+        chunk.state = state
+        if not any(c.wanted for c in chunk.trial.chunks.values()):
+            self._ended = True
+
+    @staticmethod
+    def _answer(unit: _Unit) -> bool:
+        """Count a unit as answered; True if its result still matters (its chunk goes on)."""
+        unit.chunk.open_units -= 1
+        return unit.chunk.wanted
+
+    # ---- workers that die or are stopped
+
+    def _lost(self, worker: _PoolWorker) -> None:
+        """A worker ended by itself: its current unit's chunk fails, saying how; the rest goes back."""
+        code = self._pool.kill(worker)
+        if not worker.ready:
+            raise LossError(
+                f"a worker process died while importing the loss ({_describe_exit(code)}); "
+                f"log {worker.log}:\n{_tail(worker.log)}"
+            )
+        if worker.batch:
+            unit = worker.batch[0]
+            expected = unit.chunk.trial.expected
+            seeds = expected.plan.chunk(unit.chunk.index)[unit.lo : unit.hi]
+            message = f"the worker process died ({_describe_exit(code)}) while evaluating {_describe_seed_range(seeds)}"
+            failure = ChunkFailure(
+                expected.trial_number,
+                unit.chunk.index,
+                self._settings.loss_name,
+                "crashed",
+                message,
+                params=expected.params,
+                log=str(worker.log),
+            )
+            self._fail_unit(unit, failure)
+        self._replace(worker, requeue=worker.batch[1:])
+
+    def _replace(self, worker: _PoolWorker, requeue: list[_Unit]) -> None:
+        self._pool.replace(worker)
+        for unit in reversed(requeue):
+            if unit.chunk.wanted:
+                unit.chunk.state = _ChunkState.PENDING
+            self._queue.appendleft(unit)
+
+
 # ============================================================================
 # Controller: the trial loop, polling, retries, resume, Ctrl-C
 # ============================================================================
@@ -2912,35 +3219,6 @@ class _Interrupted(SlurptunaError):
     pass
 
 
-@dataclass
-class _ChunkFiles:
-    """The valid chunk files of a running trial read so far: each is read once (early completion, pruning)."""
-
-    chunks: dict[int, ChunkResult] = field(default_factory=dict)
-    file_times: dict[int, int] = field(default_factory=dict)  # an invalid file is read again only if rewritten
-
-
-@dataclass
-class _ActiveTrial:
-    """A trial the controller is waiting for."""
-
-    trial: optuna.trial.Trial
-    paths: TrialPaths
-    expected: TrialParams
-    jobs: list[JobRef] = field(default_factory=list)
-    attempt: int = 0
-    deadline: float | None = None
-    reduce_checked: bool = False
-    partial_reduce: bool = False
-    room_below: int | None = None  # refused by a submit limit while this many of the run's jobs were queued
-    room_retry_at: float = 0.0  # ... or ask again then, in case other jobs of the user made the room
-    files: _ChunkFiles = field(default_factory=_ChunkFiles)  # its valid chunk files read so far
-
-    def save_jobs(self) -> None:
-        jobs = [j.to_json() for j in self.jobs]
-        _write_json_atomic(self.paths.jobs, {"attempt": self.attempt, "jobs": jobs}, indent=None)
-
-
 # ---------------------------------------------------------------- the trial life cycle, decided apart from done
 
 
@@ -2948,71 +3226,137 @@ class _Next(Enum):
     """What to do next with a trial: ``_decide`` says it, ``_Controller._advance`` does it."""
 
     WAIT = "wait"
-    SUBMIT = "submit again: the run's jobs left room under the submit limit"
     STOP_RUN = "stop the run: the loss cannot be imported, every trial would fail alike"
     FAIL_LOSS = "fail: the loss failed in a chunk (fail_on_chunk_error)"
-    PRUNE = "prune: the pruner says the trial cannot win; cancel its queued work"
+    COMPLETE = "complete: every chunk has its result; reduce them"
+    PRUNE = "prune: the pruner says the trial cannot win; cancel its chunk tasks"
     CANCEL_OVERDUE = "cancel the attempt: over slurm_timeout_minutes"
-    CANCEL_REDUCE = "cancel the reduce job: its arrays ended and a chunk has no result"
-    COMPLETE = "complete: every chunk has its file; reduce here, cancel a reduce job still queued"
-    COMPLETE_FROM_SUMMARY = "complete from the reduce job's summary.json"
-    REDUCE_PARTIAL = "reduce the chunks that worked (fail_on_chunk_error=False)"
+    COMPLETE_PARTIAL = "reduce the chunks that worked (fail_on_chunk_error=False)"
     FAIL_ALL_CHUNKS = "fail: the loss failed in every chunk that has no result"
-    RETRY = "submit the missing chunks again"
+    RETRY = "start the missing chunks again"
     FAIL_NO_RESULT = "fail: no result after the retries"
 
 
 @dataclass(frozen=True)
 class _TrialView:
-    """What the files and the queue say about one trial, with the clock already applied."""
+    """What the results, the error files, the executor and the clock say about one trial."""
 
     n_chunks: int
-    all_chunks_done: bool  # every chunk has a valid file
-    failed_chunks: frozenset[int]  # chunks whose loss failed (their error files)
-    missing_chunks: frozenset[int] = frozenset()  # filled in once no job of the trial is queued
+    done_chunks: frozenset[int]  # chunks with a valid result
+    failed_chunks: frozenset[int] = frozenset()  # chunks whose loss failed (their error files)
+    running: bool = False  # some chunk task is queued, running or held back
     import_failed: bool = False
-    jobs_queued: bool = False
-    arrays_queued: bool = False
-    summary_valid: bool = False
     overdue: bool = False
     prune: bool = False  # the pruner's answer to the chunks reported so far
-    reduce_checked: bool = False
-    partial_reduce: bool = False
-    waiting_for_room: bool = False
-    room: bool = False
     retries_left: bool = False
     fail_on_chunk_error: bool = True
 
-
-_LIMIT_RETRY_SECONDS = 60.0  # under a submit limit, ask again this often even if the run's own jobs stay
+    @property
+    def missing_chunks(self) -> frozenset[int]:
+        return frozenset(range(self.n_chunks)) - self.done_chunks
 
 
 def _decide(view: _TrialView) -> _Next:
     """The trial life cycle as a pure function: tested without Slurm, processes or sleeping."""
-    if view.waiting_for_room:
-        return _Next.SUBMIT if view.room else _Next.WAIT
     if view.import_failed:
         return _Next.STOP_RUN
     if view.failed_chunks and view.fail_on_chunk_error:
         return _Next.FAIL_LOSS
-    if view.jobs_queued:
+    if len(view.done_chunks) == view.n_chunks:
+        return _Next.COMPLETE  # no need to wait for anything else: the results are all there
+    if view.running:
         if view.prune:
             return _Next.PRUNE
-        if view.overdue:
-            return _Next.CANCEL_OVERDUE
-        if view.all_chunks_done and not view.partial_reduce:
-            return _Next.COMPLETE  # no need to wait for the reduce job's turn in the queue
-        if not view.arrays_queued and not view.reduce_checked and not view.partial_reduce:
-            return _Next.CANCEL_REDUCE
-        return _Next.WAIT
-    if view.summary_valid:
-        return _Next.COMPLETE_FROM_SUMMARY
-    if view.all_chunks_done:
-        return _Next.COMPLETE  # the reduce job failed or was cancelled, the chunks are all there
+        return _Next.CANCEL_OVERDUE if view.overdue else _Next.WAIT
     if view.failed_chunks and view.missing_chunks <= view.failed_chunks:
-        nothing_worked = view.partial_reduce or len(view.missing_chunks) == view.n_chunks
-        return _Next.FAIL_ALL_CHUNKS if nothing_worked else _Next.REDUCE_PARTIAL
+        return _Next.COMPLETE_PARTIAL if view.done_chunks else _Next.FAIL_ALL_CHUNKS
     return _Next.RETRY if view.retries_left else _Next.FAIL_NO_RESULT
+
+
+@dataclass
+class _ActiveTrial:
+    """A trial the controller is waiting for: its results so far, its attempt, its reports to the pruner."""
+
+    trial: optuna.trial.Trial
+    paths: TrialPaths
+    expected: TrialParams
+    chunks: dict[int, ChunkResult] = field(default_factory=dict)  # valid results so far
+    attempt: int = 0
+    deadline: float | None = None
+    reports: _TrialReports | None = None  # None without a pruner
+
+    @property
+    def n_chunks(self) -> int:
+        return self.expected.plan.n_chunks
+
+
+@dataclass
+class _Tally:
+    """The run's finished trials, counted as they finish, and its best: the run's ``summary.json``."""
+
+    n_complete: int = 0
+    n_failed: int = 0
+    n_pruned: int = 0
+    seeds_done: int = 0  # by this controller: its pace
+    seeds_saved: int = 0  # seeds that pruned trials did not use
+    best: Any = None  # the best complete FrozenTrial
+
+    @classmethod
+    def of_study(cls, study: optuna.Study, settings: _RunSettings) -> _Tally:
+        """The trials a study already holds (a resumed run), read once."""
+        tally = cls()
+        for frozen in study.get_trials(deepcopy=False):
+            tally.count(frozen, settings)
+        tally.seeds_done = 0
+        return tally
+
+    @property
+    def n_finished(self) -> int:
+        return self.n_complete + self.n_failed + self.n_pruned
+
+    def count(self, frozen: optuna.trial.FrozenTrial, settings: _RunSettings) -> None:
+        """One more finished trial (COMPLETE, FAIL or PRUNED; others are not counted)."""
+        state = frozen.state.name
+        n_seeds = frozen.user_attrs.get("n_seeds", 0) if state != "FAIL" else 0
+        if state == "COMPLETE":
+            self.n_complete += 1
+            if self.best is None or _better(frozen.value, self.best.value, settings.direction):
+                self.best = frozen
+        elif state == "FAIL":
+            self.n_failed += 1
+        elif state == "PRUNED":
+            self.n_pruned += 1
+            self.seeds_saved += max(0, settings.seeds.count - n_seeds)
+        else:
+            return
+        self.seeds_done += n_seeds
+
+    @property
+    def best_value(self) -> float | None:
+        return self.best.value if self.best else None
+
+    def best_standard_error(self) -> float | None:
+        attrs = self.best.user_attrs if self.best else {}
+        if "standard_error" in attrs or "std" not in attrs:
+            return attrs.get("standard_error")
+        return attrs["std"] / math.sqrt(attrs["n_seeds"])  # a trial told before standard errors were kept
+
+    def summary(self, settings: _RunSettings) -> dict[str, Any]:
+        """The run's ``summary.json``."""
+        return {
+            "loss_name": settings.loss_name,
+            "run_name": settings.run_name,
+            "best_value": self.best_value,
+            "best_standard_error": self.best_standard_error(),
+            "best_params": self.best.params if self.best else {},
+            "best_trial": self.best.number if self.best else None,
+            "n_trials": settings.n_trials,
+            "n_complete": self.n_complete,
+            "n_failed": self.n_failed,
+            "n_pruned": self.n_pruned,
+            "seeds_saved": self.seeds_saved,
+            "updated_at": _now_iso(),
+        }
 
 
 class _Backoff:
@@ -3103,35 +3447,23 @@ def _chunk_reports(chunks: Mapping[int, ChunkResult], form: str) -> dict[int, fl
     return reports
 
 
-def _read_new_chunks(trial: TrialPaths, expected: TrialParams, files: _ChunkFiles) -> bool:
-    """Read the trial's chunk files written since the last look (validated, as everywhere); True if any."""
-    try:
-        with os.scandir(trial.chunks_dir) as entries:
-            names = [e.name for e in entries]
-    except FileNotFoundError:
-        return False
-    news = False
-    for name in names:
-        found = re.fullmatch(r"chunk_(\d+)\.json", name)
-        index = int(found.group(1)) if found else -1
-        if not 0 <= index < expected.plan.n_chunks or index in files.chunks:
-            continue  # a valid chunk is never rewritten: only missing chunks are run again
-        with contextlib.suppress(FileNotFoundError):
-            mtime = os.stat(trial.chunk(index)).st_mtime_ns
-            if files.file_times.get(index) != mtime:  # an invalid file is read again only once rewritten
-                files.file_times[index] = mtime
-                chunk = _load_valid_chunk(trial, expected, index)
-                if chunk is not None:
-                    files.chunks[index] = chunk
-                    news = True
-    return news
-
-
 class _Controller:
-    """Keeps up to ``max_concurrent_trials`` trials in flight until the study has ``n_trials``."""
+    """Keeps up to ``max_concurrent_trials`` trials in flight until the study has ``n_trials``.
+
+    It owns each trial: it starts its chunks on the executor, reads its results, decides
+    (``_decide``), reduces, and tells Optuna. Time comes from ``clock``; the waits between
+    polls are the executor's (the local pool works during them), so the whole loop runs on
+    simulated time when both are simulated.
+    """
 
     def __init__(
-        self, settings: _RunSettings, run: RunPaths, study: optuna.Study, executor: Executor, stop: _StopSignal
+        self,
+        settings: _RunSettings,
+        run: RunPaths,
+        study: optuna.Study,
+        executor: Executor,
+        stop: _StopSignal,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         import optuna
 
@@ -3141,25 +3473,22 @@ class _Controller:
         self._study = study
         self._executor = executor
         self._stop = stop
+        self._clock = clock
         self._distributions = {
             name: _distribution(optuna, spec) for name, spec in _LOSSES[settings.loss_name].parameter_space.items()
         }
-        states = optuna.trial.TrialState
-        finished = study.get_trials(deepcopy=False, states=(states.COMPLETE, states.FAIL, states.PRUNED))
-        self.n_finished = len(finished)
-        self.n_failed = sum(t.state == states.FAIL for t in finished)
-        self.n_complete = sum(t.state == states.COMPLETE for t in finished)
-        self.best = study.best_trial if self.n_complete else None  # a FrozenTrial; read once, then kept
-        self.seeds_done = 0
+        self.tally = _Tally.of_study(study, settings)
         self._active: list[_ActiveTrial] = []
-        self._queued: set[str] = set()  # the run's jobs in the queue at the last poll
         # One line per finished trial, through Optuna's logger: its format, its verbosity, and a
         # controller's log file tells the story (Optuna's tell() says nothing itself)
         self._trial_log = optuna.logging.get_logger("optuna.slurptuna")
-        self._under_limit = False  # a trial waits for room under a Slurm submit limit (said once)
-        self._trial_cap: int | None = None  # after a submit limit: at most this many trials in flight
         self._progress = _Progress(settings.progress, settings.n_trials)
-        self._init_pruning()
+        self._report_form = _report_form(optuna, study.pruner, settings.prune_report)
+        if self._report_form is not None:
+            self._progress.pruned = (self.tally.n_pruned, self.tally.seeds_saved)
+        if self._report_form == "chunk":  # WilcoxonPruner's first test imports scipy.stats: a second, not mid-run
+            with contextlib.suppress(ImportError):
+                importlib.import_module("scipy.stats")
 
     def run(self) -> None:
         """The thin loop: start trials, poll once, advance each trial, wait. Any error cancels the run's jobs."""
@@ -3170,426 +3499,262 @@ class _Controller:
                 changed = self._start_new_trials()
                 if not self._active:
                     return
-                queued = self._executor.queued(self._job_ids())
-                if queued is not None:
-                    self._queued = queued
+                if self._executor.poll():
                     for active in list(self._active):
-                        changed = self._advance(active, queued) or changed
-                self._progress.show(
-                    self.n_finished,
-                    len(self._active),
-                    self.n_failed,
-                    self._best_value(),
-                    self.seeds_done,
-                    waiting_for_room=any(a.room_below is not None for a in self._active),
-                )
-                pause = 0.0 if self._free_slot() else backoff.next(changed)  # a free slot is filled at once
-                self._executor.wait(pause, self._stop.event)
+                        changed = self._advance(active) or changed
+                t = self.tally
+                waiting = not self._executor.has_room()
+                self._progress.show(t.n_finished, len(self._active), t.n_failed, t.best_value, t.seeds_done, waiting)
+                # a free slot is filled at once, and the last trial's end ends the run
+                pause = 0.0 if self._free_slot() or not self._active else backoff.next(changed)
+                self._executor.wait(pause)
                 if self._stop.event.is_set():
                     raise _Interrupted(f"interrupted by signal {self._stop.signum}")
         except BaseException as exc:  # Ctrl-C, a loss that cannot be imported, Slurm refusing: leave no job
-            job_ids = self._job_ids()
-            self._executor.cancel(job_ids)
+            cancelled = self._executor.cancel([a.paths for a in self._active])
             if isinstance(exc, _Interrupted):
-                raise _Interrupted(f"{exc}; cancelled {len(job_ids)} job(s)") from None
+                raise _Interrupted(f"{exc}; cancelled {cancelled} job(s)") from None
             raise
         finally:
             self._progress.close()
-
-    def _job_ids(self) -> list[str]:
-        return [j.job_id for active in self._active for j in active.jobs]
 
     # ---- starting and adopting trials
 
     def _free_slot(self) -> bool:
         return (
-            self.n_finished + len(self._active) < self._settings.n_trials
-            and len(self._active) < min(self._settings.max_concurrent_trials, self._trial_cap or math.inf)
-            and not any(a.room_below is not None for a in self._active)  # under a submit limit: no new trial
+            self.tally.n_finished + len(self._active) < self._settings.n_trials
+            and len(self._active) < self._settings.max_concurrent_trials
+            and self._executor.has_room()  # under a submit limit: no new trial
         )
 
     def _start_new_trials(self) -> bool:
         started = False
         while self._free_slot() and not self._stop.event.is_set():  # no new trial once Ctrl-C came (in sbatch)
-            trial = self._study.ask(self._distributions)
-            self._begin(trial, still_queued=[])
+            self._begin(self._study.ask(self._distributions))
             started = True
         return started
 
     def _adopt_interrupted_trials(self) -> None:
-        """Trials left RUNNING by a crash or Ctrl-C: same params, finished chunks kept, queued jobs adopted."""
+        """Trials left RUNNING by a crash or Ctrl-C: same params, finished chunks kept, queued work adopted."""
         running = self._study.get_trials(deepcopy=False, states=(self._optuna.trial.TrialState.RUNNING,))
-        recorded = {t.number: _read_json(self._run.trial(t.number).jobs) or {} for t in running}
-        job_ids = [j["job_id"] for r in recorded.values() for j in r.get("jobs", [])]
-        strays = self._executor.unrecorded(set(job_ids)) if running else []
-        if strays:  # their chunks are not known: cancel them, the missing chunks are submitted again
-            logger.warning("cancelling job(s) %s of this run that a crash left out of jobs.json", ", ".join(strays))
-            self._executor.cancel(strays)
-        queued = self._executor.queued(job_ids) if job_ids else set()
-        while queued is None:  # the scheduler must answer before anything is submitted twice
-            if self._stop.wait(self._executor.max_poll_seconds):
-                raise _Interrupted(f"interrupted by signal {self._stop.signum}")
-            queued = self._executor.queued(job_ids)
-        self._queued = queued
+        adopted = self._executor.adopt([self._run.trial(t.number) for t in running])
         for frozen in running:
             trial = self._optuna.trial.Trial(self._study, frozen._trial_id)
-            jobs = [JobRef.from_json(j) for j in recorded[frozen.number].get("jobs", [])]
-            adopted = [j for j in jobs if j.job_id in queued]
-            if adopted:
-                logger.info("trial %d: adopting queued jobs %s", frozen.number, ", ".join(j.job_id for j in adopted))
-            self._begin(trial, still_queued=adopted, attempt=recorded[frozen.number].get("attempt", 0))
+            attempt = frozen.user_attrs.get("attempts", 1) - 1
+            self._begin(trial, adopted.get(frozen.number, frozenset()), attempt, set(frozen.intermediate_values))
 
-    def _begin(self, trial: optuna.trial.Trial, still_queued: list[JobRef], attempt: int = 0) -> None:
+    def _begin(
+        self,
+        trial: optuna.trial.Trial,
+        queued: frozenset[int] = frozenset(),
+        attempt: int = 0,
+        reported: set[int] | None = None,
+    ) -> None:
+        """Start the trial's chunks that have neither a valid result nor a queued task (``queued``)."""
         paths = self._run.trial(trial.number)
         s = self._settings
         expected = TrialParams(trial.number, dict(trial.params), s.seeds.to_json(), s.entry_id, s.code_id)
         if _read_json(paths.params) != expected.to_json():
             _write_json_atomic(paths.params, expected.to_json())
-        active = _ActiveTrial(trial, paths, expected, attempt=attempt)
+        reports = None if self._report_form is None else _TrialReports(reported or set())
+        active = _ActiveTrial(trial, paths, expected, attempt=attempt, reports=reports)
         self._active.append(active)
         summary = load_valid_summary(paths, expected)
         if summary is not None and not summary.missing_chunks:
             self._complete(active, summary)
-        else:
-            self._submit(active, still_queued)
+            return
+        active.chunks = _read_valid_chunks(paths, expected)
+        to_run = [c for c in range(active.n_chunks) if c not in active.chunks and c not in queued]
+        if to_run:
+            self._start_chunks(active, to_run)
 
-    def _submit(self, active: _ActiveTrial, still_queued: list[JobRef]) -> None:
-        """Submit the chunks that have no valid file and no queued job, then a reduce job after them.
-
-        A submit limit (``SlurmBusy`` LIMIT) leaves the trial waiting for room with what was
-        submitted so far; ``_Next.SUBMIT`` calls this again with those jobs.
-        """
-        covered = {c for j in still_queued if j.kind == "chunks" for c in j.chunks}
-        to_run = [c for c in missing_chunks(active.paths, active.expected) if c not in covered]
-        for chunk in to_run:  # the one place stale chunk errors go: before their chunk runs again
+    def _start_chunks(self, active: _ActiveTrial, chunks: list[int]) -> None:
+        for chunk in chunks:  # the one place stale chunk errors go: before their chunk runs again
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(active.paths.chunk_error(chunk))
-        arrays = [j for j in still_queued if j.kind == "chunks"]
-        reduce = next((j for j in still_queued if j.kind == "reduce"), None)
-        active.room_below = None
-        try:
-            if to_run:
-                arrays += self._executor.submit_chunks(active.paths, to_run, active.attempt)
-                if reduce is not None:  # it does not wait for the arrays just submitted
-                    self._executor.cancel([reduce.job_id])
-                    reduce = None
-            if reduce is None:
-                active.jobs = arrays
-                active.save_jobs()
-                reduce = self._executor.submit_reduce(active.paths, arrays, active.attempt)
-        except SlurmBusy as busy:
-            if busy.kind is not SlurmFailure.LIMIT:
-                raise
-            active.jobs = [*arrays, *([reduce] if reduce else [])]
-            active.save_jobs()
-            self._wait_for_room(active, busy)
-            return
-        active.jobs = [*arrays, reduce]
-        active.save_jobs()
-        active.reduce_checked = False
-        if self._under_limit and not any(a.room_below is not None for a in self._active):
-            self._under_limit = False
-            logger.warning(
-                "trial %d: submitted; no trial waits for room under the Slurm limit now", active.trial.number
-            )
+        self._executor.start(active.paths, active.expected, chunks, active.attempt)
         if self._settings.slurm_timeout_minutes:
-            active.deadline = time.monotonic() + 60 * self._settings.slurm_timeout_minutes
-
-    def _wait_for_room(self, active: _ActiveTrial, busy: SlurmBusy) -> None:
-        # Stay under the limit from now on: no more trials in flight than held jobs when it was hit,
-        # or every new trial would be refused again (a real limit does not go away).
-        holding = sum(1 for a in self._active if a is not active and a.jobs and a.room_below is None)
-        self._trial_cap = max(1, holding) if self._trial_cap is None else min(self._trial_cap, max(1, holding))
-        if not self._under_limit:  # one line per episode, not per refused sbatch
-            self._under_limit = True
-            logger.warning(
-                "trial %d: Slurm refused a submission under a limit, keeping the QoS; waiting for the run's jobs "
-                "to leave the queue, then running at most %d trial(s) at a time:\n%s",
-                active.trial.number,
-                self._trial_cap,
-                busy,
-            )
-        submitted = {j.job_id for j in active.jobs}
-        active.room_below = max(1, len(self._queued | submitted))
-        active.room_retry_at = time.monotonic() + _LIMIT_RETRY_SECONDS
+            active.deadline = self._clock() + 60 * self._settings.slurm_timeout_minutes
 
     # ---- following a trial
 
-    def _view(self, active: _ActiveTrial, queued: set[str], now: float, prune: bool) -> _TrialView:
-        """What the files and the queue say about the trial (reading only what the decision needs)."""
+    def _view(self, active: _ActiveTrial, running: bool, prune: bool) -> _TrialView:
+        """The decision's input, as frozen data."""
         failures = _chunk_failures(active.paths)
-        jobs_queued = any(j.job_id in queued for j in active.jobs)
-        summary_valid = not jobs_queued and load_valid_summary(active.paths, active.expected) is not None
-        all_done = not summary_valid and self._all_chunks_done(active)
-        missing = (
-            frozenset()
-            if jobs_queued or summary_valid or all_done
-            else frozenset(missing_chunks(active.paths, active.expected))
-        )
         return _TrialView(
-            n_chunks=self._settings.seeds.n_chunks,
-            all_chunks_done=all_done,
+            n_chunks=active.n_chunks,
+            done_chunks=frozenset(active.chunks),
             failed_chunks=frozenset(f.chunk_index for f in failures),
-            missing_chunks=missing,
+            running=running,
             import_failed=any(f.kind == "import" for f in failures),
-            jobs_queued=jobs_queued,
-            arrays_queued=any(j.job_id in queued for j in active.jobs if j.kind == "chunks"),
-            summary_valid=summary_valid,
-            overdue=active.deadline is not None and now > active.deadline,
+            overdue=active.deadline is not None and self._clock() > active.deadline,
             prune=prune,
-            reduce_checked=active.reduce_checked,
-            partial_reduce=active.partial_reduce,
-            waiting_for_room=active.room_below is not None,
-            room=active.room_below is not None and (len(queued) < active.room_below or now >= active.room_retry_at),
             retries_left=active.attempt < self._settings.trial_retry_attempts,
             fail_on_chunk_error=self._settings.fail_on_chunk_error,
         )
 
-    def _all_chunks_done(self, active: _ActiveTrial) -> bool:
-        """Every chunk has a valid file: a listdir counts them, and only then are the unread ones read."""
-        try:
-            count = sum(1 for name in os.listdir(active.paths.chunks_dir) if name.startswith("chunk_"))
-        except FileNotFoundError:
+    def _take_results(self, active: _ActiveTrial) -> bool:
+        """The results that arrived since the last look; True if there were any."""
+        results = self._executor.results(active.paths)
+        if len(results) == len(active.chunks) and results.keys() <= active.chunks.keys():
             return False
-        n_chunks = self._settings.seeds.n_chunks
-        if count >= n_chunks:
-            _read_new_chunks(active.paths, active.expected, active.files)
-        return len(active.files.chunks) == n_chunks
+        before = len(active.chunks)
+        active.chunks.update(results)
+        return len(active.chunks) > before
 
-    def _advance(self, active: _ActiveTrial, queued: set[str]) -> bool:
+    def _advance(self, active: _ActiveTrial) -> bool:
         """Decide what the trial needs (``_decide``) and do it; True if anything changed.
 
-        While its jobs run, the chunks that arrived are reported to Optuna first, and the
+        While its chunks run, the chunks that arrived are reported to Optuna first, and the
         pruner's answer is part of what is decided on.
         """
-        running = [j.job_id for j in active.jobs if j.job_id in queued]
-        reported = self._report_chunks(active) if running else False
-        view = self._view(
-            active, queued, time.monotonic(), prune=bool(running) and self._should_prune(active, reported)
-        )
+        news = self._take_results(active)
+        running = self._executor.running(active.paths)
+        reported = self._report_chunks(active) if news else False
+        view = self._view(active, running, prune=running and self._should_prune(active, reported))
         action = _decide(view)
         if action is _Next.WAIT:
-            return reported
+            return news
         if action is _Next.PRUNE:
-            self._prune(active, running)
-        elif action is _Next.SUBMIT:
-            self._submit(active, still_queued=[j for j in active.jobs if j.job_id in queued])
+            self._executor.cancel([active.paths])
+            self._prune(active)
         elif action is _Next.STOP_RUN:
             failure = next(f for f in _chunk_failures(active.paths) if f.kind == "import")
             raise LossError(failure.message)
         elif action in (_Next.FAIL_LOSS, _Next.FAIL_ALL_CHUNKS):
-            self._executor.cancel(running)
+            self._executor.cancel([active.paths])
             self._fail(active, self._failure_message(active, _chunk_failures(active.paths)))
         elif action is _Next.CANCEL_OVERDUE:
             logger.warning(
-                "trial %d: over slurm_timeout_minutes=%s, cancelling its jobs",
+                "trial %d: over slurm_timeout_minutes=%s, cancelling its chunk tasks",
                 active.trial.number,
                 self._settings.slurm_timeout_minutes,
             )
-            self._executor.cancel(running)
+            self._executor.cancel([active.paths])
             active.deadline = None
-        elif action is _Next.CANCEL_REDUCE:
-            active.reduce_checked = True
-            self._executor.cancel(running)  # its dependency can never be satisfied
-        elif action is _Next.COMPLETE:
-            summary = reduce_trial(self._run, active.trial.number)  # the reduce job's code, the same summary.json
-            # the reduce job, if it has not run yet; array tasks that wrote their chunk end by themselves
-            # (cancelled, accounting would call them CANCELLED)
-            self._executor.cancel([j.job_id for j in active.jobs if j.kind == "reduce" and j.job_id in running])
-            self._complete(active, summary)
-        elif action is _Next.COMPLETE_FROM_SUMMARY:
-            self._complete(active, load_valid_summary(active.paths, active.expected))
-        elif action is _Next.REDUCE_PARTIAL:
-            active.partial_reduce = True
-            active.jobs.append(self._executor.submit_reduce(active.paths, [], active.attempt, allow_missing=True))
-            active.save_jobs()
+        elif action in (_Next.COMPLETE, _Next.COMPLETE_PARTIAL):
+            partial_ok = action is _Next.COMPLETE_PARTIAL
+            self._complete(active, reduce_trial(self._run, active.trial.number, partial_ok, known=active.chunks))
         else:
             self._retry_or_fail(active, action, sorted(view.missing_chunks))
         return True
 
     def _retry_or_fail(self, active: _ActiveTrial, action: _Next, missing: list[int]) -> None:
-        if missing:
-            reason = self._executor.explain(active.paths, active.jobs, missing)
-        else:
-            reduce = active.jobs[-1]
-            log = active.paths.reduce_log(reduce.job_id, "err")
-            reason = f"the reduce job {reduce.job_id} ended without writing summary.json (log {log})\n{_tail(log)}"
+        reason = self._executor.explain(active.paths, missing)
         if action is _Next.FAIL_NO_RESULT:
             self._fail(active, f"no result after {active.attempt + 1} attempt(s):\n{reason}")
             return
         active.attempt += 1
+        active.trial.set_user_attr("attempts", active.attempt + 1)  # a resume goes on counting
         logger.warning(
-            "trial %d: retry %d of %d, resubmitting %s:\n%s",
+            "trial %d: retry %d of %d, starting chunks %s again:\n%s",
             active.trial.number,
             active.attempt,
             self._settings.trial_retry_attempts,
-            f"chunks {_format_ranges(missing)}" if missing else "the reduce job",
+            _format_ranges(missing),
             reason,
         )
-        self._submit(active, still_queued=[])
+        self._start_chunks(active, missing)
 
     def _failure_message(self, active: _ActiveTrial, failures: list[ChunkFailure]) -> str:
         first = failures[0]
-        job = _job_of_chunk(active.jobs, first.chunk_index)
-        log = first.log or (
-            str(active.paths.chunk_log(job.job_id, first.chunk_index - job.offset, "err")) if job else ""
-        )
+        log = first.log
         more = f"\n({len(failures) - 1} more chunk(s) failed too)" if len(failures) > 1 else ""
         return first.describe() + (f"\nlog: {log}" if log else "") + more
 
-    # ---- telling Optuna
+    # ---- telling Optuna: the one way a trial ends
+
+    def _finish(self, active: _ActiveTrial, state: Any, value: float | None = None) -> optuna.trial.FrozenTrial:
+        """Tell Optuna, let the executor forget the trial, count it, rewrite the run's summary.json."""
+        frozen = self._study.tell(active.trial, value, state=state)
+        self._active.remove(active)
+        self._executor.finished(active.paths)
+        self.tally.count(frozen, self._settings)
+        _write_json_atomic(self._run.summary, self.tally.summary(self._settings))
+        return frozen
 
     def _complete(self, active: _ActiveTrial, summary: TrialSummary) -> None:
         trial = active.trial
-        self._report_chunks(active, last=True)  # the best trial must have every step, for WilcoxonPruner
+        self._report_chunks(active)  # the best trial must have every step, for WilcoxonPruner
         trial.set_user_attr("n_seeds", summary.n_seeds)
         trial.set_user_attr("std", summary.std)
-        standard_error = summary.standard_error
-        trial.set_user_attr(
-            "standard_error", summary.std / math.sqrt(summary.n_seeds) if standard_error is None else standard_error
-        )
+        trial.set_user_attr("standard_error", summary.standard_error)
         if active.attempt:
             trial.set_user_attr("attempts", active.attempt + 1)
         if summary.components:
             trial.set_user_attr("components", summary.components)
         if summary.missing_chunks:
             trial.set_user_attr("missing_chunks", summary.missing_chunks)
-        frozen = self._study.tell(trial, summary.mean)
-        self._active.remove(active)
-        self.n_finished += 1
-        self.n_complete += 1
-        self.seeds_done += summary.n_seeds
-        if self.best is None or _better(frozen.value, self.best.value, self._settings.direction):
-            self.best = frozen
-        self._write_run_summary()
+        frozen = self._finish(active, self._optuna.trial.TrialState.COMPLETE, summary.mean)
+        best = self.tally.best
         self._trial_log.info(
             "Trial %d finished with value: %r (standard error %.3g over %d seeds) and parameters: %s. "
             "%.1f s. Best is trial %d with value: %r.",
             frozen.number,
             summary.mean,
-            summary.std / math.sqrt(summary.n_seeds),
+            summary.standard_error,
             summary.n_seeds,
             frozen.params,
             frozen.duration.total_seconds() if frozen.duration else 0.0,
-            self.best.number,
-            self.best.value,
+            best.number,
+            best.value,
         )
 
     def _fail(self, active: _ActiveTrial, reason: str) -> None:
         logger.error("trial %d failed: %s", active.trial.number, reason)
         active.trial.set_user_attr("fail_reason", reason[-20000:])
-        self._reports.pop(active.trial.number, None)
-        self._study.tell(active.trial, state=self._optuna.trial.TrialState.FAIL)
-        self._active.remove(active)
-        self.n_finished += 1
-        self.n_failed += 1
-        self._write_run_summary()
+        self._finish(active, self._optuna.trial.TrialState.FAIL)
 
-    def _best_value(self) -> float | None:
-        return self.best.value if self.best else None
-
-    def run_summary(self) -> dict[str, Any]:
-        """The run's ``summary.json``."""
-        return {
-            "loss_name": self._settings.loss_name,
-            "run_name": self._settings.run_name,
-            "best_value": self._best_value(),
-            "best_standard_error": self._best_standard_error(),
-            "best_params": self.best.params if self.best else {},
-            "best_trial": self.best.number if self.best else None,
-            "n_trials": self._settings.n_trials,
-            "n_complete": self.n_complete,
-            "n_failed": self.n_failed,
-            "n_pruned": self.n_pruned,
-            "seeds_saved": self.seeds_saved,
-            "updated_at": _now_iso(),
-        }
-
-    def _write_run_summary(self) -> None:
-        _write_json_atomic(self._run.summary, self.run_summary())
-
-    # ---- seeds as a budget: reporting chunks, pruning
-
-    def _init_pruning(self) -> None:
-        """The report form, the steps reported before a crash, and the pruned trials so far."""
-        states = self._optuna.trial.TrialState
-        self._report_form = _report_form(self._optuna, self._study.pruner, self._settings.prune_report)
-        self._reports: dict[int, _TrialReports] = {}
-        self.n_pruned = self.seeds_saved = 0
-        for frozen in self._study.get_trials(deepcopy=False, states=(states.RUNNING, states.PRUNED)):
-            if frozen.state == states.RUNNING:  # to be adopted: its reports stay, none is repeated
-                if self._report_form is not None:
-                    self._reports[frozen.number] = _TrialReports(set(frozen.intermediate_values))
-            else:
-                self.n_pruned += 1
-                self.seeds_saved += max(0, self._settings.seeds.count - frozen.user_attrs.get("n_seeds", 0))
-        if self._report_form is not None:
-            self._progress.pruned = (self.n_pruned, self.seeds_saved)
-        if self._report_form == "chunk":  # WilcoxonPruner's first test imports scipy.stats: a second, not mid-run
-            with contextlib.suppress(ImportError):
-                importlib.import_module("scipy.stats")
-
-    def _report_chunks(self, active: _ActiveTrial, last: bool = False) -> bool:
-        """Tell Optuna of the trial's chunks that arrived since the last look; True if there was news."""
-        if self._report_form is None:
-            return False
-        reports = self._reports.setdefault(active.trial.number, _TrialReports(set()))
-        news = _read_new_chunks(active.paths, active.expected, active.files)
-        steps = _chunk_reports(active.files.chunks, self._report_form) if news or last else {}
-        new = sorted(step for step in steps if step not in reports.reported)
-        for step in new:
-            active.trial.report(steps[step], step)
-            reports.reported.add(step)
-        if last:
-            del self._reports[active.trial.number]
-        return bool(new)
-
-    def _should_prune(self, active: _ActiveTrial, reported: bool) -> bool:
-        """Ask the pruner after news (or once after a resume); never once every chunk is in."""
-        reports = self._reports.get(active.trial.number)
-        if (
-            reports is None
-            or not active.files.chunks
-            or not reports.reported
-            or len(active.files.chunks) == active.expected.plan.n_chunks
-            or (reports.asked and not reported)
-        ):
-            return False
-        reports.asked = True
-        return active.trial.should_prune()
-
-    def _prune(self, active: _ActiveTrial, running: list[str]) -> None:
-        """Cancel the trial's queued work (its arrays and reduce job, one call); its chunk files stay."""
-        self._executor.cancel(running)
+    def _prune(self, active: _ActiveTrial) -> None:
+        """Tell Optuna the trial is pruned, with the statistics of the chunks it used; their files stay."""
         trial = active.trial
-        del self._reports[trial.number]
-        used = _Moments.pool([c.stats.loss for c in active.files.chunks.values()])
+        used = ChunkStats.pool([c.stats for c in active.chunks.values()]).loss
         trial.set_user_attr("n_seeds", used.count)
         trial.set_user_attr("running_mean", used.mean)
-        trial.set_user_attr("std", math.sqrt(used.variance))
-        trial.set_user_attr("standard_error", math.sqrt(used.variance) / math.sqrt(used.count))
-        self._study.tell(trial, state=self._optuna.trial.TrialState.PRUNED)
+        trial.set_user_attr("std", used.std)
+        trial.set_user_attr("standard_error", used.standard_error)
+        self._finish(active, self._optuna.trial.TrialState.PRUNED)
+        self._progress.pruned = (self.tally.n_pruned, self.tally.seeds_saved)
         self._trial_log.info(
             "Trial %d pruned after %d seeds (running mean %r, standard error %.3g) with parameters: %s.",
             trial.number,
             used.count,
             used.mean,
-            math.sqrt(used.variance) / math.sqrt(used.count),
+            used.standard_error,
             trial.params,
         )
-        self._active.remove(active)
-        self.n_finished += 1
-        self.n_pruned += 1
-        self.seeds_done += used.count
-        self.seeds_saved += self._settings.seeds.count - used.count
-        self._progress.pruned = (self.n_pruned, self.seeds_saved)
-        self._write_run_summary()
 
-    def _best_standard_error(self) -> float | None:
-        attrs = self.best.user_attrs if self.best else {}
-        if "standard_error" in attrs or "std" not in attrs:
-            return attrs.get("standard_error")
-        return attrs["std"] / math.sqrt(attrs["n_seeds"])  # a trial told before standard errors were kept
+    def run_summary(self) -> dict[str, Any]:
+        """The run's ``summary.json``."""
+        return self.tally.summary(self._settings)
+
+    # ---- seeds as a budget: reporting chunks, pruning
+
+    def _report_chunks(self, active: _ActiveTrial) -> bool:
+        """Tell Optuna of the trial's chunks that arrived since the last look; True if there was news."""
+        reports = active.reports
+        if reports is None:
+            return False
+        steps = _chunk_reports(active.chunks, self._report_form)
+        new = sorted(step for step in steps if step not in reports.reported)
+        for step in new:
+            active.trial.report(steps[step], step)
+            reports.reported.add(step)
+        return bool(new)
+
+    def _should_prune(self, active: _ActiveTrial, reported: bool) -> bool:
+        """Ask the pruner after news (or once after a resume); never once every chunk is in."""
+        reports = active.reports
+        if (
+            reports is None
+            or not active.chunks
+            or not reports.reported
+            or len(active.chunks) == active.n_chunks
+            or (reports.asked and not reported)
+        ):
+            return False
+        reports.asked = True
+        return active.trial.should_prune()
 
 
 def _chunk_failures(trial: TrialPaths) -> list[ChunkFailure]:
@@ -3640,9 +3805,28 @@ def _controller_lock(run: RunPaths) -> Iterable[None]:
         yield
 
 
+# The executors, by mode: a new one is a class with the Executor interface and a row here. Each is
+# made as ``cls(settings, run, stop_event, cores, clock=clock)``.
+_EXECUTORS: dict[ExecutionMode, Callable[..., Executor]] = {
+    ExecutionMode.SINGLE: _LocalExecutor,
+    ExecutionMode.DISTRIBUTED: _SlurmExecutor,
+}
+
+
 def _run_study(
-    settings: _RunSettings, *, sampler: Any, storage: Any, pruner: Any, stop: _StopSignal, cores: int | None = None
+    settings: _RunSettings,
+    *,
+    sampler: Any,
+    storage: Any,
+    pruner: Any,
+    stop: _StopSignal,
+    cores: int | None = None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> OptimizeResult:
+    """Open (or resume) the run and its study, then run the controller with the mode's executor.
+
+    ``clock``: the controller's and the executor's time (a simulation passes its own).
+    """
     import optuna
 
     run, settings = _open_run(settings)
@@ -3657,11 +3841,8 @@ def _run_study(
         )
         if sampler is None:
             study.sampler = _default_sampler(optuna, settings, len(study.get_trials(deepcopy=False)))
-        if settings.mode == ExecutionMode.DISTRIBUTED.value:
-            executor: Executor = _SlurmExecutor(settings, run, stop.event)
-        else:
-            executor = _LocalExecutor(settings, run, cores)
-        controller = _Controller(settings, run, study, executor, stop)
+        executor = _EXECUTORS[execution_mode(settings.mode)](settings, run, stop.event, cores, clock=clock)
+        controller = _Controller(settings, run, study, executor, stop, clock)
         try:
             controller.run()
         except _Interrupted as exc:
@@ -4666,6 +4847,8 @@ def _worker_main(argv: Sequence[str]) -> int:
         if task is None:
             parser.error("give --chunk I, or run as a Slurm array task")
         chunk = args.chunk_offset + int(task)
+        log = RunPaths(args.run_dir).trial(args.trial).chunk_log(os.environ["SLURM_ARRAY_JOB_ID"], task, "err")
+        return run_chunk_task(args.run_dir, args.trial, chunk, log)
     return run_chunk_task(args.run_dir, args.trial, chunk)
 
 

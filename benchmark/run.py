@@ -840,9 +840,9 @@ class SlurmCounter:
         self.original_run = slurptuna._run_slurm
         counter = self
 
-        def counting_wait(executor, seconds, stop):
+        def counting_wait(executor, seconds):
             counter.cycles += 1
-            return counter.original_wait(executor, seconds, stop)
+            return counter.original_wait(executor, seconds)
 
         def counting_run(argv, *args, **kwargs):
             counter.commands[argv[0]] = counter.commands.get(argv[0], 0) + 1
@@ -1019,9 +1019,9 @@ def controller_child(spec: dict) -> None:
     original_wait = slurptuna._SlurmExecutor.wait
     original_write = slurptuna._write_json_atomic
 
-    def counting_wait(self, seconds, stop):  # once per poll cycle of the controller's loop, every cycle
+    def counting_wait(self, seconds):  # once per poll cycle of the controller's loop, every cycle
         cycles[0] += 1
-        return original_wait(self, seconds, stop)
+        return original_wait(self, seconds)
 
     def counting_write(path, record, *args, **kwargs):
         writes[0] += 1

@@ -200,7 +200,11 @@ def test_an_attempt_over_slurm_timeout_minutes_is_cancelled_and_retried(fake_slu
     trial = result.study.trials[0]
     assert trial.state.name == "COMPLETE" and trial.user_attrs["attempts"] == 2
     assert [a["array_tasks"] for a in chunk_submissions(fake_slurm)] == [[0, 1], [0]]
-    assert len(fake_slurm.calls("scancel")) == 1
+    overdue, *later = [set(c["argv"]) for c in fake_slurm.calls("scancel")]
+    first_attempt = {str(s["job_id"]) for s in fake_slurm.submissions()[:2]}
+    assert overdue == first_attempt  # the first attempt's array and reduce job, in one scancel
+    reduce_jobs = {str(s["job_id"]) for s in reduce_submissions(fake_slurm)}
+    assert all(ids <= reduce_jobs for ids in later)  # then at most the retry's reduce job, no longer needed
 
 
 def test_a_task_killed_by_slurm_is_judged_from_the_logs_when_sacct_does_not_work(fake_slurm, run_root, monkeypatch):

@@ -191,7 +191,7 @@ def test_real_slurm_timeout_is_retried_with_only_the_missing_chunks(slurm, run_r
     assert trial.state.name == "COMPLETE" and trial.user_attrs["attempts"] == 2
     assert trial.value == pytest.approx(trial.params["x"] + 2.5)
     retry = [r.getMessage() for r in caplog.records if "retry 1 of 1" in r.getMessage()]
-    assert len(retry) == 1 and "resubmitting chunks 0" in retry[0] and "TIMEOUT" in retry[0]
+    assert len(retry) == 1 and "starting chunks 0 again" in retry[0] and "TIMEOUT" in retry[0]
     jobs = read_json(RunPaths(Path(result.run_dir)).trial(0).jobs)
     assert [j["chunks"] for j in jobs["jobs"] if j["kind"] == "chunks"] == [[0]]
     assert {seed: n for (_, seed), n in seed_counter.evaluations().items()} == {0: 2, 1: 1, 2: 1, 3: 1, 4: 1, 5: 1}

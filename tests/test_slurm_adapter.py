@@ -139,29 +139,30 @@ def test_slurm_commands_run_in_their_own_session_and_a_timeout_keeps_what_they_s
 
 
 @pytest.fixture
-def executor(tmp_path, monkeypatch):
-    """A Slurm executor (QoS "short") whose Slurm answers come from a list; calls and waits recorded, none slept."""
-    monkeypatch.setattr(slurptuna, "_which", lambda name: "/usr/bin/" + name)
+def executor(tmp_path):
+    """A Slurm executor (QoS "short") whose Slurm answers come from a list, on a clock that only waits move.
+
+    Its commands and waits are recorded; nothing sleeps and nothing patches the module.
+    """
     settings, _ = slurptuna._resolve_settings(
         losses.quadratic, {"mode": "distributed", "slurm_qos": "short", "slurm_unavailable_minutes": 1}
     )
-    run = RunPaths(tmp_path / "run")
-    answers, calls = [], []
+    answers, calls, waits, now = [], [], [], [0.0]
 
     def slurm(argv, env=None, timeout=120):
         calls.append(list(argv))
-        return answers.pop(0)
+        answer = answers.pop(0)
+        return answer(argv) if callable(answer) else answer
 
-    class Clockless(threading.Event):
-        waits: list[float] = []
+    def sleep(seconds):
+        waits.append(seconds)
+        now[0] += seconds
+        return False  # not stopped
 
-        def wait(self, seconds=None):
-            self.waits.append(seconds)
-            return False
-
-    monkeypatch.setattr(slurptuna, "_run_slurm", slurm)
-    made = slurptuna._SlurmExecutor(settings, run, Clockless())
-    made.answers, made.calls, made.waits = answers, calls, Clockless.waits
+    made = slurptuna._SlurmExecutor(
+        settings, RunPaths(tmp_path / "run"), threading.Event(), clock=lambda: now[0], sleep=sleep, slurm=slurm
+    )
+    made.answers, made.calls, made.waits = answers, calls, waits
     return made
 
 
@@ -209,29 +210,22 @@ def test_while_slurm_does_not_answer_sbatch_looks_for_its_job_then_asks_again_wi
     assert executor.waits == [1.0, 2.0, 4.0]  # backoff over the whole outage, with the clock of the wait, not sleep
 
 
-def test_a_failed_sbatch_whose_job_was_queued_anyway_is_adopted_not_submitted_again(executor, monkeypatch):
-    executor.answers.append(answered("sbatch_controller_stopped"))
-    executor.answers.append(subprocess.CompletedProcess([], 0, "", ""))  # filled in below, with the comment
+def test_a_failed_sbatch_whose_job_was_queued_anyway_is_adopted_not_submitted_again(executor):
+    def squeue_shows_the_job(argv):
+        return subprocess.CompletedProcess(argv, 0, f"91|{_comment(executor.calls[0])}\n", "")
 
-    def squeue_shows_the_job(argv, env=None, timeout=120):
-        executor.calls.append(list(argv))
-        if argv[0] == "squeue":
-            return subprocess.CompletedProcess(argv, 0, f"91|{_comment(executor.calls[0])}\n", "")
-        return executor.answers.pop(0)
-
-    monkeypatch.setattr(slurptuna, "_run_slurm", squeue_shows_the_job)
+    executor.answers += [answered("sbatch_controller_stopped"), squeue_shows_the_job]
     assert executor._sbatch(["--job-name=t"], ["true"]) == "91"
     assert [argv[0] for argv in executor.calls] == ["sbatch", "squeue"]
 
 
-def test_slurm_silent_for_longer_than_slurm_unavailable_minutes_stops_with_the_last_answer(executor, monkeypatch):
-    clock = iter(range(0, 10_000, 25))
-    monkeypatch.setattr(slurptuna.time, "monotonic", lambda: float(next(clock)))
+def test_slurm_silent_for_longer_than_slurm_unavailable_minutes_stops_with_the_last_answer(executor):
     executor.answers += [answered("sbatch_controller_down")] + [answered("squeue_controller_down")] * 10
     with pytest.raises(SlurmError, match=r"has not answered for 1 minutes.*Unable to contact slurm controller"):
         executor._sbatch(["--job-name=t"], ["true"])
-    # sbatch is not sent again before squeue answers; looked for at 0, 25, 50 and 75 s: past the 60 s limit
-    assert [argv[0] for argv in executor.calls] == ["sbatch"] + ["squeue"] * 4
+    # sbatch is not sent again before squeue answers; it is looked for after waits of 1, 2, 4 ... s, until 60 s
+    assert executor.waits == [1.0, 2.0, 4.0, 8.0, 16.0, 29.0]
+    assert [argv[0] for argv in executor.calls] == ["sbatch"] + ["squeue"] * 7
 
 
 def test_the_outage_rule_backs_off_and_gives_up_at_its_limit():
