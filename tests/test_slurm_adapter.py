@@ -72,6 +72,12 @@ MEANING = {
     "sbatch_assoc_grp_submit": LIMIT,
     "sbatch_max_job_count": LIMIT,
     "sbatch_max_job_count_timeout_120s": LIMIT,
+    "sbatch_max_job_count_after_pending_array": LIMIT,
+    "sbatch_qos_max_submit_per_user_array_whole": LIMIT,
+    "sbatch_assoc_max_submit_array_whole": LIMIT,
+    "sbatch_assoc_max_submit_array_throttled": LIMIT,
+    "sbatch_assoc_max_submit_after_pending_array": LIMIT,
+    "sbatch_assoc_max_submit_array_mixed_qos": LIMIT,
     "sbatch_qos_max_wall_deny": OTHER,  # a time limit: waiting never makes room
     "sbatch_account_unknown": OTHER,
     "sbatch_partition_unknown": OTHER,
@@ -91,6 +97,21 @@ MEANING = {
     "squeue_unknown_job_ids": None,
     "scancel_unknown_job_id": None,
     "scancel_unknown_and_ended": None,
+    "sbatch_assoc_max_submit_array_fits": None,
+    "sbatch_assoc_max_submit_array_mixed_qos_fits": None,
+    "squeue_pending_array": None,
+    "squeue_pending_array_expanded": None,
+    "squeue_running_array_qos_max_jobs": None,
+    "squeue_running_array_throttled": None,
+    "squeue_running_array_throttled_expanded": None,
+    "scontrol_show_config": None,
+    "scontrol_show_config_limits": None,
+    "sacctmgr_show_qos": None,
+    "sacctmgr_show_assoc": None,
+    "sacctmgr_show_assoc_inherited": None,
+    "sacctmgr_show_assoc_unlimited": None,
+    "sacctmgr_show_qos_no_accounting": OTHER,  # no accounting: no limits to read, none enforced
+    "sacctmgr_show_assoc_no_accounting": OTHER,
 }
 
 
