@@ -2673,6 +2673,119 @@ class _SlurmExecutor:
             logger.warning("Slurm answers again after %.0f s", lasted)
 
 
+# A site's limits, read once when a run starts (issue 15). Every array task counts as one job
+# toward MaxJobCount and toward the submit limits (recorded in tests/slurm_texts/: an array
+# that would pass one is refused whole; pending tasks count one each although squeue shows
+# them as one line), so a run that knows them can split and throttle its arrays instead of
+# being refused. The argv and the parsers share one list of fields, so they cannot drift.
+
+
+def _parse_slurm_config(stdout: str) -> dict[str, str]:
+    """``scontrol show config`` -> every ``Key = value`` it prints, as text (``{"MaxArraySize": "1001", ...}``).
+
+    MaxArraySize bounds an array's task ids (arrays are split below it) and MaxJobCount the
+    tasks of all users in slurmctld's table, ended ones included until MinJobAge (the table
+    holds at most MaxJobCount - 1). Values stay text (``"300 sec"``, ``"(null)"``): the caller
+    converts the few it uses. The header and the ``Slurmctld(primary) at ... is UP`` lines are
+    skipped.
+    """
+    config: dict[str, str] = {}
+    for line in stdout.splitlines():
+        key, equals, value = line.partition("=")
+        if equals and key.strip() and " " not in key.strip():
+            config[key.strip()] = value.strip()
+    return config
+
+
+_SACCTMGR_QOS_FIELDS = (
+    "Name",
+    "MaxSubmitJobsPerUser",
+    "MaxJobsPerUser",
+    "MaxSubmitJobsPerAccount",
+    "MaxJobsPerAccount",
+    "GrpSubmitJobs",
+    "GrpJobs",
+)
+_SACCTMGR_ASSOC_FIELDS = (
+    "Cluster",
+    "Account",
+    "User",
+    "Partition",
+    "QOS",
+    "DefaultQOS",
+    "MaxSubmitJobs",
+    "MaxJobs",
+    "GrpSubmitJobs",
+    "GrpJobs",
+)
+
+
+def _sacctmgr_qos_argv() -> list[str]:
+    """The sacctmgr call whose answer `_parse_sacctmgr_job_limits` reads as ``qos_stdout`` (every QoS)."""
+    return ["sacctmgr", "-n", "-P", "show", "qos", "format=" + ",".join(_SACCTMGR_QOS_FIELDS)]
+
+
+def _sacctmgr_assoc_argv(user: str) -> list[str]:
+    """The sacctmgr call whose answer `_parse_sacctmgr_job_limits` reads as ``assoc_stdout``: the user's rows."""
+    return ["sacctmgr", "-n", "-P", "show", "assoc", f"user={user}", "format=" + ",".join(_SACCTMGR_ASSOC_FIELDS)]
+
+
+@dataclass(frozen=True)
+class _SlurmJobLimits:
+    """The most jobs the user may have at once, every array task counting as one; None: no limit set."""
+
+    max_submit_jobs: int | None  # queued (pending or running): more is refused at sbatch
+    max_jobs: int | None  # running: more waits in the queue (AssocMaxJobsLimit, QOSMaxJobsPerUserLimit)
+
+
+def _sacctmgr_rows(stdout: str, fields: Sequence[str]) -> list[dict[str, str]]:
+    rows = []
+    for line in stdout.splitlines():
+        values = line.strip().split("|")
+        if len(values) == len(fields):
+            rows.append(dict(zip(fields, (v.strip() for v in values), strict=True)))
+    return rows
+
+
+def _sacctmgr_limit(text: str) -> int | None:
+    return int(text) if text.isdigit() else None  # blank (or -1): no limit
+
+
+def _parse_sacctmgr_job_limits(
+    assoc_stdout: str, qos_stdout: str, qos: str | None = None, account: str | None = None
+) -> _SlurmJobLimits:
+    """The user's effective MaxSubmitJobs and MaxJobs: the smallest limit that applies to the run's jobs.
+
+    Reads the answers of `_sacctmgr_assoc_argv` and `_sacctmgr_qos_argv`. What applies: the
+    association's own limits (a parent account's MaxSubmitJobs/MaxJobs is shown on the user's
+    row when the user has none, recorded in slurm_texts/sacctmgr_show_assoc_inherited.json)
+    and those of the QoS the jobs run under: ``qos`` (the run's ``slurm_qos``), else the
+    association's DefaultQOS, else its only QoS, else ``normal``, as slurmctld picks it. The
+    Grp* limits and the per-account ones count other users' jobs too: they bound ours all the
+    same, so they are taken as limits. Under ``account`` only that account's associations
+    count; without it, the smallest over all the user's associations (never ask for more).
+    No association or QoS row (no accounting, a failed call): the limits are unknown, None.
+    Partition QoSes are not read.
+    """
+    qos_rows = {row["Name"]: row for row in _sacctmgr_rows(qos_stdout, _SACCTMGR_QOS_FIELDS)}
+    submit: list[int | None] = []
+    running: list[int | None] = []
+    for row in _sacctmgr_rows(assoc_stdout, _SACCTMGR_ASSOC_FIELDS):
+        if account is not None and row["Account"] != account:
+            continue
+        granted = [name for name in row["QOS"].split(",") if name]
+        job_qos = qos or row["DefaultQOS"] or (granted[0] if len(granted) == 1 else "normal")
+        limits = qos_rows.get(job_qos, {})
+        submit += [_sacctmgr_limit(row["MaxSubmitJobs"]), _sacctmgr_limit(row["GrpSubmitJobs"])]
+        running += [_sacctmgr_limit(row["MaxJobs"]), _sacctmgr_limit(row["GrpJobs"])]
+        submit += [_sacctmgr_limit(limits.get(key, "")) for key in _SACCTMGR_QOS_FIELDS if "Submit" in key]
+        running += [_sacctmgr_limit(limits.get(key, "")) for key in ("MaxJobsPerUser", "MaxJobsPerAccount", "GrpJobs")]
+    return _SlurmJobLimits(
+        max_submit_jobs=min((n for n in submit if n is not None), default=None),
+        max_jobs=min((n for n in running if n is not None), default=None),
+    )
+
+
 # ---------------------------------------------------------------- local processes, same interface
 
 

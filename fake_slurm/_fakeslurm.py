@@ -10,6 +10,7 @@ atomically under `jobs/<id>.lock`), counters, fault markers, run slots and the
 """
 
 import fcntl
+import itertools
 import json
 import math
 import os
@@ -330,11 +331,16 @@ def rows(pairs, expand=False):
                 waiting.setdefault(task["state"], []).append(task)
             else:
                 out.append(row(job, task))
+        started = any(t["start"] is not None for t in job["tasks"])
         for group in waiting.values():
             r = row(job, group[0])
+            r["A"] = str(jid)
+            if len(group) == 1 and started:  # the array's last pending task shows as itself
+                out.append(r)
+                continue
             throttle = f"%{job['throttle']}" if job["throttle"] else ""
-            r["K"] = f"[{format_ranges(t['task_id'] for t in group)}{throttle}]"
-            r["i"], r["A"] = f"{jid}_{r['K']}", str(jid)
+            r["K"] = f"{format_ranges(t['task_id'] for t in group)}{throttle}"
+            r["i"] = f"{jid}_[{r['K']}]"
             out.append(r)
     return out
 
@@ -472,6 +478,80 @@ def parse_dependency(text, jobs):
     return deps
 
 
+# ---------------------------------------------------------------- a site's limits
+#
+# As measured on Slurm 22.05 (tests/slurm_texts/*max_submit*, *max_job_count*): every array
+# task counts as one job toward MaxSubmitJobs and MaxJobCount, pending or running, throttled
+# or not, although squeue shows an array's pending tasks as one line; an array that would
+# pass a submit limit is refused whole, at once. A full job table (MaxJobCount; ended jobs
+# count until MinJobAge purges them) makes sbatch sleep 1, 2, ... 15 s and retry.
+
+POLICY = (
+    "Batch job submission failed: Job violates accounting/QOS policy (job submit limit, user's size and/or time limits)"
+)
+ASSOC_KEYS = ("MaxSubmitJobs", "MaxJobs")
+QOS_KEYS = ("MaxSubmitJobsPerUser", "MaxJobsPerUser")
+
+
+def assoc_limits():
+    """The user's association limits: FAKE_SLURM_MAX_SUBMIT_JOBS, FAKE_SLURM_MAX_JOBS (None: unlimited)."""
+    return {
+        "MaxSubmitJobs": env_num("FAKE_SLURM_MAX_SUBMIT_JOBS", None, int),
+        "MaxJobs": env_num("FAKE_SLURM_MAX_JOBS", None, int),
+    }
+
+
+def qos_limits():
+    """FAKE_SLURM_QOS_LIMITS='capped:MaxSubmitJobsPerUser=5:MaxJobsPerUser=3,short' -> {qos: {key: n}}.
+
+    The QoSes the user has: these and `normal` (without limits unless listed)."""
+    out = {"normal": {}}
+    for spec in env_list("FAKE_SLURM_QOS_LIMITS"):
+        name, *pairs = spec.split(":")
+        out[name.strip()] = limits = {}
+        for pair in pairs:
+            key, _, value = pair.partition("=")
+            if key.strip() not in QOS_KEYS or not value.strip().isdigit():
+                raise Fail(f"fake_slurm: bad FAKE_SLURM_QOS_LIMITS entry {spec!r} (keys: {', '.join(QOS_KEYS)})")
+            limits[key.strip()] = int(value)
+    return out
+
+
+def admit(n_tasks, qos):
+    """Check a submission of n_tasks against MaxJobCount and the submit limits, as slurmctld does.
+
+    Returns a lock to hold until the job is written (None when no limit is set, to stay fast), so
+    that submissions at once cannot pass a limit together; raises Fail with Slurm's text."""
+    max_count = env_num("FAKE_SLURM_MAX_JOB_COUNT", None, int)
+    user_limit = qos_limits().get(qos, {}).get("MaxSubmitJobsPerUser")
+    assoc_limit = assoc_limits()["MaxSubmitJobs"]
+    if max_count is None and user_limit is None and assoc_limit is None:
+        return None
+    for retry in itertools.count(1):
+        fd = os.open(path("admission.lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        now, user = time.time(), os.environ.get("USER", "root")
+        tasks = [(j, t) for j in all_jobs() for t in j["tasks"] if not purged(t, now)]
+        if max_count is None or len(tasks) + n_tasks < max_count:
+            queued = [j for j, t in tasks if t["state"] in ACTIVE and j["user"] == user]
+            in_qos = sum((j["qos"] or "normal") == qos for j in queued)
+            for limit, count, name in (
+                (user_limit, in_qos, "QOSMaxSubmitJobPerUserLimit"),
+                (assoc_limit, len(queued), "AssocMaxSubmitJobLimit"),
+            ):
+                if limit is not None and count + n_tasks > limit:
+                    os.close(fd)
+                    raise Fail(f"{name}\nsbatch: error: {POLICY}")
+            return fd
+        os.close(fd)
+        if retry == 16:
+            raise Fail(SUBMIT_FAILED + "Resource temporarily unavailable")
+        if retry == 1:
+            print("sbatch: error: Slurm temporarily unable to accept job, sleeping and retrying", file=sys.stderr)
+        time.sleep(retry * env_num("FAKE_SLURM_RETRY_UNIT", 1.0))
+        rpc_token("sbatch")  # each retry is another RPC
+
+
 def submit(argv):
     """Validate, record and start one submission; returns the job dict."""
     call_no = bump("sbatch_calls") + 1
@@ -508,6 +588,7 @@ def submit(argv):
     if cpus * int(opts.get("ntasks", 1)) > env_num("FAKE_SLURM_NODE_CPUS", 8, int):
         raise Fail(SUBMIT_FAILED + "More processors requested than permitted")
     deps = parse_dependency(opts["dependency"], all_jobs()) if "dependency" in opts else []
+    admitted = admit(len(task_ids), qos or "normal")  # a lock held until the job is written
 
     # Ids as real Slurm hands them out: the array keeps the first id, tasks
     # get the following ones in start order, and the last task keeps the first.
@@ -552,6 +633,8 @@ def submit(argv):
         "options": opts,
         "faults": faults,
         "max_running": env_num("FAKE_SLURM_MAX_RUNNING", 64, int),
+        "max_jobs": assoc_limits()["MaxJobs"],
+        "qos_max_jobs": qos_limits().get(qos or "normal", {}).get("MaxJobsPerUser"),
         "submit": time.time(),
         "call_no": call_no,
         "tasks": [],
@@ -578,6 +661,8 @@ def submit(argv):
         f.write(text)
     os.chmod(job["script"], 0o755)
     write_json(path("jobs", f"{first}.json"), job)
+    if admitted is not None:
+        os.close(admitted)
     import subprocess  # imported here: squeue & co start faster without it
 
     with open(path("runner.log"), "a") as log:
@@ -643,17 +728,34 @@ def dependency_status(job):
     return status
 
 
-def take_slot(limit):
-    """Lock one of `limit` slot files (kernel-enforced global running cap)."""
-    os.makedirs(path("slots"), exist_ok=True)
+def take_slot(limit, group="slots"):
+    """Lock one of `limit` slot files in `group` (a kernel-enforced running cap over all runners)."""
+    os.makedirs(path(group), exist_ok=True)
     for k in range(limit):
-        fd = os.open(path("slots", str(k)), os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(path(group, str(k)), os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             return fd
         except BlockingIOError:
             os.close(fd)
     return None
+
+
+def take_slots(job):
+    """The run slots a task of `job` needs (node, QoS MaxJobsPerUser), or the reason it waits."""
+    qos_limit = job.get("qos_max_jobs")
+    qos_fd = None
+    if qos_limit is not None:
+        qos_fd = take_slot(qos_limit, f"slots_qos_{job['qos'] or 'normal'}")
+        if qos_fd is None:
+            return None, "QOSMaxJobsPerUserLimit"
+    max_jobs = job.get("max_jobs")
+    node_fd = take_slot(min(job["max_running"], max_jobs or job["max_running"]))
+    if node_fd is None:
+        if qos_fd is not None:
+            os.close(qos_fd)
+        return None, "AssocMaxJobsLimit" if max_jobs is not None and max_jobs < job["max_running"] else "Resources"
+    return [fd for fd in (node_fd, qos_fd) if fd is not None], None
 
 
 def fault_fires(job, kind, tid):
@@ -921,23 +1023,26 @@ def run(jid):
                 kill_group(proc.pid, signal.SIGKILL)  # like Slurm: no process outlives its job
                 finish(tasks[k], rc, now)
                 del procs[k]
-                os.close(slots.pop(k))
-            limit, full = job["throttle"] or len(tasks), False
+                for fd in slots.pop(k):
+                    os.close(fd)
+            limit, blocked = job["throttle"] or len(tasks), None  # blocked: why no other task starts now
             for k, task in enumerate(tasks):
                 if task["state"] != "PENDING":
                     continue
                 if len(procs) >= limit:
                     task["reason"] = "JobArrayTaskLimit"
                     continue
-                fd = None if full else take_slot(job["max_running"])
-                if fd is None:
-                    full, task["reason"] = True, "Resources"
+                if blocked is None:
+                    fds, blocked = take_slots(job)
+                if blocked is not None:
+                    task["reason"] = blocked
                     continue
                 proc = start_task(job, task, now)
                 if proc is None:
-                    os.close(fd)
+                    for fd in fds:
+                        os.close(fd)
                 else:
-                    procs[k], slots[k] = proc, fd
+                    procs[k], slots[k] = proc, fds
             busy = procs or any(t["state"] == "PENDING" for t in tasks)
         if not busy:
             return
@@ -1197,13 +1302,20 @@ def show_config():
         "ClusterName": "fake",
         "KillWait": f"{KILL_WAIT:g} sec",
         "MaxArraySize": env_num("FAKE_SLURM_MAX_ARRAY_SIZE", 1001, int),
-        "MaxJobCount": 10000,
+        "MaxJobCount": env_num("FAKE_SLURM_MAX_JOB_COUNT", 10000, int),
         "MinJobAge": f"{env_num('FAKE_SLURM_MIN_JOB_AGE', 300.0):g} sec",
         "SLURM_VERSION": "22.05.8",
         "SchedulerType": "sched/backfill",
         "SelectType": "select/cons_tres",
         "SlurmctldHost[0]": "localhost",
+        "SlurmctldParameters": "(null)",
     }
+    bucket = env_num("FAKE_SLURM_RPC_BUCKET", 0, int)
+    if bucket > 0:  # as Slurm >= 23.02 would show it
+        config["SlurmctldParameters"] = (
+            f"rl_enable,rl_bucket_size={bucket},rl_refill_rate={env_num('FAKE_SLURM_RPC_REFILL', 2, int)},"
+            f"rl_refill_period={env_num('FAKE_SLURM_RPC_REFILL_PERIOD', 1.0):g}"
+        )
     print(f"Configuration data as of {fmt_stamp(time.time())}")
     for key, value in config.items():
         print(f"{key:<23} = {value}")
@@ -1232,6 +1344,176 @@ def scontrol(argv):
             f"   ExitCode={r['exitcode']}\n   WorkDir={r['Z']}\n"
         )
     return 0
+
+
+# ---------------------------------------------------------------- sacctmgr: the limits a site set
+#
+# `sacctmgr show qos` / `show assoc` answer with the limits of FAKE_SLURM_QOS_LIMITS,
+# FAKE_SLURM_MAX_SUBMIT_JOBS and FAKE_SLURM_MAX_JOBS, in the real formats
+# (tests/slurm_texts/sacctmgr_*.json); an unset limit is a blank field, as in Slurm.
+
+SACCTMGR_SPEC = make_spec(
+    ("noheader", False, "-n", "--noheader"),
+    ("parsable2", False, "-P", "--parsable2"),
+    ("parsable", False, "-p", "--parsable"),
+    ("immediate", False, "-i", "--immediate"),
+    ("quiet", False, "-Q", "--quiet"),
+    ("verbose", False, "-v", "--verbose"),
+)
+NO_SLURMDBD = (
+    "You are not running a supported accounting_storage plugin\nOnly 'accounting_storage/slurmdbd' is supported."
+)
+
+
+def limit_text(value):
+    return "" if value is None else str(value)
+
+
+# field (lower case): (header, width, function of a row dict); rows hold the limits by their sacctmgr names
+QOS_FIELDS = {
+    "name": ("Name", 10, lambda r: r["Name"]),
+    "priority": ("Priority", 10, lambda r: "0"),
+    "gracetime": ("GraceTime", 10, lambda r: "00:00:00"),
+    "preemptmode": ("PreemptMode", 11, lambda r: "cluster"),
+    "usagefactor": ("UsageFactor", 11, lambda r: "1.000000"),
+    "maxsubmitjobsperuser": ("MaxSubmitPU", 11, lambda r: limit_text(r.get("MaxSubmitJobsPerUser"))),
+    "maxjobsperuser": ("MaxJobsPU", 9, lambda r: limit_text(r.get("MaxJobsPerUser"))),
+}
+QOS_DEFAULT = (  # the 26 columns of a plain `sacctmgr show qos`; those not modelled are blank
+    "Name,Priority,GraceTime,Preempt,PreemptExitTime,PreemptMode,Flags,UsageThres,UsageFactor,GrpTRES,"
+    "GrpTRESMins,GrpTRESRunMins,GrpJobs,GrpSubmit,GrpWall,MaxTRES,MaxTRESPerNode,MaxTRESMins,MaxWall,"
+    "MaxTRESPU,MaxJobsPU,MaxSubmitPU,MaxTRESPA,MaxJobsPA,MaxSubmitPA,MinTRES"
+)
+ASSOC_FIELDS = {
+    "cluster": ("Cluster", 10, lambda r: "fake"),
+    "account": ("Account", 10, lambda r: "root"),
+    "user": ("User", 10, lambda r: r["User"]),
+    "share": ("Share", 9, lambda r: "1"),
+    "qos": ("QOS", 20, lambda r: ",".join(sorted(qos_limits()))),
+    "defaultqos": ("Def QOS", 9, lambda r: ""),
+    "maxsubmitjobs": ("MaxSubmit", 9, lambda r: limit_text(r.get("MaxSubmitJobs"))),
+    "maxjobs": ("MaxJobs", 7, lambda r: limit_text(r.get("MaxJobs"))),
+}
+ASSOC_DEFAULT = (  # the 20 columns of a plain `sacctmgr show assoc`
+    "Cluster,Account,User,Partition,Share,Priority,GrpJobs,GrpTRES,GrpSubmit,GrpWall,GrpTRESMins,MaxJobs,"
+    "MaxTRES,MaxTRESPerNode,MaxSubmit,MaxWall,MaxTRESMins,QOS,Def QOS,GrpTRESRunMins"
+)
+BLANK_FIELDS = {  # sacctmgr's header and width of some columns that are always blank here
+    "grpjobs": ("GrpJobs", 7),
+    "grpsubmitjobs": ("GrpSubmit", 9),
+    "maxsubmitjobsperaccount": ("MaxSubmitPA", 11),
+    "maxjobsperaccount": ("MaxJobsPA", 9),
+    "parentname": ("Par Name", 10),
+}
+FIELD_ALIASES = {  # headers and short names -> the field
+    "maxsubmit": "maxsubmitjobs",
+    "grpsubmit": "grpsubmitjobs",
+    "def qos": "defaultqos",
+    "maxsubmitpu": "maxsubmitjobsperuser",
+    "maxjobspu": "maxjobsperuser",
+    "maxsubmitpa": "maxsubmitjobsperaccount",
+    "maxjobspa": "maxjobsperaccount",
+}
+
+
+def sacctmgr_columns(spec, fields, default):
+    columns = []
+    for name in (spec or default).split(","):
+        key, _, width = name.strip().lower().partition("%")
+        key = FIELD_ALIASES.get(key, key)
+        header, size, get = fields.get(key) or (*BLANK_FIELDS.get(key, (name.strip(), 10)), lambda r: "")
+        columns.append((header, int(width) if width else size, get))
+    return columns
+
+
+def sacctmgr(argv):
+    opts, words = parse_args(argv, SACCTMGR_SPEC)
+    if os.environ.get("FAKE_SLURM_NO_ACCOUNTING", "0") not in ("", "0"):
+        print(NO_SLURMDBD, file=sys.stderr)
+        return 1
+    if len(words) < 2 or words[0].lower() not in ("show", "list"):
+        raise Fail("fake sacctmgr supports only 'show qos' and 'show assoc'")
+    entity, filters, spec = words[1].lower(), {}, None
+    for word in words[2:]:
+        key, eq, value = word.partition("=")
+        if word.lower() in ("where", "set"):
+            continue
+        if not eq:
+            filters.setdefault("names", []).extend(word.split(","))
+        elif key.lower() == "format":
+            spec = value
+        else:
+            filters[key.lower().rstrip("s")] = value.split(",")
+    if entity == "qos":
+        columns = sacctmgr_columns(spec, QOS_FIELDS, QOS_DEFAULT)
+        wanted = filters.get("names") or filters.get("name")
+        rows = [{"Name": n, **lim} for n, lim in qos_limits().items() if not wanted or n in wanted]
+        rows.sort(key=lambda r: r["Name"] != "normal")  # normal first, then as listed
+    elif entity.startswith("assoc"):
+        columns = sacctmgr_columns(spec, ASSOC_FIELDS, ASSOC_DEFAULT)
+        user = os.environ.get("USER", "root")
+        rows = [{"User": user, **assoc_limits()}]
+        if user not in filters.get("user", [user]):
+            rows = []
+    else:
+        raise Fail(f"fake sacctmgr: 'show {entity}' is not modelled (qos, assoc)")
+    lines = [] if "noheader" in opts else [[h for h, _, _ in columns]]
+    if lines and "parsable2" not in opts and "parsable" not in opts:
+        lines.append(["-" * w for _, w, _ in columns])
+    lines += [[get(r) for _, _, get in columns] for r in rows]
+    for line in lines:
+        if "parsable2" in opts or "parsable" in opts:
+            print("|".join(line) + ("|" if "parsable" in opts else ""))
+        else:
+            print("".join(v[:w].rjust(w) + " " for v, (_, w, _) in zip(line, columns, strict=True)))
+    return 0
+
+
+# ---------------------------------------------------------------- RPC rate limit and latency
+#
+# Slurm >= 23.02 can rate-limit each user's RPCs to slurmctld (SlurmctldParameters=rl_enable;
+# src/slurmctld/rate_limit.c): a bucket of rl_bucket_size tokens (30), refilled by
+# rl_refill_rate tokens (2) each time a whole rl_refill_period (1 s) of the epoch has begun;
+# an RPC takes a token, or, when there is none, is answered SLURMCTLD_COMMUNICATIONS_BACKOFF
+# without taking one. The client (slurm_send_recv_controller_msg) then sleeps 1 s, sends
+# again, sleeps 2 s after a second refusal, and so on: nothing is printed (only with -v).
+# SlurmUser and root are exempt in Slurm; the fake limits whoever runs it. sacct and
+# sacctmgr ask slurmdbd, which has no such bucket.
+
+RPC_COMMANDS = ("sbatch", "squeue", "scancel", "scontrol")
+
+
+def rpc_token(cmd):
+    """Take one token from the RPC bucket, waiting as Slurm's client does; each wait is logged."""
+    size = env_num("FAKE_SLURM_RPC_BUCKET", 0, int)
+    if size <= 0:
+        return
+    refill = env_num("FAKE_SLURM_RPC_REFILL", 2, int)
+    period = env_num("FAKE_SLURM_RPC_REFILL_PERIOD", 1.0)
+    for attempt in itertools.count(1):
+        with flocked(path("rpc_bucket")) as fd:
+            now = int(time.time() // period)
+            saved = os.pread(fd, 64, 0).split()
+            tokens = min(size, int(saved[0]) + (now - int(saved[1])) * refill) if saved else size
+            granted = tokens > 0
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{tokens - granted} {now}".encode(), 0)
+        if granted:
+            return
+        seconds = round(attempt * env_num("FAKE_SLURM_RETRY_UNIT", 1.0), 6)
+        append_log("calls.jsonl", {"cmd": "rpc_backoff", "command": cmd, "attempt": attempt, "seconds": seconds})
+        time.sleep(seconds)
+
+
+def latency(cmd):
+    """FAKE_SLURM_LATENCY: seconds every command takes (`0.2`), or per command (`squeue=0.5,sbatch=1`)."""
+    spec = os.environ.get("FAKE_SLURM_LATENCY", "").strip()
+    if not spec:
+        return 0.0
+    if "=" not in spec:
+        return float(spec)
+    per_command = dict(part.split("=", 1) for part in spec.split(",") if "=" in part)
+    return float(per_command.get(cmd, 0))
 
 
 # ---------------------------------------------------------------- faults: answers recorded from real Slurm
@@ -1272,12 +1554,24 @@ def answer(record):
 
 # ---------------------------------------------------------------- entry point
 
-COMMANDS = {"sbatch": sbatch, "squeue": squeue, "scancel": scancel, "sacct": sacct, "scontrol": scontrol}
+COMMANDS = {
+    "sbatch": sbatch,
+    "squeue": squeue,
+    "scancel": scancel,
+    "sacct": sacct,
+    "scontrol": scontrol,
+    "sacctmgr": sacctmgr,
+}
 
 
 def main(cmd, argv):
     """Run fake command `cmd`; returns its exit status."""
     try:
+        if cmd in RPC_COMMANDS:
+            rpc_token(cmd)
+        delay = latency(cmd)
+        if delay > 0:
+            time.sleep(delay)
         if cmd != "sbatch":
             append_log("calls.jsonl", {"cmd": cmd, "argv": argv})
             fault = injected_fault(cmd) if cmd != "scontrol" else None

@@ -95,7 +95,7 @@ def test_pending_array_collapsed_and_dependency_never_satisfied(slurm):
     blocker = submit("--wrap", "sleep 30")
     jid = submit("--array=0-3,5,7-9%4", f"--dependency=afterok:{blocker}", "--wrap", "true")
     assert squeue("-j", str(jid), "-o", "%i|%T|%r|%F|%K") == [
-        f"{jid}_[0-3,5,7-9%4]|PENDING|Dependency|{jid}|[0-3,5,7-9%4]"
+        f"{jid}_[0-3,5,7-9%4]|PENDING|Dependency|{jid}|0-3,5,7-9%4"
     ]
     assert len(squeue("-j", str(jid), "-r")) == 8
     run("scancel", str(blocker), check=True)
@@ -422,3 +422,171 @@ def test_fork_python_fast_launch(slurm, tmp_path, fork):
         assert (tmp_path / f"log_{k}.err").read_text() == f"err {k}\n"
     imports = (out / "imports").read_text().split()
     assert len(imports) == (1 if fork == "1" else 8)  # a real start imports it twice: __main__, slurptuna
+
+
+# ---------------------------------------------------------------- a site's limits, RPC bucket, latency
+
+QOS_FORMAT = (
+    "format=Name,MaxSubmitJobsPerUser,MaxJobsPerUser,MaxSubmitJobsPerAccount,MaxJobsPerAccount,GrpSubmitJobs,GrpJobs"
+)
+ASSOC_FORMAT = "format=Cluster,Account,User,Partition,QOS,DefaultQOS,MaxSubmitJobs,MaxJobs,GrpSubmitJobs,GrpJobs"
+# as the real Slurm was set up for tests/slurm_texts/sacctmgr_show_qos.json and sacctmgr_show_assoc.json
+SITE = {
+    "FAKE_SLURM_QOS_LIMITS": "capped:MaxSubmitJobsPerUser=5:MaxJobsPerUser=3",
+    "FAKE_SLURM_MAX_SUBMIT_JOBS": "8",
+    "FAKE_SLURM_MAX_JOBS": "4",
+}
+
+
+def refused(name, *sbatch_args, env):
+    """sbatch answers as the real Slurm did in slurm_texts/<name>.json, and queues nothing."""
+    before = squeue("-t", "all", "-r", "-o", "%i")
+    proc = run("sbatch", "--parsable", *sbatch_args, env=env)
+    answer = recorded(name)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (answer["returncode"], "", answer["stderr"])
+    assert squeue("-t", "all", "-r", "-o", "%i") == before
+
+
+def test_an_array_over_max_submit_jobs_is_refused_whole_and_every_queued_task_counts(slurm):
+    env = {"FAKE_SLURM_MAX_SUBMIT_JOBS": "8"}
+    refused("sbatch_assoc_max_submit_array_whole", "--array=0-8", "--wrap", "sleep 30", env=env)
+    refused("sbatch_assoc_max_submit_array_throttled", "--array=0-8%2", "--wrap", "sleep 30", env=env)
+    array = submit("--array=0-7%2", "--wrap", "sleep 30", env=env)  # 2 running, 6 pending in one squeue line
+    assert array == 1000  # a refusal uses no job id
+    refused("sbatch_assoc_max_submit_after_pending_array", "--wrap", "true", env=env)
+    log = [json.loads(x) for x in (slurm / "submissions.jsonl").read_text().splitlines()]
+    assert [x["rejected"].split("\n")[0] for x in log if x["job_id"] is None] == ["AssocMaxSubmitJobLimit"] * 3
+
+
+def test_ended_tasks_make_room_under_max_submit_jobs(slurm):
+    env = {"FAKE_SLURM_MAX_SUBMIT_JOBS": "2"}
+    array = submit("--array=0-1", "--wrap", "true", env=env)
+    wait_for(lambda: all_ended(array, 2))
+    assert submit("--array=0-1", "--wrap", "true", env=env) == array + 2
+
+
+def test_a_qos_submit_limit_counts_that_qos_and_the_association_counts_every_qos(slurm):
+    refused("sbatch_qos_max_submit_per_user_array_whole", "--qos=capped", "--array=0-5", "--wrap", "true", env=SITE)
+    submit("--qos=capped", "--array=0-4", "--wrap", "sleep 30", env=SITE)
+    refused("sbatch_assoc_max_submit_array_mixed_qos", "--array=0-3", "--wrap", "true", env=SITE)
+    submit("--array=0-2", "--wrap", "sleep 30", env=SITE)  # 5 + 3 = MaxSubmitJobs
+
+
+def test_max_jobs_and_a_qos_max_jobs_per_user_keep_tasks_pending_with_slurms_reasons(slurm):
+    env = {**SITE, "FAKE_SLURM_MAX_JOBS": "3", "FAKE_SLURM_QOS_LIMITS": "capped:MaxJobsPerUser=1"}
+    capped = submit("--qos=capped", "--array=0-1", "--wrap", "sleep 30", env=env)
+    plain = submit("--array=0-3", "--wrap", "sleep 30", env=env)
+    wait_for(lambda: len([x for x in squeue("-o", "%T") if x == "RUNNING"]) == 3)
+    time.sleep(0.1)  # a runner that would start too many has had its chance
+    rows = dict(line.rsplit("|", 1) for line in squeue("-t", "PD", "-o", "%i|%r"))
+    assert rows[f"{capped}_1"] == "QOSMaxJobsPerUserLimit"  # its array's last pending task shows as itself
+    assert rows[f"{plain}_[2-3]"] == "AssocMaxJobsLimit"
+
+
+def test_a_full_job_table_makes_sbatch_sleep_and_retry_then_fail_as_slurm_does(slurm):
+    env = {"FAKE_SLURM_MAX_JOB_COUNT": "4", "FAKE_SLURM_RETRY_UNIT": "0.001"}
+    submit("--array=0-2", "--wrap", "sleep 30", env=env)  # 3 tasks: the table holds at most MaxJobCount-1
+    refused("sbatch_max_job_count", "--wrap", "true", env=env)
+    config = run("scontrol", "show", "config", env=env, check=True).stdout
+    assert re.search(r"^MaxJobCount\s+= 4$", config, re.M)
+
+
+def test_sacctmgr_shows_the_configured_limits_as_the_real_one_does(slurm):
+    def same(name, *argv, env):
+        proc = run("sacctmgr", *argv, env=env)
+        answer = recorded(name)
+        real = answer["stdout"].replace("slurptuna|", "fake|")  # the cluster's name
+        assert (proc.returncode, proc.stdout, proc.stderr) == (answer["returncode"], real, answer["stderr"])
+
+    user = os.environ.get("USER", "root")
+    same("sacctmgr_show_qos", "-n", "-P", "show", "qos", QOS_FORMAT, env=SITE)
+    same("sacctmgr_show_assoc", "-n", "-P", "show", "assoc", f"user={user}", ASSOC_FORMAT, env=SITE)
+    unlimited = {"FAKE_SLURM_QOS_LIMITS": "capped"}  # granted, without limits
+    same("sacctmgr_show_assoc_unlimited", "-n", "-P", "show", "assoc", f"user={user}", ASSOC_FORMAT, env=unlimited)
+    no_accounting = {"FAKE_SLURM_NO_ACCOUNTING": "1"}
+    same("sacctmgr_show_qos_no_accounting", "-n", "-P", "show", "qos", QOS_FORMAT, env=no_accounting)
+    calls = [json.loads(x) for x in (slurm / "calls.jsonl").read_text().splitlines()]
+    assert [c["cmd"] for c in calls] == ["sacctmgr"] * 4
+
+
+def test_squeue_shows_a_pending_arrays_task_ids_without_brackets_in_k_as_the_real_one_does(slurm):
+    jid = submit("--array=0-7", "--dependency=afterok:" + str(submit("--wrap", "sleep 30")), "--wrap", "true")
+    answer = recorded("squeue_pending_array")["stdout"]  # 2_[0-7]|2|0-7|2|PENDING|JobHeldUser
+    expected = answer.replace("2", str(jid)).replace("JobHeldUser", "Dependency")
+    assert run("squeue", "-h", "-j", str(jid), "-o", "%i|%F|%K|%A|%T|%r").stdout == expected
+
+
+class FakeClock:
+    """time.time and time.sleep for _fakeslurm, in simulated seconds."""
+
+    def __init__(self, now):
+        self.now = now
+
+    def time(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.now += seconds
+
+
+@pytest.fixture
+def fakeslurm_module(slurm, monkeypatch):
+    monkeypatch.syspath_prepend(str(FAKE))
+    import _fakeslurm
+
+    clock = FakeClock(1000.0)
+    monkeypatch.setattr(_fakeslurm, "time", clock)
+    return _fakeslurm, clock
+
+
+def test_the_rpc_bucket_refills_per_whole_period_and_a_client_backs_off_one_more_second_each_time(
+    fakeslurm_module, monkeypatch, slurm
+):
+    fake, clock = fakeslurm_module
+    for name, value in {"FAKE_SLURM_RPC_BUCKET": "3", "FAKE_SLURM_RPC_REFILL": "2"}.items():
+        monkeypatch.setenv(name, value)
+    granted = []
+    for _ in range(10):
+        fake.rpc_token("squeue")
+        granted.append(clock.now - 1000.0)
+    # 3 at once; then a refusal, a 1 s sleep and 2 new tokens; then 1 s sleeps for 2 tokens each
+    assert granted == [0, 0, 0, 1, 1, 2, 2, 3, 3, 4]
+    waits = [json.loads(x) for x in (slurm / "calls.jsonl").read_text().splitlines()]
+    assert {(w["cmd"], w["command"], w["attempt"], w["seconds"]) for w in waits} == {("rpc_backoff", "squeue", 1, 1.0)}
+    assert len(waits) == 4
+
+
+def test_a_client_refused_again_sleeps_longer_each_time(fakeslurm_module, monkeypatch, slurm):
+    fake, clock = fakeslurm_module
+    for name, value in {"FAKE_SLURM_RPC_BUCKET": "1", "FAKE_SLURM_RPC_REFILL": "1"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("FAKE_SLURM_RPC_REFILL_PERIOD", "5")
+    fake.rpc_token("sbatch")
+    fake.rpc_token("sbatch")  # refused at 1000, 1001, 1003; granted at 1006 (period 201 began at 1005)
+    waits = [json.loads(x) for x in (slurm / "calls.jsonl").read_text().splitlines()]
+    assert [(w["attempt"], w["seconds"]) for w in waits] == [(1, 1.0), (2, 2.0), (3, 3.0)]
+    assert clock.now == 1006.0
+
+
+def test_commands_past_the_rpc_bucket_wait_and_their_waits_are_logged(slurm):
+    env = {"FAKE_SLURM_RPC_BUCKET": "2", "FAKE_SLURM_RPC_REFILL_PERIOD": "0.5", "FAKE_SLURM_RETRY_UNIT": "0.05"}
+    for _ in range(6):  # ~0.2 s without the bucket: 2 tokens and at most 2 refills
+        run("squeue", "-h", env=env, check=True)
+    calls = [json.loads(x) for x in (slurm / "calls.jsonl").read_text().splitlines()]
+    assert [c["cmd"] for c in calls].count("squeue") == 6
+    waits = [c for c in calls if c["cmd"] == "rpc_backoff"]
+    assert waits and all(w["command"] == "squeue" and w["seconds"] == round(w["attempt"] * 0.05, 6) for w in waits)
+    config = run("scontrol", "show", "config", env=env, check=True).stdout
+    assert "SlurmctldParameters     = rl_enable,rl_bucket_size=2,rl_refill_rate=2,rl_refill_period=0.5" in config
+
+
+def test_a_latency_delays_every_command_or_only_the_named_ones(slurm):
+    def seconds(*argv, env):
+        start = time.monotonic()
+        run(*argv, env=env, check=True)
+        return time.monotonic() - start
+
+    assert seconds("squeue", "-h", env={"FAKE_SLURM_LATENCY": "0.4"}) >= 0.4
+    assert seconds("sacctmgr", "-n", "-P", "show", "qos", env={"FAKE_SLURM_LATENCY": "0.4"}) >= 0.4
+    assert seconds("squeue", "-h", env={"FAKE_SLURM_LATENCY": "sbatch=0.4,scancel=1"}) < 0.4
+    assert seconds("sbatch", "--wrap", "true", env={"FAKE_SLURM_LATENCY": "sbatch=0.4,scancel=1"}) >= 0.4

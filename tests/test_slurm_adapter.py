@@ -22,7 +22,12 @@ from slurptuna import (
     _format_ranges,
     _parse_job_id,
     _parse_sacct,
+    _parse_sacctmgr_job_limits,
+    _parse_slurm_config,
     _parse_squeue,
+    _sacctmgr_assoc_argv,
+    _sacctmgr_qos_argv,
+    _SlurmJobLimits,
     _slurm_time,
     classify_slurm_failure,
 )
@@ -72,6 +77,12 @@ MEANING = {
     "sbatch_assoc_grp_submit": LIMIT,
     "sbatch_max_job_count": LIMIT,
     "sbatch_max_job_count_timeout_120s": LIMIT,
+    "sbatch_max_job_count_after_pending_array": LIMIT,
+    "sbatch_qos_max_submit_per_user_array_whole": LIMIT,
+    "sbatch_assoc_max_submit_array_whole": LIMIT,
+    "sbatch_assoc_max_submit_array_throttled": LIMIT,
+    "sbatch_assoc_max_submit_after_pending_array": LIMIT,
+    "sbatch_assoc_max_submit_array_mixed_qos": LIMIT,
     "sbatch_qos_max_wall_deny": OTHER,  # a time limit: waiting never makes room
     "sbatch_account_unknown": OTHER,
     "sbatch_partition_unknown": OTHER,
@@ -91,6 +102,21 @@ MEANING = {
     "squeue_unknown_job_ids": None,
     "scancel_unknown_job_id": None,
     "scancel_unknown_and_ended": None,
+    "sbatch_assoc_max_submit_array_fits": None,
+    "sbatch_assoc_max_submit_array_mixed_qos_fits": None,
+    "squeue_pending_array": None,
+    "squeue_pending_array_expanded": None,
+    "squeue_running_array_qos_max_jobs": None,
+    "squeue_running_array_throttled": None,
+    "squeue_running_array_throttled_expanded": None,
+    "scontrol_show_config": None,
+    "scontrol_show_config_limits": None,
+    "sacctmgr_show_qos": None,
+    "sacctmgr_show_assoc": None,
+    "sacctmgr_show_assoc_inherited": None,
+    "sacctmgr_show_assoc_unlimited": None,
+    "sacctmgr_show_qos_no_accounting": OTHER,  # no accounting: no limits to read, none enforced
+    "sacctmgr_show_assoc_no_accounting": OTHER,
 }
 
 
@@ -272,3 +298,81 @@ def test_arrays_are_split_below_max_array_size_with_renumbered_task_ids():
 @pytest.mark.parametrize(("seconds", "text"), [(60, "0-00:01:00"), (7200, "0-02:00:00"), (90061, "1-01:01:01")])
 def test_time_limits_in_slurm_format(seconds, text):
     assert _slurm_time(seconds) == text
+
+
+# ---------------------------------------------------------------- a site's limits: scontrol show config, sacctmgr
+
+
+def test_slurm_config_gives_max_array_size_and_max_job_count_as_scontrol_prints_them():
+    defaults = _parse_slurm_config(recorded("scontrol_show_config")["stdout"])
+    assert (defaults["MaxArraySize"], defaults["MaxJobCount"], defaults["MinJobAge"]) == ("1001", "10000", "300 sec")
+    assert defaults["SlurmctldHost[0]"] == "vm(localhost)" and "Slurmctld(primary) at vm is UP" not in defaults
+    site = _parse_slurm_config(recorded("scontrol_show_config_limits")["stdout"])
+    assert (site["MaxArraySize"], site["MaxJobCount"]) == ("101", "12")
+
+
+def test_slurm_config_reads_the_fake_slurms_limits_alike(fake_slurm):
+    env = {**os.environ, "FAKE_SLURM_MAX_ARRAY_SIZE": "101", "FAKE_SLURM_MAX_JOB_COUNT": "12"}
+    shown = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, env=env, check=True)
+    config = _parse_slurm_config(shown.stdout)
+    assert (config["MaxArraySize"], config["MaxJobCount"]) == ("101", "12")
+
+
+def test_the_sacctmgr_calls_are_those_recorded():
+    assert _sacctmgr_qos_argv() == recorded("sacctmgr_show_qos")["command"]
+    assert _sacctmgr_assoc_argv("root") == recorded("sacctmgr_show_assoc")["command"]
+
+
+def limits_recorded(assoc: str, qos: str | None = None, account: str | None = None) -> _SlurmJobLimits:
+    qos_stdout = recorded("sacctmgr_show_qos")["stdout"]  # normal: no limits; capped: 5 queued, 3 running
+    return _parse_sacctmgr_job_limits(recorded(assoc)["stdout"], qos_stdout, qos=qos, account=account)
+
+
+def test_job_limits_are_the_smallest_of_the_association_and_the_qos_the_jobs_run_under():
+    # association MaxSubmitJobs=8 MaxJobs=4, QoS capped MaxSubmitJobsPerUser=5 MaxJobsPerUser=3
+    assert limits_recorded("sacctmgr_show_assoc", qos="capped") == _SlurmJobLimits(max_submit_jobs=5, max_jobs=3)
+    assert limits_recorded("sacctmgr_show_assoc", qos="normal") == _SlurmJobLimits(max_submit_jobs=8, max_jobs=4)
+    # no --qos, no default QoS and two granted: slurmctld uses normal
+    assert limits_recorded("sacctmgr_show_assoc") == _SlurmJobLimits(max_submit_jobs=8, max_jobs=4)
+
+
+def test_an_accounts_limit_shown_on_the_users_row_applies_and_blank_means_unlimited():
+    assert limits_recorded("sacctmgr_show_assoc_inherited") == _SlurmJobLimits(max_submit_jobs=20, max_jobs=None)
+    assert limits_recorded("sacctmgr_show_assoc_unlimited") == _SlurmJobLimits(max_submit_jobs=None, max_jobs=None)
+    assert limits_recorded("sacctmgr_show_assoc_unlimited", qos="capped") == _SlurmJobLimits(5, 3)
+
+
+def test_without_accounting_the_limits_are_unknown():
+    assoc, qos = recorded("sacctmgr_show_assoc_no_accounting"), recorded("sacctmgr_show_qos_no_accounting")
+    assert (assoc["returncode"], qos["returncode"]) == (1, 1)
+    assert _parse_sacctmgr_job_limits(assoc["stdout"], qos["stdout"]) == _SlurmJobLimits(None, None)
+
+
+def test_the_default_qos_or_the_only_granted_qos_is_the_one_jobs_run_under():
+    qos = "normal||||||\ncapped|5|3||||\nshort|50|||||\n"
+    default_capped = "c|root|u||capped,normal,short|capped||||\n"
+    only_short = "c|root|u||short|||||\n"
+    assert _parse_sacctmgr_job_limits(default_capped, qos) == _SlurmJobLimits(5, 3)
+    assert _parse_sacctmgr_job_limits(only_short, qos) == _SlurmJobLimits(50, None)
+    assert _parse_sacctmgr_job_limits(default_capped, qos, qos="short") == _SlurmJobLimits(50, None)
+
+
+def test_group_limits_bound_the_users_jobs_and_an_account_narrows_the_associations():
+    qos = "normal|||||100|40\n"
+    two_accounts = "c|lab|u||normal||||30|\nc|other|u||normal||10|2||\n"
+    assert _parse_sacctmgr_job_limits(two_accounts, qos) == _SlurmJobLimits(10, 2)  # never ask for more
+    assert _parse_sacctmgr_job_limits(two_accounts, qos, account="lab") == _SlurmJobLimits(30, 40)
+
+
+def test_job_limits_read_from_the_fake_slurm_are_those_of_its_settings(fake_slurm):
+    env = {
+        **os.environ,
+        "FAKE_SLURM_QOS_LIMITS": "capped:MaxSubmitJobsPerUser=5:MaxJobsPerUser=3",
+        "FAKE_SLURM_MAX_SUBMIT_JOBS": "8",
+        "FAKE_SLURM_MAX_JOBS": "4",
+    }
+    user = os.environ.get("USER", "root")
+    assoc = subprocess.run(_sacctmgr_assoc_argv(user), capture_output=True, text=True, env=env, check=True)
+    qos = subprocess.run(_sacctmgr_qos_argv(), capture_output=True, text=True, env=env, check=True)
+    assert _parse_sacctmgr_job_limits(assoc.stdout, qos.stdout, qos="capped") == _SlurmJobLimits(5, 3)
+    assert _parse_sacctmgr_job_limits(assoc.stdout, qos.stdout) == _SlurmJobLimits(8, 4)
