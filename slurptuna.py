@@ -1320,8 +1320,32 @@ class _SeedError(Exception):
     """A seed's loss failed; carries (seed, kind, message, traceback text) across processes."""
 
 
+def _real(value: Any) -> float | None:
+    """``value`` as a float if it is one real number, else None.
+
+    Python and numpy numbers; and, without importing numpy or torch, what array libraries
+    give for one number (a 0-d or one-element numpy array, a torch or jax scalar: their
+    ``.item()``) and any other object with ``__float__``. Never a bool or a complex number;
+    an array of several numbers is not one number (its ``.item()`` raises).
+    """
+    if isinstance(value, numbers.Real):
+        return None if isinstance(value, bool) else float(value)
+    if isinstance(value, numbers.Complex):
+        return None  # numpy's complex __float__ would drop the imaginary part
+    item = getattr(value, "item", None)
+    try:
+        if callable(item):
+            value = item()
+            return float(value) if isinstance(value, numbers.Real) and not isinstance(value, bool) else None
+        if hasattr(type(value), "__float__"):
+            return float(value)
+    except Exception:
+        pass
+    return None
+
+
 def _numeric_items(mapping: Mapping[Any, Any]) -> dict[str, float]:
-    return {str(k): float(v) for k, v in mapping.items() if isinstance(v, numbers.Real) and not isinstance(v, bool)}
+    return {str(k): number for k, v in mapping.items() if (number := _real(v)) is not None}
 
 
 def _loss_value(value: Any, components: dict[str, list[float]]) -> float:
@@ -1331,8 +1355,9 @@ def _loss_value(value: Any, components: dict[str, list[float]]) -> float:
     components too; without ``total_loss`` the value is the mean of the top-level numbers
     (or of the nested ones when there are none).
     """
-    if isinstance(value, numbers.Real) and not isinstance(value, bool):
-        total = float(value)
+    total = _real(value)
+    if total is not None:
+        pass  # one number (a float takes a faster path in _evaluate_block)
     elif isinstance(value, Mapping):
         top = _numeric_items(value)
         nested = _numeric_items(value["components"]) if isinstance(value.get("components"), Mapping) else {}
@@ -1344,12 +1369,8 @@ def _loss_value(value: Any, components: dict[str, list[float]]) -> float:
             components.setdefault(name, []).append(part)
         averaged = top or nested
         total = top["total_loss"] if "total_loss" in top else math.fsum(averaged.values()) / len(averaged)
-    elif (
-        isinstance(value, (list, tuple))
-        and value
-        and all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in value)
-    ):
-        total = math.fsum(float(v) for v in value) / len(value)
+    elif isinstance(value, (list, tuple)) and value and None not in (items := [_real(v) for v in value]):
+        total = math.fsum(items) / len(items)
     else:
         raise _BadLossValue(f"returned {type(value).__name__} {value!r:.200}, not a number, dict or list of numbers")
     if not math.isfinite(total):

@@ -162,3 +162,68 @@ def cliff(params, seed):
 
 def cliff_value(params: dict, seed: int) -> float:
     return quadratic_value(params, seed) + (5.0 if params["x"] > 0.5 else 0.0)
+
+
+# ---- what array libraries return for one number: taken as that number, without importing them
+
+
+class FloatLike:
+    """Has ``__float__`` and nothing else (a ``decimal.Decimal``, a unit-carrying quantity)."""
+
+    def __init__(self, value: float) -> None:
+        self.value = value
+
+    def __float__(self) -> float:
+        return self.value
+
+
+class TensorLike:
+    """Like a torch tensor: one element gives its number by ``.item()``, more elements raise."""
+
+    def __init__(self, *values: float) -> None:
+        self.values = values
+
+    def item(self) -> float:
+        if len(self.values) != 1:
+            raise RuntimeError(f"a Tensor with {len(self.values)} elements cannot be converted to Scalar")
+        return self.values[0]
+
+
+@loss(name="zero_dimensional_array", parameter_space={"x": (0.0, 1.0)})
+def zero_dimensional_array(params, seed):
+    import numpy as np
+
+    return np.array(params["x"] + seed)  # shape (), not a numpy scalar
+
+
+@loss(name="one_element_array", parameter_space={"x": (0.0, 1.0)})
+def one_element_array(params, seed):
+    import numpy as np
+
+    return np.array([params["x"] + seed])
+
+
+@loss(name="float_like", parameter_space={"x": (0.0, 1.0)})
+def float_like(params, seed):
+    return FloatLike(params["x"] + seed)
+
+
+@loss(name="tensor_like", parameter_space={"x": (0.0, 1.0)})
+def tensor_like(params, seed):
+    return TensorLike(params["x"] + seed)
+
+
+@loss(name="arrays_in_a_dict_and_a_list", parameter_space={"x": (0.0, 1.0)})
+def arrays_in_a_dict_and_a_list(params, seed):
+    import numpy as np
+
+    if seed % 2:
+        return [np.array(params["x"]), TensorLike(float(seed)), FloatLike(2.0 * seed)]
+    return {"fit": np.array(params["x"]), "size": TensorLike(float(seed)), "rest": np.array([2.0 * seed])}
+
+
+@loss(name="larger_array", parameter_space={"x": (0.0, 1.0)})
+def larger_array(params, seed):
+    import numpy as np
+
+    return np.array([params["x"], seed])
