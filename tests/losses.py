@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -227,3 +228,37 @@ def larger_array(params, seed):
     import numpy as np
 
     return np.array([params["x"], seed])
+
+
+# ---- a disk that fills up while the run writes it
+
+
+def fill_the_disk(path: str) -> None:
+    """Append to ``path`` until its file system has no byte left (ENOSPC)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        for size in (1 << 16, 1 << 12, 1):
+            with contextlib.suppress(OSError):  # ENOSPC: go on with smaller writes, to the last byte
+                while True:
+                    os.write(fd, b"\0" * size)
+    finally:
+        os.close(fd)
+
+
+@loss(name="fills_the_disk", parameter_space={"x": (0.0, 1.0)})
+def fills_the_disk(params, seed, context):
+    """Fills $SLURPTUNA_TEST_BALLAST's disk once, as a model writing output might, then returns as ``quadratic``.
+
+    It fills at seed $SLURPTUNA_TEST_FILL_SEED (0) of trial $SLURPTUNA_TEST_FILL_TRIAL (unset: the
+    first trial that gets there), $SLURPTUNA_TEST_FILL_AFTER (0) seconds after the call; every other
+    call sleeps $SLURPTUNA_TEST_SLEEP (0) seconds.
+    """
+    _record(params, seed)
+    trial = os.environ.get("SLURPTUNA_TEST_FILL_TRIAL")
+    at_seed = seed == int(os.environ.get("SLURPTUNA_TEST_FILL_SEED", "0"))
+    if at_seed and trial in (None, str(context["trial_number"])) and _first_time("filled"):
+        time.sleep(float(os.environ.get("SLURPTUNA_TEST_FILL_AFTER", "0")))
+        fill_the_disk(os.environ["SLURPTUNA_TEST_BALLAST"])
+    else:
+        time.sleep(float(os.environ.get("SLURPTUNA_TEST_SLEEP", "0")))
+    return quadratic_value(params, seed)
