@@ -85,8 +85,9 @@ SINGLE = textwrap.dedent("""
     import sys
     import losses
     from slurptuna import optimize_run
-    storage = sys.argv[2] if len(sys.argv) > 2 else None
-    result = optimize_run(losses.fills_the_disk, n_trials=3, n_seeds=4, chunk_size=2, run_root=sys.argv[1],
+    storage = sys.argv[2] if len(sys.argv) > 2 and sys.argv[2] != "-" else None  # "-": the run's optuna.db
+    n_trials = int(sys.argv[3]) if len(sys.argv) > 3 else 3
+    result = optimize_run(losses.fills_the_disk, n_trials=n_trials, n_seeds=4, chunk_size=2, run_root=sys.argv[1],
                           run_name="full", storage=storage, random_seed=7)
     print("RESULT", result.n_complete, result.n_failed)
 """)
@@ -145,7 +146,7 @@ def test_the_study_database_filling_up_in_the_controller_stops_the_run_and_a_res
 @pytest.mark.parametrize("how", ["full", "read-only"])
 def test_a_resume_on_a_full_or_read_only_disk_stops_at_once_and_changes_nothing(small_disk, tmp_path, how):
     script = tmp_path / "fit.py"
-    script.write_text(SINGLE.replace("n_trials=3", "n_trials=int(sys.argv[3])").replace("len(sys.argv) > 2", "0"))
+    script.write_text(SINGLE)
     run_root = small_disk.path / "runs"
     assert run_script(script, str(run_root), "-", "1", SLURPTUNA_TEST_FILL_SEED="-1").returncode == 0
     small_disk.fill() if how == "full" else small_disk.remount("ro")
