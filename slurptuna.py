@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import errno
 import functools
 import importlib
 import importlib.util
@@ -68,6 +69,7 @@ __all__ = [
     "LossError",
     "MultiOptimizeResult",
     "OptimizeResult",
+    "RunDirError",
     "SearchParam",
     "SlurmError",
     "SlurptunaError",
@@ -102,6 +104,21 @@ class LossError(SlurptunaError):
 
 class SlurmError(SlurptunaError):
     """A Slurm command failed; the message carries the command, exit code and its output."""
+
+
+class RunDirError(SlurptunaError, SystemExit):
+    """The run's files could not be written (disk full, over quota, read-only): the run stopped.
+
+    Its jobs are cancelled as on Ctrl-C, the chunks written are kept and no trial failed for
+    it; the one-line message names the file, the cause and the ``run_name`` that resumes.
+    Also a ``SystemExit``: a script that does not catch it ends with that line and exit
+    status 1, not a traceback; ``except SlurptunaError`` catches it like any other.
+    """
+
+    def __init__(self, message: str, path: str = "", errno_name: str = "", run_name: str | None = None) -> None:
+        super().__init__(message)
+        self.code = message  # what Python prints, uncaught (SystemExit's own __init__ is not the one run)
+        self.path, self.errno_name, self.run_name = path, errno_name, run_name
 
 
 class ExecutionMode(Enum):
@@ -837,10 +854,32 @@ def _write_json_atomic(path: Path, record: Any, indent: int | None = 1) -> None:
         finally:
             os.close(fd)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.errno in _UNWRITABLE:  # name the file meant, not the temp file
+            raise OSError(exc.errno, exc.strerror, str(path)) from None
         raise
+
+
+# A run directory that cannot be written stops the run (RunDirError), never fails a trial;
+# the value is what the user does before resuming.
+_UNWRITABLE = {
+    errno.ENOSPC: "once the disk has space",
+    errno.EDQUOT: "once you are under your disk quota",
+    errno.EROFS: "once the file system is writable",
+}
+
+
+def _check_writable(directory: Path) -> None:
+    """Write and remove a file of a chunk file's size: raises the OSError (naming ``directory``) a task met, if any."""
+    probe = directory / f".write_check.{os.getpid()}.json"
+    try:
+        _write_json_atomic(probe, {"room": "x" * 1000})
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, str(directory)) from None
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(probe)
 
 
 def _read_json(path: Path) -> Any:
@@ -1346,8 +1385,32 @@ class _SeedError(Exception):
     """A seed's loss failed; carries (seed, kind, message, traceback text) across processes."""
 
 
+def _real(value: Any) -> float | None:
+    """``value`` as a float if it is one real number, else None.
+
+    Python and numpy numbers; and, without importing numpy or torch, what array libraries
+    give for one number (a 0-d or one-element numpy array, a torch or jax scalar: their
+    ``.item()``) and any other object with ``__float__``. Never a bool or a complex number;
+    an array of several numbers is not one number (its ``.item()`` raises).
+    """
+    if isinstance(value, numbers.Real):
+        return None if isinstance(value, bool) else float(value)
+    if isinstance(value, numbers.Complex):
+        return None  # numpy's complex __float__ would drop the imaginary part
+    item = getattr(value, "item", None)
+    try:
+        if callable(item):
+            value = item()
+            return float(value) if isinstance(value, numbers.Real) and not isinstance(value, bool) else None
+        if hasattr(type(value), "__float__"):
+            return float(value)
+    except Exception:
+        pass
+    return None
+
+
 def _numeric_items(mapping: Mapping[Any, Any]) -> dict[str, float]:
-    return {str(k): float(v) for k, v in mapping.items() if isinstance(v, numbers.Real) and not isinstance(v, bool)}
+    return {str(k): number for k, v in mapping.items() if (number := _real(v)) is not None}
 
 
 def _loss_value(value: Any, components: dict[str, list[float]]) -> float:
@@ -1357,8 +1420,9 @@ def _loss_value(value: Any, components: dict[str, list[float]]) -> float:
     components too; without ``total_loss`` the value is the mean of the top-level numbers
     (or of the nested ones when there are none).
     """
-    if isinstance(value, numbers.Real) and not isinstance(value, bool):
-        total = float(value)
+    total = _real(value)
+    if total is not None:
+        pass  # one number (a float takes a faster path in _evaluate_block)
     elif isinstance(value, Mapping):
         top = _numeric_items(value)
         nested = _numeric_items(value["components"]) if isinstance(value.get("components"), Mapping) else {}
@@ -1370,12 +1434,8 @@ def _loss_value(value: Any, components: dict[str, list[float]]) -> float:
             components.setdefault(name, []).append(part)
         averaged = top or nested
         total = top["total_loss"] if "total_loss" in top else math.fsum(averaged.values()) / len(averaged)
-    elif (
-        isinstance(value, (list, tuple))
-        and value
-        and all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in value)
-    ):
-        total = math.fsum(float(v) for v in value) / len(value)
+    elif isinstance(value, (list, tuple)) and value and None not in (items := [_real(v) for v in value]):
+        total = math.fsum(items) / len(items)
     else:
         raise _BadLossValue(f"returned {type(value).__name__} {value!r:.200}, not a number, dict or list of numbers")
     if not math.isfinite(total):
@@ -1841,8 +1901,25 @@ def _evaluate_unit(
     seconds = time.perf_counter() - started
     whole = hi - lo == len(expected.plan.chunk(chunk))
     if whole:
-        _write_chunk_result(trial, ChunkResult.of(expected, chunk, stats, seconds, processes))
+        whole = _write_or_leave_to_controller(trial, ChunkResult.of(expected, chunk, stats, seconds, processes))
     return {"stats": stats.to_json(), "seconds": seconds, "written": whole}
+
+
+def _write_or_leave_to_controller(trial: TrialPaths, result: ChunkResult) -> bool:
+    """Write the chunk's file; if the disk is full (over quota, read-only), say so and leave it to the controller.
+
+    The controller then writes it as it writes a split chunk's: if it cannot either, the run
+    stops (``RunDirError``), and this chunk is not counted as the loss's failure.
+    """
+    try:
+        _write_chunk_result(trial, result)
+        return True
+    except OSError as exc:
+        if exc.errno not in _UNWRITABLE:
+            raise
+        with contextlib.suppress(OSError):  # the log may be on the same full disk
+            print(f"slurptuna: cannot write {exc.filename}: {exc.strerror}; sent to the controller", file=sys.stderr)
+        return False
 
 
 # ============================================================================
@@ -3753,6 +3830,7 @@ class _Controller:
         return True
 
     def _retry_or_fail(self, active: _ActiveTrial, action: _Next, missing: list[int]) -> None:
+        _check_writable(active.paths.dir)  # a task that could not write its file: stop the run, burn no attempt
         reason = self._executor.explain(active.paths, missing)
         if action is _Next.FAIL_NO_RESULT:
             self._fail(active, f"no result after {active.attempt + 1} attempt(s):\n{reason}")
@@ -3918,6 +3996,68 @@ def _controller_lock(run: RunPaths) -> Iterable[None]:
         yield
 
 
+@contextlib.contextmanager
+def _stops_when_unwritable(
+    settings: _RunSettings, run: RunPaths | None = None, database: Path | None = None
+) -> Iterable[None]:
+    """Disk full, over quota or read-only: a ``RunDirError`` of one line instead of a traceback.
+
+    By then ``_Controller.run`` has cancelled the run's jobs, as on Ctrl-C; no trial was told
+    FAIL for it, so a resume finishes the trials in flight with the chunks they have.
+    """
+    try:
+        yield
+    except Exception as exc:
+        cause = _unwritable_cause(exc, database)
+        if cause is None:
+            raise
+        path = cause.filename or (run.dir if run else settings.run_root)
+        cause_text = f"{os.strerror(cause.errno)} ({errno.errorcode[cause.errno]})"
+        when = _UNWRITABLE[cause.errno]
+        resume = (
+            f"Run it again {when}"
+            if settings.run_name is None
+            else f"Resume with run_name={settings.run_name!r} (run_root={settings.run_root!r}) {when}"
+        )
+        jobs = "its Slurm jobs cancelled, " if settings.mode == ExecutionMode.DISTRIBUTED.value else ""
+        stopped = f"the run stopped ({jobs}the chunks written are kept)"
+        raise RunDirError(
+            f"slurptuna: cannot write {path}: {cause_text}; {stopped}. {resume}.",
+            str(path),
+            errno.errorcode[cause.errno],
+            settings.run_name,
+        ) from exc
+
+
+def _sqlite_file(storage: Any, run: RunPaths) -> Path | None:
+    """The study's SQLite file: the run's ``optuna.db``, or a ``storage="sqlite:///..."`` of the user's."""
+    if storage is None:
+        return run.optuna_db
+    if isinstance(storage, str) and storage.startswith("sqlite:///"):
+        return Path(storage.removeprefix("sqlite:///"))
+    return None
+
+
+def _unwritable_cause(exc: BaseException, database: Path | None) -> OSError | None:
+    """The disk-full, over-quota or read-only error behind ``exc`` (through Optuna's own errors), or None."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in _UNWRITABLE:
+            return exc
+        if type(exc).__module__ == "sqlite3" and database is not None:
+            if "database or disk is full" in str(exc):
+                return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(database))
+            try:  # SQLite says "disk I/O error" or "readonly database": a write beside it tells which
+                _check_writable(database.parent)
+            except OSError as probe:
+                if probe.errno in _UNWRITABLE:
+                    return OSError(probe.errno, probe.strerror, str(database))
+            return None
+        exc = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
+    return None
+
+
 # The executors, by mode: a new one is a class with the Executor interface and a row here. Each is
 # made as ``cls(settings, run, stop_event, cores, clock=clock)``.
 _EXECUTORS: dict[ExecutionMode, Callable[..., Executor]] = {
@@ -3942,8 +4082,9 @@ def _run_study(
     """
     import optuna
 
-    run, settings = _open_run(settings)
-    with _controller_lock(run):
+    with _stops_when_unwritable(settings):
+        run, settings = _open_run(settings)
+    with _stops_when_unwritable(settings, run, _sqlite_file(storage, run)), _controller_lock(run):
         study = optuna.create_study(
             study_name=settings.run_name,
             storage=storage or f"sqlite:///{run.optuna_db}",
@@ -5041,7 +5182,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m slurptuna``: ``status``, ``report``, the worker entry points, ``--selftest`` and ``--help``."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["worker"]:
-        return _worker_main(argv[1:])
+        try:
+            return _worker_main(argv[1:])
+        except OSError as exc:  # not the loss's failure: the controller finds the disk full too and stops the run
+            if exc.errno not in _UNWRITABLE:
+                raise
+            with contextlib.suppress(OSError):  # the log may be on the same full disk
+                print(f"slurptuna worker: cannot write {exc.filename}: {exc.strerror}", file=sys.stderr)
+            return 1
     if argv[:1] == ["status"]:
         return _status_main(argv[1:])
     if argv[:1] == ["report"]:

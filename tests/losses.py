@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -162,3 +163,102 @@ def cliff(params, seed):
 
 def cliff_value(params: dict, seed: int) -> float:
     return quadratic_value(params, seed) + (5.0 if params["x"] > 0.5 else 0.0)
+
+
+# ---- what array libraries return for one number: taken as that number, without importing them
+
+
+class FloatLike:
+    """Has ``__float__`` and nothing else (a ``decimal.Decimal``, a unit-carrying quantity)."""
+
+    def __init__(self, value: float) -> None:
+        self.value = value
+
+    def __float__(self) -> float:
+        return self.value
+
+
+class TensorLike:
+    """Like a torch tensor: one element gives its number by ``.item()``, more elements raise."""
+
+    def __init__(self, *values: float) -> None:
+        self.values = values
+
+    def item(self) -> float:
+        if len(self.values) != 1:
+            raise RuntimeError(f"a Tensor with {len(self.values)} elements cannot be converted to Scalar")
+        return self.values[0]
+
+
+@loss(name="zero_dimensional_array", parameter_space={"x": (0.0, 1.0)})
+def zero_dimensional_array(params, seed):
+    import numpy as np
+
+    return np.array(params["x"] + seed)  # shape (), not a numpy scalar
+
+
+@loss(name="one_element_array", parameter_space={"x": (0.0, 1.0)})
+def one_element_array(params, seed):
+    import numpy as np
+
+    return np.array([params["x"] + seed])
+
+
+@loss(name="float_like", parameter_space={"x": (0.0, 1.0)})
+def float_like(params, seed):
+    return FloatLike(params["x"] + seed)
+
+
+@loss(name="tensor_like", parameter_space={"x": (0.0, 1.0)})
+def tensor_like(params, seed):
+    return TensorLike(params["x"] + seed)
+
+
+@loss(name="arrays_in_a_dict_and_a_list", parameter_space={"x": (0.0, 1.0)})
+def arrays_in_a_dict_and_a_list(params, seed):
+    import numpy as np
+
+    if seed % 2:
+        return [np.array(params["x"]), TensorLike(float(seed)), FloatLike(2.0 * seed)]
+    return {"fit": np.array(params["x"]), "size": TensorLike(float(seed)), "rest": np.array([2.0 * seed])}
+
+
+@loss(name="larger_array", parameter_space={"x": (0.0, 1.0)})
+def larger_array(params, seed):
+    import numpy as np
+
+    return np.array([params["x"], seed])
+
+
+# ---- a disk that fills up while the run writes it
+
+
+def fill_the_disk(path: str) -> None:
+    """Append to ``path`` until its file system has no byte left (ENOSPC)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        for size in (1 << 16, 1 << 12, 1):
+            with contextlib.suppress(OSError):  # ENOSPC: go on with smaller writes, to the last byte
+                while True:
+                    os.write(fd, b"\0" * size)
+    finally:
+        os.close(fd)
+
+
+@loss(name="fills_the_disk", parameter_space={"x": (0.0, 1.0)})
+def fills_the_disk(params, seed, context):
+    """Fills $SLURPTUNA_TEST_BALLAST's disk once, as a model writing output might, then returns as ``quadratic``.
+
+    It fills at seed $SLURPTUNA_TEST_FILL_SEED (0) of trial $SLURPTUNA_TEST_FILL_TRIAL (unset: the
+    first trial that gets there), $SLURPTUNA_TEST_FILL_AFTER (0) seconds after the call; every other
+    call sleeps $SLURPTUNA_TEST_SLEEP (0) seconds.
+    """
+    _record(params, seed)
+    trial = os.environ.get("SLURPTUNA_TEST_FILL_TRIAL")
+    at_seed = seed == int(os.environ.get("SLURPTUNA_TEST_FILL_SEED", "0"))
+    if at_seed and trial in (None, str(context["trial_number"])) and _first_time("filled"):
+        time.sleep(float(os.environ.get("SLURPTUNA_TEST_FILL_AFTER", "0")))
+        fill_the_disk(os.environ["SLURPTUNA_TEST_BALLAST"])
+    else:
+        time.sleep(float(os.environ.get("SLURPTUNA_TEST_SLEEP", "0")))
+    return quadratic_value(params, seed)
