@@ -19,10 +19,12 @@ What it models, in simulated seconds:
   array's id, as slurmctld does); ``--dependency=afterok|afterany|afternotok:ID[:ID]`` with
   ``--kill-on-invalid-dep=yes`` (a dependency that can no longer be met cancels the job); the
   ``%A %a %j %x %u %%`` patterns of ``--output``/``--error``, created (empty) when a task starts.
-* **The cluster.** ``Site.cpus`` CPUs; a task needs ``--cpus-per-task``; pending tasks start in job
-  id order as CPUs free up (and under the association's ``MaxJobs``, a QoS's ``MaxJobsPerUser``).
-  A task lasts ``Site.task_seconds`` (a reduce job ``Site.reduce_seconds``), or until its
-  ``--time`` (TIMEOUT). Ended tasks stay visible (``squeue -t all``) and count toward MaxJobCount
+* **The cluster.** ``Site.cpus`` CPUs; a task needs ``--cpus-per-task``; a job is eligible
+  ``Site.start_delay`` s after its submission (``Site.dependency_delay`` s after its dependency is
+  met: the scheduler's next pass), and its pending tasks start in job id order as CPUs free up
+  (and under the association's ``MaxJobs``, a QoS's ``MaxJobsPerUser``). A task lasts
+  ``Site.task_seconds`` (a reduce job ``Site.reduce_seconds``), or until its ``--time`` (TIMEOUT).
+  Ended tasks stay visible (``squeue -t all``) and count toward MaxJobCount
   for ``Site.min_job_age`` seconds; ``sacct`` remembers them for good.
 * **What a task does**, without a process: a ``worker chunk`` task writes the chunk file that
   ``python -m slurptuna worker chunk`` writes for a loss whose every seed gives the same value
@@ -40,9 +42,11 @@ What it models, in simulated seconds:
   is told to back off and its client sleeps 1 s, 2 s, ... before asking again: the controller
   waits that long in simulated time, with no error. Each wait is recorded.
 * **Time.** ``sleep(s)`` advances the clock by ``s``, running what falls due; a call advances it by
-  its bucket waits and ``Site.latency``. With ``Site.controller_time`` (the default) the
-  controller's own CPU time between two calls into the simulation passes on the clock too, as
-  it does on a login node: Optuna's ``ask`` at trial 10,000 is not free.
+  its bucket waits and ``Site.latency``. The controller's own time between two calls into the
+  simulation passes on the clock too, as it does on a login node (Optuna's ``ask`` at trial
+  10,000 is not free): its CPU time (``Site.controller_time="cpu"``, the default: other load on
+  the machine does not count), its wall time (``"wall"``: its waits on the disk count too, as
+  when it runs beside fake_slurm), or none (``"none"``: deterministic, for tests).
 
 Every call is counted by command with its simulated time (``calls``), every bucket wait
 (``waits``), every refused submission (``refused``); ``own_seconds`` is the real CPU time spent
@@ -330,9 +334,11 @@ class Site:
     rpc_refill: int = 2  # rl_refill_rate
     rpc_period: float = 1.0  # rl_refill_period
     task_seconds: float = 2.0  # a no-op chunk task, Python's start included
+    start_delay: float = 0.0  # from a job's submission to its tasks' start (the scheduler's next pass)
+    dependency_delay: float = 0.0  # from a job's dependency being met to its start
     reduce_seconds: float = 2.0
     latency: float | dict[str, float] = 0.0  # seconds every call takes, or per command
-    controller_time: bool = True  # the controller's CPU time between calls passes on the clock
+    controller_time: str = "cpu"  # the controller's time between calls that passes on the clock: cpu, wall, none
     user: str = "sim"
     account: str = "root"
     cluster: str = "sim"
@@ -422,7 +428,7 @@ class SimSlurm:
 
     def _transient(self) -> None:
         """Caches that are not the cluster's state (not saved)."""
-        self._mark = time.process_time()
+        self._mark = self._controller_clock()
         self._params: dict[tuple[str, int], slurptuna.TrialParams] = {}
         self._processes: dict[str, int] = {}
         self._stats: dict[int, slurptuna.ChunkStats] = {}
@@ -455,16 +461,19 @@ class SimSlurm:
         started = time.process_time()
         sim._advance(sim.now + gap)
         sim.own_seconds += time.process_time() - started
-        sim._mark = time.process_time()
+        sim._mark = sim._controller_clock()
         return sim
 
     # ---- the three callables the executor takes
 
     def clock(self) -> float:
-        """Simulated seconds; the controller's CPU time since it last called in counts (``Site.controller_time``)."""
-        if self.site.controller_time:
-            return self.now + max(0.0, time.process_time() - self._mark)
-        return self.now
+        """Simulated seconds; the controller's time since it last called in counts (``Site.controller_time``)."""
+        if self.site.controller_time == "none":
+            return self.now
+        return self.now + max(0.0, self._controller_clock() - self._mark)
+
+    def _controller_clock(self) -> float:
+        return time.perf_counter() if self.site.controller_time == "wall" else time.process_time()
 
     def sleep(self, seconds: float) -> bool:
         """Let ``seconds`` pass, running what falls due. Never stopped: returns False."""
@@ -486,14 +495,13 @@ class SimSlurm:
             self._leave()
 
     def _enter(self) -> None:
-        now = time.process_time()
-        if self.site.controller_time:
-            self._advance(self.now + max(0.0, now - self._mark))
-        self._entered = now
+        if self.site.controller_time != "none":
+            self._advance(self.now + max(0.0, self._controller_clock() - self._mark))
+        self._entered = time.process_time()
 
     def _leave(self) -> None:
-        self._mark = time.process_time()
-        self.own_seconds += self._mark - self._entered
+        self.own_seconds += time.process_time() - self._entered
+        self._mark = self._controller_clock()
 
     def _answer(self, argv: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
         command = os.path.basename(argv[0]) if argv else ""
@@ -556,7 +564,10 @@ class SimSlurm:
             self.now = max(self.now, when)
             while events and events[0][0] == when:
                 _, _, job_id, task, own_id = heapq.heappop(events)
-                self._task_ends(job_id, task, own_id)
+                if task == _ELIGIBLE:
+                    self._eligible(job_id)
+                else:
+                    self._task_ends(job_id, task, own_id)
             self._purge_until(self.now)
             self._schedule()
         self.now = max(self.now, to)
@@ -718,11 +729,24 @@ class SimSlurm:
         state = self._dependency_state(job)
         if state == "ok":
             job.blocked = None
-            self._ready.add(job_id)
+            self._make_eligible(job_id, self.site.dependency_delay)
         elif state == "never":
             job.blocked = "DependencyNeverSatisfied"
             if job.kill_on_invalid_dep:
                 self._cancel_pending(job, list(job.pending))
+
+    def _make_eligible(self, job_id: int, delay: float) -> None:
+        """The job may start ``delay`` seconds from now (the scheduler's next pass)."""
+        if delay <= 0:
+            self._eligible(job_id)
+            return
+        self._seq += 1
+        heapq.heappush(self._events, (self.now + delay, self._seq, job_id, _ELIGIBLE, 0))
+
+    def _eligible(self, job_id: int) -> None:
+        job = self._jobs.get(job_id)
+        if job is not None and job.pending:
+            self._ready.add(job_id)
 
     def _cancel_pending(self, job: _Job, tasks: list[int]) -> None:
         for task in tasks:
@@ -882,7 +906,7 @@ class SimSlurm:
             job.blocked = "Dependency"
             self._check_dependencies(job.job_id)
         else:
-            self._ready.add(job.job_id)
+            self._make_eligible(job.job_id, self.site.start_delay)
         self._schedule()
         if "parsable" in options:
             return 0, f"{job.job_id}\n", ""
@@ -1251,6 +1275,7 @@ class SimSlurm:
         return self._running_count
 
 
+_ELIGIBLE = -1  # an event's task: the job becomes eligible to start
 _NOOP = slurptuna.LossDefinition("sim_noop", "every seed gives 0.0", {}, lambda params, seed: 0.0)
 _END_REASONS = {"FAILED": "NonZeroExitCode", "TIMEOUT": "TimeLimit", "CANCELLED": "None"}
 _HEADERS = {
@@ -1312,3 +1337,28 @@ def _parse_flags(args: list[str], values: dict[str, str], flags: dict[str, str],
         else:
             raise SimError(f"{command}: SimSlurm does not model the option {word!r}")
     return options
+
+
+# ---------------------------------------------------------------- the real controller on the simulation
+
+
+def run_simulated(
+    sim: SimSlurm, loss: Any, sleep: Callable[[float], bool] | None = None, **options: Any
+) -> slurptuna.OptimizeResult:
+    """``optimize_run(loss, mode="distributed", **options)`` with Slurm and the clock simulated by ``sim``.
+
+    The controller is slurptuna's own (``_run_study``); only the distributed row of
+    ``_EXECUTORS`` is replaced, for the duration of the call, by ``_SlurmExecutor`` with
+    ``slurm=sim`` and ``sleep=sleep or sim.sleep``. Ctrl-C and SIGTERM stop the run as usual.
+    """
+    import functools
+
+    settings, objects = slurptuna._resolve_settings(loss, {"mode": "distributed", **options})
+    mode = slurptuna.ExecutionMode.DISTRIBUTED
+    saved = slurptuna._EXECUTORS[mode]
+    slurptuna._EXECUTORS[mode] = functools.partial(slurptuna._SlurmExecutor, slurm=sim, sleep=sleep or sim.sleep)
+    try:
+        with slurptuna._StopSignal() as stop:
+            return slurptuna._run_study(settings, stop=stop, clock=sim.clock, **objects)
+    finally:
+        slurptuna._EXECUTORS[mode] = saved
