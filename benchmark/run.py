@@ -41,6 +41,7 @@ sys.path[:0] = [str(REPO), str(BENCH)]
 import bench_kernels  # noqa: E402
 import bench_losses  # noqa: E402
 import bench_pruning  # noqa: E402
+import bench_scale  # noqa: E402
 
 import slurptuna  # noqa: E402
 
@@ -1292,7 +1293,9 @@ def main() -> int:
     parser.add_argument("--profile", action="store_true", help="only print a cProfile of one chunk task")
     parser.add_argument("--controller-child", metavar="JSON", help=argparse.SUPPRESS)
     parser.add_argument(
-        "--cases", default="1,2,3,4,5,6,7,8,9,10,11", help="comma-separated case numbers (default: all)"
+        "--cases",
+        default="1,2,3,4,5,6,7,8,9,10,11",
+        help="comma-separated case numbers (default: 1-11; 12, S1 simulated, takes up to 30 minutes: ask for it)",
     )
     parser.add_argument("--keep", action="store_true", help="keep benchmark/results/tmp-PID/ (the runs) at the end")
     args = parser.parse_args()
@@ -1337,6 +1340,12 @@ def main() -> int:
             for pruning_row in bench_pruning.case_pruning(ROOTS.repo / "pruning", args.quick):
                 ROWS.append(pruning_row)
                 print(" | ".join(pruning_row.values()), flush=True)
+        if 12 in cases:  # not in the default list: up to 30 minutes (--quick: about 1)
+            log("case 12: S1, a site's scale, SIMULATED Slurm and clock, bench_scale.py")
+            ROOTS.repo.mkdir(parents=True, exist_ok=True)
+            for scale_row in bench_scale.case_scale(ROOTS.repo, args.quick):
+                ROWS.append(scale_row)
+                print(" | ".join(scale_row.values()), flush=True)
         path = write_results(args.quick, started, machine)
     finally:
         if not args.keep:

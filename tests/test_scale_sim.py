@@ -240,6 +240,20 @@ def test_an_afterok_job_whose_array_failed_is_cancelled_by_kill_on_invalid_dep(s
     ]
 
 
+def test_scancel_of_task_ids_cancels_only_those_tasks_of_a_shared_array(script):
+    sim = SimSlurm(Site(cpus=2, task_seconds=10, controller_time="none"))
+    job = sbatch(sim, script, "--array=0-9")
+    shown = sim(["squeue", "-h", "-j", job, "-t", "R", "-o", "%i|%A"]).stdout
+    running = dict(line.split("|") for line in shown.split())
+    assert sim(["scancel", f"{job}_[2-4]", f"{job}_7", running[f"{job}_1"]]).returncode == 0  # task 1 by its own id
+    shown = sim(["squeue", "-h", "-j", job, "-o", "%i|%T"]).stdout.splitlines()
+    assert shown[0] == f"{job}_[6,8-9]|PENDING"  # task 5 took the CPU that task 1 left
+    assert sorted(shown[1:]) == [f"{job}_0|RUNNING", f"{job}_5|RUNNING"]
+    accounting = sim(["sacct", "-X", "-n", "-P", "-j", job, "-o", "jobid,state"]).stdout.splitlines()
+    cancelled = f"CANCELLED by {os.getuid()}"
+    assert {f"{job}_1|{cancelled}", f"{job}_3|{cancelled}", f"{job}_7|{cancelled}"} <= set(accounting)
+
+
 def test_the_simulation_survives_a_save_and_load_with_its_jobs_queued(script, tmp_path):
     sim = SimSlurm(Site(cpus=2, task_seconds=10, controller_time="none"))
     job = sbatch(sim, script, "--array=0-5")
