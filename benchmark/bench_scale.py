@@ -11,9 +11,11 @@ study in the run's ``optuna.db``, its Slurm call pattern) with the no-op loss ``
 simulated: Slurm (``sim_slurm.SimSlurm``, in the controller's process: its ``_SlurmExecutor``
 gets ``slurm=sim, sleep=sim.sleep`` and ``_run_study`` gets ``clock=sim.clock``) and so time: a
 chunk task lasts 2 simulated seconds and writes, without a process, the chunk file and the logs a
-real task writes. The site: 1,000 CPUs, MaxArraySize 1,001, the association's MaxSubmitJobs 5,000
-(every queued array task counting), Slurm 23.02's RPC rate limit (a bucket of 30 refilled by 2 a
-second: a call finding it empty waits, there is no error), ended tasks kept MinJobAge 300 s.
+real task writes; the controller's own CPU time passes on the simulated clock too. The site: 1,000
+CPUs, jobs starting 1 s after they may (the scheduler's pass), MaxArraySize 1,001, the
+association's MaxSubmitJobs 5,000 (every queued array task counting), Slurm 23.02's RPC rate
+limit (a bucket of 30 refilled by 2 a second: a call finding it empty waits, there is no error),
+ended tasks kept MinJobAge 300 s. The run directory is on /dev/shm when it has room (``_scratch``).
 
 The run is killed with SIGKILL (the controller's process, jobs queued) when half of the trials have
 finished, at a moment the controller waits between polls; the simulated cluster's state is saved

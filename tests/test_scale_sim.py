@@ -319,9 +319,10 @@ def test_a_killed_controller_resumes_on_the_saved_simulation_and_adopts_its_jobs
 # * squeue per trial: within a factor 1.6. It counts poll cycles, i.e. time / the poll interval,
 #   and on fake_slurm the controller shares the 2 cores with fake_slurm's own processes (a Python
 #   start per command, a runner per job, the tasks), so its wall time between polls is longer
-#   than what the simulation's clock sees: measured here, the simulation polls 1.3-1.6x as often;
-# * scancel per trial: within 0.2 (a trial's reduce job is cancelled if it is still queued when
-#   the controller finishes the trial, a race of its ~0.2 s against the poll, in both);
+#   than what the simulation's clock sees: measured here, the simulation polls 1.1-1.6x as often;
+# * scancel per trial: within 0.3 (one batched scancel in a poll cycle that follows one where a
+#   trial finished while its reduce job was still queued: a race of the reduce job's ~0.2 s
+#   against the poll, in both; measured here 0.17-0.42 per trial on either side);
 # * all calls per trial: within 20%;
 # * files per trial: exactly for a trial's own files and its chunk logs, within 2 for all (a
 #   reduce job leaves its .out/.err only if it ran before it was cancelled: the same race).
@@ -396,7 +397,7 @@ def test_the_simulation_agrees_with_fake_slurm_on_calls_and_files_per_trial(fake
     print("calls per trial (fake_slurm, simulated):", report)
     assert fake_calls["sbatch"] == sim_calls["sbatch"] == 2 * n
     assert fake_calls["squeue"] / 1.6 <= sim_calls["squeue"] <= fake_calls["squeue"] * 1.6, report
-    assert abs(sim_calls["scancel"] - fake_calls["scancel"]) <= 0.2 * n, report
+    assert abs(sim_calls["scancel"] - fake_calls["scancel"]) <= 0.3 * n, report
     assert sum(sim_calls.values()) == pytest.approx(sum(fake_calls.values()), rel=0.2), report
     assert set(sim_calls) <= set(fake_calls) | {"scontrol"}
     fake_files = files_by_kind(Path(fake.run_dir), n)
