@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -92,3 +93,32 @@ def fake_slurm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeSlurm:
 
 def read_json(path: Path) -> dict:
     return json.loads(Path(path).read_text())
+
+
+def chunk_records(trial) -> dict[int, dict]:
+    """A trial's chunk records as JSON, by chunk, wherever they are: merged, a task's file, a pool worker's lines.
+
+    Only whole records: a line a crash cut is no record (as slurptuna reads them).
+    """
+    paths = [trial.merged_chunks, *(sorted(trial.chunks_dir.iterdir()) if trial.chunks_dir.is_dir() else [])]
+    records: dict[int, dict] = {}
+    for path in paths:
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            continue
+        lines = text.splitlines(keepends=True) if path.suffix == ".jsonl" else [text + "\n"]
+        for line in lines:
+            if line.endswith("\n"):
+                with contextlib.suppress(ValueError):
+                    record = json.loads(line)
+                    records.setdefault(record["chunk_index"], record)
+    return records
+
+
+def rewrite_chunk_record(trial, index: int, **changes) -> None:
+    """Change chunk ``index``'s record in a finished trial's merged file (a stale or tampered chunk)."""
+    lines = trial.merged_chunks.read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    records = [{**r, **changes} if r["chunk_index"] == index else r for r in records]
+    trial.merged_chunks.write_text("".join(json.dumps(r) + "\n" for r in records))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import losses
 import pytest
-from conftest import REPO, read_json
+from conftest import REPO, read_json, rewrite_chunk_record
 
 import slurptuna
 from slurptuna import ConfigError, RunPaths, loss, optimize_entries, optimize_run
@@ -91,8 +91,7 @@ def test_a_chunk_computed_by_other_loss_code_is_not_trusted(run_root):
     trial = RunPaths(Path(result.run_dir)).trial(0)
     expected = slurptuna.TrialParams.load(trial)
     assert expected.code_id and slurptuna.missing_chunks(trial, expected) == []
-    record = read_json(trial.chunk(1))
-    slurptuna._write_json_atomic(trial.chunk(1), {**record, "code_id": "0123456789abcdef"})
+    rewrite_chunk_record(trial, 1, code_id="0123456789abcdef")
     assert slurptuna.missing_chunks(trial, expected) == [1]
 
 

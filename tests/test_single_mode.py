@@ -16,7 +16,7 @@ from pathlib import Path
 
 import losses
 import pytest
-from conftest import REPO, read_json, script_env, wait_for
+from conftest import REPO, chunk_records, read_json, rewrite_chunk_record, script_env, wait_for
 
 import slurptuna
 from slurptuna import RunPaths, TrialParams, missing_chunks, optimize_entries, optimize_run
@@ -34,7 +34,8 @@ def test_a_run_writes_the_spec_files_and_each_trial_mean_is_the_mean_over_all_se
         direct = math.fsum(losses.quadratic_value(trial.params, s) for s in range(23)) / 23
         assert trial.value == pytest.approx(direct, rel=1e-13)
         assert read_json(paths.params)["params"] == trial.params
-        chunks = [read_json(paths.chunk(i)) for i in range(5)]
+        records = chunk_records(paths)
+        chunks = [records[i] for i in range(5)]
         assert [c["seeds"] for c in chunks] == [{"start": s, "stop": min(s + 5, 23)} for s in range(0, 23, 5)]
         assert all("values" not in c and "losses" not in c for c in chunks)  # no per-seed lists
         assert {"count", "mean", "m2", "min", "max", "components"} <= set(chunks[0]["stats"])
@@ -150,9 +151,7 @@ def test_a_chunk_computed_for_other_params_is_not_trusted(run_root):
     trial = RunPaths(Path(result.run_dir)).trial(0)
     expected = TrialParams.load(trial)
     assert missing_chunks(trial, expected) == []
-    record = read_json(trial.chunk(1))
-    record["params"] = {"x": 0.123}
-    slurptuna._write_json_atomic(trial.chunk(1), record)
+    rewrite_chunk_record(trial, 1, params={"x": 0.123})
     assert missing_chunks(trial, expected) == [1]
     with pytest.raises(slurptuna._MissingChunks, match="chunks 1 have no valid result"):
         slurptuna.reduce_trial(RunPaths(Path(result.run_dir)), 0)
@@ -384,15 +383,15 @@ def test_a_killed_or_interrupted_controller_resumes_reusing_finished_chunks(tmp_
         stderr=subprocess.PIPE,
         text=True,
     )
-    wait_for(lambda: trial1.chunks_dir.is_dir() and len(list(trial1.chunks_dir.glob("chunk_*.json"))) >= 2)
+    wait_for(lambda: len(chunk_records(trial1)) >= 2)
     process.send_signal(kill_signal)
     _, stderr = process.communicate(timeout=60)
     if kill_signal == signal.SIGINT:
         assert process.returncode == 130
         assert "Resume with run_name='crash'" in stderr.splitlines()[-1]
-    done_before = {p.name for p in trial1.chunks_dir.glob("chunk_*.json")}
-    time.sleep(0.3)  # orphaned workers, if any, would write more chunk files now
-    assert {p.name for p in trial1.chunks_dir.glob("chunk_*.json")} == done_before
+    done_before = set(chunk_records(trial1))
+    time.sleep(0.3)  # orphaned workers, if any, would write more chunk records now
+    assert set(chunk_records(trial1)) == done_before
     x1 = read_json(trial1.params)["params"]["x"]
     before = seed_counter.evaluations()
 
@@ -408,8 +407,7 @@ def test_a_killed_or_interrupted_controller_resumes_reusing_finished_chunks(tmp_
     values = json.loads(resumed.stdout.split("VALUES")[1])
     assert len(values) == 3 and None not in values
     after = seed_counter.evaluations()
-    reused = [int(n.split("_")[1].split(".")[0]) for n in done_before]
-    for chunk in reused:  # a finished chunk is never computed again
+    for chunk in done_before:  # a finished chunk is never computed again
         for seed in range(2 * chunk, 2 * chunk + 2):
             assert after[(x1, seed)] == before[(x1, seed)] == 1
     assert all(after[(x1, s)] >= 1 for s in range(12))  # every seed of the trial was evaluated

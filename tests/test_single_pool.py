@@ -13,7 +13,7 @@ from pathlib import Path
 
 import losses
 import pytest
-from conftest import read_json, script_env, wait_for
+from conftest import chunk_records, read_json, script_env, wait_for
 
 from slurptuna import RunPaths, optimize_run
 
@@ -31,7 +31,7 @@ def test_a_loss_that_kills_its_process_fails_only_its_chunk_naming_the_signal_an
         assert trial.value == pytest.approx(trial.params["x"] + 3.5)
     # chunk 0 of the failed trial was computed and kept; the crashed chunk has no file
     first = RunPaths(Path(result.run_dir)).trial(0)
-    assert first.chunk(0).exists() and not first.chunk(1).exists()
+    assert set(chunk_records(first)) == {0}
 
 
 def test_a_loss_that_exits_fails_its_chunk_with_the_exit_code(run_root, seed_counter):
@@ -214,7 +214,7 @@ def test_ctrl_c_stops_the_pool_at_once_leaving_no_process_and_resume_reuses_the_
         stderr=subprocess.PIPE,
         text=True,
     )
-    wait_for(lambda: trial0.chunks_dir.is_dir() and len(list(trial0.chunks_dir.glob("chunk_*.json"))) >= 2)
+    wait_for(lambda: len(chunk_records(trial0)) >= 2)
     workers = {int(p.name) for p in seed_counter.directory.iterdir() if p.name.isdigit()}
     assert len(workers) == 2 and process.pid not in workers
     process.send_signal(signal.SIGINT)
@@ -222,10 +222,10 @@ def test_ctrl_c_stops_the_pool_at_once_leaving_no_process_and_resume_reuses_the_
     assert process.returncode == 130, stderr
     assert "Resume with run_name='stopped'" in stderr.splitlines()[-1]
     wait_for(lambda: not any(_alive(pid) for pid in workers), timeout=10)
-    kept = {p.name: p.read_text() for p in trial0.chunks_dir.glob("chunk_*.json")}
-    assert all(read_json(trial0.chunks_dir / name)["stats"]["count"] == 2 for name in kept)  # no half-written file
+    kept = chunk_records(trial0)
+    assert all(record["stats"]["count"] == 2 for record in kept.values())  # whole records only
     time.sleep(0.2)
-    assert {p.name for p in trial0.chunks_dir.glob("chunk_*.json")} == set(kept)
+    assert chunk_records(trial0) == kept
 
     before = seed_counter.evaluations()
     resumed = subprocess.run(
@@ -239,8 +239,7 @@ def test_ctrl_c_stops_the_pool_at_once_leaving_no_process_and_resume_reuses_the_
     assert resumed.returncode == 0, resumed.stderr
     x0 = read_json(trial0.params)["params"]["x"]
     after = seed_counter.evaluations()
-    for name in kept:  # every chunk written before Ctrl-C is reused, not computed again
-        chunk = int(name.split("_")[1].split(".")[0])
+    for chunk in kept:  # every chunk written before Ctrl-C is reused, not computed again
         for seed in (2 * chunk, 2 * chunk + 1):
             assert after[(x0, seed)] == before[(x0, seed)]
     assert all(after[(x0, seed)] >= 1 for seed in range(40))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import losses
 import pytest
-from conftest import read_json, script_env, wait_for
+from conftest import chunk_records, read_json, script_env, wait_for
 from real_slurm import require_real_slurm
 
 import slurptuna
@@ -190,7 +190,7 @@ def test_a_failing_squeue_is_one_note_and_the_rest_is_shown(fake_slurm, tmp_path
 
 def test_an_interrupted_run_says_to_resume_with_its_run_name(tmp_path):
     process, run = start_controller(tmp_path, "single", sleep="0.2")
-    wait_for(lambda: any(run.trial(0).chunks_dir.glob("chunk_*.json")) if run.trial(0).chunks_dir.is_dir() else False)
+    wait_for(lambda: chunk_records(run.trial(0)))
     process.send_signal(signal.SIGINT)
     process.communicate(timeout=60)
     assert process.returncode == 130
