@@ -8,6 +8,8 @@ import pytest
 
 from slurptuna import _decide, _Next, _TrialView
 
+pytestmark = pytest.mark.compat  # fast: .ci/run also runs it on the other Pythons and the optuna floor
+
 RUNNING = _TrialView(n_chunks=4, all_chunks_done=False, failed_chunks=frozenset(), jobs_queued=True, arrays_queued=True)
 ENDED = replace(RUNNING, jobs_queued=False, arrays_queued=False, missing_chunks=frozenset({2, 3}))
 
