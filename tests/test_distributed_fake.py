@@ -49,6 +49,7 @@ def queue_is_empty() -> bool:
     return shown.stdout.strip() == ""
 
 
+@pytest.mark.compat
 def test_distributed_trials_have_the_same_means_as_single_mode(fake_slurm, run_root):
     options = {"n_trials": 3, "n_seeds": 23, "chunk_size": 5, "random_seed": 4, "run_root": run_root}
     remote = optimize_run(
@@ -238,6 +239,7 @@ def test_a_task_killed_by_slurm_is_judged_from_the_logs_when_sacct_does_not_work
     assert queue_is_empty()  # the reduce job that could never run was cancelled
 
 
+@pytest.mark.compat
 def test_a_loss_that_raises_fails_its_trial_with_the_traceback_and_cancels_the_rest(fake_slurm, run_root):
     result = distributed(losses.raises_at_seed_7, run_root, n_trials=2, n_seeds=10, chunk_size=2)
     assert [t.state.name for t in result.study.trials] == ["FAIL", "FAIL"]

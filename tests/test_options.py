@@ -14,6 +14,8 @@ from conftest import REPO, read_json, rewrite_chunk_record
 import slurptuna
 from slurptuna import ConfigError, RunPaths, loss, optimize_entries, optimize_run
 
+pytestmark = pytest.mark.compat  # fast: .ci/run also runs it on the other Pythons and the optuna floor
+
 
 def test_the_readme_table_of_options_is_the_one_made_from_the_signature():
     readme = (REPO / "README.md").read_text()

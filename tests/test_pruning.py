@@ -92,6 +92,7 @@ def assert_bad_trial_pruned_early(result, seed_counter, n_seeds: int = 400) -> d
 # ---------------------------------------------------------------- which report each pruner gets
 
 
+@pytest.mark.compat
 @pytest.mark.parametrize(
     ("pruner", "form"),
     [
@@ -132,6 +133,7 @@ def test_without_a_pruner_nothing_is_reported_and_complete_trials_carry_their_st
 # ---------------------------------------------------------------- single mode
 
 
+@pytest.mark.compat
 def test_a_clearly_bad_trial_is_pruned_after_its_first_chunks_and_its_other_chunks_never_run(run_root, seed_counter):
     result = run_cliff(run_root, [0.0, BAD_X, 0.3], wilcoxon())
     assert_bad_trial_pruned_early(result, seed_counter)

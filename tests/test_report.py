@@ -27,6 +27,19 @@ from slurptuna import RunPaths, optimize_entries, optimize_run
 N_TRIALS = 12
 
 
+def _importances_computable() -> bool:
+    """optuna < 5 computes parameter importances (fANOVA) only with scikit-learn; without it the page
+    has a note saying why in place of that plot (optuna 3.6 to 4.9, measured)."""
+    import importlib.util
+
+    import optuna
+
+    return int(optuna.__version__.split(".")[0]) >= 5 or importlib.util.find_spec("sklearn") is not None
+
+
+N_FIGURES = 5 if _importances_computable() else 4
+
+
 def report(
     *args: str | Path, python: list[str] | None = None, timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:
@@ -107,8 +120,9 @@ def test_the_page_is_self_contained_with_no_network_reference(mixed_run):
     tags = re.findall(r"<(?:script|link|img|iframe|source|embed)\b[^>]*>", page)
     assert tags and all(not re.search(r"\b(?:src|href)\s*=", tag) for tag in tags), tags
     assert not re.search(r"@import|url\(\s*['\"]?https?:", page.split("<script", 1)[0])  # the page's own CSS
-    assert page.count("<figure") == 5
-    assert page.count("Plotly.newPlot") == 5
+    assert page.count("<figure") == N_FIGURES
+    assert page.count("Plotly.newPlot") == N_FIGURES
+    assert N_FIGURES == 5 or "parameter importances could not be computed" in page
     assert len(re.findall(r"plotly\.js v\d", page)) == 1, "plotly.js is embedded once, for every figure"
 
 
@@ -208,7 +222,7 @@ def test_a_report_of_a_live_run_leaves_it_running_and_shows_its_running_trial(tm
     page = (run.dir / "report.html").read_text()
     states = [row[1] for row in trial_rows(page)]
     assert states.count("COMPLETE") >= 2 and set(states) <= {"COMPLETE", "RUNNING"}
-    assert "controller: running (pid " in page and page.count("<figure") == 5
+    assert "controller: running (pid " in page and page.count("<figure") == N_FIGURES
 
 
 # ---------------------------------------------------------------- errors: one line, exit 2
@@ -267,7 +281,7 @@ def test_every_plot_renders_offline_in_headless_chromium_without_a_javascript_er
     dom, console = browser.dump_dom(probed.as_uri(), tmp_path / "profile")
     seen = browser.read_probe(dom)
     assert seen["errors"] == [] and not [line for line in console if "Uncaught" in line], (seen["errors"], console)
-    assert seen["figures"] == 5 and seen["rendered"] == 5, seen
+    assert seen["figures"] == N_FIGURES and seen["rendered"] == N_FIGURES, seen
     assert all(r.split(":", 1)[0] in ("file", "data", "blob") for r in seen["resources"]), seen["resources"]
     png = browser.screenshot((mixed_run / "report.html").as_uri(), tmp_path / "profile", tmp_path / "report.png")
     if os.environ.get("SLURPTUNA_KEEP_SCREENSHOT") == "1":

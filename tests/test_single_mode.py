@@ -22,6 +22,7 @@ import slurptuna
 from slurptuna import RunPaths, TrialParams, missing_chunks, optimize_entries, optimize_run
 
 
+@pytest.mark.compat
 def test_a_run_writes_the_spec_files_and_each_trial_mean_is_the_mean_over_all_seeds(run_root):
     result = optimize_run(
         losses.quadratic, n_trials=3, n_seeds=23, chunk_size=5, run_root=run_root, worker_parallelism=2
@@ -79,6 +80,7 @@ def test_dict_list_and_numpy_returns_are_reduced_to_one_number(run_root, definit
     assert result.best_value == pytest.approx(expected(result.best_params["x"]))
 
 
+@pytest.mark.compat
 def test_a_loss_that_raises_fails_its_trial_with_seed_params_traceback_and_log_and_the_run_goes_on(run_root):
     result = optimize_run(losses.raises_at_seed_7, n_trials=2, n_seeds=10, chunk_size=4, run_root=run_root)
     assert [t.state.name for t in result.study.trials] == ["FAIL", "FAIL"]
@@ -122,6 +124,7 @@ def test_n_trials_is_the_total_so_a_rerun_finishes_instead_of_adding(run_root, s
     assert len(more.study.trials) == 3 and seed_counter.total() == 12
 
 
+@pytest.mark.compat
 def test_fresh_runs_are_reproducible_and_a_resume_proposes_new_points(run_root):
     a = optimize_run(losses.quadratic, n_trials=2, n_seeds=2, chunk_size=2, run_root=run_root, random_seed=5)
     b = optimize_run(losses.quadratic, n_trials=2, n_seeds=2, chunk_size=2, run_root=run_root, random_seed=5)
@@ -169,6 +172,7 @@ def test_two_launches_at_once_get_two_run_directories(tmp_path):
     assert sorted(p.name for p in made) == [f"m_v{i:04d}" for i in range(1, 17)]
 
 
+@pytest.mark.compat
 def test_optimize_entries_runs_one_study_per_entry_with_the_entry_in_context(run_root):
     result = optimize_entries(
         losses.context_loss,

@@ -168,6 +168,7 @@ if __name__ == "__main__":
 """
 
 
+@pytest.mark.compat
 def test_the_pool_works_with_the_spawn_start_method_and_gives_the_fork_values(tmp_path):
     script = tmp_path / "spawned.py"
     script.write_text(SPAWNED)

@@ -32,6 +32,8 @@ from slurptuna import (
     classify_slurm_failure,
 )
 
+pytestmark = pytest.mark.compat  # fast: .ci/run also runs it on the other Pythons and the optuna floor
+
 TEXTS = Path(__file__).resolve().parent / "slurm_texts"
 
 

@@ -60,6 +60,7 @@ def test_a_finished_single_mode_run_shows_its_counts_and_best_value_without_call
     assert fake_slurm.calls("squeue") == []
 
 
+@pytest.mark.compat
 def test_json_status_parses_back_with_the_runs_numbers(run_root):
     result = single_run(losses.quadratic, run_root)
     done = status(result.run_dir, "--json")
