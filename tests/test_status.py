@@ -104,6 +104,16 @@ def test_an_entries_directory_shows_one_line_per_entry(run_root):
         assert line.startswith(f"  {entry}  finished: 2/2 complete, 0 running, 0 failed, 0 pruned; best {best:.6g} ± ")
 
 
+def test_chunks_computed_by_other_loss_code_are_not_counted_and_not_warned_of(run_root):
+    result = single_run(losses.quadratic, run_root)
+    stale = RunPaths(Path(result.run_dir)).trial(0).chunk(1)
+    record = read_json(stale)
+    stale.write_text(json.dumps({**record, "code_id": "another loss"}))  # as the controller would, it is skipped
+    done = status(result.run_dir, "--json")
+    assert done.returncode == 0 and done.stderr == ""
+    assert json.loads(done.stdout)["seeds_done"] == 60 - record["stats"]["count"]
+
+
 # ---------------------------------------------------------------- live and interrupted runs
 
 CONTROLLER = textwrap.dedent("""
