@@ -1081,6 +1081,24 @@ class TrialSummary:
         return cls(**{k: v for k, v in record.items() if k != "mean_total_loss"})
 
 
+def _standard_error_of(*records: Mapping[str, Any] | None) -> float | None:
+    """A trial's standard error from the first record that tells it: its summary.json, its Optuna user attributes.
+
+    Records written before standard errors were kept hold only ``std`` and ``n_seeds``: for them
+    it is std / sqrt(n_seeds), here and nowhere else (new ones carry ``_Moments.standard_error``).
+    """
+    for record in records:
+        if not isinstance(record, Mapping):
+            continue
+        value = record.get("standard_error")
+        if isinstance(value, numbers.Real):
+            return float(value)
+        std, n_seeds = record.get("std"), record.get("n_seeds")
+        if isinstance(std, numbers.Real) and isinstance(n_seeds, numbers.Integral) and n_seeds >= 1:
+            return std / math.sqrt(n_seeds)
+    return None
+
+
 @dataclass(frozen=True)
 class JobRef:
     """A submitted job of a trial, as recorded in ``jobs.json``."""
@@ -4176,6 +4194,7 @@ def read_run_status(
         running, queue_note = _with_slurm_jobs(run, running, ask_queue)
         notes += [queue_note] if queue_note else []
     best = _best_trial(by_state.get("COMPLETE", []), settings.direction)
+    best_error = _standard_error_of(_read_json(run.trial(best.number).summary), best.user_attrs) if best else None
     all_chunks = [c for files in chunk_files.values() for c in files]
     core_seconds = math.fsum(c.elapsed_seconds * c.processes for c, _ in all_chunks)
     seeds_done = sum(c.stats.loss.count for c, _ in all_chunks)
@@ -4203,7 +4222,7 @@ def read_run_status(
         n_pruned=len(by_state.get("PRUNED", [])),
         best_trial=best.number if best else None,
         best_value=best.value if best else None,
-        best_standard_error=_standard_error(run.trial(best.number), best) if best else None,
+        best_standard_error=best_error,
         best_params=dict(best.params) if best else {},
         running=running,
         failed=[_failed_trial(t) for t in by_state.get("FAIL", [])],
@@ -4401,16 +4420,6 @@ def _best_trial(complete: list[Any], direction: str) -> Any:
     if not valued:
         return None
     return min(valued, key=lambda t: t.value) if direction == "minimize" else max(valued, key=lambda t: t.value)
-
-
-def _standard_error(trial: TrialPaths, frozen: Any) -> float | None:
-    """std / sqrt(n_seeds) from the trial's summary.json, else from what the controller told Optuna."""
-    summary = _read_json(trial.summary) or {}
-    std = summary.get("std", frozen.user_attrs.get("std"))
-    n_seeds = summary.get("n_seeds", frozen.user_attrs.get("n_seeds"))
-    if not isinstance(std, numbers.Real) or not isinstance(n_seeds, numbers.Integral) or n_seeds < 1:
-        return None
-    return std / math.sqrt(n_seeds)
 
 
 def _failed_trial(frozen: Any) -> FailedTrial:
@@ -4663,15 +4672,16 @@ def read_report(path: Path, now: float | None = None) -> RunReport:
 
 def _trial_row(trial: TrialPaths, frozen: Any) -> TrialRow:
     state = frozen.state.name
+    summary = _read_json(trial.summary) if state == "COMPLETE" else None
     n_seeds = frozen.user_attrs.get("n_seeds")
-    if n_seeds is None and state == "COMPLETE":
-        n_seeds = (_read_json(trial.summary) or {}).get("n_seeds")
+    if n_seeds is None and isinstance(summary, dict):
+        n_seeds = summary.get("n_seeds")
     ended = frozen.datetime_complete
     return TrialRow(
         number=frozen.number,
         state=state,
         value=frozen.value if state == "COMPLETE" else None,
-        standard_error=_standard_error(trial, frozen) if state == "COMPLETE" else None,
+        standard_error=_standard_error_of(summary, frozen.user_attrs) if state == "COMPLETE" else None,
         params=dict(frozen.params) or (_read_json(trial.params) or {}).get("params", {}),
         n_seeds=n_seeds,
         seconds=(ended - frozen.datetime_start).total_seconds() if ended and frozen.datetime_start else None,

@@ -270,6 +270,14 @@ def test_squeue_rows_count_the_array_tasks_squeue_collapses():
     assert slurptuna._count_array_tasks("[0-9:2,12%4]") == 6
 
 
+def test_the_standard_error_is_the_recorded_one_and_std_over_root_n_only_for_older_records():
+    summary = {"n_seeds": 4, "std": 2.0, "standard_error": 0.9}
+    assert slurptuna._standard_error_of(summary, {"standard_error": 0.5}) == 0.9
+    assert slurptuna._standard_error_of({"n_seeds": 4, "std": 2.0}) == 1.0  # a run from before it was kept
+    assert slurptuna._standard_error_of(None, {"standard_error": 0.5}) == 0.5  # no summary.json: Optuna's
+    assert slurptuna._standard_error_of({}, {"std": 1.0}) is None
+
+
 def test_the_pace_counts_pauses_up_to_the_gap_and_not_longer_ones():
     intervals = [(0.0, 10.0), (5.0, 20.0), (25.0, 30.0), (1000.0, 1010.0)]
     assert slurptuna._active_seconds(intervals, now=None, max_gap=10) == 30 + 10
