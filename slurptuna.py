@@ -2133,14 +2133,46 @@ def _parse_job_id(stdout: str) -> str:
     return job_id
 
 
-def _parse_squeue(stdout: str) -> dict[str, set[str]]:
-    """``%i|%T`` lines (``12``, ``12_3``, ``12_[4-9%4]``) -> job id -> the states of its tasks."""
-    states: dict[str, set[str]] = {}
+@dataclass(frozen=True)
+class _QueueLine:
+    """One line of ``squeue``: some tasks of a job in one state (squeue shows an array's pending tasks as one)."""
+
+    state: str  # PENDING, RUNNING, COMPLETING, ... (%T)
+    reason: str  # why it pends (%r): Dependency, JobArrayTaskLimit, ...; "" when not asked for
+    tasks: int  # how many array tasks the line stands for
+
+    @property
+    def queued(self) -> bool:
+        """Still pending or running (squeue -t all also lists jobs that just ended)."""
+        return self.state in _ACTIVE_STATES
+
+
+def _parse_squeue(stdout: str) -> dict[str, list[_QueueLine]]:
+    """``%i|%T`` or ``%i|%T|%r`` lines (``12``, ``12_3``, ``12_[4-9%4]|PENDING|JobArrayTaskLimit``) -> per job."""
+    jobs: dict[str, list[_QueueLine]] = {}
     for line in stdout.splitlines():
-        if "|" in line:
-            job, state = line.strip().split("|", 1)
-            states.setdefault(job.split("_")[0], set()).add(state.strip().split()[0] if state.strip() else "")
-    return states
+        fields = [f.strip() for f in line.split("|")]
+        if len(fields) < 2:
+            continue
+        job, _, tasks = fields[0].partition("_")
+        state = fields[1].split()[0] if fields[1] else ""
+        reason = fields[2] if len(fields) > 2 else ""
+        jobs.setdefault(job, []).append(_QueueLine(state, reason, _count_array_tasks(tasks)))
+    return jobs
+
+
+def _count_array_tasks(tasks: str) -> int:
+    """``""`` or ``"3"`` -> 1; ``"[4-9,12%4]"`` -> 7 (squeue collapses pending array tasks)."""
+    spec = tasks.strip("[]").split("%")[0]
+    if not spec:
+        return 1
+    count = 0
+    for part in spec.split(","):
+        bounds, _, step = part.partition(":")
+        low, _, high = bounds.partition("-")
+        with contextlib.suppress(ValueError):
+            count += len(range(int(low), int(high or low) + 1, int(step or 1)))
+    return max(count, 1)
 
 
 def _parse_sacct(stdout: str) -> dict[tuple[str, int | None], str]:
@@ -2654,7 +2686,7 @@ class _SlurmExecutor:
                 logger.warning("Slurm does not answer squeue (%s); asking again", process.stderr.strip())
             return None
         self._slurm_answered()
-        return {job for job, states in _parse_squeue(process.stdout).items() if states & _ACTIVE_STATES}
+        return {job for job, lines in _parse_squeue(process.stdout).items() if any(x.queued for x in lines)}
 
     def _unrecorded(self, recorded: set[str]) -> list[str]:
         """Queued jobs of this run that no ``jobs.json`` knows: sbatch answered after a crash."""
@@ -4178,7 +4210,7 @@ def _read_entry(entry: str, run: RunPaths, now: float) -> EntryStatus:
 
 
 def read_run_status(
-    run: RunPaths, now: float, ask_queue: Callable[[Sequence[str]], dict[str, list[tuple[str, str, int]]]] | None
+    run: RunPaths, now: float, ask_queue: Callable[[Sequence[str]], dict[str, list[_QueueLine]]] | None
 ) -> RunStatus:
     """Read meta.json, optuna.db, the lock and the trial files; ask Slurm once about running trials' jobs."""
     settings = _read_run_settings(run)
@@ -4348,7 +4380,7 @@ def _with_slurm_jobs(
     """The running trials with their jobs' states from jobs.json and one squeue call for all of them."""
     jobs = {r.number: _recorded_jobs(run.trial(r.number)) for r in running}
     job_ids = [j.job_id for listed in jobs.values() for j in listed]
-    queue: dict[str, list[tuple[str, str, int]]] | None = {}
+    queue: dict[str, list[_QueueLine]] | None = {}
     note = None
     if job_ids:
         try:
@@ -4366,53 +4398,27 @@ def _recorded_jobs(trial: TrialPaths) -> list[JobRef]:
         return []
 
 
-def _job_status(job: JobRef, queue: Mapping[str, list[tuple[str, str, int]]] | None) -> JobStatus:
+def _job_status(job: JobRef, queue: Mapping[str, list[_QueueLine]] | None) -> JobStatus:
     chunks = _format_ranges(job.chunks) if job.kind == "chunks" else ""
     if queue is None:
         return JobStatus(job.job_id, job.kind, chunks, None, [])
     tasks: dict[str, int] = {}
     reasons: list[str] = []
-    for state, reason, count in queue.get(job.job_id, []):
-        tasks[state] = tasks.get(state, 0) + count
-        if state == "PENDING" and reason and reason not in reasons:
-            reasons.append(reason)
+    for line in queue.get(job.job_id, []):
+        tasks[line.state] = tasks.get(line.state, 0) + line.tasks
+        if line.state == "PENDING" and line.reason and line.reason not in reasons:
+            reasons.append(line.reason)
     return JobStatus(job.job_id, job.kind, chunks, tasks, reasons)
 
 
-def _ask_squeue(job_ids: Sequence[str]) -> dict[str, list[tuple[str, str, int]]]:
-    """One ``squeue`` call for these jobs: job id -> (state, pending reason, number of tasks) rows."""
+def _ask_squeue(job_ids: Sequence[str]) -> dict[str, list[_QueueLine]]:
+    """One ``squeue`` call for these jobs, with their pending reasons."""
     process = _run_slurm(["squeue", "-h", "-t", "all", "-j", ",".join(job_ids), "-o", "%i|%T|%r"], timeout=30)
     if process.returncode != 0:
-        if "Invalid job id" in process.stderr:
+        if _INVALID_JOB_ID in process.stderr:
             return {}  # a single job id that Slurm has already forgotten
         raise _command_error(process)
-    return _parse_squeue_reasons(process.stdout)
-
-
-def _parse_squeue_reasons(stdout: str) -> dict[str, list[tuple[str, str, int]]]:
-    """``%i|%T|%r`` lines (``12|PENDING|Dependency``, ``12_[4-9%4]|PENDING|JobArrayTaskLimit``) -> rows per job."""
-    rows: dict[str, list[tuple[str, str, int]]] = {}
-    for line in stdout.splitlines():
-        fields = line.strip().split("|")
-        if len(fields) < 3:
-            continue
-        job, _, tasks = fields[0].partition("_")
-        rows.setdefault(job, []).append((fields[1].strip(), fields[2].strip(), _count_array_tasks(tasks)))
-    return rows
-
-
-def _count_array_tasks(tasks: str) -> int:
-    """``""`` or ``"3"`` -> 1; ``"[4-9,12%4]"`` -> 7 (squeue collapses pending array tasks)."""
-    spec = tasks.strip("[]").split("%")[0]
-    if not spec:
-        return 1
-    count = 0
-    for part in spec.split(","):
-        bounds, _, step = part.partition(":")
-        low, _, high = bounds.partition("-")
-        with contextlib.suppress(ValueError):
-            count += len(range(int(low), int(high or low) + 1, int(step or 1)))
-    return max(count, 1)
+    return _parse_squeue(process.stdout)
 
 
 def _best_trial(complete: list[Any], direction: str) -> Any:

@@ -262,10 +262,10 @@ def test_squeue_rows_count_the_array_tasks_squeue_collapses():
     shown = (
         "1012_[2-5%1]|PENDING|JobArrayTaskLimit\n1012_1|RUNNING|None\n1012_0|COMPLETED|None\n1013|PENDING|Dependency\n"
     )
-    rows = slurptuna._parse_squeue_reasons(shown)
-    assert rows == {
-        "1012": [("PENDING", "JobArrayTaskLimit", 4), ("RUNNING", "None", 1), ("COMPLETED", "None", 1)],
-        "1013": [("PENDING", "Dependency", 1)],
+    Line = slurptuna._QueueLine
+    assert slurptuna._parse_squeue(shown) == {
+        "1012": [Line("PENDING", "JobArrayTaskLimit", 4), Line("RUNNING", "None", 1), Line("COMPLETED", "None", 1)],
+        "1013": [Line("PENDING", "Dependency", 1)],
     }
     assert slurptuna._count_array_tasks("[0-9:2,12%4]") == 6
 
