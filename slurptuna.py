@@ -326,62 +326,72 @@ def optimize_run(
     loss: LossDefinition | str,
     *,
     n_trials: Annotated[
-        int, _Opt("the total the run should reach: a re-run finishes it, it does not add", "count")
+        int, _Option("the total the run should reach: a re-run finishes it, it does not add", "count")
     ] = 10,
-    seeds: Annotated[Iterable[int] | None, _Opt("an explicit list of seeds, honoured exactly", "seeds")] = None,
-    n_seeds: Annotated[int | None, _Opt("seeds `seed_start ..`; neither: `chunk_size * num_chunks`", "seeds")] = None,
-    chunk_size: Annotated[int | None, _Opt("seeds per chunk (an array task); None: the loss's, 100", "seeds")] = None,
-    num_chunks: Annotated[int | None, _Opt("chunks when `n_seeds` is not given; None: the loss's, 10", "seeds")] = None,
-    random_seed: Annotated[int, _Opt("seeds the default `TPESampler` (see Resume)", "integer")] = 123,
-    entry_id: Annotated[str | None, _Opt("`context['entry_id']` of the loss", "text?", identity=True)] = None,
-    direction: Annotated[str, _Opt("`'minimize'` or `'maximize'`", "direction", identity=True)] = "minimize",
-    mode: Annotated[ExecutionMode | str, _Opt("`'single'` or `'distributed'` (or `execution_mode(...)`)", "mode")] = (
-        ExecutionMode.SINGLE
-    ),
-    run_root: Annotated[str | os.PathLike[str], _Opt("the directory of runs", "path")] = "runs",
-    run_name: Annotated[str | None, _Opt("None: a new `<loss>_v%04d`; an existing name: resume it", "name?")] = None,
-    loss_module: Annotated[str | None, _Opt("a module name or `.py` path, if the loss's is not found", "loss")] = None,
-    slurm_poll_seconds: Annotated[float, _Opt("the longest wait between two `squeue` calls", "positive")] = 15,
-    slurm_timeout_minutes: Annotated[
-        float | None, _Opt("cancel (and retry) a trial attempt that takes longer", "positive?")
+    seeds: Annotated[Iterable[int] | None, _Option("an explicit list of seeds, honoured exactly", "seeds")] = None,
+    n_seeds: Annotated[
+        int | None, _Option("seeds `seed_start ..`; neither: `chunk_size * num_chunks`", "seeds")
     ] = None,
-    cpus_per_task: Annotated[int | None, _Opt("`sbatch --cpus-per-task`; None: `worker_parallelism`", "count?")] = None,
-    mem_per_cpu: Annotated[str, _Opt("`sbatch --mem-per-cpu`", "memory")] = "2G",
-    max_concurrent_trials: Annotated[int, _Opt("trials in flight at once", "count")] = 1,
-    array_parallelism_limit: Annotated[int | None, _Opt("the `%N` array throttle", "count?")] = None,
-    worker_parallelism: Annotated[int, _Opt("processes per chunk task (single mode: per trial)", "count")] = 1,
+    chunk_size: Annotated[
+        int | None, _Option("seeds per chunk (an array task); None: the loss's, 100", "seeds")
+    ] = None,
+    num_chunks: Annotated[
+        int | None, _Option("chunks when `n_seeds` is not given; None: the loss's, 10", "seeds")
+    ] = None,
+    random_seed: Annotated[int, _Option("seeds the default `TPESampler` (see Resume)", "integer")] = 123,
+    entry_id: Annotated[str | None, _Option("`context['entry_id']` of the loss", "text?", identity=True)] = None,
+    direction: Annotated[str, _Option("`'minimize'` or `'maximize'`", "direction", identity=True)] = "minimize",
+    mode: Annotated[
+        ExecutionMode | str, _Option("`'single'` or `'distributed'` (or `execution_mode(...)`)", "mode")
+    ] = (ExecutionMode.SINGLE),
+    run_root: Annotated[str | os.PathLike[str], _Option("the directory of runs", "path")] = "runs",
+    run_name: Annotated[str | None, _Option("None: a new `<loss>_v%04d`; an existing name: resume it", "name?")] = None,
+    loss_module: Annotated[
+        str | None, _Option("a module name or `.py` path, if the loss's is not found", "loss")
+    ] = None,
+    slurm_poll_seconds: Annotated[float, _Option("the longest wait between two `squeue` calls", "positive")] = 15,
+    slurm_timeout_minutes: Annotated[
+        float | None, _Option("cancel (and retry) a trial attempt that takes longer", "positive?")
+    ] = None,
+    cpus_per_task: Annotated[
+        int | None, _Option("`sbatch --cpus-per-task`; None: `worker_parallelism`", "count?")
+    ] = None,
+    mem_per_cpu: Annotated[str, _Option("`sbatch --mem-per-cpu`", "memory")] = "2G",
+    max_concurrent_trials: Annotated[int, _Option("trials in flight at once", "count")] = 1,
+    array_parallelism_limit: Annotated[int | None, _Option("the `%N` array throttle", "count?")] = None,
+    worker_parallelism: Annotated[int, _Option("processes per chunk task (single mode: per trial)", "count")] = 1,
     worker_time_limit: Annotated[
-        timedelta, _Opt("`sbatch --time` of a chunk task; single mode kills a chunk past it", "duration")
+        timedelta, _Option("`sbatch --time` of a chunk task; single mode kills a chunk past it", "duration")
     ] = timedelta(hours=2),
-    slurm_qos: Annotated[str | None, _Opt("`--qos`; None sends none", "text?")] = "short",
+    slurm_qos: Annotated[str | None, _Option("`--qos`; None sends none", "text?")] = "short",
     trial_retry_attempts: Annotated[
-        int, _Opt("resubmissions of the missing chunks after a timeout or a killed task", "count0")
+        int, _Option("resubmissions of the missing chunks after a timeout or a killed task", "count0")
     ] = 1,
     fail_on_chunk_error: Annotated[
-        bool, _Opt("False: a trial whose loss failed in some chunks reports the mean of the others", "flag")
+        bool, _Option("False: a trial whose loss failed in some chunks reports the mean of the others", "flag")
     ] = True,
-    use_processes: Annotated[bool, _Opt("False: threads instead of processes for a chunk's seeds", "flag")] = True,
+    use_processes: Annotated[bool, _Option("False: threads instead of processes for a chunk's seeds", "flag")] = True,
     forward_sys_argv_to_workers: Annotated[
-        bool, _Opt("workers see the launcher's `sys.argv` while importing the loss", "flag")
+        bool, _Option("workers see the launcher's `sys.argv` while importing the loss", "flag")
     ] = True,
-    sampler: Annotated[Any, _Opt("an Optuna sampler; None: TPE seeded from `random_seed`", "object")] = None,
-    storage: Annotated[Any, _Opt("an Optuna storage; None: the run's `optuna.db`", "object")] = None,
+    sampler: Annotated[Any, _Option("an Optuna sampler; None: TPE seeded from `random_seed`", "object")] = None,
+    storage: Annotated[Any, _Option("an Optuna storage; None: the run's `optuna.db`", "object")] = None,
     pruner: Annotated[
-        Any, _Opt("an Optuna pruner, told of each chunk (see Seeds as a budget); None: no pruning", "object")
+        Any, _Option("an Optuna pruner, told of each chunk (see Seeds as a budget); None: no pruning", "object")
     ] = None,
     prune_report: Annotated[
-        str, _Opt("what the pruner is told: `'chunk'` means, `'running_mean'`, or `'auto'` (by pruner)", "report")
+        str, _Option("what the pruner is told: `'chunk'` means, `'running_mean'`, or `'auto'` (by pruner)", "report")
     ] = "auto",
-    slurm_partition: Annotated[str | None, _Opt("`--partition`", "text?")] = None,
-    slurm_account: Annotated[str | None, _Opt("`--account`", "text?")] = None,
-    sbatch_args: Annotated[Sequence[str], _Opt("extra sbatch options, e.g. `['--constraint=avx2']`", "texts")] = (),
-    python: Annotated[str | None, _Opt("the workers' interpreter; None: this one", "executable?")] = None,
+    slurm_partition: Annotated[str | None, _Option("`--partition`", "text?")] = None,
+    slurm_account: Annotated[str | None, _Option("`--account`", "text?")] = None,
+    sbatch_args: Annotated[Sequence[str], _Option("extra sbatch options, e.g. `['--constraint=avx2']`", "texts")] = (),
+    python: Annotated[str | None, _Option("the workers' interpreter; None: this one", "executable?")] = None,
     slurm_unavailable_minutes: Annotated[
-        float, _Opt("how long to keep asking while slurmctld does not answer (busy, restarting)", "positive")
+        float, _Option("how long to keep asking while slurmctld does not answer (busy, restarting)", "positive")
     ] = 30,
-    progress: Annotated[bool, _Opt("one status line on a terminal (never in a log file)", "flag")] = True,
+    progress: Annotated[bool, _Option("one status line on a terminal (never in a log file)", "flag")] = True,
     resume_with_changed_loss: Annotated[
-        bool, _Opt("resume although the loss's code changed (its chunks are recomputed)", "flag")
+        bool, _Option("resume although the loss's code changed (its chunks are recomputed)", "flag")
     ] = False,
 ) -> OptimizeResult:
     """Run (or resume) a study whose objective is the loss's mean over seeds.
@@ -492,19 +502,33 @@ def _safe_label(text: str) -> str:
 # ---------------------------------------------------------------- options: defined once, in optimize_run's signature
 #
 # Each option of optimize_run is one parameter whose annotation carries its help and the
-# kind of value it takes (``_Opt``). Everything else derives from that signature, as
+# kind of value it takes (an ``_Option``). Everything else derives from that signature, as
 # submitit derives its defaults from one: optimize_entries' defaults and checks, the
 # record of a run (``_RunSettings``, its meta.json), the resume check, and README.md's
 # table of options (``python -m slurptuna options``; a test compares the two).
 
 
 @dataclass(frozen=True)
-class _Opt:
-    """One option's line of help, the kind of value it takes, and whether a resume may change it."""
+class _Option:
+    """One option: its line of help, the kind of value it takes, and whether a resume may change it.
+
+    Written in the option's annotation; ``_options()`` adds its name and default from the signature.
+    """
 
     help: str
     kind: str  # a key of _KINDS
     identity: bool = False  # part of the experiment: resuming with another value is refused
+    name: str = ""
+    default: Any = None
+
+    @property
+    def recorded(self) -> bool:
+        """Kept in meta.json (the seeds, the loss's module and Optuna objects are not)."""
+        return self.kind not in _NOT_RECORDED
+
+    def check(self, value: Any) -> Any:
+        """The value as the run keeps it; ConfigError if this option does not take it."""
+        return _KINDS[self.kind](self.name, value)
 
 
 def _at_least(minimum: int) -> Callable[[str, Any], int]:
@@ -616,19 +640,6 @@ _KINDS: dict[str, Callable[[str, Any], Any]] = {
 _NOT_RECORDED = frozenset({"seeds", "loss", "object"})
 
 
-@dataclass(frozen=True)
-class _Option:
-    name: str
-    default: Any
-    help: str
-    kind: str
-    identity: bool
-
-    @property
-    def recorded(self) -> bool:
-        return self.kind not in _NOT_RECORDED
-
-
 @functools.cache
 def _options() -> dict[str, _Option]:
     """optimize_run's options, in order, read from its signature and annotations."""
@@ -638,23 +649,22 @@ def _options() -> dict[str, _Option]:
     options = {}
     for name, parameter in inspect.signature(optimize_run).parameters.items():
         if parameter.kind is inspect.Parameter.KEYWORD_ONLY:
-            spec = _opt_of(hints[name])
-            options[name] = _Option(name, parameter.default, spec.help, spec.kind, spec.identity)
+            options[name] = replace(_annotated_option(hints[name]), name=name, default=parameter.default)
     return options
 
 
-def _opt_of(hint: Any) -> _Opt:
-    """The ``_Opt`` in an option's annotation. Python 3.10 wraps ``Annotated[X | None, ...] = None``
+def _annotated_option(hint: Any) -> _Option:
+    """The ``_Option`` in an option's annotation. Python 3.10 wraps ``Annotated[X | None, ...] = None``
     in one more ``Optional[...]``, so the search goes through the hint's arguments."""
     import typing
 
     for meta in getattr(hint, "__metadata__", ()):
-        if isinstance(meta, _Opt):
+        if isinstance(meta, _Option):
             return meta
     for arg in typing.get_args(hint):
         with contextlib.suppress(LookupError):
-            return _opt_of(arg)
-    raise LookupError(f"no _Opt in {hint!r}")
+            return _annotated_option(arg)
+    raise LookupError(f"no _Option in {hint!r}")
 
 
 def _options_table() -> str:
@@ -689,7 +699,7 @@ _RunSettings = make_dataclass(
         "from_json": classmethod(
             lambda cls, record: cls(
                 **{
-                    **{o.name: _KINDS[o.kind](o.name, o.default) for o in _options().values() if o.recorded},
+                    **{o.name: o.check(o.default) for o in _options().values() if o.recorded},
                     **{k: v for k, v in record.items() if k in cls.__dataclass_fields__},  # older runs lack new options
                     "seeds": SeedPlan.from_json(record["seeds"]),
                 }
@@ -721,7 +731,7 @@ def _resolve_settings(loss: LossDefinition | str, given: Mapping[str, Any]) -> t
     """Check every option (missing ones take their defaults); returns the run's record and the Optuna objects."""
     definition = _lookup_loss(loss)
     options = _options()
-    values = {name: _KINDS[o.kind](name, given.get(name, o.default)) for name, o in options.items()}
+    values = {name: o.check(given.get(name, o.default)) for name, o in options.items()}
     values["cpus_per_task"] = values["cpus_per_task"] or values["worker_parallelism"]
     values["python"] = values["python"] or sys.executable
     mode = ExecutionMode(values["mode"])
