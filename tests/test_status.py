@@ -12,35 +12,19 @@ from pathlib import Path
 
 import losses
 import pytest
-from conftest import read_json, script_env, wait_for
+from conftest import assert_one_error_line, read_json, script_env, slurptuna_command, start_controller, wait_for
 from real_slurm import require_real_slurm
 
 import slurptuna
 from slurptuna import RunPaths, optimize_entries, optimize_run
 
 
-def status(*args: str | Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "slurptuna", "status", *map(str, args)],
-        env=script_env(),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+def status(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return slurptuna_command("status", *args, timeout=60)
 
 
 def single_run(loss, run_root: Path, **options):
     return optimize_run(loss, **{"n_trials": 3, "n_seeds": 20, "chunk_size": 5, "run_root": run_root, **options})
-
-
-def assert_one_error_line(done: subprocess.CompletedProcess[str], *words: str) -> None:
-    assert done.returncode == 2
-    assert done.stdout == ""
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("slurptuna status: "), done.stderr
-    for word in words:
-        assert word in lines[0]
 
 
 # ---------------------------------------------------------------- finished runs
@@ -125,22 +109,13 @@ CONTROLLER = textwrap.dedent("""
 """)
 
 
-def start_controller(tmp_path: Path, mode: str, sleep: str) -> tuple[subprocess.Popen, RunPaths]:
-    script = tmp_path / "controller.py"
-    script.write_text(CONTROLLER)
+def start_live_run(tmp_path: Path, mode: str, sleep: str) -> tuple[subprocess.Popen, RunPaths]:
     runs = tmp_path / "runs"
-    process = subprocess.Popen(
-        [sys.executable, str(script), str(runs), mode],
-        env=script_env(SLURPTUNA_TEST_SLEEP=sleep),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    return process, RunPaths(runs / "live")
+    return start_controller(tmp_path, CONTROLLER, runs, mode, SLURPTUNA_TEST_SLEEP=sleep), RunPaths(runs / "live")
 
 
 def test_a_live_distributed_run_shows_its_jobs_states_and_pending_reasons_from_one_squeue_call(fake_slurm, tmp_path):
-    process, run = start_controller(tmp_path, "distributed", sleep="1.0")  # chunks of 2 s, one at a time
+    process, run = start_live_run(tmp_path, "distributed", sleep="1.0")  # chunks of 2 s, one at a time
     try:
         wait_for(lambda: len((read_json(run.trial(0).jobs) if run.trial(0).jobs.exists() else {}).get("jobs", [])) == 2)
         array, reduce = (job["job_id"] for job in read_json(run.trial(0).jobs)["jobs"])
@@ -162,7 +137,7 @@ def test_a_live_distributed_run_shows_its_jobs_states_and_pending_reasons_from_o
 
 def test_on_the_real_slurm_status_shows_queued_jobs_with_their_states_and_pending_reasons(tmp_path):
     require_real_slurm()
-    process, run = start_controller(tmp_path, "distributed", sleep="1.0")  # chunks of 2 s, one at a time
+    process, run = start_live_run(tmp_path, "distributed", sleep="1.0")  # chunks of 2 s, one at a time
     try:
         wait_for(lambda: len((read_json(run.trial(0).jobs) if run.trial(0).jobs.exists() else {}).get("jobs", [])) == 2)
         array, reduce = (job["job_id"] for job in read_json(run.trial(0).jobs)["jobs"])
@@ -183,7 +158,7 @@ def test_on_the_real_slurm_status_shows_queued_jobs_with_their_states_and_pendin
 
 
 def test_a_failing_squeue_is_one_note_and_the_rest_is_shown(fake_slurm, tmp_path, monkeypatch):
-    process, run = start_controller(tmp_path, "distributed", sleep="1.0")
+    process, run = start_live_run(tmp_path, "distributed", sleep="1.0")
     try:
         wait_for(lambda: run.trial(0).jobs.exists())
         monkeypatch.setenv("FAKE_SLURM_SQUEUE_FAIL", "1000")
@@ -199,7 +174,7 @@ def test_a_failing_squeue_is_one_note_and_the_rest_is_shown(fake_slurm, tmp_path
 
 
 def test_an_interrupted_run_says_to_resume_with_its_run_name(tmp_path):
-    process, run = start_controller(tmp_path, "single", sleep="0.2")
+    process, run = start_live_run(tmp_path, "single", sleep="0.2")
     wait_for(lambda: any(run.trial(0).chunks_dir.glob("chunk_*.json")) if run.trial(0).chunks_dir.is_dir() else False)
     process.send_signal(signal.SIGINT)
     process.communicate(timeout=60)
@@ -235,13 +210,13 @@ def test_watch_redraws_until_ctrl_c_and_exits_0(run_root, tmp_path):
 
 
 def test_a_directory_that_is_not_a_run_is_one_line_and_exit_code_2(tmp_path):
-    assert_one_error_line(status(tmp_path), "is not a slurptuna run", "no meta.json")
-    assert_one_error_line(status(tmp_path / "nowhere"), "is not a directory")
+    assert_one_error_line(status(tmp_path), "status", "is not a slurptuna run", "no meta.json")
+    assert_one_error_line(status(tmp_path / "nowhere"), "status", "is not a directory")
 
 
 def test_a_meta_json_of_an_unknown_format_is_one_line_and_exit_code_2(tmp_path):
     (tmp_path / "meta.json").write_text(json.dumps({"format": 99, "slurptuna_version": "9.0"}))
-    assert_one_error_line(status(tmp_path), "meta.json has a format", "slurptuna 9.0")
+    assert_one_error_line(status(tmp_path), "status", "meta.json has a format", "slurptuna 9.0")
 
 
 def test_an_optuna_db_that_stays_locked_is_one_line_and_exit_code_2(run_root):
@@ -249,7 +224,7 @@ def test_an_optuna_db_that_stays_locked_is_one_line_and_exit_code_2(run_root):
     writer = sqlite3.connect(RunPaths(Path(result.run_dir)).optuna_db, isolation_level=None)
     writer.execute("BEGIN EXCLUSIVE")  # as a controller's commit does, but for longer than status waits
     try:
-        assert_one_error_line(status(result.run_dir), "optuna.db stayed locked")
+        assert_one_error_line(status(result.run_dir), "status", "optuna.db stayed locked")
     finally:
         writer.execute("ROLLBACK")
         writer.close()
