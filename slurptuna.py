@@ -1603,10 +1603,7 @@ def run_chunk(
 def _load_valid_chunk(
     trial: TrialPaths, expected: TrialParams, index: int, path: str | None = None
 ) -> ChunkResult | None:
-    """The chunk file, if it was computed for these params and these seeds; else None.
-
-    ``path``: the file as a directory listing found it (saves building it again: status reads thousands).
-    """
+    """The chunk file (``path``, if a listing found it), if it was computed for these params and seeds; else None."""
     path = path or trial.chunk(index)
     record = _read_json(path)
     if record is None:
@@ -4353,11 +4350,9 @@ def _controller_holds(run: RunPaths) -> tuple[bool, int | None]:
 
 def _trial_params(trial: TrialPaths) -> TrialParams | None:
     """The trial's params.json, or None before the controller wrote it (or if it cannot be read)."""
-    record = _read_json(trial.params)
-    try:
-        return TrialParams.from_json(record) if isinstance(record, dict) else None
-    except TypeError:
-        return None
+    with contextlib.suppress(SlurptunaError, TypeError):
+        return TrialParams.load(trial)
+    return None
 
 
 def _ended_chunks(trial: TrialPaths) -> list[tuple[ChunkResult, float]]:
