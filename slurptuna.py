@@ -343,62 +343,72 @@ def optimize_run(
     loss: LossDefinition | str,
     *,
     n_trials: Annotated[
-        int, _Opt("the total the run should reach: a re-run finishes it, it does not add", "count")
+        int, _Option("the total the run should reach: a re-run finishes it, it does not add", "count")
     ] = 10,
-    seeds: Annotated[Iterable[int] | None, _Opt("an explicit list of seeds, honoured exactly", "seeds")] = None,
-    n_seeds: Annotated[int | None, _Opt("seeds `seed_start ..`; neither: `chunk_size * num_chunks`", "seeds")] = None,
-    chunk_size: Annotated[int | None, _Opt("seeds per chunk (an array task); None: the loss's, 100", "seeds")] = None,
-    num_chunks: Annotated[int | None, _Opt("chunks when `n_seeds` is not given; None: the loss's, 10", "seeds")] = None,
-    random_seed: Annotated[int, _Opt("seeds the default `TPESampler` (see Resume)", "integer")] = 123,
-    entry_id: Annotated[str | None, _Opt("`context['entry_id']` of the loss", "text?", identity=True)] = None,
-    direction: Annotated[str, _Opt("`'minimize'` or `'maximize'`", "direction", identity=True)] = "minimize",
-    mode: Annotated[ExecutionMode | str, _Opt("`'single'` or `'distributed'` (or `execution_mode(...)`)", "mode")] = (
-        ExecutionMode.SINGLE
-    ),
-    run_root: Annotated[str | os.PathLike[str], _Opt("the directory of runs", "path")] = "runs",
-    run_name: Annotated[str | None, _Opt("None: a new `<loss>_v%04d`; an existing name: resume it", "name?")] = None,
-    loss_module: Annotated[str | None, _Opt("a module name or `.py` path, if the loss's is not found", "loss")] = None,
-    slurm_poll_seconds: Annotated[float, _Opt("the longest wait between two `squeue` calls", "positive")] = 15,
-    slurm_timeout_minutes: Annotated[
-        float | None, _Opt("cancel (and retry) a trial attempt that takes longer", "positive?")
+    seeds: Annotated[Iterable[int] | None, _Option("an explicit list of seeds, honoured exactly", "seeds")] = None,
+    n_seeds: Annotated[
+        int | None, _Option("seeds `seed_start ..`; neither: `chunk_size * num_chunks`", "seeds")
     ] = None,
-    cpus_per_task: Annotated[int | None, _Opt("`sbatch --cpus-per-task`; None: `worker_parallelism`", "count?")] = None,
-    mem_per_cpu: Annotated[str, _Opt("`sbatch --mem-per-cpu`", "memory")] = "2G",
-    max_concurrent_trials: Annotated[int, _Opt("trials in flight at once", "count")] = 1,
-    array_parallelism_limit: Annotated[int | None, _Opt("the `%N` array throttle", "count?")] = None,
-    worker_parallelism: Annotated[int, _Opt("processes per chunk task (single mode: per trial)", "count")] = 1,
+    chunk_size: Annotated[
+        int | None, _Option("seeds per chunk (an array task); None: the loss's, 100", "seeds")
+    ] = None,
+    num_chunks: Annotated[
+        int | None, _Option("chunks when `n_seeds` is not given; None: the loss's, 10", "seeds")
+    ] = None,
+    random_seed: Annotated[int, _Option("seeds the default `TPESampler` (see Resume)", "integer")] = 123,
+    entry_id: Annotated[str | None, _Option("`context['entry_id']` of the loss", "text?", identity=True)] = None,
+    direction: Annotated[str, _Option("`'minimize'` or `'maximize'`", "direction", identity=True)] = "minimize",
+    mode: Annotated[
+        ExecutionMode | str, _Option("`'single'` or `'distributed'` (or `execution_mode(...)`)", "mode")
+    ] = (ExecutionMode.SINGLE),
+    run_root: Annotated[str | os.PathLike[str], _Option("the directory of runs", "path")] = "runs",
+    run_name: Annotated[str | None, _Option("None: a new `<loss>_v%04d`; an existing name: resume it", "name?")] = None,
+    loss_module: Annotated[
+        str | None, _Option("a module name or `.py` path, if the loss's is not found", "loss")
+    ] = None,
+    slurm_poll_seconds: Annotated[float, _Option("the longest wait between two `squeue` calls", "positive")] = 15,
+    slurm_timeout_minutes: Annotated[
+        float | None, _Option("cancel (and retry) a trial attempt that takes longer", "positive?")
+    ] = None,
+    cpus_per_task: Annotated[
+        int | None, _Option("`sbatch --cpus-per-task`; None: `worker_parallelism`", "count?")
+    ] = None,
+    mem_per_cpu: Annotated[str, _Option("`sbatch --mem-per-cpu`", "memory")] = "2G",
+    max_concurrent_trials: Annotated[int, _Option("trials in flight at once", "count")] = 1,
+    array_parallelism_limit: Annotated[int | None, _Option("the `%N` array throttle", "count?")] = None,
+    worker_parallelism: Annotated[int, _Option("processes per chunk task (single mode: per trial)", "count")] = 1,
     worker_time_limit: Annotated[
-        timedelta, _Opt("`sbatch --time` of a chunk task; single mode kills a chunk past it", "duration")
+        timedelta, _Option("`sbatch --time` of a chunk task; single mode kills a chunk past it", "duration")
     ] = timedelta(hours=2),
-    slurm_qos: Annotated[str | None, _Opt("`--qos`; None sends none", "text?")] = "short",
+    slurm_qos: Annotated[str | None, _Option("`--qos`; None sends none", "text?")] = "short",
     trial_retry_attempts: Annotated[
-        int, _Opt("resubmissions of the missing chunks after a timeout or a killed task", "count0")
+        int, _Option("resubmissions of the missing chunks after a timeout or a killed task", "count0")
     ] = 1,
     fail_on_chunk_error: Annotated[
-        bool, _Opt("False: a trial whose loss failed in some chunks reports the mean of the others", "flag")
+        bool, _Option("False: a trial whose loss failed in some chunks reports the mean of the others", "flag")
     ] = True,
-    use_processes: Annotated[bool, _Opt("False: threads instead of processes for a chunk's seeds", "flag")] = True,
+    use_processes: Annotated[bool, _Option("False: threads instead of processes for a chunk's seeds", "flag")] = True,
     forward_sys_argv_to_workers: Annotated[
-        bool, _Opt("workers see the launcher's `sys.argv` while importing the loss", "flag")
+        bool, _Option("workers see the launcher's `sys.argv` while importing the loss", "flag")
     ] = True,
-    sampler: Annotated[Any, _Opt("an Optuna sampler; None: TPE seeded from `random_seed`", "object")] = None,
-    storage: Annotated[Any, _Opt("an Optuna storage; None: the run's `optuna.db`", "object")] = None,
+    sampler: Annotated[Any, _Option("an Optuna sampler; None: TPE seeded from `random_seed`", "object")] = None,
+    storage: Annotated[Any, _Option("an Optuna storage; None: the run's `optuna.db`", "object")] = None,
     pruner: Annotated[
-        Any, _Opt("an Optuna pruner, told of each chunk (see Seeds as a budget); None: no pruning", "object")
+        Any, _Option("an Optuna pruner, told of each chunk (see Seeds as a budget); None: no pruning", "object")
     ] = None,
     prune_report: Annotated[
-        str, _Opt("what the pruner is told: `'chunk'` means, `'running_mean'`, or `'auto'` (by pruner)", "report")
+        str, _Option("what the pruner is told: `'chunk'` means, `'running_mean'`, or `'auto'` (by pruner)", "report")
     ] = "auto",
-    slurm_partition: Annotated[str | None, _Opt("`--partition`", "text?")] = None,
-    slurm_account: Annotated[str | None, _Opt("`--account`", "text?")] = None,
-    sbatch_args: Annotated[Sequence[str], _Opt("extra sbatch options, e.g. `['--constraint=avx2']`", "texts")] = (),
-    python: Annotated[str | None, _Opt("the workers' interpreter; None: this one", "executable?")] = None,
+    slurm_partition: Annotated[str | None, _Option("`--partition`", "text?")] = None,
+    slurm_account: Annotated[str | None, _Option("`--account`", "text?")] = None,
+    sbatch_args: Annotated[Sequence[str], _Option("extra sbatch options, e.g. `['--constraint=avx2']`", "texts")] = (),
+    python: Annotated[str | None, _Option("the workers' interpreter; None: this one", "executable?")] = None,
     slurm_unavailable_minutes: Annotated[
-        float, _Opt("how long to keep asking while slurmctld does not answer (busy, restarting)", "positive")
+        float, _Option("how long to keep asking while slurmctld does not answer (busy, restarting)", "positive")
     ] = 30,
-    progress: Annotated[bool, _Opt("one status line on a terminal (never in a log file)", "flag")] = True,
+    progress: Annotated[bool, _Option("one status line on a terminal (never in a log file)", "flag")] = True,
     resume_with_changed_loss: Annotated[
-        bool, _Opt("resume although the loss's code changed (its chunks are recomputed)", "flag")
+        bool, _Option("resume although the loss's code changed (its chunks are recomputed)", "flag")
     ] = False,
 ) -> OptimizeResult:
     """Run (or resume) a study whose objective is the loss's mean over seeds.
@@ -509,19 +519,33 @@ def _safe_label(text: str) -> str:
 # ---------------------------------------------------------------- options: defined once, in optimize_run's signature
 #
 # Each option of optimize_run is one parameter whose annotation carries its help and the
-# kind of value it takes (``_Opt``). Everything else derives from that signature, as
+# kind of value it takes (an ``_Option``). Everything else derives from that signature, as
 # submitit derives its defaults from one: optimize_entries' defaults and checks, the
 # record of a run (``_RunSettings``, its meta.json), the resume check, and README.md's
 # table of options (``python -m slurptuna options``; a test compares the two).
 
 
 @dataclass(frozen=True)
-class _Opt:
-    """One option's line of help, the kind of value it takes, and whether a resume may change it."""
+class _Option:
+    """One option: its line of help, the kind of value it takes, and whether a resume may change it.
+
+    Written in the option's annotation; ``_options()`` adds its name and default from the signature.
+    """
 
     help: str
     kind: str  # a key of _KINDS
     identity: bool = False  # part of the experiment: resuming with another value is refused
+    name: str = ""
+    default: Any = None
+
+    @property
+    def recorded(self) -> bool:
+        """Kept in meta.json (the seeds, the loss's module and Optuna objects are not)."""
+        return self.kind not in _NOT_RECORDED
+
+    def check(self, value: Any) -> Any:
+        """The value as the run keeps it; ConfigError if this option does not take it."""
+        return _KINDS[self.kind](self.name, value)
 
 
 def _at_least(minimum: int) -> Callable[[str, Any], int]:
@@ -633,19 +657,6 @@ _KINDS: dict[str, Callable[[str, Any], Any]] = {
 _NOT_RECORDED = frozenset({"seeds", "loss", "object"})
 
 
-@dataclass(frozen=True)
-class _Option:
-    name: str
-    default: Any
-    help: str
-    kind: str
-    identity: bool
-
-    @property
-    def recorded(self) -> bool:
-        return self.kind not in _NOT_RECORDED
-
-
 @functools.cache
 def _options() -> dict[str, _Option]:
     """optimize_run's options, in order, read from its signature and annotations."""
@@ -655,23 +666,22 @@ def _options() -> dict[str, _Option]:
     options = {}
     for name, parameter in inspect.signature(optimize_run).parameters.items():
         if parameter.kind is inspect.Parameter.KEYWORD_ONLY:
-            spec = _opt_of(hints[name])
-            options[name] = _Option(name, parameter.default, spec.help, spec.kind, spec.identity)
+            options[name] = replace(_annotated_option(hints[name]), name=name, default=parameter.default)
     return options
 
 
-def _opt_of(hint: Any) -> _Opt:
-    """The ``_Opt`` in an option's annotation. Python 3.10 wraps ``Annotated[X | None, ...] = None``
+def _annotated_option(hint: Any) -> _Option:
+    """The ``_Option`` in an option's annotation. Python 3.10 wraps ``Annotated[X | None, ...] = None``
     in one more ``Optional[...]``, so the search goes through the hint's arguments."""
     import typing
 
     for meta in getattr(hint, "__metadata__", ()):
-        if isinstance(meta, _Opt):
+        if isinstance(meta, _Option):
             return meta
     for arg in typing.get_args(hint):
         with contextlib.suppress(LookupError):
-            return _opt_of(arg)
-    raise LookupError(f"no _Opt in {hint!r}")
+            return _annotated_option(arg)
+    raise LookupError(f"no _Option in {hint!r}")
 
 
 def _options_table() -> str:
@@ -706,7 +716,7 @@ _RunSettings = make_dataclass(
         "from_json": classmethod(
             lambda cls, record: cls(
                 **{
-                    **{o.name: _KINDS[o.kind](o.name, o.default) for o in _options().values() if o.recorded},
+                    **{o.name: o.check(o.default) for o in _options().values() if o.recorded},
                     **{k: v for k, v in record.items() if k in cls.__dataclass_fields__},  # older runs lack new options
                     "seeds": SeedPlan.from_json(record["seeds"]),
                 }
@@ -738,7 +748,7 @@ def _resolve_settings(loss: LossDefinition | str, given: Mapping[str, Any]) -> t
     """Check every option (missing ones take their defaults); returns the run's record and the Optuna objects."""
     definition = _lookup_loss(loss)
     options = _options()
-    values = {name: _KINDS[o.kind](name, given.get(name, o.default)) for name, o in options.items()}
+    values = {name: o.check(given.get(name, o.default)) for name, o in options.items()}
     values["cpus_per_task"] = values["cpus_per_task"] or values["worker_parallelism"]
     values["python"] = values["python"] or sys.executable
     mode = ExecutionMode(values["mode"])
@@ -892,8 +902,8 @@ def _check_writable(directory: Path) -> None:
 def _read_json(path: Path) -> Any:
     """The file's content, or None when it is missing or unreadable (then it is recomputed)."""
     try:
-        with open(path) as handle:
-            return json.load(handle)
+        with open(path, "rb") as handle:  # bytes: json decodes UTF-8 itself, faster than a text file
+            return json.loads(handle.read())
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as exc:
@@ -1161,6 +1171,24 @@ class TrialSummary:
     @classmethod
     def from_json(cls, record: Mapping[str, Any]) -> TrialSummary:
         return cls(**{k: v for k, v in record.items() if k != "mean_total_loss"})
+
+
+def _standard_error_of(*records: Mapping[str, Any] | None) -> float | None:
+    """A trial's standard error from the first record that tells it: its summary.json, its Optuna user attributes.
+
+    Records written before standard errors were kept hold only ``std`` and ``n_seeds``: for them
+    it is std / sqrt(n_seeds), here and nowhere else (new ones carry ``_Moments.standard_error``).
+    """
+    for record in records:
+        if not isinstance(record, Mapping):
+            continue
+        value = record.get("standard_error")
+        if isinstance(value, numbers.Real):
+            return float(value)
+        std, n_seeds = record.get("std"), record.get("n_seeds")
+        if isinstance(std, numbers.Real) and isinstance(n_seeds, numbers.Integral) and n_seeds >= 1:
+            return std / math.sqrt(n_seeds)
+    return None
 
 
 @dataclass(frozen=True)
@@ -1735,6 +1763,9 @@ def _load_valid_chunk(trial: TrialPaths, expected: TrialParams, index: int) -> C
     return found[0] if found else None
 
 
+_CHUNK_FILE_NAME = re.compile(r"chunk_(\d+)\.json")  # TrialPaths.chunk's names
+
+
 @dataclass
 class _ChunkFiles:
     """The one reader of a trial's chunk records, incremental: what was read is not read again.
@@ -1769,7 +1800,7 @@ def _read_new_chunks(trial: TrialPaths, expected: TrialParams, files: _ChunkFile
             for record in records:
                 news |= files.add(_valid_chunk(record, expected, path), 0)
             continue
-        found = re.fullmatch(r"chunk_(\d+)\.json", name)
+        found = _CHUNK_FILE_NAME.fullmatch(name)
         if not found or int(found.group(1)) in files.chunks:
             continue  # a valid chunk is never rewritten: only missing chunks are run again
         with contextlib.suppress(FileNotFoundError):
@@ -2313,14 +2344,57 @@ def _parse_job_id(stdout: str) -> str:
     return job_id
 
 
-def _parse_squeue(stdout: str) -> dict[str, set[str]]:
-    """``%i|%T`` lines (``12``, ``12_3``, ``12_[4-9%4]``) -> job id -> the states of its tasks."""
-    states: dict[str, set[str]] = {}
+@dataclass(frozen=True)
+class _QueueLine:
+    """One line of ``squeue``: some tasks of a job in one state (squeue shows an array's pending tasks as one)."""
+
+    state: str  # PENDING, RUNNING, COMPLETING, ... (%T)
+    reason: str  # why it pends (%r): Dependency, JobArrayTaskLimit, ...; "" when not asked for
+    task_ids: tuple[int | None, ...]  # the array tasks the line stands for; (None,) for a job that is no array
+
+    @property
+    def tasks(self) -> int:
+        return len(self.task_ids)
+
+    @property
+    def queued(self) -> bool:
+        """Still pending or running (squeue -t all also lists jobs that just ended)."""
+        return self.state in _ACTIVE_STATES
+
+
+def _parse_squeue(stdout: str) -> dict[str, list[_QueueLine]]:
+    """``%i|%T`` or ``%i|%T|%r`` lines (``12``, ``12_3``, ``12_[4-9%4]|PENDING|JobArrayTaskLimit``) -> per job."""
+    jobs: dict[str, list[_QueueLine]] = {}
     for line in stdout.splitlines():
-        if "|" in line:
-            job, state = line.strip().split("|", 1)
-            states.setdefault(job.split("_")[0], set()).add(state.strip().split()[0] if state.strip() else "")
-    return states
+        fields = [f.strip() for f in line.split("|")]
+        if len(fields) < 2:
+            continue
+        job, _, tasks = fields[0].partition("_")
+        state = fields[1].split()[0] if fields[1] else ""
+        reason = fields[2] if len(fields) > 2 else ""
+        jobs.setdefault(job, []).append(_QueueLine(state, reason, _array_task_ids(tasks)))
+    return jobs
+
+
+def _array_task_ids(tasks: str) -> tuple[int | None, ...]:
+    """``""`` -> (None,); ``"3"`` -> (3,); ``"[4-6,12%4]"`` -> (4, 5, 6, 12) (squeue collapses pending tasks)."""
+    spec = tasks.strip("[]").split("%")[0]
+    if not spec:
+        return (None,)
+    ids: list[int | None] = []
+    for part in spec.split(","):
+        bounds, _, step = part.partition(":")
+        low, _, high = bounds.partition("-")
+        with contextlib.suppress(ValueError):
+            ids += range(int(low), int(high or low) + 1, int(step or 1))
+    return tuple(ids) or (None,)
+
+
+def _parse_active_tasks(stdout: str) -> dict[str, set[int | None]]:
+    """``squeue -o %i|%T`` -> job id -> its tasks still queued or running (None for a job that is no array)."""
+    jobs = _parse_squeue(stdout)
+    active = {job: {t for line in lines if line.queued for t in line.task_ids} for job, lines in jobs.items()}
+    return {job: tasks for job, tasks in active.items() if tasks}
 
 
 def _parse_sacct(stdout: str) -> dict[tuple[str, int | None], str]:
@@ -2455,6 +2529,13 @@ exec "$@"
 """
 
 
+# A site's limits, read once when a run starts (issue 15). Every array task counts as one job
+# toward MaxJobCount and toward the submit limits (recorded in tests/slurm_texts/: an array
+# that would pass one is refused whole; pending tasks count one each although squeue shows
+# them as one line), so a run that knows them can split and throttle its arrays instead of
+# being refused. The argv and the parsers share one list of fields, so they cannot drift.
+
+
 def _parse_slurm_config(stdout: str) -> dict[str, str]:
     """``scontrol show config`` -> every ``Key = value`` it prints, as text (``{"MaxArraySize": "1001", ...}``).
 
@@ -2577,29 +2658,6 @@ def _task_of_spec(spec: str, task: int) -> tuple[int, int]:
                 return int(trial), int(first) + task
             task -= size
     raise ValueError(f"task {task} is not in {spec!r}")
-
-
-def _parse_active_tasks(stdout: str) -> dict[str, set[int | None]]:
-    """``squeue -o %i|%T`` -> job id -> its tasks still queued or running (None for a job that is no array).
-
-    A pending array shows as one line ``12_[4-9%2]``, a started task as ``12_3``.
-    """
-    active: dict[str, set[int | None]] = {}
-    for line in stdout.splitlines():
-        job, _, state = line.strip().partition("|")
-        if not job or (state.split() or [""])[0] not in _ACTIVE_STATES:
-            continue
-        base, _, tasks = job.partition("_")
-        found = active.setdefault(base, set())
-        if not tasks:
-            found.add(None)
-        elif tasks.startswith("["):
-            for piece in tasks.strip("[]").split("%")[0].split(","):
-                first, _, last = piece.partition("-")
-                found.update(range(int(first), int(last or first) + 1))
-        elif tasks.isdigit():
-            found.add(int(tasks))
-    return active
 
 
 @dataclass
@@ -4610,7 +4668,7 @@ def _read_entry(entry: str, run: RunPaths, now: float) -> EntryStatus:
 
 
 def read_run_status(
-    run: RunPaths, now: float, ask_queue: Callable[[Sequence[str]], dict[str, list[tuple[str, str, int]]]] | None
+    run: RunPaths, now: float, ask_queue: Callable[[Sequence[str]], dict[str, list[_QueueLine]]] | None
 ) -> RunStatus:
     """Read meta.json, optuna.db, the lock and the trial files; ask Slurm once about running trials' jobs."""
     settings = _read_run_settings(run)
@@ -4619,13 +4677,14 @@ def read_run_status(
     by_state: dict[str, list[Any]] = {}
     for trial in trials:
         by_state.setdefault(trial.state.name, []).append(trial)
-    chunk_files = {t.number: _chunk_files(run.trial(t.number)) for t in trials}
+    chunk_files = {t.number: _ended_chunks(run.trial(t.number)) for t in trials}
     notes = [] if run.optuna_db.exists() else ["no optuna.db yet: the controller has not started a trial"]
     running = [_running_trial(run, settings, t, chunk_files[t.number], now) for t in by_state.get("RUNNING", [])]
     if settings.mode == ExecutionMode.DISTRIBUTED.value and ask_queue is not None:
         running, queue_note = _with_slurm_jobs(run, running, ask_queue)
         notes += [queue_note] if queue_note else []
     best = _best_trial(by_state.get("COMPLETE", []), settings.direction)
+    best_error = _standard_error_of(_read_json(run.trial(best.number).summary), best.user_attrs) if best else None
     all_chunks = [c for files in chunk_files.values() for c in files]
     core_seconds = math.fsum(c.elapsed_seconds * c.processes for c, _ in all_chunks)
     seeds_done = sum(c.stats.loss.count for c, _ in all_chunks)
@@ -4653,7 +4712,7 @@ def read_run_status(
         n_pruned=len(by_state.get("PRUNED", [])),
         best_trial=best.number if best else None,
         best_value=best.value if best else None,
-        best_standard_error=_standard_error(run.trial(best.number), best) if best else None,
+        best_standard_error=best_error,
         best_params=dict(best.params) if best else {},
         running=running,
         failed=[_failed_trial(t) for t in by_state.get("FAIL", [])],
@@ -4740,37 +4799,29 @@ def _controller_holds(run: RunPaths) -> tuple[bool, int | None]:
         return False, None
 
 
-def _chunk_files(trial: TrialPaths) -> list[tuple[ChunkResult, float]]:
-    """Every readable chunk file of a trial with its modification time (when the chunk ended)."""
-    try:
-        listing = list(os.scandir(trial.chunks_dir))
-    except FileNotFoundError:
+def _trial_params(trial: TrialPaths) -> TrialParams | None:
+    """The trial's params.json, or None before the controller wrote it (or if it cannot be read)."""
+    with contextlib.suppress(SlurptunaError, TypeError):
+        return TrialParams.load(trial)
+    return None
+
+
+def _ended_chunks(trial: TrialPaths) -> list[tuple[ChunkResult, float]]:
+    """The trial's valid chunks, read as the controller reads them, each with when it ended (its file's mtime)."""
+    expected = _trial_params(trial)
+    if expected is None:
         return []
-    chunks = []
-    for entry in listing:
-        if not (entry.name.startswith("chunk_") and entry.name.endswith(".json")):
-            continue
-        try:
-            with open(entry.path) as handle:
-                chunks.append((ChunkResult.from_json(json.load(handle)), entry.stat().st_mtime))
-        except (OSError, ValueError, TypeError, KeyError):
-            continue  # removed or stale: the controller recomputes it
-    return chunks
+    files = _ChunkFiles()
+    _read_new_chunks(trial, expected, files)
+    return [(chunk, files.file_times[index] / 1e9) for index, chunk in files.chunks.items()]
 
 
 def _running_trial(
-    run: RunPaths, settings: _RunSettings, trial: Any, chunk_files: list[tuple[ChunkResult, float]], now: float
+    run: RunPaths, settings: _RunSettings, trial: Any, done: list[tuple[ChunkResult, float]], now: float
 ) -> RunningTrial:
-    expected = _read_json(run.trial(trial.number).params) or {}
-    plan = SeedPlan.from_json(expected["seeds"]) if "seeds" in expected else settings.seeds
-    params = expected.get("params", dict(trial.params))
-    done = [
-        (c, mtime)
-        for c, mtime in chunk_files
-        if c.params == params
-        and 0 <= c.chunk_index < plan.n_chunks
-        and c.seeds == _describe_seeds(plan.chunk(c.chunk_index))
-    ]
+    expected = _trial_params(run.trial(trial.number))
+    plan = expected.plan if expected else settings.seeds
+    params = expected.params if expected else dict(trial.params)
     seeds = sum(c.stats.loss.count for c, _ in done)
     first_start = min((mtime - c.elapsed_seconds for c, mtime in done), default=None)
     last_end = max((mtime for _, mtime in done), default=now)
@@ -4785,7 +4836,7 @@ def _with_slurm_jobs(
     """The running trials with their jobs' states from jobs.json and one squeue call for all of them."""
     jobs = {r.number: _recorded_jobs(run.trial(r.number)) for r in running}
     job_ids = [j.job_id for listed in jobs.values() for j in listed]
-    queue: dict[str, list[tuple[str, str, int]]] | None = {}
+    queue: dict[str, list[_QueueLine]] | None = {}
     note = None
     if job_ids:
         try:
@@ -4803,53 +4854,27 @@ def _recorded_jobs(trial: TrialPaths) -> list[JobRef]:
         return []
 
 
-def _job_status(job: JobRef, queue: Mapping[str, list[tuple[str, str, int]]] | None) -> JobStatus:
+def _job_status(job: JobRef, queue: Mapping[str, list[_QueueLine]] | None) -> JobStatus:
     chunks = _format_ranges(job.chunks) if job.kind != "reduce" else ""
     if queue is None:
         return JobStatus(job.job_id, job.kind, chunks, None, [])
     tasks: dict[str, int] = {}
     reasons: list[str] = []
-    for state, reason, count in queue.get(job.job_id, []):
-        tasks[state] = tasks.get(state, 0) + count
-        if state == "PENDING" and reason and reason not in reasons:
-            reasons.append(reason)
+    for line in queue.get(job.job_id, []):
+        tasks[line.state] = tasks.get(line.state, 0) + line.tasks
+        if line.state == "PENDING" and line.reason and line.reason not in reasons:
+            reasons.append(line.reason)
     return JobStatus(job.job_id, job.kind, chunks, tasks, reasons)
 
 
-def _ask_squeue(job_ids: Sequence[str]) -> dict[str, list[tuple[str, str, int]]]:
-    """One ``squeue`` call for these jobs: job id -> (state, pending reason, number of tasks) rows."""
+def _ask_squeue(job_ids: Sequence[str]) -> dict[str, list[_QueueLine]]:
+    """One ``squeue`` call for these jobs, with their pending reasons."""
     process = _run_slurm(["squeue", "-h", "-t", "all", "-j", ",".join(job_ids), "-o", "%i|%T|%r"], timeout=30)
     if process.returncode != 0:
-        if "Invalid job id" in process.stderr:
+        if _INVALID_JOB_ID in process.stderr:
             return {}  # a single job id that Slurm has already forgotten
         raise _command_error(process)
-    return _parse_squeue_reasons(process.stdout)
-
-
-def _parse_squeue_reasons(stdout: str) -> dict[str, list[tuple[str, str, int]]]:
-    """``%i|%T|%r`` lines (``12|PENDING|Dependency``, ``12_[4-9%4]|PENDING|JobArrayTaskLimit``) -> rows per job."""
-    rows: dict[str, list[tuple[str, str, int]]] = {}
-    for line in stdout.splitlines():
-        fields = line.strip().split("|")
-        if len(fields) < 3:
-            continue
-        job, _, tasks = fields[0].partition("_")
-        rows.setdefault(job, []).append((fields[1].strip(), fields[2].strip(), _count_array_tasks(tasks)))
-    return rows
-
-
-def _count_array_tasks(tasks: str) -> int:
-    """``""`` or ``"3"`` -> 1; ``"[4-9,12%4]"`` -> 7 (squeue collapses pending array tasks)."""
-    spec = tasks.strip("[]").split("%")[0]
-    if not spec:
-        return 1
-    count = 0
-    for part in spec.split(","):
-        bounds, _, step = part.partition(":")
-        low, _, high = bounds.partition("-")
-        with contextlib.suppress(ValueError):
-            count += len(range(int(low), int(high or low) + 1, int(step or 1)))
-    return max(count, 1)
+    return _parse_squeue(process.stdout)
 
 
 def _best_trial(complete: list[Any], direction: str) -> Any:
@@ -4857,16 +4882,6 @@ def _best_trial(complete: list[Any], direction: str) -> Any:
     if not valued:
         return None
     return min(valued, key=lambda t: t.value) if direction == "minimize" else max(valued, key=lambda t: t.value)
-
-
-def _standard_error(trial: TrialPaths, frozen: Any) -> float | None:
-    """std / sqrt(n_seeds) from the trial's summary.json, else from what the controller told Optuna."""
-    summary = _read_json(trial.summary) or {}
-    std = summary.get("std", frozen.user_attrs.get("std"))
-    n_seeds = summary.get("n_seeds", frozen.user_attrs.get("n_seeds"))
-    if not isinstance(std, numbers.Real) or not isinstance(n_seeds, numbers.Integral) or n_seeds < 1:
-        return None
-    return std / math.sqrt(n_seeds)
 
 
 def _failed_trial(frozen: Any) -> FailedTrial:
@@ -5105,7 +5120,7 @@ def read_report(path: Path, now: float | None = None) -> RunReport:
     status = read_run_status(run, now, ask_queue=None)
     settings = _read_run_settings(run)
     study_trials = _read_study_trials(run, status.run_name)
-    chunks = [c for t in study_trials for c in _chunk_files(run.trial(t.number))]
+    chunks = [c for t in study_trials for c in _ended_chunks(run.trial(t.number))]
     return RunReport(
         status=status,
         direction=settings.direction,
@@ -5119,15 +5134,16 @@ def read_report(path: Path, now: float | None = None) -> RunReport:
 
 def _trial_row(trial: TrialPaths, frozen: Any) -> TrialRow:
     state = frozen.state.name
+    summary = _read_json(trial.summary) if state == "COMPLETE" else None
     n_seeds = frozen.user_attrs.get("n_seeds")
-    if n_seeds is None and state == "COMPLETE":
-        n_seeds = (_read_json(trial.summary) or {}).get("n_seeds")
+    if n_seeds is None and isinstance(summary, dict):
+        n_seeds = summary.get("n_seeds")
     ended = frozen.datetime_complete
     return TrialRow(
         number=frozen.number,
         state=state,
         value=frozen.value if state == "COMPLETE" else None,
-        standard_error=_standard_error(trial, frozen) if state == "COMPLETE" else None,
+        standard_error=_standard_error_of(summary, frozen.user_attrs) if state == "COMPLETE" else None,
         params=dict(frozen.params) or (_read_json(trial.params) or {}).get("params", {}),
         n_seeds=n_seeds,
         seconds=(ended - frozen.datetime_start).total_seconds() if ended and frozen.datetime_start else None,
@@ -5516,6 +5532,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             with contextlib.suppress(OSError):  # the log may be on the same full disk
                 print(f"slurptuna worker: cannot write {exc.filename}: {exc.strerror}", file=sys.stderr)
             return 1
+    if argv[:1] in (["status"], ["report"]):
+        logger.setLevel(logging.ERROR)  # stale chunk files are the controller's to warn of; readers skip them
     if argv[:1] == ["status"]:
         return _status_main(argv[1:])
     if argv[:1] == ["report"]:

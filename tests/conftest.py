@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import subprocess
 import sys
 import time
 from collections import Counter
@@ -21,6 +22,65 @@ sys.path.insert(0, str(TESTS))
 def script_env(**extra: str) -> dict[str, str]:
     """The environment of a controller script run as a subprocess: it finds slurptuna and tests/losses.py."""
     return {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(TESTS)]), **extra}
+
+
+def run_script(
+    script: Path | None,
+    *args: str | Path,
+    cwd: Path | None = None,
+    stdin: str | None = None,
+    timeout: float = 180,
+    **env: str,
+) -> subprocess.CompletedProcess[str]:
+    """Run a script to its end as a user would (``None``: ``python ARGS``); its output captured, never raises."""
+    return subprocess.run(
+        [sys.executable, *([str(script)] if script else []), *map(str, args)],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=script_env(**env),
+        timeout=timeout,
+        cwd=cwd or (script.parent if script else None),
+        check=False,
+    )
+
+
+def start_controller(
+    tmp_path: Path, script: str, *args: str | Path, start_new_session: bool = False, **env: str
+) -> subprocess.Popen[str]:
+    """Write ``script`` to tmp_path/controller.py and start it with ``args``; stdout and stderr piped."""
+    path = tmp_path / "controller.py"
+    path.write_text(script)
+    return subprocess.Popen(
+        [sys.executable, str(path), *map(str, args)],
+        env=script_env(**env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=start_new_session,  # its own process group, as a terminal's foreground job
+    )
+
+
+def slurptuna_command(*args: str | Path, python: list[str] | None = None, timeout: float = 120):
+    """``python -m slurptuna ARGS`` (status, report ...) from another process, as a user types it."""
+    return subprocess.run(
+        [*(python or [sys.executable, "-m", "slurptuna"]), *map(str, args)],
+        env=script_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def assert_one_error_line(done: subprocess.CompletedProcess[str], command: str, *words: str) -> None:
+    """A user's mistake on the command line: exit code 2, one line ``slurptuna COMMAND: ...`` naming ``words``."""
+    assert done.returncode == 2, done.stderr
+    assert done.stdout == ""
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"slurptuna {command}: "), done.stderr
+    for word in words:
+        assert word in lines[0]
 
 
 def wait_for(condition, timeout: float = 60.0):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import losses
 import pytest
-from conftest import REPO, read_json, script_env, wait_for
+from conftest import REPO, read_json, start_controller, wait_for
 
 from slurptuna import RunPaths, SlurmError, _task_of_spec, optimize_run
 
@@ -286,14 +286,8 @@ CONTROLLER = textwrap.dedent("""
 
 
 def _start_controller(tmp_path: Path, runs_dir: str = "runs", **env: str) -> tuple[subprocess.Popen, Path]:
-    script = tmp_path / "controller.py"
-    script.write_text(CONTROLLER)
-    env = script_env(**{"SLURPTUNA_TEST_SLEEP": "0.05", **env})
     runs = tmp_path / runs_dir
-    process = subprocess.Popen(
-        [sys.executable, str(script), str(runs)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    return process, runs
+    return start_controller(tmp_path, CONTROLLER, runs, **{"SLURPTUNA_TEST_SLEEP": "0.05", **env}), runs
 
 
 def test_ctrl_c_cancels_every_job_of_the_run_in_one_scancel(fake_slurm, tmp_path):

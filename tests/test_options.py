@@ -29,7 +29,8 @@ def test_every_option_has_help_a_known_kind_and_a_default_that_passes_its_own_ch
     assert len(options) >= 33 and "resume_with_changed_loss" in options
     for name, option in options.items():
         assert option.help and option.kind in slurptuna._KINDS, name
-        slurptuna._KINDS[option.kind](name, option.default)  # raises if a default is invalid
+        assert option.name == name
+        option.check(option.default)  # raises if a default is invalid
 
 
 def test_optimize_entries_takes_the_same_options_and_names_an_unknown_one(run_root):

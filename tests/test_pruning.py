@@ -19,7 +19,7 @@ from pathlib import Path
 import losses
 import optuna
 import pytest
-from conftest import chunk_records, read_json, script_env, wait_for
+from conftest import chunk_records, read_json, run_script, script_env, start_controller, wait_for
 from real_slurm import require_real_slurm
 
 from slurptuna import RunPaths, _report_form, optimize_run
@@ -261,20 +261,16 @@ def reported_steps(db: Path, number: int) -> dict[int, float]:
 def test_a_resumed_trial_keeps_its_reports_repeats_none_and_can_still_be_pruned(request, tmp_path, mode):
     if mode == "distributed":
         request.getfixturevalue("fake_slurm")
-    script = tmp_path / "controller.py"
-    script.write_text(CONTROLLER)
     runs = tmp_path / "runs"
     db = runs / "resumed" / "optuna.db"
-    env = script_env(SLURPTUNA_TEST_SLEEP="0.01")  # 100 ms a chunk: pruning needs 6 paired chunks
-    process = subprocess.Popen([sys.executable, str(script), str(runs), mode], env=env, text=True)
+    sleep = "0.01"  # 100 ms a chunk: pruning needs 6 paired chunks
+    process = start_controller(tmp_path, CONTROLLER, runs, mode, SLURPTUNA_TEST_SLEEP=sleep)
     wait_for(lambda: len(reported_steps(db, 1)) >= 2, timeout=120)
     process.send_signal(signal.SIGKILL)
     process.wait()
     before = reported_steps(db, 1)
     assert 2 <= len(before) < 6  # killed mid-trial, before the pruner could decide
-    resumed = subprocess.run(
-        [sys.executable, str(script), str(runs), mode], env=env, capture_output=True, text=True, timeout=180
-    )
+    resumed = run_script(tmp_path / "controller.py", runs, mode, SLURPTUNA_TEST_SLEEP=sleep)
     assert resumed.returncode == 0, resumed.stderr
     assert "STATES ['COMPLETE', 'PRUNED']" in resumed.stdout
     after = reported_steps(db, 1)

@@ -19,7 +19,7 @@ from pathlib import Path
 import browser
 import losses
 import pytest
-from conftest import REPO, read_json, script_env, wait_for
+from conftest import REPO, assert_one_error_line, read_json, script_env, slurptuna_command, wait_for
 
 import slurptuna
 from slurptuna import RunPaths, optimize_entries, optimize_run
@@ -43,23 +43,7 @@ N_FIGURES = 5 if _importances_computable() else 4
 def report(
     *args: str | Path, python: list[str] | None = None, timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*(python or [sys.executable, "-m", "slurptuna"]), "report", *map(str, args)],
-        env=script_env(),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-
-
-def assert_one_error_line(done: subprocess.CompletedProcess[str], *words: str) -> None:
-    assert done.returncode == 2, done.stderr
-    assert done.stdout == ""
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("slurptuna report: "), done.stderr
-    for word in words:
-        assert word in lines[0]
+    return slurptuna_command("report", *args, python=python, timeout=timeout)
 
 
 class _Tables(HTMLParser):
@@ -229,15 +213,15 @@ def test_a_report_of_a_live_run_leaves_it_running_and_shows_its_running_trial(tm
 
 
 def test_a_directory_that_is_not_a_run_is_one_line_and_exit_2(tmp_path):
-    assert_one_error_line(report(tmp_path), "is not a slurptuna run")
-    assert_one_error_line(report(tmp_path / "missing"), "is not a directory")
+    assert_one_error_line(report(tmp_path), "report", "is not a slurptuna run")
+    assert_one_error_line(report(tmp_path / "missing"), "report", "is not a directory")
 
 
 def test_a_run_in_an_unknown_file_format_is_one_line_and_exit_2(tmp_path):
     run = tmp_path / "old_v0001"
     run.mkdir()
     (run / "meta.json").write_text(json.dumps({"slurptuna_version": "9.9", "format": "other"}))
-    assert_one_error_line(report(run), "cannot read", "9.9")
+    assert_one_error_line(report(run), "report", "cannot read", "9.9")
 
 
 def test_a_locked_database_is_one_line_and_exit_2(mixed_run, tmp_path):
@@ -247,7 +231,7 @@ def test_a_locked_database_is_one_line_and_exit_2(mixed_run, tmp_path):
     try:
         holder.execute("PRAGMA locking_mode = EXCLUSIVE")
         holder.execute("BEGIN EXCLUSIVE")
-        assert_one_error_line(report(copy), "locked")
+        assert_one_error_line(report(copy), "report", "locked")
     finally:
         holder.close()
 
@@ -256,7 +240,7 @@ def test_an_entries_directory_names_its_runs_to_report_on(run_root):
     result = optimize_entries(
         losses.context_loss, entry_ids=["p1", "p2"], n_trials=1, n_seeds=4, chunk_size=2, run_root=run_root
     )
-    assert_one_error_line(report(result.run_dir), "one run per entry", "p1")
+    assert_one_error_line(report(result.run_dir), "report", "one run per entry", "p1")
 
 
 def test_without_plotly_the_error_names_the_extra_and_slurptuna_still_imports(mixed_run):
@@ -265,7 +249,7 @@ def test_without_plotly_the_error_names_the_extra_and_slurptuna_still_imports(mi
         "-c",
         "import sys; sys.modules['plotly'] = None; import slurptuna; sys.exit(slurptuna.main())",
     ]
-    assert_one_error_line(report(mixed_run, python=no_plotly), "pip install 'slurptuna[report]'", "plotly")
+    assert_one_error_line(report(mixed_run, python=no_plotly), "report", "pip install 'slurptuna[report]'", "plotly")
     imports = "import sys, pathlib, slurptuna; slurptuna.main(['status', sys.argv[1]]); print('plotly' in sys.modules)"
     done = subprocess.run(
         [sys.executable, "-c", imports, str(mixed_run)], env=script_env(), capture_output=True, text=True, check=True

@@ -16,7 +16,16 @@ from pathlib import Path
 
 import losses
 import pytest
-from conftest import REPO, chunk_records, read_json, rewrite_chunk_record, script_env, wait_for
+from conftest import (
+    REPO,
+    chunk_records,
+    read_json,
+    rewrite_chunk_record,
+    run_script,
+    script_env,
+    start_controller,
+    wait_for,
+)
 
 import slurptuna
 from slurptuna import RunPaths, TrialParams, missing_chunks, optimize_entries, optimize_run
@@ -293,23 +302,11 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-def _run_script(path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, str(path), *args],
-        capture_output=True,
-        text=True,
-        env=script_env(**env),
-        timeout=120,
-        cwd=path.parent,
-        check=False,
-    )
-
-
 def test_a_loss_defined_in_the_launched_script_with_an_argv_derived_name_runs_in_workers(tmp_path):
     script = tmp_path / "fit.py"
     script.write_text(SCRIPT)
     for task, target in (("hard", 0.8), ("easy", 0.3)):
-        done = _run_script(script, task, "2", str(tmp_path / "runs"))
+        done = run_script(script, task, "2", str(tmp_path / "runs"))
         assert done.returncode == 0, done.stderr
         name, best, x = done.stdout.split("RESULT")[1].split()
         assert name == f"script_model_{task}_v0001"
@@ -356,7 +353,7 @@ def test_a_loss_registered_only_under_main_gives_an_error_that_says_so(tmp_path)
             optimize_run(model, n_trials=3, n_seeds=2, chunk_size=2, run_root=sys.argv[1])
     """)
     )
-    done = _run_script(script, str(tmp_path / "runs"))
+    done = run_script(script, str(tmp_path / "runs"))
     assert done.returncode != 0
     assert "'hidden_model' is not registered" in done.stderr
     assert 'if __name__ == "__main__":' in done.stderr and "module level" in done.stderr
@@ -376,17 +373,9 @@ CONTROLLER = textwrap.dedent("""
 
 @pytest.mark.parametrize("kill_signal", [signal.SIGKILL, signal.SIGINT])
 def test_a_killed_or_interrupted_controller_resumes_reusing_finished_chunks(tmp_path, seed_counter, kill_signal):
-    script = tmp_path / "controller.py"
-    script.write_text(CONTROLLER)
     runs = tmp_path / "runs"
     trial1 = RunPaths(runs / "crash").trial(1)
-    process = subprocess.Popen(
-        [sys.executable, str(script), str(runs)],
-        env=script_env(SLURPTUNA_TEST_SLEEP="0.03"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = start_controller(tmp_path, CONTROLLER, runs, SLURPTUNA_TEST_SLEEP="0.03")
     wait_for(lambda: len(chunk_records(trial1)) >= 2)
     process.send_signal(kill_signal)
     _, stderr = process.communicate(timeout=60)
@@ -399,14 +388,7 @@ def test_a_killed_or_interrupted_controller_resumes_reusing_finished_chunks(tmp_
     x1 = read_json(trial1.params)["params"]["x"]
     before = seed_counter.evaluations()
 
-    resumed = subprocess.run(
-        [sys.executable, str(script), str(runs)],
-        env=script_env(SLURPTUNA_TEST_SLEEP="0.0"),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    resumed = run_script(tmp_path / "controller.py", runs, SLURPTUNA_TEST_SLEEP="0.0", timeout=120)
     assert resumed.returncode == 0, resumed.stderr
     values = json.loads(resumed.stdout.split("VALUES")[1])
     assert len(values) == 3 and None not in values

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import losses
 import pytest
-from conftest import chunk_records, read_json, script_env, wait_for
+from conftest import chunk_records, read_json, run_script, script_env, wait_for
 
 from slurptuna import RunPaths, optimize_run
 
@@ -60,19 +60,6 @@ def test_a_loss_may_start_processes_of_its_own_with_several_workers(run_root, mo
     assert trial.value == pytest.approx(trial.params["x"] + 2.5)
 
 
-def _run_script(path: Path, *args: str, cwd: Path | None = None, stdin: str | None = None, **env: str):
-    return subprocess.run(
-        [sys.executable, *([str(path)] if path else []), *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        env=script_env(**env),
-        timeout=180,
-        cwd=cwd or (path.parent if path else None),
-        check=False,
-    )
-
-
 def test_optimize_run_at_module_level_stops_once_with_the_fix_and_one_run_directory(tmp_path):
     script = tmp_path / "no_guard.py"
     script.write_text(
@@ -88,7 +75,7 @@ def test_optimize_run_at_module_level_stops_once_with_the_fix_and_one_run_direct
         """)
     )
     runs = tmp_path / "runs"
-    done = _run_script(script, str(runs))
+    done = run_script(script, str(runs))
     assert done.returncode != 0
     assert "optimize_run was called while a slurptuna worker imported" in done.stderr
     assert 'if __name__ == "__main__":' in done.stderr
@@ -122,7 +109,7 @@ def test_a_loss_in_a_package_launched_with_python_m_keeps_its_relative_imports(t
     (package / "__init__.py").write_text("")
     (package / "helpers.py").write_text("OFFSET = 100.0\n")
     (package / "fit.py").write_text(PACKAGE_MODULE)
-    done = _run_script(None, "-m", "mypkg.fit", str(tmp_path / "runs"), mode, cwd=tmp_path, **env)
+    done = run_script(None, "-m", "mypkg.fit", str(tmp_path / "runs"), mode, cwd=tmp_path, **env)
     assert done.returncode == 0, done.stderr
     states, offset = done.stdout.split("RESULT")[1].rsplit(" ", 1)
     assert states.strip() == "['COMPLETE', 'COMPLETE']"
@@ -143,13 +130,13 @@ print("RESULT", [round(t.value - 2 * t.params["x"], 9) for t in result.study.tri
 
 
 def test_a_loss_typed_into_python_dash_runs_in_single_mode(tmp_path):
-    done = _run_script(None, "-", str(tmp_path / "runs"), "single", cwd=tmp_path, stdin=INTERACTIVE)
+    done = run_script(None, "-", str(tmp_path / "runs"), "single", cwd=tmp_path, stdin=INTERACTIVE)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split("RESULT")[1].strip() == "[1.0, 1.0]"
 
 
 def test_a_loss_typed_into_python_dash_is_refused_by_distributed_mode_saying_why(tmp_path):
-    done = _run_script(None, "-", str(tmp_path / "runs"), "distributed", cwd=tmp_path, stdin=INTERACTIVE)
+    done = run_script(None, "-", str(tmp_path / "runs"), "distributed", cwd=tmp_path, stdin=INTERACTIVE)
     assert done.returncode != 0
     assert "defined interactively" in done.stderr and "single mode runs it" in done.stderr
 
@@ -174,7 +161,7 @@ def test_the_pool_works_with_the_spawn_start_method_and_gives_the_fork_values(tm
     script.write_text(SPAWNED)
     values = {}
     for method in ("spawn", "fork"):
-        done = _run_script(script, str(tmp_path / method), method)
+        done = run_script(script, str(tmp_path / method), method)
         assert done.returncode == 0, done.stderr
         values[method] = done.stdout.split("RESULT")[1].strip()
     assert values["spawn"] == values["fork"] and "None" not in values["spawn"]
