@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import copy
 import functools
 import importlib
 import importlib.util
@@ -372,6 +373,10 @@ def optimize_run(
     prune_report: Annotated[
         str, _Opt("what the pruner is told: `'chunk'` means, `'running_mean'`, or `'auto'` (by pruner)", "report")
     ] = "auto",
+    callbacks: Annotated[
+        Sequence[Callable[..., Any]] | None,
+        _Opt("`callback(study, frozen_trial)` after each finished trial, as `study.optimize` calls them", "callbacks"),
+    ] = None,
     slurm_partition: Annotated[str | None, _Opt("`--partition`", "text?")] = None,
     slurm_account: Annotated[str | None, _Opt("`--account`", "text?")] = None,
     sbatch_args: Annotated[Sequence[str], _Opt("extra sbatch options, e.g. `['--constraint=avx2']`", "texts")] = (),
@@ -589,8 +594,17 @@ def _as_is(name: str, value: Any) -> Any:
     return value
 
 
-# What each kind of option accepts; "seeds", "loss" and "object" are not kept in meta.json
-# (they are resolved into the seed plan and the loss's location, or are Optuna objects).
+def _callables(name: str, value: Any) -> list[Callable[..., Any]]:
+    if value is None:
+        return []
+    if callable(value) or not isinstance(value, Iterable) or not all(callable(c) for c in value):
+        raise ConfigError(f"{name} must be a list of callables `callback(study, frozen_trial)`, got {value!r}")
+    return list(value)
+
+
+# What each kind of option accepts; "seeds", "loss", "object" and "callbacks" are not kept in
+# meta.json (they are resolved into the seed plan and the loss's location, or are Python objects
+# handed to the controller: not part of the run's record, nor of its resume identity).
 _KINDS: dict[str, Callable[[str, Any], Any]] = {
     "count": _at_least(1),
     "count?": _optional(_at_least(1)),
@@ -610,10 +624,12 @@ _KINDS: dict[str, Callable[[str, Any], Any]] = {
     "duration": _duration,
     "flag": lambda name, value: bool(value),
     "object": _as_is,
+    "callbacks": _callables,
     "report": _choice("auto", "chunk", "running_mean"),
     "executable?": _optional(_executable),
 }
-_NOT_RECORDED = frozenset({"seeds", "loss", "object"})
+_NOT_RECORDED = frozenset({"seeds", "loss", "object", "callbacks"})
+_HANDED_TO_CONTROLLER = frozenset({"object", "callbacks"})  # passed to _run_study as they are
 
 
 @dataclass(frozen=True)
@@ -735,7 +751,7 @@ def _resolve_settings(loss: LossDefinition | str, given: Mapping[str, Any]) -> t
         code_id=_code_id(definition),
         **{name: values[name] for name, o in options.items() if o.recorded},
     )
-    return settings, {name: values[name] for name, o in options.items() if o.kind == "object"}
+    return settings, {name: values[name] for name, o in options.items() if o.kind in _HANDED_TO_CONTROLLER}
 
 
 def _code_id(definition: LossDefinition) -> str:
@@ -3577,10 +3593,12 @@ class _Controller:
         executor: Executor,
         stop: _StopSignal,
         clock: Callable[[], float] = time.monotonic,
+        callbacks: Sequence[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] = (),
     ) -> None:
         import optuna
 
         self._optuna = optuna
+        self._callbacks = list(callbacks)
         self._settings = settings
         self._run = run
         self._study = study
@@ -3606,6 +3624,10 @@ class _Controller:
     def run(self) -> None:
         """The thin loop: start trials, poll once, advance each trial, wait. Any error cancels the run's jobs."""
         backoff = _Backoff(self._executor.first_poll_seconds, self._executor.max_poll_seconds)
+        # As inside study.optimize: a callback may call study.stop(), which Optuna allows only
+        # in its optimize loop (a flag of this thread) and which sets study._stop_flag
+        self._study._thread_local.in_optimize_loop = True
+        self._study._stop_flag = False
         try:
             self._adopt_interrupted_trials()
             while True:
@@ -3629,13 +3651,15 @@ class _Controller:
                 raise _Interrupted(f"{exc}; cancelled {cancelled} job(s)") from None
             raise
         finally:
+            self._study._thread_local.in_optimize_loop = False
             self._progress.close()
 
     # ---- starting and adopting trials
 
     def _free_slot(self) -> bool:
         return (
-            self.tally.n_finished + len(self._active) < self._settings.n_trials
+            not self._study._stop_flag  # study.stop() from a callback: trials in flight finish, no new one
+            and self.tally.n_finished + len(self._active) < self._settings.n_trials
             and len(self._active) < self._settings.max_concurrent_trials
             and self._executor.has_room()  # under a submit limit: no new trial
         )
@@ -3778,12 +3802,24 @@ class _Controller:
     # ---- telling Optuna: the one way a trial ends
 
     def _finish(self, active: _ActiveTrial, state: Any, value: float | None = None) -> optuna.trial.FrozenTrial:
-        """Tell Optuna, let the executor forget the trial, count it, rewrite the run's summary.json."""
+        """Tell Optuna, let the executor forget the trial, count it, rewrite the run's summary.json,
+        then call the user's callbacks as ``study.optimize`` does (each gets its own copy)."""
         frozen = self._study.tell(active.trial, value, state=state)
         self._active.remove(active)
         self._executor.finished(active.paths)
         self.tally.count(frozen, self._settings)
         _write_json_atomic(self._run.summary, self.tally.summary(self._settings))
+        for callback in self._callbacks:
+            try:
+                callback(self._study, copy.deepcopy(frozen))
+            except Exception:  # re-raised as Optuna does; run() cancels the run's jobs on the way out
+                logger.error(
+                    "callback %s raised after trial %d: cancelling the run's jobs. Resume with run_name=%r",
+                    getattr(callback, "__qualname__", callback),
+                    frozen.number,
+                    self._settings.run_name,
+                )
+                raise
         return frozen
 
     def _complete(self, active: _ActiveTrial, summary: TrialSummary) -> None:
@@ -3933,6 +3969,7 @@ def _run_study(
     storage: Any,
     pruner: Any,
     stop: _StopSignal,
+    callbacks: Sequence[Callable[..., Any]] = (),
     cores: int | None = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> OptimizeResult:
@@ -3955,7 +3992,7 @@ def _run_study(
         if sampler is None:
             study.sampler = _default_sampler(optuna, settings, len(study.get_trials(deepcopy=False)))
         executor = _EXECUTORS[execution_mode(settings.mode)](settings, run, stop.event, cores, clock=clock)
-        controller = _Controller(settings, run, study, executor, stop, clock)
+        controller = _Controller(settings, run, study, executor, stop, clock, callbacks)
         try:
             controller.run()
         except _Interrupted as exc:

@@ -1,0 +1,210 @@
+"""Optuna habits: callbacks after every finished trial, enqueued starting points, several objectives.
+
+Each feature runs in single mode (real worker processes) and on fake_slurm/; one test each runs on
+the real local Slurm (skipped, saying why, when none answers).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import uuid
+import warnings
+from pathlib import Path
+
+import losses
+import optuna
+import pytest
+from conftest import read_json, wait_for
+from real_slurm import require_real_slurm
+
+from slurptuna import RunPaths, optimize_run
+
+COMPLETE = optuna.trial.TrialState.COMPLETE
+
+
+class Points(optuna.samplers.BaseSampler):
+    """Proposes the given x values in turn: trial n gets ``xs[n % len(xs)]``."""
+
+    def __init__(self, xs: list[float]) -> None:
+        self.xs = xs
+
+    def infer_relative_search_space(self, study, trial):
+        return {}
+
+    def sample_relative(self, study, trial, search_space):
+        return {}
+
+    def sample_independent(self, study, trial, name, distribution):
+        return self.xs[trial.number % len(self.xs)]
+
+
+class Recorder:
+    """A user's callback: keeps what it was called with."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[optuna.Study, optuna.trial.FrozenTrial]] = []
+
+    def __call__(self, study, trial) -> None:
+        self.calls.append((study, trial))
+
+    @property
+    def states(self) -> list[str]:
+        return [t.state.name for _, t in self.calls]
+
+
+def wilcoxon() -> optuna.pruners.BasePruner:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.pruners.WilcoxonPruner()
+
+
+def distributed(definition, run_root: Path, **options):
+    return optimize_run(definition, mode="distributed", slurm_poll_seconds=0.2, run_root=run_root, **options)
+
+
+@pytest.fixture
+def real_slurm_run():
+    """The real Slurm, a unique run name, and afterwards no job of it left in the queue."""
+    require_real_slurm()
+    name = f"habits_{uuid.uuid4().hex[:8]}"
+    yield name
+    queued = subprocess.run(["squeue", "-h", "-o", "%i|%j"], capture_output=True, text=True, check=False)
+    ids = {line.split("|")[0].split("_")[0] for line in queued.stdout.splitlines() if f"|{name}." in line}
+    if ids:
+        subprocess.run(["scancel", *ids], check=False)
+
+
+def jobs_of_run_in_queue(run_name: str) -> list[str]:
+    queued = subprocess.run(["squeue", "-h", "-o", "%i|%j"], capture_output=True, text=True, check=True)
+    return [line for line in queued.stdout.splitlines() if f"|{run_name}." in line]
+
+
+# ---------------------------------------------------------------- callbacks
+
+
+def test_callbacks_see_every_finished_trial_complete_pruned_or_failed_with_slurptunas_attributes(run_root):
+    first, second = Recorder(), Recorder()
+    result = optimize_run(
+        losses.cliff_fails_above_0_95,
+        n_trials=3,
+        n_seeds=400,
+        chunk_size=20,
+        sampler=Points([0.0, 0.9, 0.99]),
+        pruner=wilcoxon(),
+        callbacks=[first, second],
+        run_root=run_root,
+        progress=False,
+    )
+    assert first.states == second.states == ["COMPLETE", "PRUNED", "FAIL"]
+    assert all(study is result.study for study, _ in first.calls)
+    complete, pruned, failed = (trial for _, trial in first.calls)
+    assert complete.value == result.study.trials[0].value
+    assert complete.user_attrs["n_seeds"] == 400
+    assert complete.user_attrs["standard_error"] == pytest.approx(complete.user_attrs["std"] / 20, rel=1e-12)
+    assert 0 < pruned.user_attrs["n_seeds"] < 400 and "running_mean" in pruned.user_attrs
+    assert "model diverged at x=0.99" in failed.user_attrs["fail_reason"]
+    assert first.calls[0][1] is not second.calls[0][1]  # each callback gets its own copy, as in Optuna
+
+
+def test_max_trials_callback_stops_the_run_trials_in_flight_finish_and_a_rerun_finishes_it(run_root):
+    stop_at_3 = optuna.study.MaxTrialsCallback(3, states=(COMPLETE,))
+    options = {"n_seeds": 8, "chunk_size": 2, "max_concurrent_trials": 2, "run_root": run_root, "progress": False}
+    stopped = optimize_run(losses.quadratic, n_trials=10, callbacks=[stop_at_3], **options)
+    states = [t.state.name for t in stopped.study.trials]
+    assert states in (["COMPLETE"] * 3, ["COMPLETE"] * 4)  # the trial in flight at the stop finishes
+    assert stopped.n_complete == len(states)
+    meta = read_json(RunPaths(Path(stopped.run_dir)).meta)
+    assert "callbacks" not in meta  # not recorded: neither in meta.json nor in the resume identity
+    finished = optimize_run(losses.quadratic, n_trials=10, run_name=stopped.run_name, **options)
+    assert [t.state.name for t in finished.study.trials] == ["COMPLETE"] * 10
+
+
+class CallbackFailed(Exception):
+    pass
+
+
+def raise_after_first_trial(study, trial):
+    raise CallbackFailed(f"the chat server is down (trial {trial.number})")
+
+
+def test_an_exception_in_a_callback_stops_the_run_is_raised_as_it_is_and_the_run_resumes(run_root, monkeypatch):
+    monkeypatch.setenv("SLURPTUNA_TEST_SLEEP", "0.01")
+    options = {"n_seeds": 20, "chunk_size": 2, "max_concurrent_trials": 2, "run_root": run_root, "progress": False}
+    with pytest.raises(CallbackFailed, match="chat server is down"):
+        optimize_run(
+            losses.slow_quadratic,
+            n_trials=4,
+            run_name="cb",
+            sampler=Points([0.1, 0.9]),
+            callbacks=[raise_after_first_trial],
+            **options,
+        )
+    run = RunPaths(run_root / "cb")
+    summary = read_json(run.summary)
+    assert summary["n_complete"] == 1  # the trial whose callback raised is in the study
+    resumed = optimize_run(losses.slow_quadratic, n_trials=4, run_name="cb", sampler=Points([0.1, 0.9]), **options)
+    assert [t.state.name for t in resumed.study.trials] == ["COMPLETE"] * 4
+    assert [t.params["x"] for t in resumed.study.trials[:2]] == [0.1, 0.9]
+
+
+def test_on_fake_slurm_callbacks_are_called_and_study_stop_leaves_no_job(fake_slurm, run_root):
+    recorder = Recorder()
+    result = distributed(
+        losses.quadratic,
+        run_root,
+        n_trials=10,
+        n_seeds=6,
+        chunk_size=2,
+        max_concurrent_trials=2,
+        callbacks=[recorder, optuna.study.MaxTrialsCallback(2, states=(COMPLETE,))],
+    )
+    assert recorder.states == [t.state.name for t in result.study.trials] and len(recorder.states) in (2, 3)
+    assert all(t.user_attrs["n_seeds"] == 6 for _, t in recorder.calls)
+    shown = subprocess.run(["squeue", "-h"], capture_output=True, text=True, check=True)
+    assert shown.stdout.strip() == ""
+
+
+def test_on_fake_slurm_a_callback_exception_cancels_the_trials_in_flight_in_one_scancel(
+    fake_slurm, run_root, monkeypatch
+):
+    monkeypatch.setenv("SLURPTUNA_TEST_SLEEP", "0.2")
+    with pytest.raises(CallbackFailed):
+        distributed(
+            losses.slow_quadratic,
+            run_root,
+            n_trials=3,
+            n_seeds=4,
+            chunk_size=2,
+            max_concurrent_trials=2,
+            sampler=Points([0.1, 0.5, 0.9]),
+            callbacks=[raise_after_first_trial],
+            run_name="cb",
+        )
+    (cancelled,) = fake_slurm.calls("scancel")
+    run = RunPaths(run_root / "cb")
+    running = [j["job_id"] for n in (1,) for j in read_json(run.trial(n).jobs)["jobs"]]
+    assert set(running) <= set(cancelled["argv"])
+    resumed = distributed(losses.slow_quadratic, run_root, n_trials=3, n_seeds=4, chunk_size=2, run_name="cb")
+    assert [t.state.name for t in resumed.study.trials] == ["COMPLETE"] * 3
+
+
+def test_on_real_slurm_a_callback_sees_each_trial_and_study_stop_ends_the_run(real_slurm_run, run_root):
+    seen: list[int] = []
+
+    def stop_after_two(study, trial):
+        seen.append(trial.user_attrs["n_seeds"])
+        if len(seen) == 2:
+            study.stop()
+
+    result = distributed(
+        losses.quadratic,
+        run_root,
+        run_name=real_slurm_run,
+        slurm_qos=None,
+        n_trials=5,
+        n_seeds=6,
+        chunk_size=3,
+        callbacks=[stop_after_two],
+    )
+    assert seen == [6, 6] and [t.state.name for t in result.study.trials] == ["COMPLETE"] * 2
+    wait_for(lambda: jobs_of_run_in_queue(real_slurm_run) == [], timeout=20)  # a cancelled reduce job leaves
