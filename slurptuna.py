@@ -373,6 +373,10 @@ def optimize_run(
     prune_report: Annotated[
         str, _Opt("what the pruner is told: `'chunk'` means, `'running_mean'`, or `'auto'` (by pruner)", "report")
     ] = "auto",
+    enqueue: Annotated[
+        Sequence[Mapping[str, ParamValue]] | None,
+        _Opt("param dicts evaluated first, in order; a resume skips those the study already has", "points"),
+    ] = None,
     callbacks: Annotated[
         Sequence[Callable[..., Any]] | None,
         _Opt("`callback(study, frozen_trial)` after each finished trial, as `study.optimize` calls them", "callbacks"),
@@ -594,6 +598,19 @@ def _as_is(name: str, value: Any) -> Any:
     return value
 
 
+def _points(name: str, value: Any) -> list[dict[str, Any]]:
+    """A list of param dicts; each is checked against the loss's parameter space in _resolve_settings."""
+    if value is None:
+        return []
+    if isinstance(value, Mapping) or not isinstance(value, Iterable):
+        raise ConfigError(f"{name} must be a list of param dicts such as [{{'alpha': 0.3}}], got {value!r:.200}")
+    points = list(value)
+    for i, point in enumerate(points):
+        if not isinstance(point, Mapping) or not all(isinstance(k, str) for k in point):
+            raise ConfigError(f"{name}[{i}] must be a dict of parameter name -> value, got {point!r:.200}")
+    return [dict(point) for point in points]
+
+
 def _callables(name: str, value: Any) -> list[Callable[..., Any]]:
     if value is None:
         return []
@@ -625,6 +642,7 @@ _KINDS: dict[str, Callable[[str, Any], Any]] = {
     "flag": lambda name, value: bool(value),
     "object": _as_is,
     "callbacks": _callables,
+    "points": _points,
     "report": _choice("auto", "chunk", "running_mean"),
     "executable?": _optional(_executable),
 }
@@ -740,6 +758,7 @@ def _resolve_settings(loss: LossDefinition | str, given: Mapping[str, Any]) -> t
     values = {name: _KINDS[o.kind](name, given.get(name, o.default)) for name, o in options.items()}
     values["cpus_per_task"] = values["cpus_per_task"] or values["worker_parallelism"]
     values["python"] = values["python"] or sys.executable
+    values["enqueue"] = _check_enqueued(definition, values["enqueue"])
     mode = ExecutionMode(values["mode"])
     settings = _RunSettings(
         loss_name=definition.name,
@@ -752,6 +771,56 @@ def _resolve_settings(loss: LossDefinition | str, given: Mapping[str, Any]) -> t
         **{name: values[name] for name, o in options.items() if o.recorded},
     )
     return settings, {name: values[name] for name, o in options.items() if o.kind in _HANDED_TO_CONTROLLER}
+
+
+def _check_enqueued(definition: LossDefinition, points: list[dict[str, Any]]) -> list[dict[str, ParamValue]]:
+    """Each enqueued point against the loss's parameter space, before any work starts; the
+    error names the point, the parameter, its value and what is valid."""
+    if not points:
+        return []
+    import optuna
+
+    space = {name: _distribution(optuna, spec) for name, spec in definition.parameter_space.items()}
+    checked = []
+    for i, point in enumerate(points):
+        unknown, missing = sorted(point.keys() - space.keys()), sorted(space.keys() - point.keys())
+        if unknown or missing:
+            problems = [f"unknown parameter(s) {unknown}"] * bool(unknown) + [f"no value for {missing}"] * bool(missing)
+            raise ConfigError(
+                f"enqueue[{i}] = {point!r:.200}: {'; '.join(problems)}; loss {definition.name!r} takes "
+                f"{', '.join(space)}"
+            )
+        checked.append({name: _enqueued_value(f"enqueue[{i}][{name!r}]", point[name], space[name]) for name in space})
+    return checked
+
+
+def _enqueued_value(where: str, value: Any, distribution: Any) -> ParamValue:
+    """The value as the distribution holds it (an int for an int range ...), or a ConfigError saying what is valid."""
+    import optuna
+
+    d = optuna.distributions
+    number = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if isinstance(distribution, d.CategoricalDistribution):
+        for choice in distribution.choices:
+            if value == choice and isinstance(value, bool) == isinstance(choice, bool):
+                return choice
+        valid = f"one of {list(distribution.choices)!r}"
+    elif isinstance(distribution, (d.IntDistribution, d.FloatDistribution)):
+        is_int = isinstance(distribution, d.IntDistribution)
+        if is_int and number and float(value).is_integer() and distribution._contains(int(value)):
+            return int(value)
+        if not is_int and number and math.isfinite(value) and distribution._contains(float(value)):
+            return float(value)
+        valid = f"{'an integer' if is_int else 'a number'} in [{distribution.low}, {distribution.high}]"
+        valid += " (log scale)" * distribution.log
+        if distribution.step is not None and distribution.step != 1:
+            valid += f" on the grid low + k * {distribution.step}"
+    else:  # another Optuna distribution: its own check
+        with contextlib.suppress(Exception):
+            if distribution._contains(distribution.to_internal_repr(value)):
+                return value
+        valid = f"a value of {distribution}"
+    raise ConfigError(f"{where} is {value!r}, not {valid}")
 
 
 def _code_id(definition: LossDefinition) -> str:
@@ -3937,6 +4006,28 @@ def _default_sampler(optuna: Any, settings: _RunSettings, n_existing: int) -> An
     return optuna.samplers.TPESampler(seed=seed, constant_liar=settings.max_concurrent_trials > 1)
 
 
+def _enqueue_points(study: optuna.Study, settings: _RunSettings) -> None:
+    """Queue the ``enqueue`` points that the study has neither evaluated nor queued (a resume
+    skips them); ``study.ask`` then pops them in order before the sampler proposes anything."""
+    if not settings.enqueue:
+        return
+    before = len(study.get_trials(deepcopy=False))
+    for point in settings.enqueue:
+        study.enqueue_trial(point, skip_if_exists=True)
+    states = collections.Counter(t.state.name for t in study.get_trials(deepcopy=False))
+    added = sum(states.values()) - before
+    logger.info("enqueued %d point(s); %d already in the study", added, len(settings.enqueue) - added)
+    left = settings.n_trials - sum(n for state, n in states.items() if state != "WAITING")
+    if states["WAITING"] > left:
+        logger.warning(
+            "%d enqueued point(s) wait in the study but %d trial(s) are left of n_trials=%d: "
+            "the rest run when the run is resumed with a larger n_trials",
+            states["WAITING"],
+            max(left, 0),
+            settings.n_trials,
+        )
+
+
 @contextlib.contextmanager
 def _controller_lock(run: RunPaths) -> Iterable[None]:
     """One controller per run: a second one would submit every job twice."""
@@ -3991,6 +4082,7 @@ def _run_study(
         )
         if sampler is None:
             study.sampler = _default_sampler(optuna, settings, len(study.get_trials(deepcopy=False)))
+        _enqueue_points(study, settings)
         executor = _EXECUTORS[execution_mode(settings.mode)](settings, run, stop.event, cores, clock=clock)
         controller = _Controller(settings, run, study, executor, stop, clock, callbacks)
         try:

@@ -208,3 +208,85 @@ def test_on_real_slurm_a_callback_sees_each_trial_and_study_stop_ends_the_run(re
     )
     assert seen == [6, 6] and [t.state.name for t in result.study.trials] == ["COMPLETE"] * 2
     wait_for(lambda: jobs_of_run_in_queue(real_slurm_run) == [], timeout=20)  # a cancelled reduce job leaves
+
+
+# ---------------------------------------------------------------- enqueue
+
+
+def test_enqueued_points_are_evaluated_first_in_order_then_the_sampler_proposes(run_root, seed_counter):
+    result = optimize_run(
+        losses.quadratic,
+        n_trials=4,
+        n_seeds=6,
+        chunk_size=2,
+        max_concurrent_trials=2,
+        enqueue=[{"x": 0.3}, {"x": -1}],  # an int for a float range is the float
+        run_root=run_root,
+        progress=False,
+    )
+    assert [t.params for t in result.study.trials[:2]] == [{"x": 0.3}, {"x": -1.0}]
+    assert len({t.params["x"] for t in result.study.trials}) == 4
+    assert read_json(RunPaths(Path(result.run_dir)).trial(1).params)["params"] == {"x": -1.0}
+    evaluated = seed_counter.evaluations()
+    assert sorted(seed for (x, seed) in evaluated if x == 0.3) == list(range(6))
+    assert max(evaluated.values()) == 1
+
+
+def test_a_resume_evaluates_the_enqueued_points_it_has_not_and_never_one_twice(run_root, seed_counter):
+    points = [{"x": 0.1}, {"x": 0.2}, {"x": 0.4}]
+    options = {"n_seeds": 4, "chunk_size": 2, "enqueue": points, "run_root": run_root, "progress": False}
+    first = optimize_run(losses.quadratic, n_trials=2, **options)
+    assert [t.params for t in first.study.trials if t.state == COMPLETE] == points[:2]
+    resumed = optimize_run(losses.quadratic, n_trials=4, run_name=first.run_name, **options)
+    xs = [t.params["x"] for t in resumed.study.trials]
+    assert xs[:3] == [0.1, 0.2, 0.4] and len(xs) == 4 and xs[3] not in (0.1, 0.2, 0.4)
+    assert max(seed_counter.evaluations().values()) == 1  # no point evaluated twice
+    again = optimize_run(losses.quadratic, n_trials=4, run_name=first.run_name, **options)
+    assert len(again.study.trials) == 4  # every point is in the study: nothing is queued again
+
+
+@pytest.mark.parametrize(
+    ("point", "message"),
+    [
+        (
+            {"lr": 0.5, "steps": 3, "mode": "fast"},
+            r"enqueue\[1\]\['lr'\] is 0.5, not a number in \[0.0001, 0.1\] \(log",
+        ),
+        ({"lr": 0.01, "steps": 3.5, "mode": "fast"}, r"enqueue\[1\]\['steps'\] is 3.5, not an integer in \[1, 10\]"),
+        ({"lr": 0.01, "steps": 3, "mode": "medium"}, r"'mode'\] is 'medium', not one of \['fast', 'slow'\]"),
+        ({"lr": 0.01, "steps": 3}, r"enqueue\[1\] = .*no value for \['mode'\]; loss 'mixed_space' takes lr, steps"),
+        ({"lr": 0.01, "steps": 3, "mode": "fast", "lr2": 1}, r"unknown parameter\(s\) \['lr2'\]"),
+        ("fast", r"enqueue\[1\] must be a dict"),
+    ],
+)
+def test_a_bad_enqueued_point_is_refused_before_any_work_naming_the_value_and_what_is_valid(run_root, point, message):
+    good = {"lr": 0.01, "steps": 3, "mode": "slow"}
+    with pytest.raises(ValueError, match=message):
+        optimize_run(losses.mixed_space, n_trials=2, enqueue=[good, point], run_root=run_root)
+    assert not run_root.exists()
+
+
+def test_on_fake_slurm_enqueued_points_run_first_and_a_resume_skips_them(fake_slurm, run_root):
+    options = {"n_seeds": 4, "chunk_size": 2, "enqueue": [{"x": 0.25}, {"x": 0.75}], "run_name": "enq"}
+    first = distributed(losses.quadratic, run_root, n_trials=1, **options)
+    assert [t.params for t in first.study.trials if t.state == COMPLETE] == [{"x": 0.25}]
+    resumed = distributed(losses.quadratic, run_root, n_trials=3, **options)
+    assert [t.params["x"] for t in resumed.study.trials][:2] == [0.25, 0.75]
+    assert len(resumed.study.trials) == 3
+    arrays = [s for s in fake_slurm.submissions() if s.get("job_id") and s["array_tasks"] is not None]
+    assert len(arrays) == 3  # one array job per trial: no point submitted twice
+
+
+def test_on_real_slurm_enqueued_points_are_the_first_trials(real_slurm_run, run_root):
+    result = distributed(
+        losses.quadratic,
+        run_root,
+        run_name=real_slurm_run,
+        slurm_qos=None,
+        n_trials=2,
+        n_seeds=4,
+        chunk_size=2,
+        enqueue=[{"x": 0.3}, {"x": -0.3}],
+    )
+    assert [t.params for t in result.study.trials] == [{"x": 0.3}, {"x": -0.3}]
+    assert [t.state for t in result.study.trials] == [COMPLETE, COMPLETE]
