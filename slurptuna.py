@@ -296,7 +296,7 @@ class OptimizeResult:
 
     loss_name: str
     best_value: float | None
-    best_params: dict[str, ParamValue]
+    best_params: dict[str, ParamValue] | None  # None with several objectives: see best_trials
     n_trials: int
     study_name: str
     run_dir: str
@@ -307,6 +307,8 @@ class OptimizeResult:
     n_pruned: int = 0
     best_standard_error: float | None = None  # the best trial's std / sqrt(n_seeds)
     study: optuna.Study | None = field(default=None, compare=False, repr=False)
+    # Optuna's study.best_trials: with several objectives the Pareto set (best_value and best_params are None)
+    best_trials: list[optuna.trial.FrozenTrial] = field(default_factory=list, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -318,9 +320,10 @@ class MultiOptimizeResult:
     entries: list[str]
     results_by_entry: dict[str, OptimizeResult]
     best_values_by_entry: dict[str, float | None]
-    best_params_by_entry: dict[str, dict[str, ParamValue]]
+    best_params_by_entry: dict[str, dict[str, ParamValue] | None]
     run_dir: str
     mode: ExecutionMode = ExecutionMode.SINGLE
+    best_trials_by_entry: dict[str, list[optuna.trial.FrozenTrial]] = field(default_factory=dict, repr=False)
 
 
 def optimize_run(
@@ -336,6 +339,15 @@ def optimize_run(
     random_seed: Annotated[int, _Opt("seeds the default `TPESampler` (see Resume)", "integer")] = 123,
     entry_id: Annotated[str | None, _Opt("`context['entry_id']` of the loss", "text?", identity=True)] = None,
     direction: Annotated[str, _Opt("`'minimize'` or `'maximize'`", "direction", identity=True)] = "minimize",
+    objectives: Annotated[
+        Mapping[str, str] | None,
+        _Opt(
+            "loss components to optimize, each with its direction, e.g. `{'fit': 'minimize', 'shape': 'maximize'}`"
+            " (see Optuna habits)",
+            "objectives",
+            identity=True,
+        ),
+    ] = None,
     mode: Annotated[ExecutionMode | str, _Opt("`'single'` or `'distributed'` (or `execution_mode(...)`)", "mode")] = (
         ExecutionMode.SINGLE
     ),
@@ -479,6 +491,7 @@ def optimize_entries(
         best_params_by_entry={e: r.best_params for e, r in results.items()},
         run_dir=str(parent),
         mode=execution_mode(options["mode"]),
+        best_trials_by_entry={e: r.best_trials for e, r in results.items()},
     )
 
 
@@ -490,6 +503,7 @@ def _write_entries_summary(parent: Path, entries: list[str], results: Mapping[st
             "runs": {e: r.run_dir for e, r in results.items()},
             "best_params_by_entry": {e: r.best_params for e, r in results.items()},
             "best_values_by_entry": {e: r.best_value for e, r in results.items()},
+            "best_trials_by_entry": {e: [t.number for t in r.best_trials] for e, r in results.items()},
         },
     )
 
@@ -611,6 +625,21 @@ def _points(name: str, value: Any) -> list[dict[str, Any]]:
     return [dict(point) for point in points]
 
 
+def _objectives(name: str, value: Any) -> dict[str, str] | None:
+    if value is None:
+        return None
+    if (
+        not isinstance(value, Mapping)
+        or not value
+        or not all(isinstance(k, str) and k and v in ("minimize", "maximize") for k, v in value.items())
+    ):
+        raise ConfigError(
+            f"{name} must map loss component names to 'minimize' or 'maximize', e.g. "
+            f"{{'fit': 'minimize', 'shape': 'maximize'}}, got {value!r:.200}"
+        )
+    return dict(value)
+
+
 def _callables(name: str, value: Any) -> list[Callable[..., Any]]:
     if value is None:
         return []
@@ -643,6 +672,7 @@ _KINDS: dict[str, Callable[[str, Any], Any]] = {
     "object": _as_is,
     "callbacks": _callables,
     "points": _points,
+    "objectives": _objectives,
     "report": _choice("auto", "chunk", "running_mean"),
     "executable?": _optional(_executable),
 }
@@ -759,6 +789,7 @@ def _resolve_settings(loss: LossDefinition | str, given: Mapping[str, Any]) -> t
     values["cpus_per_task"] = values["cpus_per_task"] or values["worker_parallelism"]
     values["python"] = values["python"] or sys.executable
     values["enqueue"] = _check_enqueued(definition, values["enqueue"])
+    _check_objectives(values)
     mode = ExecutionMode(values["mode"])
     settings = _RunSettings(
         loss_name=definition.name,
@@ -771,6 +802,31 @@ def _resolve_settings(loss: LossDefinition | str, given: Mapping[str, Any]) -> t
         **{name: values[name] for name, o in options.items() if o.recorded},
     )
     return settings, {name: values[name] for name, o in options.items() if o.kind in _HANDED_TO_CONTROLLER}
+
+
+def _check_objectives(values: Mapping[str, Any]) -> None:
+    """``objectives`` against the options it cannot go with (yet), saying why."""
+    objectives = values["objectives"]
+    if objectives is None:
+        return
+    if values["direction"] != "minimize":
+        raise ConfigError(
+            f"direction={values['direction']!r} and objectives={objectives!r}: with objectives, each component's "
+            "direction is given there; leave direction at its default"
+        )
+    pruner = values["pruner"]
+    if pruner is not None and type(pruner).__name__ != "NopPruner":
+        why = (
+            "Optuna prunes single-objective studies only"
+            if len(objectives) > 1
+            else f"the pruner would be told the loss's total, not the component {next(iter(objectives))!r}"
+        )
+        raise ConfigError(f"pruner={pruner!r} cannot be used with objectives={objectives!r} (for now): {why}")
+
+
+def _directions(settings: _RunSettings) -> list[str]:
+    """The study's directions: one per objective, or ``direction`` for the loss's mean."""
+    return list(settings.objectives.values()) if settings.objectives else [settings.direction]
 
 
 def _check_enqueued(definition: LossDefinition, points: list[dict[str, Any]]) -> list[dict[str, ParamValue]]:
@@ -1157,6 +1213,7 @@ class TrialSummary:
     missing_chunks: list[int] = field(default_factory=list)
     code_id: str = ""
     standard_error: float | None = None  # std / sqrt(n_seeds): how far the mean may be from the loss's
+    component_standard_errors: dict[str, float] = field(default_factory=dict)  # the same, per component
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "mean_total_loss": self.mean}  # the earlier package's name for the mean, too
@@ -1972,6 +2029,7 @@ def reduce_trial(
         missing_chunks=missing,
         code_id=expected.code_id,
         standard_error=stats.loss.standard_error,
+        component_standard_errors={n: m.standard_error for n, m in stats.components.items()},
     )
     _write_json_atomic(trial.summary, summary.to_json())
     return summary
@@ -3497,7 +3555,8 @@ class _Tally:
     n_pruned: int = 0
     seeds_done: int = 0  # by this controller: its pace
     seeds_saved: int = 0  # seeds that pruned trials did not use
-    best: Any = None  # the best complete FrozenTrial
+    best: Any = None  # the best complete FrozenTrial (one objective)
+    pareto: list[Any] = field(default_factory=list)  # the complete trials no other beats (several objectives)
 
     @classmethod
     def of_study(cls, study: optuna.Study, settings: _RunSettings) -> _Tally:
@@ -3518,7 +3577,10 @@ class _Tally:
         n_seeds = frozen.user_attrs.get("n_seeds", 0) if state != "FAIL" else 0
         if state == "COMPLETE":
             self.n_complete += 1
-            if self.best is None or _better(frozen.value, self.best.value, settings.direction):
+            directions = _directions(settings)
+            if len(directions) > 1:
+                self.pareto = _pareto_front([*self.pareto, frozen], directions)
+            elif self.best is None or _better(frozen.value, self.best.value, directions[0]):
                 self.best = frozen
         elif state == "FAIL":
             self.n_failed += 1
@@ -3533,21 +3595,45 @@ class _Tally:
     def best_value(self) -> float | None:
         return self.best.value if self.best else None
 
-    def best_standard_error(self) -> float | None:
+    def best_trials(self) -> list[Any]:
+        """As Optuna's ``study.best_trials``: the Pareto set, or the one best trial."""
+        return self.pareto if self.pareto else [self.best] if self.best else []
+
+    def best_standard_error(self, settings: _RunSettings) -> float | None:
         attrs = self.best.user_attrs if self.best else {}
+        if settings.objectives:  # one objective: the component's
+            return attrs.get("component_standard_errors", {}).get(next(iter(settings.objectives)))
         if "standard_error" in attrs or "std" not in attrs:
             return attrs.get("standard_error")
         return attrs["std"] / math.sqrt(attrs["n_seeds"])  # a trial told before standard errors were kept
 
     def summary(self, settings: _RunSettings) -> dict[str, Any]:
-        """The run's ``summary.json``."""
+        """The run's ``summary.json``; with several objectives, the Pareto set instead of one best."""
+        if settings.objectives and len(settings.objectives) > 1:
+            return {
+                "loss_name": settings.loss_name,
+                "run_name": settings.run_name,
+                "objectives": settings.objectives,
+                "best_trials": [_pareto_record(t, settings.objectives) for t in self.pareto],
+                "best_value": None,  # as Optuna's study.best_trial refuses: see best_trials
+                "best_standard_error": None,
+                "best_params": None,
+                "best_trial": None,
+                **self._counts(settings),
+            }
         return {
             "loss_name": settings.loss_name,
             "run_name": settings.run_name,
             "best_value": self.best_value,
-            "best_standard_error": self.best_standard_error(),
+            "best_standard_error": self.best_standard_error(settings),
             "best_params": self.best.params if self.best else {},
             "best_trial": self.best.number if self.best else None,
+            **({"objectives": settings.objectives} if settings.objectives else {}),
+            **self._counts(settings),
+        }
+
+    def _counts(self, settings: _RunSettings) -> dict[str, Any]:
+        return {
             "n_trials": settings.n_trials,
             "n_complete": self.n_complete,
             "n_failed": self.n_failed,
@@ -3870,7 +3956,9 @@ class _Controller:
 
     # ---- telling Optuna: the one way a trial ends
 
-    def _finish(self, active: _ActiveTrial, state: Any, value: float | None = None) -> optuna.trial.FrozenTrial:
+    def _finish(
+        self, active: _ActiveTrial, state: Any, value: float | list[float] | None = None
+    ) -> optuna.trial.FrozenTrial:
         """Tell Optuna, let the executor forget the trial, count it, rewrite the run's summary.json,
         then call the user's callbacks as ``study.optimize`` does (each gets its own copy)."""
         frozen = self._study.tell(active.trial, value, state=state)
@@ -3893,6 +3981,16 @@ class _Controller:
 
     def _complete(self, active: _ActiveTrial, summary: TrialSummary) -> None:
         trial = active.trial
+        objectives = self._settings.objectives
+        missing = [name for name in objectives or () if name not in summary.components]
+        if missing:
+            returned = sorted(summary.components) or "a number, not a dict of components"
+            self._fail(
+                active,
+                f"loss {self._settings.loss_name!r} returned no component {missing[0]!r} of objectives="
+                f"{objectives!r}; it returned {returned}",
+            )
+            return
         self._report_chunks(active)  # the best trial must have every step, for WilcoxonPruner
         trial.set_user_attr("n_seeds", summary.n_seeds)
         trial.set_user_attr("std", summary.std)
@@ -3901,8 +3999,14 @@ class _Controller:
             trial.set_user_attr("attempts", active.attempt + 1)
         if summary.components:
             trial.set_user_attr("components", summary.components)
+            trial.set_user_attr("component_standard_errors", summary.component_standard_errors)
         if summary.missing_chunks:
             trial.set_user_attr("missing_chunks", summary.missing_chunks)
+        if objectives:
+            values = [summary.components[name] for name in objectives]
+            self._finish(active, self._optuna.trial.TrialState.COMPLETE, values)
+            self._log_objectives(trial.number, summary, trial.params)
+            return
         frozen = self._finish(active, self._optuna.trial.TrialState.COMPLETE, summary.mean)
         best = self.tally.best
         self._trial_log.info(
@@ -3916,6 +4020,23 @@ class _Controller:
             frozen.duration.total_seconds() if frozen.duration else 0.0,
             best.number,
             best.value,
+        )
+
+    def _log_objectives(self, number: int, summary: TrialSummary, params: Mapping[str, ParamValue]) -> None:
+        errors = summary.component_standard_errors
+        shown = ", ".join(
+            f"{n} {summary.components[n]!r} ± {errors.get(n, math.nan):.3g}" for n in self._settings.objectives
+        )
+        best = f"Best is trial {self.tally.best.number}" if self.tally.best else "Best is -"
+        if len(self._settings.objectives) > 1:
+            best = f"Pareto front: trials {[t.number for t in self.tally.pareto]}"
+        self._trial_log.info(
+            "Trial %d finished with %s (mean ± standard error over %d seeds) and parameters: %s. %s.",
+            number,
+            shown,
+            summary.n_seeds,
+            params,
+            best,
         )
 
     def _fail(self, active: _ActiveTrial, reason: str) -> None:
@@ -3986,6 +4107,34 @@ def _chunk_failures(trial: TrialPaths) -> list[ChunkFailure]:
 
 def _better(value: float, than: float, direction: str) -> bool:
     return value < than if direction == "minimize" else value > than
+
+
+def _dominates(a: Sequence[float], b: Sequence[float], directions: Sequence[str]) -> bool:
+    """``a`` is no worse than ``b`` in every objective and better in one (Pareto dominance)."""
+    signs = [1.0 if d == "minimize" else -1.0 for d in directions]
+    a_, b_ = [s * v for s, v in zip(signs, a, strict=True)], [s * v for s, v in zip(signs, b, strict=True)]
+    return all(x <= y for x, y in zip(a_, b_, strict=True)) and a_ != b_
+
+
+def _pareto_front(trials: Iterable[Any], directions: Sequence[str]) -> list[Any]:
+    """The complete trials that no other dominates (as Optuna's ``study.best_trials``), by number."""
+    front: list[Any] = []
+    for trial in trials:
+        if any(_dominates(f.values, trial.values, directions) for f in front):
+            continue
+        front = [f for f in front if not _dominates(trial.values, f.values, directions)] + [trial]
+    return sorted(front, key=lambda t: t.number)
+
+
+def _pareto_record(frozen: Any, objectives: Mapping[str, str]) -> dict[str, Any]:
+    """One trial of the Pareto set as summary.json and ``status --json`` show it."""
+    errors = frozen.user_attrs.get("component_standard_errors", {})
+    return {
+        "trial": frozen.number,
+        "values": dict(zip(objectives, frozen.values, strict=True)),
+        "standard_errors": {name: errors.get(name) for name in objectives},
+        "params": dict(frozen.params),
+    }
 
 
 def _distribution(optuna: Any, spec: Any) -> Any:
@@ -4076,7 +4225,7 @@ def _run_study(
             study_name=settings.run_name,
             storage=storage or f"sqlite:///{run.optuna_db}",
             load_if_exists=True,
-            direction=settings.direction,
+            directions=_directions(settings),
             pruner=optuna.pruners.NopPruner() if pruner is None else pruner,  # Optuna's default would be MedianPruner
             sampler=sampler,
         )
@@ -4117,6 +4266,7 @@ def _run_study(
         n_failed=summary["n_failed"],
         n_pruned=summary["n_pruned"],
         best_standard_error=summary["best_standard_error"],
+        best_trials=controller.tally.best_trials(),
         study=study,
     )
 
@@ -4171,6 +4321,16 @@ class FailedTrial:
 
 
 @dataclass(frozen=True)
+class ParetoTrial:
+    """A trial of the Pareto set (several objectives): each objective's mean and standard error."""
+
+    number: int
+    values: dict[str, float]
+    standard_errors: dict[str, float | None]
+    params: dict[str, ParamValue]
+
+
+@dataclass(frozen=True)
 class RunStatus:
     """Everything ``status`` shows of one run, read at ``checked_at``."""
 
@@ -4199,6 +4359,8 @@ class RunStatus:
     core_hours_left: float | None
     notes: list[str]  # what could not be read, in one line each (squeue failing ...)
     checked_at: str
+    objectives: dict[str, str] | None = None  # the run's objectives; None: the loss's mean
+    best_trials: list[ParetoTrial] = field(default_factory=list)  # several objectives: the Pareto set, not one best
 
     @property
     def trials_left(self) -> int:
@@ -4296,7 +4458,10 @@ def read_run_status(
     if settings.mode == ExecutionMode.DISTRIBUTED.value and ask_queue is not None:
         running, queue_note = _with_slurm_jobs(run, running, ask_queue)
         notes += [queue_note] if queue_note else []
-    best = _best_trial(by_state.get("COMPLETE", []), settings.direction)
+    directions = _directions(settings)
+    several = len(directions) > 1
+    best = None if several else _best_trial(by_state.get("COMPLETE", []), directions[0])
+    pareto = _pareto_front(by_state.get("COMPLETE", []), directions) if several else []
     all_chunks = [c for files in chunk_files.values() for c in files]
     core_seconds = math.fsum(c.elapsed_seconds * c.processes for c, _ in all_chunks)
     seeds_done = sum(c.stats.loss.count for c, _ in all_chunks)
@@ -4324,7 +4489,7 @@ def read_run_status(
         n_pruned=len(by_state.get("PRUNED", [])),
         best_trial=best.number if best else None,
         best_value=best.value if best else None,
-        best_standard_error=_standard_error(run.trial(best.number), best) if best else None,
+        best_standard_error=_best_standard_error(run.trial(best.number), best, settings.objectives) if best else None,
         best_params=dict(best.params) if best else {},
         running=running,
         failed=[_failed_trial(t) for t in by_state.get("FAIL", [])],
@@ -4337,6 +4502,8 @@ def read_run_status(
         core_hours_left=seeds_left * core_seconds / seeds_done / 3600 if seeds_done else None,
         notes=notes,
         checked_at=datetime.fromtimestamp(now, timezone.utc).isoformat(timespec="seconds"),
+        objectives=settings.objectives,
+        best_trials=[_pareto_trial(run.trial(t.number), t, settings.objectives) for t in pareto],
     )
 
 
@@ -4530,6 +4697,29 @@ def _best_trial(complete: list[Any], direction: str) -> Any:
     return min(valued, key=lambda t: t.value) if direction == "minimize" else max(valued, key=lambda t: t.value)
 
 
+def _best_standard_error(trial: TrialPaths, frozen: Any, objectives: Mapping[str, str] | None) -> float | None:
+    """The loss mean's standard error, or with one objective that component's."""
+    if objectives:
+        return _component_standard_errors(trial, frozen).get(next(iter(objectives)))
+    return _standard_error(trial, frozen)
+
+
+def _component_standard_errors(trial: TrialPaths, frozen: Any) -> dict[str, float]:
+    """Each component's std / sqrt(n_seeds) from the trial's summary.json, else from the user attribute."""
+    summary = _read_json(trial.summary) or {}
+    return summary.get("component_standard_errors") or frozen.user_attrs.get("component_standard_errors") or {}
+
+
+def _pareto_trial(trial: TrialPaths, frozen: Any, objectives: Mapping[str, str]) -> ParetoTrial:
+    errors = _component_standard_errors(trial, frozen)
+    return ParetoTrial(
+        number=frozen.number,
+        values=dict(zip(objectives, frozen.values, strict=True)),
+        standard_errors={name: errors.get(name) for name in objectives},
+        params=dict(frozen.params),
+    )
+
+
 def _standard_error(trial: TrialPaths, frozen: Any) -> float | None:
     """std / sqrt(n_seeds) from the trial's summary.json, else from what the controller told Optuna."""
     summary = _read_json(trial.summary) or {}
@@ -4576,7 +4766,7 @@ def format_run_status(s: RunStatus) -> str:
         f"run {s.run_name} ({s.mode} mode, loss {s.loss_name}) in {s.run_dir}",
         f"trials: {s.n_complete} complete, {s.n_running} running, {s.n_failed} failed, {s.n_pruned} pruned"
         f" of {s.n_trials}",
-        f"best: {_format_best(s)}",
+        *_format_best_lines(s),
         f"controller: {_format_controller(s)}",
         f"compute: {_format_core_hours(s.core_hours)} of chunk compute so far, {s.seeds_done:,} seeds",
     ]
@@ -4623,7 +4813,31 @@ def format_entries_status(s: EntriesStatus) -> str:
     return "\n".join(lines)
 
 
+def _plus_minus(error: float | None) -> str:
+    return "" if error is None else f" ± {error:.2g}"
+
+
+def _format_best_lines(s: RunStatus) -> list[str]:
+    """``best: ...``, or with several objectives the Pareto set, one line per trial."""
+    if not s.objectives or len(s.objectives) < 2:
+        return [f"best: {_format_best(s)}"]
+    directions = ", ".join(f"{name} {direction}" for name, direction in s.objectives.items())
+    lines = [f"Pareto set ({directions}): {_format_best(s)}"]
+    for trial in s.best_trials[:_PARETO_LINES]:
+        values = ", ".join(f"{n} {v:.6g}{_plus_minus(trial.standard_errors[n])}" for n, v in trial.values.items())
+        lines.append(f"  trial {trial.number}: {values}; {_format_params(trial.params)}")
+    if len(s.best_trials) > _PARETO_LINES:
+        lines.append(f"  ... {len(s.best_trials) - _PARETO_LINES} more (status --json lists them all)")
+    return lines
+
+
+_PARETO_LINES = 20
+
+
 def _format_best(s: RunStatus) -> str:
+    if s.objectives and len(s.objectives) > 1:
+        numbers = ", ".join(str(t.number) for t in s.best_trials)
+        return f"{len(s.best_trials)} trial(s) no other beats in every objective ({numbers})" if numbers else "-"
     if s.best_value is None:
         return "-"
     error = f" ± {s.best_standard_error:.2g}" if s.best_standard_error is not None else ""
@@ -4750,6 +4964,8 @@ class TrialRow:
     n_seeds: int | None
     seconds: float | None  # from the trial's start to its end in Optuna
     fail_reason: str  # the first line of why it failed; "" unless FAIL
+    values: dict[str, float] = field(default_factory=dict)  # several objectives: each one's mean
+    standard_errors: dict[str, float | None] = field(default_factory=dict)  # ... and its standard error
 
 
 @dataclass(frozen=True)
@@ -4757,10 +4973,11 @@ class RunReport:
     """Everything the report page shows of one run."""
 
     status: RunStatus
-    direction: str
+    direction: str  # the study's direction; with several objectives, see objectives
     trials: list[TrialRow]
     study_trials: list[Any]  # optuna FrozenTrials, for optuna.visualization
     seeds_per_second: list[tuple[float, float]]  # (unix time, seeds/s), the run's pace over its chunks
+    objectives: dict[str, str] | None = None  # several: a multi-objective study (Pareto front plot)
 
 
 def read_report(path: Path, now: float | None = None) -> RunReport:
@@ -4779,8 +4996,9 @@ def read_report(path: Path, now: float | None = None) -> RunReport:
     chunks = [c for t in study_trials for c in _chunk_files(run.trial(t.number))]
     return RunReport(
         status=status,
-        direction=settings.direction,
-        trials=[_trial_row(run.trial(t.number), t) for t in study_trials],
+        direction=_directions(settings)[0],
+        objectives=settings.objectives,
+        trials=[_trial_row(run.trial(t.number), t, settings.objectives) for t in study_trials],
         study_trials=study_trials,
         seeds_per_second=_seeds_per_second_series(
             [(mtime - c.elapsed_seconds, mtime, c.stats.loss.count) for c, mtime in chunks], _RATE_BINS
@@ -4788,8 +5006,9 @@ def read_report(path: Path, now: float | None = None) -> RunReport:
     )
 
 
-def _trial_row(trial: TrialPaths, frozen: Any) -> TrialRow:
+def _trial_row(trial: TrialPaths, frozen: Any, objectives: Mapping[str, str] | None = None) -> TrialRow:
     state = frozen.state.name
+    several = state == "COMPLETE" and objectives is not None and len(objectives) > 1
     n_seeds = frozen.user_attrs.get("n_seeds")
     if n_seeds is None and state == "COMPLETE":
         n_seeds = (_read_json(trial.summary) or {}).get("n_seeds")
@@ -4797,12 +5016,14 @@ def _trial_row(trial: TrialPaths, frozen: Any) -> TrialRow:
     return TrialRow(
         number=frozen.number,
         state=state,
-        value=frozen.value if state == "COMPLETE" else None,
-        standard_error=_standard_error(trial, frozen) if state == "COMPLETE" else None,
+        value=frozen.value if state == "COMPLETE" and not several else None,
+        standard_error=_best_standard_error(trial, frozen, objectives) if state == "COMPLETE" and not several else None,
         params=dict(frozen.params) or (_read_json(trial.params) or {}).get("params", {}),
         n_seeds=n_seeds,
         seconds=(ended - frozen.datetime_start).total_seconds() if ended and frozen.datetime_start else None,
         fail_reason=_failed_trial(frozen).reason if state == "FAIL" else "",
+        values=_pareto_trial(trial, frozen, objectives).values if several else {},
+        standard_errors=_pareto_trial(trial, frozen, objectives).standard_errors if several else {},
     )
 
 
@@ -4876,14 +5097,41 @@ def _report_figures(report: RunReport) -> list[tuple[str, Any, str]]:
     if not complete:
         note = "no complete trial yet: nothing to plot"
         return [("Optimization history", None, note), rate]
-    study = optuna.create_study(study_name=report.status.run_name, direction=report.direction)
+    objectives = report.objectives if report.objectives and len(report.objectives) > 1 else None
+    directions = list(objectives.values()) if objectives else [report.direction]
+    study = optuna.create_study(study_name=report.status.run_name, directions=directions)
     study.add_trials([t for t in report.study_trials if t.state.is_finished()])
+    if objectives:
+        return [*_pareto_figures(study, objectives), rate]
     return [
         ("Optimization history", plots.plot_optimization_history(study), ""),
         ("Mean of each complete trial ± standard error", _errors_figure(report.trials), ""),
         ("Parameter importances", *_importance_figure(study, len(complete))),
         ("The mean against each parameter", plots.plot_slice(study), ""),
         rate,
+    ]
+
+
+def _pareto_figures(study: Any, objectives: Mapping[str, str]) -> list[tuple[str, Any, str]]:
+    """Several objectives: Optuna's Pareto front plot, then each objective against each parameter."""
+    import optuna.visualization as plots
+
+    names = list(objectives)
+    directions = ", ".join(f"{name} {direction}" for name, direction in objectives.items())
+    if len(names) <= 3:
+        front = (plots.plot_pareto_front(study, target_names=names), f"each complete trial's means ({directions})")
+    else:
+        front = (None, f"the Pareto front is drawn for 2 or 3 objectives; this run has {len(names)}")
+    return [
+        ("Pareto front", *front),
+        *[
+            (
+                f"{name} ({objectives[name]}) against each parameter",
+                plots.plot_slice(study, target=lambda t, i=i: t.values[i], target_name=name),
+                "",
+            )
+            for i, name in enumerate(names)
+        ],
     ]
 
 
@@ -4942,6 +5190,8 @@ def _trials_table(trials: Sequence[TrialRow]) -> str:
         value = "" if t.value is None else f"{t.value:.6g}"
         if t.value is not None and t.standard_error is not None:
             value += f" ± {t.standard_error:.2g}"
+        if t.values:
+            value = ", ".join(f"{n} {v:.6g}{_plus_minus(t.standard_errors.get(n))}" for n, v in t.values.items())
         cells = [
             str(t.number),
             t.state,

@@ -6,18 +6,22 @@ the real local Slurm (skipped, saying why, when none answers).
 
 from __future__ import annotations
 
+import json
+import statistics
 import subprocess
+import sys
 import uuid
 import warnings
 from pathlib import Path
 
+import browser
 import losses
 import optuna
 import pytest
-from conftest import read_json, wait_for
+from conftest import read_json, script_env, wait_for
 from real_slurm import require_real_slurm
 
-from slurptuna import RunPaths, optimize_run
+from slurptuna import RunPaths, optimize_entries, optimize_run
 
 COMPLETE = optuna.trial.TrialState.COMPLETE
 
@@ -290,3 +294,176 @@ def test_on_real_slurm_enqueued_points_are_the_first_trials(real_slurm_run, run_
     )
     assert [t.params for t in result.study.trials] == [{"x": 0.3}, {"x": -0.3}]
     assert [t.state for t in result.study.trials] == [COMPLETE, COMPLETE]
+
+
+# ---------------------------------------------------------------- several objectives
+
+FIT_SHAPE = {"fit": "minimize", "shape": "maximize"}
+
+
+def direct_moments(params: dict, seeds: range) -> dict[str, tuple[float, float]]:
+    """Each component's mean and standard error, computed here without slurptuna."""
+    values = [losses.fit_and_shape(params, seed) for seed in seeds]
+    return {
+        name: (statistics.fmean(v[name] for v in values), statistics.stdev(v[name] for v in values) / len(seeds) ** 0.5)
+        for name in FIT_SHAPE
+    }
+
+
+def assert_each_objective_is_its_components_mean_with_its_standard_error(result, n_seeds: int) -> None:
+    for trial in result.study.trials:
+        expected = direct_moments(trial.params, range(n_seeds))
+        assert trial.values == pytest.approx([expected["fit"][0], expected["shape"][0]], rel=1e-12)
+        errors = trial.user_attrs["component_standard_errors"]
+        assert [errors["fit"], errors["shape"]] == pytest.approx([expected["fit"][1], expected["shape"][1]], rel=1e-9)
+    front = [t.number for t in result.study.best_trials]  # Optuna's own Pareto set
+    assert [t.number for t in result.best_trials] == front and len(front) >= 2
+    assert result.best_value is None and result.best_params is None and result.best_standard_error is None
+    summary = read_json(Path(result.run_dir) / "summary.json")
+    assert summary["objectives"] == FIT_SHAPE and summary["best_value"] is None
+    assert [t["trial"] for t in summary["best_trials"]] == front
+    first = result.study.trials[front[0]]
+    assert summary["best_trials"][0] == {
+        "trial": first.number,
+        "values": dict(zip(FIT_SHAPE, first.values, strict=True)),
+        "standard_errors": {n: first.user_attrs["component_standard_errors"][n] for n in FIT_SHAPE},
+        "params": first.params,
+    }
+
+
+def test_several_objectives_tell_optuna_each_components_mean_and_keep_its_standard_error(run_root):
+    result = optimize_run(
+        losses.fit_and_shape, n_trials=8, n_seeds=12, chunk_size=5, objectives=FIT_SHAPE, run_root=run_root
+    )
+    assert result.study.directions == [optuna.study.StudyDirection.MINIMIZE, optuna.study.StudyDirection.MAXIMIZE]
+    assert_each_objective_is_its_components_mean_with_its_standard_error(result, 12)
+
+
+def test_one_objective_optimizes_that_component_alone_with_its_standard_error(run_root):
+    result = optimize_run(
+        losses.fit_and_shape, n_trials=4, n_seeds=6, objectives={"shape": "maximize"}, run_root=run_root
+    )
+    best = max(result.study.trials, key=lambda t: t.user_attrs["components"]["shape"])
+    assert result.best_value == best.value == best.user_attrs["components"]["shape"]
+    assert result.best_standard_error == best.user_attrs["component_standard_errors"]["shape"]
+    assert [t.number for t in result.best_trials] == [best.number]
+
+
+def test_a_component_the_loss_does_not_return_fails_the_trial_naming_the_ones_it_did(run_root):
+    result = optimize_run(
+        losses.fit_and_shape,
+        n_trials=2,
+        n_seeds=4,
+        objectives={"fit": "minimize", "size": "minimize"},
+        run_root=run_root,
+    )
+    assert [t.state.name for t in result.study.trials] == ["FAIL", "FAIL"]
+    reason = result.study.trials[0].user_attrs["fail_reason"]
+    assert "returned no component 'size'" in reason and "['fit', 'shape']" in reason
+    plain = optimize_run(losses.quadratic, n_trials=1, n_seeds=4, objectives={"fit": "minimize"}, run_root=run_root)
+    assert "a number, not a dict of components" in plain.study.trials[0].user_attrs["fail_reason"]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"pruner": optuna.pruners.MedianPruner()}, "Optuna prunes single-objective studies only"),
+        ({"direction": "maximize"}, "each component's direction is given there"),
+        ({"objectives": {"fit": "lower"}}, "must map loss component names to 'minimize' or 'maximize'"),
+        ({"objectives": {}}, "must map loss component names"),
+        ({"objectives": {"fit": "minimize"}, "pruner": optuna.pruners.MedianPruner()}, "told the loss's total"),
+    ],
+)
+def test_objectives_with_a_pruner_or_a_direction_are_refused_saying_why(run_root, options, message):
+    with pytest.raises(ValueError, match=message):
+        optimize_run(losses.fit_and_shape, **{"objectives": FIT_SHAPE, "run_root": run_root, **options})
+    assert not run_root.exists()
+
+
+def test_a_resume_keeps_the_objectives_and_refuses_other_ones(run_root):
+    options = {"n_seeds": 6, "chunk_size": 3, "run_root": run_root, "run_name": "pareto"}
+    optimize_run(losses.fit_and_shape, n_trials=3, objectives=FIT_SHAPE, **options)
+    with pytest.raises(ValueError, match=r"objectives: the run has \{'fit': 'minimize', 'shape': 'maximize'\}"):
+        optimize_run(losses.fit_and_shape, n_trials=5, objectives={"fit": "minimize"}, **options)
+    resumed = optimize_run(losses.fit_and_shape, n_trials=6, objectives=FIT_SHAPE, **options)
+    assert len(resumed.study.trials) == 6
+    assert_each_objective_is_its_components_mean_with_its_standard_error(resumed, 6)
+
+
+def test_optimize_entries_keeps_a_pareto_set_per_entry(run_root):
+    result = optimize_entries(
+        losses.fit_and_shape, entry_ids=["a", "b"], n_trials=4, n_seeds=4, objectives=FIT_SHAPE, run_root=run_root
+    )
+    summary = read_json(Path(result.run_dir) / "summary.json")
+    for entry in ("a", "b"):
+        front = [t.number for t in result.results_by_entry[entry].study.best_trials]
+        assert [t.number for t in result.best_trials_by_entry[entry]] == summary["best_trials_by_entry"][entry] == front
+        assert result.best_values_by_entry[entry] is None
+
+
+def status_of(run_dir: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "slurptuna", "status", run_dir, *extra],
+        env=script_env(),
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+
+
+def test_status_and_report_show_the_pareto_set_with_each_objectives_standard_error(run_root, tmp_path):
+    result = optimize_run(
+        losses.fit_and_shape, n_trials=6, n_seeds=8, objectives=FIT_SHAPE, run_root=run_root, progress=False
+    )
+    front = result.best_trials
+    shown = status_of(result.run_dir).stdout
+    assert f"Pareto set (fit minimize, shape maximize): {len(front)} trial(s) no other beats" in shown
+    errors = front[0].user_attrs["component_standard_errors"]
+    assert f"  trial {front[0].number}: fit {front[0].values[0]:.6g} ± {errors['fit']:.2g}, shape" in shown
+    as_json = json.loads(status_of(result.run_dir, "--json").stdout)
+    assert [t["number"] for t in as_json["best_trials"]] == [t.number for t in front]
+    assert as_json["objectives"] == FIT_SHAPE and as_json["best_value"] is None
+    pytest.importorskip("plotly")
+    done = subprocess.run(
+        [sys.executable, "-m", "slurptuna", "report", result.run_dir],
+        env=script_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    page = (Path(result.run_dir) / "report.html").read_text()
+    assert "wrote" in done.stdout and "<h2>Pareto front</h2>" in page
+    assert "<h2>fit (minimize) against each parameter</h2>" in page
+    assert f"<td>fit {front[0].values[0]:.6g} ± {errors['fit']:.2g}, shape" in page
+    probed = browser.with_probe(Path(result.run_dir) / "report.html", tmp_path / "probed.html")
+    dom, _ = browser.dump_dom(probed.as_uri(), tmp_path / "profile")
+    seen = browser.read_probe(dom)
+    assert seen["errors"] == [] and seen["figures"] == 4 and seen["rendered"] == 4, seen
+
+
+def test_on_fake_slurm_several_objectives_have_the_same_values_as_single_mode(fake_slurm, run_root):
+    options = {"n_trials": 4, "n_seeds": 10, "chunk_size": 4, "objectives": FIT_SHAPE, "max_concurrent_trials": 2}
+    remote = distributed(losses.fit_and_shape, run_root, **options)
+    local = optimize_run(losses.fit_and_shape, run_root=run_root, **options)
+    remote_values = [v for t in remote.study.trials for v in t.values]
+    assert remote_values == pytest.approx([v for t in local.study.trials for v in t.values], rel=1e-15)
+    assert [t.number for t in remote.best_trials] == [t.number for t in local.best_trials]
+    assert_each_objective_is_its_components_mean_with_its_standard_error(remote, 10)
+
+
+def test_on_real_slurm_several_objectives_give_the_pareto_set(real_slurm_run, run_root):
+    result = distributed(
+        losses.fit_and_shape,
+        run_root,
+        run_name=real_slurm_run,
+        slurm_qos=None,
+        n_trials=3,
+        n_seeds=6,
+        chunk_size=3,
+        max_concurrent_trials=3,
+        objectives=FIT_SHAPE,
+    )
+    assert [t.state for t in result.study.trials] == [COMPLETE] * 3
+    assert_each_objective_is_its_components_mean_with_its_standard_error(result, 6)
