@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import copy
 import errno
 import functools
 import importlib
@@ -312,7 +313,7 @@ class OptimizeResult:
 
     loss_name: str
     best_value: float | None
-    best_params: dict[str, ParamValue]
+    best_params: dict[str, ParamValue] | None  # None with several objectives: see best_trials
     n_trials: int
     study_name: str
     run_dir: str
@@ -323,6 +324,8 @@ class OptimizeResult:
     n_pruned: int = 0
     best_standard_error: float | None = None  # the best trial's std / sqrt(n_seeds)
     study: optuna.Study | None = field(default=None, compare=False, repr=False)
+    # Optuna's study.best_trials: with several objectives the Pareto set (best_value and best_params are None)
+    best_trials: list[optuna.trial.FrozenTrial] = field(default_factory=list, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -334,9 +337,10 @@ class MultiOptimizeResult:
     entries: list[str]
     results_by_entry: dict[str, OptimizeResult]
     best_values_by_entry: dict[str, float | None]
-    best_params_by_entry: dict[str, dict[str, ParamValue]]
+    best_params_by_entry: dict[str, dict[str, ParamValue] | None]
     run_dir: str
     mode: ExecutionMode = ExecutionMode.SINGLE
+    best_trials_by_entry: dict[str, list[optuna.trial.FrozenTrial]] = field(default_factory=dict, repr=False)
 
 
 def optimize_run(
@@ -358,9 +362,18 @@ def optimize_run(
     random_seed: Annotated[int, _Option("seeds the default `TPESampler` (see Resume)", "integer")] = 123,
     entry_id: Annotated[str | None, _Option("`context['entry_id']` of the loss", "text?", identity=True)] = None,
     direction: Annotated[str, _Option("`'minimize'` or `'maximize'`", "direction", identity=True)] = "minimize",
+    objectives: Annotated[
+        Mapping[str, str] | None,
+        _Option(
+            "loss components to optimize, each with its direction, e.g. `{'fit': 'minimize', 'shape': 'maximize'}`"
+            " (see Optuna habits)",
+            "objectives",
+            identity=True,
+        ),
+    ] = None,
     mode: Annotated[
         ExecutionMode | str, _Option("`'single'` or `'distributed'` (or `execution_mode(...)`)", "mode")
-    ] = (ExecutionMode.SINGLE),
+    ] = ExecutionMode.SINGLE,
     run_root: Annotated[str | os.PathLike[str], _Option("the directory of runs", "path")] = "runs",
     run_name: Annotated[str | None, _Option("None: a new `<loss>_v%04d`; an existing name: resume it", "name?")] = None,
     loss_module: Annotated[
@@ -399,6 +412,16 @@ def optimize_run(
     prune_report: Annotated[
         str, _Option("what the pruner is told: `'chunk'` means, `'running_mean'`, or `'auto'` (by pruner)", "report")
     ] = "auto",
+    enqueue: Annotated[
+        Sequence[Mapping[str, ParamValue]] | None,
+        _Option("param dicts evaluated first, in order; a resume skips those the study already has", "points"),
+    ] = None,
+    callbacks: Annotated[
+        Sequence[Callable[..., Any]] | None,
+        _Option(
+            "`callback(study, frozen_trial)` after each finished trial, as `study.optimize` calls them", "callbacks"
+        ),
+    ] = None,
     slurm_partition: Annotated[str | None, _Option("`--partition`", "text?")] = None,
     slurm_account: Annotated[str | None, _Option("`--account`", "text?")] = None,
     sbatch_args: Annotated[Sequence[str], _Option("extra sbatch options, e.g. `['--constraint=avx2']`", "texts")] = (),
@@ -497,6 +520,7 @@ def optimize_entries(
         best_params_by_entry={e: r.best_params for e, r in results.items()},
         run_dir=str(parent),
         mode=execution_mode(options["mode"]),
+        best_trials_by_entry={e: r.best_trials for e, r in results.items()},
     )
 
 
@@ -508,6 +532,7 @@ def _write_entries_summary(parent: Path, entries: list[str], results: Mapping[st
             "runs": {e: r.run_dir for e, r in results.items()},
             "best_params_by_entry": {e: r.best_params for e, r in results.items()},
             "best_values_by_entry": {e: r.best_value for e, r in results.items()},
+            "best_trials_by_entry": {e: [t.number for t in r.best_trials] for e, r in results.items()},
         },
     )
 
@@ -630,8 +655,45 @@ def _as_is(name: str, value: Any) -> Any:
     return value
 
 
-# What each kind of option accepts; "seeds", "loss" and "object" are not kept in meta.json
-# (they are resolved into the seed plan and the loss's location, or are Optuna objects).
+def _points(name: str, value: Any) -> list[dict[str, Any]]:
+    """A list of param dicts; each is checked against the loss's parameter space in _resolve_settings."""
+    if value is None:
+        return []
+    if isinstance(value, Mapping) or not isinstance(value, Iterable):
+        raise ConfigError(f"{name} must be a list of param dicts such as [{{'alpha': 0.3}}], got {value!r:.200}")
+    points = list(value)
+    for i, point in enumerate(points):
+        if not isinstance(point, Mapping) or not all(isinstance(k, str) for k in point):
+            raise ConfigError(f"{name}[{i}] must be a dict of parameter name -> value, got {point!r:.200}")
+    return [dict(point) for point in points]
+
+
+def _objectives(name: str, value: Any) -> dict[str, str] | None:
+    if value is None:
+        return None
+    if (
+        not isinstance(value, Mapping)
+        or not value
+        or not all(isinstance(k, str) and k and v in ("minimize", "maximize") for k, v in value.items())
+    ):
+        raise ConfigError(
+            f"{name} must map loss component names to 'minimize' or 'maximize', e.g. "
+            f"{{'fit': 'minimize', 'shape': 'maximize'}}, got {value!r:.200}"
+        )
+    return dict(value)
+
+
+def _callables(name: str, value: Any) -> list[Callable[..., Any]]:
+    if value is None:
+        return []
+    if callable(value) or not isinstance(value, Iterable) or not all(callable(c) for c in value):
+        raise ConfigError(f"{name} must be a list of callables `callback(study, frozen_trial)`, got {value!r}")
+    return list(value)
+
+
+# What each kind of option accepts; "seeds", "loss", "object" and "callbacks" are not kept in
+# meta.json (they are resolved into the seed plan and the loss's location, or are Python objects
+# handed to the controller: not part of the run's record, nor of its resume identity).
 _KINDS: dict[str, Callable[[str, Any], Any]] = {
     "count": _at_least(1),
     "count?": _optional(_at_least(1)),
@@ -651,10 +713,14 @@ _KINDS: dict[str, Callable[[str, Any], Any]] = {
     "duration": _duration,
     "flag": lambda name, value: bool(value),
     "object": _as_is,
+    "callbacks": _callables,
+    "points": _points,
+    "objectives": _objectives,
     "report": _choice("auto", "chunk", "running_mean"),
     "executable?": _optional(_executable),
 }
-_NOT_RECORDED = frozenset({"seeds", "loss", "object"})
+_NOT_RECORDED = frozenset({"seeds", "loss", "object", "callbacks"})
+_HANDED_TO_CONTROLLER = frozenset({"object", "callbacks"})  # passed to _run_study as they are
 
 
 @functools.cache
@@ -751,6 +817,8 @@ def _resolve_settings(loss: LossDefinition | str, given: Mapping[str, Any]) -> t
     values = {name: o.check(given.get(name, o.default)) for name, o in options.items()}
     values["cpus_per_task"] = values["cpus_per_task"] or values["worker_parallelism"]
     values["python"] = values["python"] or sys.executable
+    values["enqueue"] = _check_enqueued(definition, values["enqueue"])
+    _check_objectives(values)
     mode = ExecutionMode(values["mode"])
     settings = _RunSettings(
         loss_name=definition.name,
@@ -762,7 +830,82 @@ def _resolve_settings(loss: LossDefinition | str, given: Mapping[str, Any]) -> t
         code_id=_code_id(definition),
         **{name: values[name] for name, o in options.items() if o.recorded},
     )
-    return settings, {name: values[name] for name, o in options.items() if o.kind == "object"}
+    return settings, {name: values[name] for name, o in options.items() if o.kind in _HANDED_TO_CONTROLLER}
+
+
+def _check_objectives(values: Mapping[str, Any]) -> None:
+    """``objectives`` against the options it cannot go with (yet), saying why."""
+    objectives = values["objectives"]
+    if objectives is None:
+        return
+    if values["direction"] != "minimize":
+        raise ConfigError(
+            f"direction={values['direction']!r} and objectives={objectives!r}: with objectives, each component's "
+            "direction is given there; leave direction at its default"
+        )
+    pruner = values["pruner"]
+    if pruner is not None and type(pruner).__name__ != "NopPruner":
+        why = (
+            "Optuna prunes single-objective studies only"
+            if len(objectives) > 1
+            else f"the pruner would be told the loss's total, not the component {next(iter(objectives))!r}"
+        )
+        raise ConfigError(f"pruner={pruner!r} cannot be used with objectives={objectives!r} (for now): {why}")
+
+
+def _directions(settings: _RunSettings) -> list[str]:
+    """The study's directions: one per objective, or ``direction`` for the loss's mean."""
+    return list(settings.objectives.values()) if settings.objectives else [settings.direction]
+
+
+def _check_enqueued(definition: LossDefinition, points: list[dict[str, Any]]) -> list[dict[str, ParamValue]]:
+    """Each enqueued point against the loss's parameter space, before any work starts; the
+    error names the point, the parameter, its value and what is valid."""
+    if not points:
+        return []
+    import optuna
+
+    space = {name: _distribution(optuna, spec) for name, spec in definition.parameter_space.items()}
+    checked = []
+    for i, point in enumerate(points):
+        unknown, missing = sorted(point.keys() - space.keys()), sorted(space.keys() - point.keys())
+        if unknown or missing:
+            problems = [f"unknown parameter(s) {unknown}"] * bool(unknown) + [f"no value for {missing}"] * bool(missing)
+            raise ConfigError(
+                f"enqueue[{i}] = {point!r:.200}: {'; '.join(problems)}; loss {definition.name!r} takes "
+                f"{', '.join(space)}"
+            )
+        checked.append({name: _enqueued_value(f"enqueue[{i}][{name!r}]", point[name], space[name]) for name in space})
+    return checked
+
+
+def _enqueued_value(where: str, value: Any, distribution: Any) -> ParamValue:
+    """The value as the distribution holds it (an int for an int range ...), or a ConfigError saying what is valid."""
+    import optuna
+
+    d = optuna.distributions
+    number = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if isinstance(distribution, d.CategoricalDistribution):
+        for choice in distribution.choices:
+            if value == choice and isinstance(value, bool) == isinstance(choice, bool):
+                return choice
+        valid = f"one of {list(distribution.choices)!r}"
+    elif isinstance(distribution, (d.IntDistribution, d.FloatDistribution)):
+        is_int = isinstance(distribution, d.IntDistribution)
+        if is_int and number and float(value).is_integer() and distribution._contains(int(value)):
+            return int(value)
+        if not is_int and number and math.isfinite(value) and distribution._contains(float(value)):
+            return float(value)
+        valid = f"{'an integer' if is_int else 'a number'} in [{distribution.low}, {distribution.high}]"
+        valid += " (log scale)" * distribution.log
+        if distribution.step is not None and distribution.step != 1:
+            valid += f" on the grid low + k * {distribution.step}"
+    else:  # another Optuna distribution: its own check
+        with contextlib.suppress(Exception):
+            if distribution._contains(distribution.to_internal_repr(value)):
+                return value
+        valid = f"a value of {distribution}"
+    raise ConfigError(f"{where} is {value!r}, not {valid}")
 
 
 def _code_id(definition: LossDefinition) -> str:
@@ -1164,6 +1307,7 @@ class TrialSummary:
     missing_chunks: list[int] = field(default_factory=list)
     code_id: str = ""
     standard_error: float | None = None  # std / sqrt(n_seeds): how far the mean may be from the loss's
+    component_standard_errors: dict[str, float] = field(default_factory=dict)  # the same, per component
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "mean_total_loss": self.mean}  # the earlier package's name for the mean, too
@@ -2124,6 +2268,7 @@ def reduce_trial(
         missing_chunks=missing,
         code_id=expected.code_id,
         standard_error=stats.loss.standard_error,
+        component_standard_errors={n: m.standard_error for n, m in stats.components.items()},
     )
     _write_json_atomic(trial.summary, summary.to_json())
     return summary
@@ -3828,7 +3973,8 @@ class _Tally:
     n_pruned: int = 0
     seeds_done: int = 0  # by this controller: its pace
     seeds_saved: int = 0  # seeds that pruned trials did not use
-    best: Any = None  # the best complete FrozenTrial
+    best: Any = None  # the best complete FrozenTrial (one objective)
+    pareto: list[Any] = field(default_factory=list)  # the complete trials no other beats (several objectives)
 
     @classmethod
     def of_study(cls, study: optuna.Study, settings: _RunSettings) -> _Tally:
@@ -3849,7 +3995,10 @@ class _Tally:
         n_seeds = frozen.user_attrs.get("n_seeds", 0) if state != "FAIL" else 0
         if state == "COMPLETE":
             self.n_complete += 1
-            if self.best is None or _better(frozen.value, self.best.value, settings.direction):
+            directions = _directions(settings)
+            if len(directions) > 1:
+                self.pareto = _pareto_front([*self.pareto, frozen], directions)
+            elif self.best is None or _better(frozen.value, self.best.value, directions[0]):
                 self.best = frozen
         elif state == "FAIL":
             self.n_failed += 1
@@ -3864,21 +4013,45 @@ class _Tally:
     def best_value(self) -> float | None:
         return self.best.value if self.best else None
 
-    def best_standard_error(self) -> float | None:
+    def best_trials(self) -> list[Any]:
+        """As Optuna's ``study.best_trials``: the Pareto set, or the one best trial."""
+        return self.pareto if self.pareto else [self.best] if self.best else []
+
+    def best_standard_error(self, settings: _RunSettings) -> float | None:
         attrs = self.best.user_attrs if self.best else {}
+        if settings.objectives:  # one objective: the component's
+            return attrs.get("component_standard_errors", {}).get(next(iter(settings.objectives)))
         if "standard_error" in attrs or "std" not in attrs:
             return attrs.get("standard_error")
         return attrs["std"] / math.sqrt(attrs["n_seeds"])  # a trial told before standard errors were kept
 
     def summary(self, settings: _RunSettings) -> dict[str, Any]:
-        """The run's ``summary.json``."""
+        """The run's ``summary.json``; with several objectives, the Pareto set instead of one best."""
+        if settings.objectives and len(settings.objectives) > 1:
+            return {
+                "loss_name": settings.loss_name,
+                "run_name": settings.run_name,
+                "objectives": settings.objectives,
+                "best_trials": [_pareto_record(t, settings.objectives) for t in self.pareto],
+                "best_value": None,  # as Optuna's study.best_trial refuses: see best_trials
+                "best_standard_error": None,
+                "best_params": None,
+                "best_trial": None,
+                **self._counts(settings),
+            }
         return {
             "loss_name": settings.loss_name,
             "run_name": settings.run_name,
             "best_value": self.best_value,
-            "best_standard_error": self.best_standard_error(),
+            "best_standard_error": self.best_standard_error(settings),
             "best_params": self.best.params if self.best else {},
             "best_trial": self.best.number if self.best else None,
+            **({"objectives": settings.objectives} if settings.objectives else {}),
+            **self._counts(settings),
+        }
+
+    def _counts(self, settings: _RunSettings) -> dict[str, Any]:
+        return {
             "n_trials": settings.n_trials,
             "n_complete": self.n_complete,
             "n_failed": self.n_failed,
@@ -3993,10 +4166,12 @@ class _Controller:
         executor: Executor,
         stop: _StopSignal,
         clock: Callable[[], float] = time.monotonic,
+        callbacks: Sequence[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] = (),
     ) -> None:
         import optuna
 
         self._optuna = optuna
+        self._callbacks = list(callbacks)
         self._settings = settings
         self._run = run
         self._study = study
@@ -4022,6 +4197,10 @@ class _Controller:
     def run(self) -> None:
         """The thin loop: start trials, poll once, advance each trial, wait. Any error cancels the run's jobs."""
         backoff = _Backoff(self._executor.first_poll_seconds, self._executor.max_poll_seconds)
+        # As inside study.optimize: a callback may call study.stop(), which Optuna allows only
+        # in its optimize loop (a flag of this thread) and which sets study._stop_flag
+        self._study._thread_local.in_optimize_loop = True
+        self._study._stop_flag = False
         try:
             self._adopt_interrupted_trials()
             while True:
@@ -4045,13 +4224,15 @@ class _Controller:
                 raise _Interrupted(f"{exc}; cancelled {cancelled} job(s)") from None
             raise
         finally:
+            self._study._thread_local.in_optimize_loop = False
             self._progress.close()
 
     # ---- starting and adopting trials
 
     def _free_slot(self) -> bool:
         return (
-            self.tally.n_finished + len(self._active) < self._settings.n_trials
+            not self._study._stop_flag  # study.stop() from a callback: trials in flight finish, no new one
+            and self.tally.n_finished + len(self._active) < self._settings.n_trials
             and len(self._active) < self._settings.max_concurrent_trials
             and self._executor.has_room()  # under a submit limit: no new trial
         )
@@ -4194,8 +4375,11 @@ class _Controller:
 
     # ---- telling Optuna: the one way a trial ends
 
-    def _finish(self, active: _ActiveTrial, state: Any, value: float | None = None) -> optuna.trial.FrozenTrial:
-        """Let the executor forget the trial, merge its chunk records, tell Optuna, count it, rewrite summary.json.
+    def _finish(
+        self, active: _ActiveTrial, state: Any, value: float | list[float] | None = None
+    ) -> optuna.trial.FrozenTrial:
+        """Let the executor forget the trial, merge its chunk records, tell Optuna, count it, rewrite
+        summary.json, then call the user's callbacks as ``study.optimize`` does (each gets its own copy).
 
         The records are merged before Optuna is told: a crash in between leaves a RUNNING
         trial whose chunks are all there, completed again on resume.
@@ -4206,10 +4390,31 @@ class _Controller:
         self._active.remove(active)
         self.tally.count(frozen, self._settings)
         _write_json_atomic(self._run.summary, self.tally.summary(self._settings))
+        for callback in self._callbacks:
+            try:
+                callback(self._study, copy.deepcopy(frozen))
+            except Exception:  # re-raised as Optuna does; run() cancels the run's jobs on the way out
+                logger.error(
+                    "callback %s raised after trial %d: cancelling the run's jobs. Resume with run_name=%r",
+                    getattr(callback, "__qualname__", callback),
+                    frozen.number,
+                    self._settings.run_name,
+                )
+                raise
         return frozen
 
     def _complete(self, active: _ActiveTrial, summary: TrialSummary) -> None:
         trial = active.trial
+        objectives = self._settings.objectives
+        missing = [name for name in objectives or () if name not in summary.components]
+        if missing:
+            returned = sorted(summary.components) or "a number, not a dict of components"
+            self._fail(
+                active,
+                f"loss {self._settings.loss_name!r} returned no component {missing[0]!r} of objectives="
+                f"{objectives!r}; it returned {returned}",
+            )
+            return
         self._report_chunks(active)  # the best trial must have every step, for WilcoxonPruner
         trial.set_user_attr("n_seeds", summary.n_seeds)
         trial.set_user_attr("std", summary.std)
@@ -4218,8 +4423,14 @@ class _Controller:
             trial.set_user_attr("attempts", active.attempt + 1)
         if summary.components:
             trial.set_user_attr("components", summary.components)
+            trial.set_user_attr("component_standard_errors", summary.component_standard_errors)
         if summary.missing_chunks:
             trial.set_user_attr("missing_chunks", summary.missing_chunks)
+        if objectives:
+            values = [summary.components[name] for name in objectives]
+            self._finish(active, self._optuna.trial.TrialState.COMPLETE, values)
+            self._log_objectives(trial.number, summary, trial.params)
+            return
         frozen = self._finish(active, self._optuna.trial.TrialState.COMPLETE, summary.mean)
         best = self.tally.best
         self._trial_log.info(
@@ -4233,6 +4444,23 @@ class _Controller:
             frozen.duration.total_seconds() if frozen.duration else 0.0,
             best.number,
             best.value,
+        )
+
+    def _log_objectives(self, number: int, summary: TrialSummary, params: Mapping[str, ParamValue]) -> None:
+        errors = summary.component_standard_errors
+        shown = ", ".join(
+            f"{n} {summary.components[n]!r} ± {errors.get(n, math.nan):.3g}" for n in self._settings.objectives
+        )
+        best = f"Best is trial {self.tally.best.number}" if self.tally.best else "Best is -"
+        if len(self._settings.objectives) > 1:
+            best = f"Pareto front: trials {[t.number for t in self.tally.pareto]}"
+        self._trial_log.info(
+            "Trial %d finished with %s (mean ± standard error over %d seeds) and parameters: %s. %s.",
+            number,
+            shown,
+            summary.n_seeds,
+            params,
+            best,
         )
 
     def _fail(self, active: _ActiveTrial, reason: str) -> None:
@@ -4325,6 +4553,34 @@ def _better(value: float, than: float, direction: str) -> bool:
     return value < than if direction == "minimize" else value > than
 
 
+def _dominates(a: Sequence[float], b: Sequence[float], directions: Sequence[str]) -> bool:
+    """``a`` is no worse than ``b`` in every objective and better in one (Pareto dominance)."""
+    signs = [1.0 if d == "minimize" else -1.0 for d in directions]
+    a_, b_ = [s * v for s, v in zip(signs, a, strict=True)], [s * v for s, v in zip(signs, b, strict=True)]
+    return all(x <= y for x, y in zip(a_, b_, strict=True)) and a_ != b_
+
+
+def _pareto_front(trials: Iterable[Any], directions: Sequence[str]) -> list[Any]:
+    """The complete trials that no other dominates (as Optuna's ``study.best_trials``), by number."""
+    front: list[Any] = []
+    for trial in trials:
+        if any(_dominates(f.values, trial.values, directions) for f in front):
+            continue
+        front = [f for f in front if not _dominates(trial.values, f.values, directions)] + [trial]
+    return sorted(front, key=lambda t: t.number)
+
+
+def _pareto_record(frozen: Any, objectives: Mapping[str, str]) -> dict[str, Any]:
+    """One trial of the Pareto set as summary.json and ``status --json`` show it."""
+    errors = frozen.user_attrs.get("component_standard_errors", {})
+    return {
+        "trial": frozen.number,
+        "values": dict(zip(objectives, frozen.values, strict=True)),
+        "standard_errors": {name: errors.get(name) for name in objectives},
+        "params": dict(frozen.params),
+    }
+
+
 def _distribution(optuna: Any, spec: Any) -> Any:
     d = optuna.distributions
     if not isinstance(spec, SearchParam):
@@ -4341,6 +4597,28 @@ def _default_sampler(optuna: Any, settings: _RunSettings, n_existing: int) -> An
     """TPE seeded from ``random_seed`` and the trials already there: a resume proposes new points."""
     seed = settings.random_seed if n_existing == 0 else (settings.random_seed * 1_000_003 + n_existing) % 2**32
     return optuna.samplers.TPESampler(seed=seed, constant_liar=settings.max_concurrent_trials > 1)
+
+
+def _enqueue_points(study: optuna.Study, settings: _RunSettings) -> None:
+    """Queue the ``enqueue`` points that the study has neither evaluated nor queued (a resume
+    skips them); ``study.ask`` then pops them in order before the sampler proposes anything."""
+    if not settings.enqueue:
+        return
+    before = len(study.get_trials(deepcopy=False))
+    for point in settings.enqueue:
+        study.enqueue_trial(point, skip_if_exists=True)
+    states = collections.Counter(t.state.name for t in study.get_trials(deepcopy=False))
+    added = sum(states.values()) - before
+    logger.info("enqueued %d point(s); %d already in the study", added, len(settings.enqueue) - added)
+    left = settings.n_trials - sum(n for state, n in states.items() if state != "WAITING")
+    if states["WAITING"] > left:
+        logger.warning(
+            "%d enqueued point(s) wait in the study but %d trial(s) are left of n_trials=%d: "
+            "the rest run when the run is resumed with a larger n_trials",
+            states["WAITING"],
+            max(left, 0),
+            settings.n_trials,
+        )
 
 
 @contextlib.contextmanager
@@ -4448,6 +4726,7 @@ def _run_study(
     storage: Any,
     pruner: Any,
     stop: _StopSignal,
+    callbacks: Sequence[Callable[..., Any]] = (),
     cores: int | None = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> OptimizeResult:
@@ -4464,14 +4743,15 @@ def _run_study(
             study_name=settings.run_name,
             storage=storage or f"sqlite:///{run.optuna_db}",
             load_if_exists=True,
-            direction=settings.direction,
+            directions=_directions(settings),
             pruner=optuna.pruners.NopPruner() if pruner is None else pruner,  # Optuna's default would be MedianPruner
             sampler=sampler,
         )
         if sampler is None:
             study.sampler = _default_sampler(optuna, settings, len(study.get_trials(deepcopy=False)))
+        _enqueue_points(study, settings)
         executor = _EXECUTORS[execution_mode(settings.mode)](settings, run, stop.event, cores, clock=clock)
-        controller = _Controller(settings, run, study, executor, stop, clock)
+        controller = _Controller(settings, run, study, executor, stop, clock, callbacks)
         try:
             controller.run()
         except _Interrupted as exc:
@@ -4504,6 +4784,7 @@ def _run_study(
         n_failed=summary["n_failed"],
         n_pruned=summary["n_pruned"],
         best_standard_error=summary["best_standard_error"],
+        best_trials=controller.tally.best_trials(),
         study=study,
     )
 
@@ -4558,6 +4839,16 @@ class FailedTrial:
 
 
 @dataclass(frozen=True)
+class ParetoTrial:
+    """A trial of the Pareto set (several objectives): each objective's mean and standard error."""
+
+    number: int
+    values: dict[str, float]
+    standard_errors: dict[str, float | None]
+    params: dict[str, ParamValue]
+
+
+@dataclass(frozen=True)
 class RunStatus:
     """Everything ``status`` shows of one run, read at ``checked_at``."""
 
@@ -4586,6 +4877,8 @@ class RunStatus:
     core_hours_left: float | None
     notes: list[str]  # what could not be read, in one line each (squeue failing ...)
     checked_at: str
+    objectives: dict[str, str] | None = None  # the run's objectives; None: the loss's mean
+    best_trials: list[ParetoTrial] = field(default_factory=list)  # several objectives: the Pareto set, not one best
 
     @property
     def trials_left(self) -> int:
@@ -4683,8 +4976,10 @@ def read_run_status(
     if settings.mode == ExecutionMode.DISTRIBUTED.value and ask_queue is not None:
         running, queue_note = _with_slurm_jobs(run, running, ask_queue)
         notes += [queue_note] if queue_note else []
-    best = _best_trial(by_state.get("COMPLETE", []), settings.direction)
-    best_error = _standard_error_of(_read_json(run.trial(best.number).summary), best.user_attrs) if best else None
+    directions = _directions(settings)
+    several = len(directions) > 1
+    best = None if several else _best_trial(by_state.get("COMPLETE", []), directions[0])
+    pareto = _pareto_front(by_state.get("COMPLETE", []), directions) if several else []
     all_chunks = [c for files in chunk_files.values() for c in files]
     core_seconds = math.fsum(c.elapsed_seconds * c.processes for c, _ in all_chunks)
     seeds_done = sum(c.stats.loss.count for c, _ in all_chunks)
@@ -4712,7 +5007,7 @@ def read_run_status(
         n_pruned=len(by_state.get("PRUNED", [])),
         best_trial=best.number if best else None,
         best_value=best.value if best else None,
-        best_standard_error=best_error,
+        best_standard_error=_best_standard_error(run.trial(best.number), best, settings.objectives) if best else None,
         best_params=dict(best.params) if best else {},
         running=running,
         failed=[_failed_trial(t) for t in by_state.get("FAIL", [])],
@@ -4725,6 +5020,8 @@ def read_run_status(
         core_hours_left=seeds_left * core_seconds / seeds_done / 3600 if seeds_done else None,
         notes=notes,
         checked_at=datetime.fromtimestamp(now, timezone.utc).isoformat(timespec="seconds"),
+        objectives=settings.objectives,
+        best_trials=[_pareto_trial(run.trial(t.number), t, settings.objectives) for t in pareto],
     )
 
 
@@ -4884,6 +5181,29 @@ def _best_trial(complete: list[Any], direction: str) -> Any:
     return min(valued, key=lambda t: t.value) if direction == "minimize" else max(valued, key=lambda t: t.value)
 
 
+def _best_standard_error(trial: TrialPaths, frozen: Any, objectives: Mapping[str, str] | None) -> float | None:
+    """The loss mean's standard error, or with one objective that component's."""
+    if objectives:
+        return _component_standard_errors(trial, frozen).get(next(iter(objectives)))
+    return _standard_error_of(_read_json(trial.summary), frozen.user_attrs)
+
+
+def _component_standard_errors(trial: TrialPaths, frozen: Any) -> dict[str, float]:
+    """Each component's std / sqrt(n_seeds) from the trial's summary.json, else from the user attribute."""
+    summary = _read_json(trial.summary) or {}
+    return summary.get("component_standard_errors") or frozen.user_attrs.get("component_standard_errors") or {}
+
+
+def _pareto_trial(trial: TrialPaths, frozen: Any, objectives: Mapping[str, str]) -> ParetoTrial:
+    errors = _component_standard_errors(trial, frozen)
+    return ParetoTrial(
+        number=frozen.number,
+        values=dict(zip(objectives, frozen.values, strict=True)),
+        standard_errors={name: errors.get(name) for name in objectives},
+        params=dict(frozen.params),
+    )
+
+
 def _failed_trial(frozen: Any) -> FailedTrial:
     reason = str(frozen.user_attrs.get("fail_reason") or "no reason recorded")
     log = re.search(r"\blog:? ([^\s()]+)", reason)
@@ -4920,7 +5240,7 @@ def format_run_status(s: RunStatus) -> str:
         f"run {s.run_name} ({s.mode} mode, loss {s.loss_name}) in {s.run_dir}",
         f"trials: {s.n_complete} complete, {s.n_running} running, {s.n_failed} failed, {s.n_pruned} pruned"
         f" of {s.n_trials}",
-        f"best: {_format_best(s)}",
+        *_format_best_lines(s),
         f"controller: {_format_controller(s)}",
         f"compute: {_format_core_hours(s.core_hours)} of chunk compute so far, {s.seeds_done:,} seeds",
     ]
@@ -4967,7 +5287,31 @@ def format_entries_status(s: EntriesStatus) -> str:
     return "\n".join(lines)
 
 
+def _plus_minus(error: float | None) -> str:
+    return "" if error is None else f" ± {error:.2g}"
+
+
+def _format_best_lines(s: RunStatus) -> list[str]:
+    """``best: ...``, or with several objectives the Pareto set, one line per trial."""
+    if not s.objectives or len(s.objectives) < 2:
+        return [f"best: {_format_best(s)}"]
+    directions = ", ".join(f"{name} {direction}" for name, direction in s.objectives.items())
+    lines = [f"Pareto set ({directions}): {_format_best(s)}"]
+    for trial in s.best_trials[:_PARETO_LINES]:
+        values = ", ".join(f"{n} {v:.6g}{_plus_minus(trial.standard_errors[n])}" for n, v in trial.values.items())
+        lines.append(f"  trial {trial.number}: {values}; {_format_params(trial.params)}")
+    if len(s.best_trials) > _PARETO_LINES:
+        lines.append(f"  ... {len(s.best_trials) - _PARETO_LINES} more (status --json lists them all)")
+    return lines
+
+
+_PARETO_LINES = 20
+
+
 def _format_best(s: RunStatus) -> str:
+    if s.objectives and len(s.objectives) > 1:
+        numbers = ", ".join(str(t.number) for t in s.best_trials)
+        return f"{len(s.best_trials)} trial(s) no other beats in every objective ({numbers})" if numbers else "-"
     if s.best_value is None:
         return "-"
     error = f" ± {s.best_standard_error:.2g}" if s.best_standard_error is not None else ""
@@ -5094,6 +5438,8 @@ class TrialRow:
     n_seeds: int | None
     seconds: float | None  # from the trial's start to its end in Optuna
     fail_reason: str  # the first line of why it failed; "" unless FAIL
+    values: dict[str, float] = field(default_factory=dict)  # several objectives: each one's mean
+    standard_errors: dict[str, float | None] = field(default_factory=dict)  # ... and its standard error
 
 
 @dataclass(frozen=True)
@@ -5101,10 +5447,11 @@ class RunReport:
     """Everything the report page shows of one run."""
 
     status: RunStatus
-    direction: str
+    direction: str  # the study's direction; with several objectives, see objectives
     trials: list[TrialRow]
     study_trials: list[Any]  # optuna FrozenTrials, for optuna.visualization
     seeds_per_second: list[tuple[float, float]]  # (unix time, seeds/s), the run's pace over its chunks
+    objectives: dict[str, str] | None = None  # several: a multi-objective study (Pareto front plot)
 
 
 def read_report(path: Path, now: float | None = None) -> RunReport:
@@ -5123,8 +5470,9 @@ def read_report(path: Path, now: float | None = None) -> RunReport:
     chunks = [c for t in study_trials for c in _ended_chunks(run.trial(t.number))]
     return RunReport(
         status=status,
-        direction=settings.direction,
-        trials=[_trial_row(run.trial(t.number), t) for t in study_trials],
+        direction=_directions(settings)[0],
+        objectives=settings.objectives,
+        trials=[_trial_row(run.trial(t.number), t, settings.objectives) for t in study_trials],
         study_trials=study_trials,
         seeds_per_second=_seeds_per_second_series(
             [(mtime - c.elapsed_seconds, mtime, c.stats.loss.count) for c, mtime in chunks], _RATE_BINS
@@ -5132,9 +5480,10 @@ def read_report(path: Path, now: float | None = None) -> RunReport:
     )
 
 
-def _trial_row(trial: TrialPaths, frozen: Any) -> TrialRow:
+def _trial_row(trial: TrialPaths, frozen: Any, objectives: Mapping[str, str] | None = None) -> TrialRow:
     state = frozen.state.name
     summary = _read_json(trial.summary) if state == "COMPLETE" else None
+    several = state == "COMPLETE" and objectives is not None and len(objectives) > 1
     n_seeds = frozen.user_attrs.get("n_seeds")
     if n_seeds is None and isinstance(summary, dict):
         n_seeds = summary.get("n_seeds")
@@ -5142,12 +5491,14 @@ def _trial_row(trial: TrialPaths, frozen: Any) -> TrialRow:
     return TrialRow(
         number=frozen.number,
         state=state,
-        value=frozen.value if state == "COMPLETE" else None,
-        standard_error=_standard_error_of(summary, frozen.user_attrs) if state == "COMPLETE" else None,
+        value=frozen.value if state == "COMPLETE" and not several else None,
+        standard_error=_best_standard_error(trial, frozen, objectives) if state == "COMPLETE" and not several else None,
         params=dict(frozen.params) or (_read_json(trial.params) or {}).get("params", {}),
         n_seeds=n_seeds,
         seconds=(ended - frozen.datetime_start).total_seconds() if ended and frozen.datetime_start else None,
         fail_reason=_failed_trial(frozen).reason if state == "FAIL" else "",
+        values=_pareto_trial(trial, frozen, objectives).values if several else {},
+        standard_errors=_pareto_trial(trial, frozen, objectives).standard_errors if several else {},
     )
 
 
@@ -5221,14 +5572,41 @@ def _report_figures(report: RunReport) -> list[tuple[str, Any, str]]:
     if not complete:
         note = "no complete trial yet: nothing to plot"
         return [("Optimization history", None, note), rate]
-    study = optuna.create_study(study_name=report.status.run_name, direction=report.direction)
+    objectives = report.objectives if report.objectives and len(report.objectives) > 1 else None
+    directions = list(objectives.values()) if objectives else [report.direction]
+    study = optuna.create_study(study_name=report.status.run_name, directions=directions)
     study.add_trials([t for t in report.study_trials if t.state.is_finished()])
+    if objectives:
+        return [*_pareto_figures(study, objectives), rate]
     return [
         ("Optimization history", plots.plot_optimization_history(study), ""),
         ("Mean of each complete trial ± standard error", _errors_figure(report.trials), ""),
         ("Parameter importances", *_importance_figure(study, len(complete))),
         ("The mean against each parameter", plots.plot_slice(study), ""),
         rate,
+    ]
+
+
+def _pareto_figures(study: Any, objectives: Mapping[str, str]) -> list[tuple[str, Any, str]]:
+    """Several objectives: Optuna's Pareto front plot, then each objective against each parameter."""
+    import optuna.visualization as plots
+
+    names = list(objectives)
+    directions = ", ".join(f"{name} {direction}" for name, direction in objectives.items())
+    if len(names) <= 3:
+        front = (plots.plot_pareto_front(study, target_names=names), f"each complete trial's means ({directions})")
+    else:
+        front = (None, f"the Pareto front is drawn for 2 or 3 objectives; this run has {len(names)}")
+    return [
+        ("Pareto front", *front),
+        *[
+            (
+                f"{name} ({objectives[name]}) against each parameter",
+                plots.plot_slice(study, target=lambda t, i=i: t.values[i], target_name=name),
+                "",
+            )
+            for i, name in enumerate(names)
+        ],
     ]
 
 
@@ -5287,6 +5665,8 @@ def _trials_table(trials: Sequence[TrialRow]) -> str:
         value = "" if t.value is None else f"{t.value:.6g}"
         if t.value is not None and t.standard_error is not None:
             value += f" ± {t.standard_error:.2g}"
+        if t.values:
+            value = ", ".join(f"{n} {v:.6g}{_plus_minus(t.standard_errors.get(n))}" for n, v in t.values.items())
         cells = [
             str(t.number),
             t.state,
