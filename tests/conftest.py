@@ -182,3 +182,19 @@ def rewrite_chunk_record(trial, index: int, **changes) -> None:
     records = [json.loads(line) for line in lines]
     records = [{**r, **changes} if r["chunk_index"] == index else r for r in records]
     trial.merged_chunks.write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def as_sqlite(run) -> None:
+    """Make a run's study an SQLite ``optuna.db``, as runs made before ``optuna.journal`` have it."""
+    import optuna
+
+    import slurptuna
+
+    name = json.loads(run.meta.read_text())["run_name"]
+    optuna.copy_study(
+        from_study_name=name,
+        from_storage=slurptuna._study_storage(run),
+        to_storage=f"sqlite:///{run.optuna_db}",
+        to_study_name=name,
+    )
+    run.journal.unlink()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import signal
-import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -22,6 +21,7 @@ import pytest
 from conftest import chunk_records, read_json, run_script, script_env, start_controller, wait_for
 from real_slurm import require_real_slurm
 
+import slurptuna
 from slurptuna import RunPaths, _report_form, optimize_run
 
 BAD_X = 0.9
@@ -241,20 +241,10 @@ CONTROLLER = textwrap.dedent("""
 """)
 
 
-def reported_steps(db: Path, number: int) -> dict[int, float]:
-    """Trial ``number``'s intermediate values as the storage holds them (none while it is being created)."""
-    if not db.exists():
-        return {}
-    try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10) as connection:
-            rows = connection.execute(
-                "SELECT v.step, v.intermediate_value FROM trial_intermediate_values v "
-                "JOIN trials t ON t.trial_id = v.trial_id WHERE t.number = ?",
-                (number,),
-            ).fetchall()
-    except sqlite3.OperationalError:  # no tables yet
-        return {}
-    return dict(rows)
+def reported_steps(run_dir: Path, number: int) -> dict[int, float]:
+    """Trial ``number``'s intermediate values as the study holds them (none before it exists)."""
+    trials = slurptuna._read_study_trials(RunPaths(run_dir), run_dir.name) if run_dir.exists() else []
+    return dict(trials[number].intermediate_values) if len(trials) > number else {}
 
 
 @pytest.mark.parametrize("mode", ["single", "distributed"])
@@ -262,7 +252,7 @@ def test_a_resumed_trial_keeps_its_reports_repeats_none_and_can_still_be_pruned(
     if mode == "distributed":
         request.getfixturevalue("fake_slurm")
     runs = tmp_path / "runs"
-    db = runs / "resumed" / "optuna.db"
+    db = runs / "resumed"
     sleep = "0.01"  # 100 ms a chunk: pruning needs 6 paired chunks
     process = start_controller(tmp_path, CONTROLLER, runs, mode, SLURPTUNA_TEST_SLEEP=sleep)
     wait_for(lambda: len(reported_steps(db, 1)) >= 2, timeout=120)

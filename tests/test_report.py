@@ -19,7 +19,7 @@ from pathlib import Path
 import browser
 import losses
 import pytest
-from conftest import REPO, assert_one_error_line, read_json, script_env, slurptuna_command, wait_for
+from conftest import REPO, as_sqlite, assert_one_error_line, read_json, script_env, slurptuna_command, wait_for
 
 import slurptuna
 from slurptuna import RunPaths, optimize_entries, optimize_run
@@ -224,9 +224,10 @@ def test_a_run_in_an_unknown_file_format_is_one_line_and_exit_2(tmp_path):
     assert_one_error_line(report(run), "report", "cannot read", "9.9")
 
 
-def test_a_locked_database_is_one_line_and_exit_2(mixed_run, tmp_path):
+def test_an_older_runs_locked_database_is_one_line_and_exit_2(mixed_run, tmp_path):
     copy = tmp_path / mixed_run.name
     shutil.copytree(mixed_run, copy)
+    as_sqlite(RunPaths(copy))  # a run made before optuna.journal keeps its optuna.db
     holder = sqlite3.connect(copy / "optuna.db")
     try:
         holder.execute("PRAGMA locking_mode = EXCLUSIVE")

@@ -38,7 +38,7 @@ def test_a_run_writes_the_spec_files_and_each_trial_mean_is_the_mean_over_all_se
     )
     run = RunPaths(Path(result.run_dir))
     assert run.dir.name == "quadratic_v0001" and result.run_name == "quadratic_v0001"
-    assert {p.name for p in run.dir.iterdir()} >= {"meta.json", "summary.json", "optuna.db", "trials"}
+    assert {p.name for p in run.dir.iterdir()} >= {"meta.json", "summary.json", "optuna.journal", "trials"}
     for trial in result.study.trials:
         paths = run.trial(trial.number)
         direct = math.fsum(losses.quadratic_value(trial.params, s) for s in range(23)) / 23

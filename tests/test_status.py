@@ -13,6 +13,7 @@ from pathlib import Path
 import losses
 import pytest
 from conftest import (
+    as_sqlite,
     assert_one_error_line,
     chunk_records,
     read_json,
@@ -228,8 +229,9 @@ def test_a_meta_json_of_an_unknown_format_is_one_line_and_exit_code_2(tmp_path):
     assert_one_error_line(status(tmp_path), "status", "meta.json has a format", "slurptuna 9.0")
 
 
-def test_an_optuna_db_that_stays_locked_is_one_line_and_exit_code_2(run_root):
+def test_an_older_runs_optuna_db_that_stays_locked_is_one_line_and_exit_code_2(run_root):
     result = single_run(losses.quadratic, run_root, n_trials=1)
+    as_sqlite(RunPaths(Path(result.run_dir)))  # a run made before optuna.journal keeps its optuna.db
     writer = sqlite3.connect(RunPaths(Path(result.run_dir)).optuna_db, isolation_level=None)
     writer.execute("BEGIN EXCLUSIVE")  # as a controller's commit does, but for longer than status waits
     try:
