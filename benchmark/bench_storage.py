@@ -279,7 +279,7 @@ def _copy_sqlite_trials(path: Path, study_id: int, n: int) -> None:
     with contextlib.closing(sqlite3.connect(path, timeout=30)) as db:
         tables = [
             name
-            for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type='table' AND name LIKE 'trial_%'")
+            for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type='table' AND name != 'trials'")
             if any(col[1] == "trial_id" for col in db.execute(f"PRAGMA table_info({name})"))
         ]
         while True:
