@@ -399,7 +399,7 @@ class Reader:
         times: list[float] = []
         errors_before = len(writer.errors)
         self.go.set()
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         while time.perf_counter() - started < max_seconds:
             times += writer.timed_steps(5, True, pace=READER_PACE_S)
             with contextlib.suppress(queue.Empty):
@@ -408,13 +408,14 @@ class Reader:
             done = [sum(r[0] == style and not r[4] for r in reads) for style in ("status", "dashboard")]
             if min(done) >= min_reads and time.perf_counter() - started >= min_seconds:
                 break
+        cpu = (time.process_time() - cpu) / len(times)  # sleeping for the pace costs no CPU
         self.go.clear()
         while True:  # the read under way finishes before the next timed block
             item = self.results.get(timeout=600)
             if item[0] == "idle":
                 break
             reads.append(item)
-        return {"writer": times, "writer_errors": writer.errors[errors_before:], "reads": reads}
+        return {"writer": times, "writer_cpu": cpu, "writer_errors": writer.errors[errors_before:], "reads": reads}
 
     def close(self) -> None:
         self.quit.set()
@@ -519,8 +520,11 @@ def window(stores: list[Store], readers: dict[str, Reader], block: int, min_read
         for store in stores:
             for variant, (sampler, bookkeeping) in VARIANTS.items():
                 store.writer.study.sampler = samplers(sampler)
+                cpu = time.process_time()
                 times = store.writer.timed_steps(block, bookkeeping)
+                cpu = (time.process_time() - cpu) / block  # the writer's own CPU: not the waits, not other load
                 figures[store.kind].setdefault(variant, []).append(statistics.mean(times))
+                figures[store.kind].setdefault(variant + "_cpu", []).append(cpu)
                 figures[store.kind].setdefault(variant + "_all", []).extend(times)
     for store in stores:
         store.writer.study.sampler = samplers("random")
@@ -539,7 +543,7 @@ def measure(tmp: Path, n_large: int) -> dict[str, Any]:
     """Every figure, by storage and window size; ``tmp`` receives the files."""
     optuna = _optuna()
     sizes = [n_large // 10, n_large]
-    block = 20 if n_large >= 5000 else 10
+    block = 40 if n_large >= 5000 else 10
     min_reads = 2 if n_large >= 5000 else 3
     tmp.mkdir(parents=True, exist_ok=True)
     stores = []
@@ -606,17 +610,22 @@ def table_rows(result: dict[str, Any]) -> list[tuple[str, str, dict[str, str]]]:
             return {k: cell(figures[k]) if k in kinds else "-" for k in STORAGES}
 
         def median_of(variant):
-            return lambda f: _ms(statistics.median(f[variant]))
+            return lambda f: f"{_ms(statistics.median(f[variant]))} (CPU {_ms(statistics.median(f[variant + '_cpu']))})"
 
         files = ("sqlite", "journal")
         rows += [
             ("trials in the window (first-last)", at, each(lambda f: f"{f['first']:,}-{f['last']:,}")),
-            ("ask + tell, RandomSampler, per trial", at, each(median_of("random"))),
+            ("ask + tell, RandomSampler, per trial: wall (writer's CPU)", at, each(median_of("random"))),
             ("ask + bookkeeping + tell, RandomSampler, per trial", at, each(median_of("random_bk"))),
             (
                 "bookkeeping alone (5 `report`, 4 `set_user_attr`), per trial",
                 at,
-                each(lambda f: _ms(statistics.median(f["random_bk"]) - statistics.median(f["random"]))),
+                each(
+                    lambda f: (
+                        f"{_ms(statistics.median(f['random_bk']) - statistics.median(f['random']))} "
+                        f"(CPU {_ms(statistics.median(f['random_bk_cpu']) - statistics.median(f['random_cpu']))})"
+                    )
+                ),
             ),
             ("ask + bookkeeping + tell, TPE (constant_liar, 4 in flight): slurptuna's", at, each(median_of("tpe_bk"))),
             (
@@ -630,7 +639,8 @@ def table_rows(result: dict[str, Any]) -> list[tuple[str, str, dict[str, str]]]:
                 each(
                     lambda f: (
                         f"{_ms(statistics.median(f['during_reads']['writer']))} / "
-                        f"{_ms(max(f['during_reads']['writer']))} ({len(f['during_reads']['writer'])} trials)"
+                        f"{_ms(max(f['during_reads']['writer']))} (CPU {_ms(f['during_reads']['writer_cpu'])}; "
+                        f"{len(f['during_reads']['writer'])} trials)"
                     ),
                     files,
                 ),
