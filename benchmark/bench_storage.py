@@ -128,7 +128,7 @@ class Writer:
             if len(self.in_flight) > IN_FLIGHT:
                 self.finish(self.in_flight.popleft(), bookkeeping)
         except Exception as exc:  # a locked database: counted, the run goes on
-            self.errors.append(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+            self.errors.append(_root_cause(exc))
 
     def finish(self, trial: Any, bookkeeping: bool) -> None:
         mean, chunks, attrs = trial_outcome(trial.number, trial.params)
@@ -374,11 +374,18 @@ def reader_main(kind: str, path: str, go: Any, quit_: Any, results: Any) -> None
                         n, retries = len(dash.get_all_trials(study_id, deepcopy=False)), 0
                     results.put((style, time.perf_counter() - started, n, retries, ""))
                 except Exception as exc:
-                    results.put((style, time.perf_counter() - started, 0, 0, f"{type(exc).__name__}: {exc}"[:300]))
+                    results.put((style, time.perf_counter() - started, 0, 0, f"{style}: {_root_cause(exc)}"))
         if dash is not None and hasattr(dash, "engine"):
             dash.remove_session()
             dash.engine.dispose()
         results.put(("idle", 0.0, 0, 0, ""))
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The innermost exception's type and first line: Optuna wraps SQLAlchemy, which wraps sqlite3."""
+    while exc.__cause__ is not None or exc.__context__ is not None:
+        exc = exc.__cause__ or exc.__context__
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:200]
 
 
 class Reader:
