@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """The study's storage at 10,000 trials: SQLite against Optuna's journal file, in-memory as the floor.
 
-    python benchmark/bench_storage.py                 # windows at 1,000 and 10,000 trials (about 5 minutes)
+    python benchmark/bench_storage.py                 # windows at 1,000 and 10,000 trials (6-10 minutes here)
     python benchmark/bench_storage.py --quick         # windows at 100 and 1,000 trials (about 1 minute)
     python benchmark/bench_storage.py --trials 5000   # windows at N/10 and N
 
