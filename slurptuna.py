@@ -15,7 +15,7 @@ The contract, in the order a run happens:
   the machine has cores; ``distributed`` mode submits them to Slurm as one array
   job per trial plus a reduce job that depends on it, and polls ``squeue``.
 * Everything is a file under ``runs/<loss>_v0001/``, written atomically; the
-  Optuna study lives in ``optuna.db`` beside them. Re-running with ``run_name``
+  Optuna study lives in ``optuna.journal`` beside them. Re-running with ``run_name``
   of an existing run resumes it: finished trials stay, interrupted ones are
   finished with their old parameters, reusing every chunk already computed and
   adopting Slurm jobs that are still queued.
@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import copy
 import errno
 import functools
 import importlib
@@ -312,7 +313,7 @@ class OptimizeResult:
 
     loss_name: str
     best_value: float | None
-    best_params: dict[str, ParamValue]
+    best_params: dict[str, ParamValue] | None  # None with several objectives: see best_trials
     n_trials: int
     study_name: str
     run_dir: str
@@ -323,6 +324,8 @@ class OptimizeResult:
     n_pruned: int = 0
     best_standard_error: float | None = None  # the best trial's std / sqrt(n_seeds)
     study: optuna.Study | None = field(default=None, compare=False, repr=False)
+    # Optuna's study.best_trials: with several objectives the Pareto set (best_value and best_params are None)
+    best_trials: list[optuna.trial.FrozenTrial] = field(default_factory=list, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -334,71 +337,101 @@ class MultiOptimizeResult:
     entries: list[str]
     results_by_entry: dict[str, OptimizeResult]
     best_values_by_entry: dict[str, float | None]
-    best_params_by_entry: dict[str, dict[str, ParamValue]]
+    best_params_by_entry: dict[str, dict[str, ParamValue] | None]
     run_dir: str
     mode: ExecutionMode = ExecutionMode.SINGLE
+    best_trials_by_entry: dict[str, list[optuna.trial.FrozenTrial]] = field(default_factory=dict, repr=False)
 
 
 def optimize_run(
     loss: LossDefinition | str,
     *,
     n_trials: Annotated[
-        int, _Opt("the total the run should reach: a re-run finishes it, it does not add", "count")
+        int, _Option("the total the run should reach: a re-run finishes it, it does not add", "count")
     ] = 10,
-    seeds: Annotated[Iterable[int] | None, _Opt("an explicit list of seeds, honoured exactly", "seeds")] = None,
-    n_seeds: Annotated[int | None, _Opt("seeds `seed_start ..`; neither: `chunk_size * num_chunks`", "seeds")] = None,
-    chunk_size: Annotated[int | None, _Opt("seeds per chunk (an array task); None: the loss's, 100", "seeds")] = None,
-    num_chunks: Annotated[int | None, _Opt("chunks when `n_seeds` is not given; None: the loss's, 10", "seeds")] = None,
-    random_seed: Annotated[int, _Opt("seeds the default `TPESampler` (see Resume)", "integer")] = 123,
-    entry_id: Annotated[str | None, _Opt("`context['entry_id']` of the loss", "text?", identity=True)] = None,
-    direction: Annotated[str, _Opt("`'minimize'` or `'maximize'`", "direction", identity=True)] = "minimize",
-    mode: Annotated[ExecutionMode | str, _Opt("`'single'` or `'distributed'` (or `execution_mode(...)`)", "mode")] = (
-        ExecutionMode.SINGLE
-    ),
-    run_root: Annotated[str | os.PathLike[str], _Opt("the directory of runs", "path")] = "runs",
-    run_name: Annotated[str | None, _Opt("None: a new `<loss>_v%04d`; an existing name: resume it", "name?")] = None,
-    loss_module: Annotated[str | None, _Opt("a module name or `.py` path, if the loss's is not found", "loss")] = None,
-    slurm_poll_seconds: Annotated[float, _Opt("the longest wait between two `squeue` calls", "positive")] = 15,
-    slurm_timeout_minutes: Annotated[
-        float | None, _Opt("cancel (and retry) a trial attempt that takes longer", "positive?")
+    seeds: Annotated[Iterable[int] | None, _Option("an explicit list of seeds, honoured exactly", "seeds")] = None,
+    n_seeds: Annotated[
+        int | None, _Option("seeds `seed_start ..`; neither: `chunk_size * num_chunks`", "seeds")
     ] = None,
-    cpus_per_task: Annotated[int | None, _Opt("`sbatch --cpus-per-task`; None: `worker_parallelism`", "count?")] = None,
-    mem_per_cpu: Annotated[str, _Opt("`sbatch --mem-per-cpu`", "memory")] = "2G",
-    max_concurrent_trials: Annotated[int, _Opt("trials in flight at once", "count")] = 1,
-    array_parallelism_limit: Annotated[int | None, _Opt("the `%N` array throttle", "count?")] = None,
-    worker_parallelism: Annotated[int, _Opt("processes per chunk task (single mode: per trial)", "count")] = 1,
+    chunk_size: Annotated[
+        int | None, _Option("seeds per chunk (an array task); None: the loss's, 100", "seeds")
+    ] = None,
+    num_chunks: Annotated[
+        int | None, _Option("chunks when `n_seeds` is not given; None: the loss's, 10", "seeds")
+    ] = None,
+    random_seed: Annotated[int, _Option("seeds the default `TPESampler` (see Resume)", "integer")] = 123,
+    entry_id: Annotated[str | None, _Option("`context['entry_id']` of the loss", "text?", identity=True)] = None,
+    direction: Annotated[str, _Option("`'minimize'` or `'maximize'`", "direction", identity=True)] = "minimize",
+    objectives: Annotated[
+        Mapping[str, str] | None,
+        _Option(
+            "loss components to optimize, each with its direction, e.g. `{'fit': 'minimize', 'shape': 'maximize'}`"
+            " (see Optuna habits)",
+            "objectives",
+            identity=True,
+        ),
+    ] = None,
+    mode: Annotated[
+        ExecutionMode | str, _Option("`'single'` or `'distributed'` (or `execution_mode(...)`)", "mode")
+    ] = ExecutionMode.SINGLE,
+    run_root: Annotated[str | os.PathLike[str], _Option("the directory of runs", "path")] = "runs",
+    run_name: Annotated[str | None, _Option("None: a new `<loss>_v%04d`; an existing name: resume it", "name?")] = None,
+    loss_module: Annotated[
+        str | None, _Option("a module name or `.py` path, if the loss's is not found", "loss")
+    ] = None,
+    slurm_poll_seconds: Annotated[float, _Option("the longest wait between two `squeue` calls", "positive")] = 15,
+    slurm_timeout_minutes: Annotated[
+        float | None, _Option("cancel (and retry) a trial attempt that takes longer", "positive?")
+    ] = None,
+    cpus_per_task: Annotated[
+        int | None, _Option("`sbatch --cpus-per-task`; None: `worker_parallelism`", "count?")
+    ] = None,
+    mem_per_cpu: Annotated[str, _Option("`sbatch --mem-per-cpu`", "memory")] = "2G",
+    max_concurrent_trials: Annotated[int, _Option("trials in flight at once", "count")] = 1,
+    array_parallelism_limit: Annotated[int | None, _Option("the `%N` array throttle", "count?")] = None,
+    worker_parallelism: Annotated[int, _Option("processes per chunk task (single mode: per trial)", "count")] = 1,
     worker_time_limit: Annotated[
-        timedelta, _Opt("`sbatch --time` of a chunk task; single mode kills a chunk past it", "duration")
+        timedelta, _Option("`sbatch --time` of a chunk task; single mode kills a chunk past it", "duration")
     ] = timedelta(hours=2),
-    slurm_qos: Annotated[str | None, _Opt("`--qos`; None sends none", "text?")] = "short",
+    slurm_qos: Annotated[str | None, _Option("`--qos`; None sends none", "text?")] = "short",
     trial_retry_attempts: Annotated[
-        int, _Opt("resubmissions of the missing chunks after a timeout or a killed task", "count0")
+        int, _Option("resubmissions of the missing chunks after a timeout or a killed task", "count0")
     ] = 1,
     fail_on_chunk_error: Annotated[
-        bool, _Opt("False: a trial whose loss failed in some chunks reports the mean of the others", "flag")
+        bool, _Option("False: a trial whose loss failed in some chunks reports the mean of the others", "flag")
     ] = True,
-    use_processes: Annotated[bool, _Opt("False: threads instead of processes for a chunk's seeds", "flag")] = True,
+    use_processes: Annotated[bool, _Option("False: threads instead of processes for a chunk's seeds", "flag")] = True,
     forward_sys_argv_to_workers: Annotated[
-        bool, _Opt("workers see the launcher's `sys.argv` while importing the loss", "flag")
+        bool, _Option("workers see the launcher's `sys.argv` while importing the loss", "flag")
     ] = True,
-    sampler: Annotated[Any, _Opt("an Optuna sampler; None: TPE seeded from `random_seed`", "object")] = None,
-    storage: Annotated[Any, _Opt("an Optuna storage; None: the run's `optuna.db`", "object")] = None,
+    sampler: Annotated[Any, _Option("an Optuna sampler; None: TPE seeded from `random_seed`", "object")] = None,
+    storage: Annotated[Any, _Option("an Optuna storage; None: the run's `optuna.journal`", "object")] = None,
     pruner: Annotated[
-        Any, _Opt("an Optuna pruner, told of each chunk (see Seeds as a budget); None: no pruning", "object")
+        Any, _Option("an Optuna pruner, told of each chunk (see Seeds as a budget); None: no pruning", "object")
     ] = None,
     prune_report: Annotated[
-        str, _Opt("what the pruner is told: `'chunk'` means, `'running_mean'`, or `'auto'` (by pruner)", "report")
+        str, _Option("what the pruner is told: `'chunk'` means, `'running_mean'`, or `'auto'` (by pruner)", "report")
     ] = "auto",
-    slurm_partition: Annotated[str | None, _Opt("`--partition`", "text?")] = None,
-    slurm_account: Annotated[str | None, _Opt("`--account`", "text?")] = None,
-    sbatch_args: Annotated[Sequence[str], _Opt("extra sbatch options, e.g. `['--constraint=avx2']`", "texts")] = (),
-    python: Annotated[str | None, _Opt("the workers' interpreter; None: this one", "executable?")] = None,
+    enqueue: Annotated[
+        Sequence[Mapping[str, ParamValue]] | None,
+        _Option("param dicts evaluated first, in order; a resume skips those the study already has", "points"),
+    ] = None,
+    callbacks: Annotated[
+        Sequence[Callable[..., Any]] | None,
+        _Option(
+            "`callback(study, frozen_trial)` after each finished trial, as `study.optimize` calls them", "callbacks"
+        ),
+    ] = None,
+    slurm_partition: Annotated[str | None, _Option("`--partition`", "text?")] = None,
+    slurm_account: Annotated[str | None, _Option("`--account`", "text?")] = None,
+    sbatch_args: Annotated[Sequence[str], _Option("extra sbatch options, e.g. `['--constraint=avx2']`", "texts")] = (),
+    python: Annotated[str | None, _Option("the workers' interpreter; None: this one", "executable?")] = None,
     slurm_unavailable_minutes: Annotated[
-        float, _Opt("how long to keep asking while slurmctld does not answer (busy, restarting)", "positive")
+        float, _Option("how long to keep asking while slurmctld does not answer (busy, restarting)", "positive")
     ] = 30,
-    progress: Annotated[bool, _Opt("one status line on a terminal (never in a log file)", "flag")] = True,
+    progress: Annotated[bool, _Option("one status line on a terminal (never in a log file)", "flag")] = True,
     resume_with_changed_loss: Annotated[
-        bool, _Opt("resume although the loss's code changed (its chunks are recomputed)", "flag")
+        bool, _Option("resume although the loss's code changed (its chunks are recomputed)", "flag")
     ] = False,
 ) -> OptimizeResult:
     """Run (or resume) a study whose objective is the loss's mean over seeds.
@@ -487,6 +520,7 @@ def optimize_entries(
         best_params_by_entry={e: r.best_params for e, r in results.items()},
         run_dir=str(parent),
         mode=execution_mode(options["mode"]),
+        best_trials_by_entry={e: r.best_trials for e, r in results.items()},
     )
 
 
@@ -498,6 +532,7 @@ def _write_entries_summary(parent: Path, entries: list[str], results: Mapping[st
             "runs": {e: r.run_dir for e, r in results.items()},
             "best_params_by_entry": {e: r.best_params for e, r in results.items()},
             "best_values_by_entry": {e: r.best_value for e, r in results.items()},
+            "best_trials_by_entry": {e: [t.number for t in r.best_trials] for e, r in results.items()},
         },
     )
 
@@ -509,19 +544,33 @@ def _safe_label(text: str) -> str:
 # ---------------------------------------------------------------- options: defined once, in optimize_run's signature
 #
 # Each option of optimize_run is one parameter whose annotation carries its help and the
-# kind of value it takes (``_Opt``). Everything else derives from that signature, as
+# kind of value it takes (an ``_Option``). Everything else derives from that signature, as
 # submitit derives its defaults from one: optimize_entries' defaults and checks, the
 # record of a run (``_RunSettings``, its meta.json), the resume check, and README.md's
 # table of options (``python -m slurptuna options``; a test compares the two).
 
 
 @dataclass(frozen=True)
-class _Opt:
-    """One option's line of help, the kind of value it takes, and whether a resume may change it."""
+class _Option:
+    """One option: its line of help, the kind of value it takes, and whether a resume may change it.
+
+    Written in the option's annotation; ``_options()`` adds its name and default from the signature.
+    """
 
     help: str
     kind: str  # a key of _KINDS
     identity: bool = False  # part of the experiment: resuming with another value is refused
+    name: str = ""
+    default: Any = None
+
+    @property
+    def recorded(self) -> bool:
+        """Kept in meta.json (the seeds, the loss's module and Optuna objects are not)."""
+        return self.kind not in _NOT_RECORDED
+
+    def check(self, value: Any) -> Any:
+        """The value as the run keeps it; ConfigError if this option does not take it."""
+        return _KINDS[self.kind](self.name, value)
 
 
 def _at_least(minimum: int) -> Callable[[str, Any], int]:
@@ -606,8 +655,45 @@ def _as_is(name: str, value: Any) -> Any:
     return value
 
 
-# What each kind of option accepts; "seeds", "loss" and "object" are not kept in meta.json
-# (they are resolved into the seed plan and the loss's location, or are Optuna objects).
+def _points(name: str, value: Any) -> list[dict[str, Any]]:
+    """A list of param dicts; each is checked against the loss's parameter space in _resolve_settings."""
+    if value is None:
+        return []
+    if isinstance(value, Mapping) or not isinstance(value, Iterable):
+        raise ConfigError(f"{name} must be a list of param dicts such as [{{'alpha': 0.3}}], got {value!r:.200}")
+    points = list(value)
+    for i, point in enumerate(points):
+        if not isinstance(point, Mapping) or not all(isinstance(k, str) for k in point):
+            raise ConfigError(f"{name}[{i}] must be a dict of parameter name -> value, got {point!r:.200}")
+    return [dict(point) for point in points]
+
+
+def _objectives(name: str, value: Any) -> dict[str, str] | None:
+    if value is None:
+        return None
+    if (
+        not isinstance(value, Mapping)
+        or not value
+        or not all(isinstance(k, str) and k and v in ("minimize", "maximize") for k, v in value.items())
+    ):
+        raise ConfigError(
+            f"{name} must map loss component names to 'minimize' or 'maximize', e.g. "
+            f"{{'fit': 'minimize', 'shape': 'maximize'}}, got {value!r:.200}"
+        )
+    return dict(value)
+
+
+def _callables(name: str, value: Any) -> list[Callable[..., Any]]:
+    if value is None:
+        return []
+    if callable(value) or not isinstance(value, Iterable) or not all(callable(c) for c in value):
+        raise ConfigError(f"{name} must be a list of callables `callback(study, frozen_trial)`, got {value!r}")
+    return list(value)
+
+
+# What each kind of option accepts; "seeds", "loss", "object" and "callbacks" are not kept in
+# meta.json (they are resolved into the seed plan and the loss's location, or are Python objects
+# handed to the controller: not part of the run's record, nor of its resume identity).
 _KINDS: dict[str, Callable[[str, Any], Any]] = {
     "count": _at_least(1),
     "count?": _optional(_at_least(1)),
@@ -627,23 +713,14 @@ _KINDS: dict[str, Callable[[str, Any], Any]] = {
     "duration": _duration,
     "flag": lambda name, value: bool(value),
     "object": _as_is,
+    "callbacks": _callables,
+    "points": _points,
+    "objectives": _objectives,
     "report": _choice("auto", "chunk", "running_mean"),
     "executable?": _optional(_executable),
 }
-_NOT_RECORDED = frozenset({"seeds", "loss", "object"})
-
-
-@dataclass(frozen=True)
-class _Option:
-    name: str
-    default: Any
-    help: str
-    kind: str
-    identity: bool
-
-    @property
-    def recorded(self) -> bool:
-        return self.kind not in _NOT_RECORDED
+_NOT_RECORDED = frozenset({"seeds", "loss", "object", "callbacks"})
+_HANDED_TO_CONTROLLER = frozenset({"object", "callbacks"})  # passed to _run_study as they are
 
 
 @functools.cache
@@ -655,23 +732,22 @@ def _options() -> dict[str, _Option]:
     options = {}
     for name, parameter in inspect.signature(optimize_run).parameters.items():
         if parameter.kind is inspect.Parameter.KEYWORD_ONLY:
-            spec = _opt_of(hints[name])
-            options[name] = _Option(name, parameter.default, spec.help, spec.kind, spec.identity)
+            options[name] = replace(_annotated_option(hints[name]), name=name, default=parameter.default)
     return options
 
 
-def _opt_of(hint: Any) -> _Opt:
-    """The ``_Opt`` in an option's annotation. Python 3.10 wraps ``Annotated[X | None, ...] = None``
+def _annotated_option(hint: Any) -> _Option:
+    """The ``_Option`` in an option's annotation. Python 3.10 wraps ``Annotated[X | None, ...] = None``
     in one more ``Optional[...]``, so the search goes through the hint's arguments."""
     import typing
 
     for meta in getattr(hint, "__metadata__", ()):
-        if isinstance(meta, _Opt):
+        if isinstance(meta, _Option):
             return meta
     for arg in typing.get_args(hint):
         with contextlib.suppress(LookupError):
-            return _opt_of(arg)
-    raise LookupError(f"no _Opt in {hint!r}")
+            return _annotated_option(arg)
+    raise LookupError(f"no _Option in {hint!r}")
 
 
 def _options_table() -> str:
@@ -706,7 +782,7 @@ _RunSettings = make_dataclass(
         "from_json": classmethod(
             lambda cls, record: cls(
                 **{
-                    **{o.name: _KINDS[o.kind](o.name, o.default) for o in _options().values() if o.recorded},
+                    **{o.name: o.check(o.default) for o in _options().values() if o.recorded},
                     **{k: v for k, v in record.items() if k in cls.__dataclass_fields__},  # older runs lack new options
                     "seeds": SeedPlan.from_json(record["seeds"]),
                 }
@@ -738,9 +814,11 @@ def _resolve_settings(loss: LossDefinition | str, given: Mapping[str, Any]) -> t
     """Check every option (missing ones take their defaults); returns the run's record and the Optuna objects."""
     definition = _lookup_loss(loss)
     options = _options()
-    values = {name: _KINDS[o.kind](name, given.get(name, o.default)) for name, o in options.items()}
+    values = {name: o.check(given.get(name, o.default)) for name, o in options.items()}
     values["cpus_per_task"] = values["cpus_per_task"] or values["worker_parallelism"]
     values["python"] = values["python"] or sys.executable
+    values["enqueue"] = _check_enqueued(definition, values["enqueue"])
+    _check_objectives(values)
     mode = ExecutionMode(values["mode"])
     settings = _RunSettings(
         loss_name=definition.name,
@@ -752,7 +830,82 @@ def _resolve_settings(loss: LossDefinition | str, given: Mapping[str, Any]) -> t
         code_id=_code_id(definition),
         **{name: values[name] for name, o in options.items() if o.recorded},
     )
-    return settings, {name: values[name] for name, o in options.items() if o.kind == "object"}
+    return settings, {name: values[name] for name, o in options.items() if o.kind in _HANDED_TO_CONTROLLER}
+
+
+def _check_objectives(values: Mapping[str, Any]) -> None:
+    """``objectives`` against the options it cannot go with (yet), saying why."""
+    objectives = values["objectives"]
+    if objectives is None:
+        return
+    if values["direction"] != "minimize":
+        raise ConfigError(
+            f"direction={values['direction']!r} and objectives={objectives!r}: with objectives, each component's "
+            "direction is given there; leave direction at its default"
+        )
+    pruner = values["pruner"]
+    if pruner is not None and type(pruner).__name__ != "NopPruner":
+        why = (
+            "Optuna prunes single-objective studies only"
+            if len(objectives) > 1
+            else f"the pruner would be told the loss's total, not the component {next(iter(objectives))!r}"
+        )
+        raise ConfigError(f"pruner={pruner!r} cannot be used with objectives={objectives!r} (for now): {why}")
+
+
+def _directions(settings: _RunSettings) -> list[str]:
+    """The study's directions: one per objective, or ``direction`` for the loss's mean."""
+    return list(settings.objectives.values()) if settings.objectives else [settings.direction]
+
+
+def _check_enqueued(definition: LossDefinition, points: list[dict[str, Any]]) -> list[dict[str, ParamValue]]:
+    """Each enqueued point against the loss's parameter space, before any work starts; the
+    error names the point, the parameter, its value and what is valid."""
+    if not points:
+        return []
+    import optuna
+
+    space = {name: _distribution(optuna, spec) for name, spec in definition.parameter_space.items()}
+    checked = []
+    for i, point in enumerate(points):
+        unknown, missing = sorted(point.keys() - space.keys()), sorted(space.keys() - point.keys())
+        if unknown or missing:
+            problems = [f"unknown parameter(s) {unknown}"] * bool(unknown) + [f"no value for {missing}"] * bool(missing)
+            raise ConfigError(
+                f"enqueue[{i}] = {point!r:.200}: {'; '.join(problems)}; loss {definition.name!r} takes "
+                f"{', '.join(space)}"
+            )
+        checked.append({name: _enqueued_value(f"enqueue[{i}][{name!r}]", point[name], space[name]) for name in space})
+    return checked
+
+
+def _enqueued_value(where: str, value: Any, distribution: Any) -> ParamValue:
+    """The value as the distribution holds it (an int for an int range ...), or a ConfigError saying what is valid."""
+    import optuna
+
+    d = optuna.distributions
+    number = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if isinstance(distribution, d.CategoricalDistribution):
+        for choice in distribution.choices:
+            if value == choice and isinstance(value, bool) == isinstance(choice, bool):
+                return choice
+        valid = f"one of {list(distribution.choices)!r}"
+    elif isinstance(distribution, (d.IntDistribution, d.FloatDistribution)):
+        is_int = isinstance(distribution, d.IntDistribution)
+        if is_int and number and float(value).is_integer() and distribution._contains(int(value)):
+            return int(value)
+        if not is_int and number and math.isfinite(value) and distribution._contains(float(value)):
+            return float(value)
+        valid = f"{'an integer' if is_int else 'a number'} in [{distribution.low}, {distribution.high}]"
+        valid += " (log scale)" * distribution.log
+        if distribution.step is not None and distribution.step != 1:
+            valid += f" on the grid low + k * {distribution.step}"
+    else:  # another Optuna distribution: its own check
+        with contextlib.suppress(Exception):
+            if distribution._contains(distribution.to_internal_repr(value)):
+                return value
+        valid = f"a value of {distribution}"
+    raise ConfigError(f"{where} is {value!r}, not {valid}")
 
 
 def _code_id(definition: LossDefinition) -> str:
@@ -832,12 +985,19 @@ def _locate_loss(definition: LossDefinition, loss_module: str | None, mode: Exec
 
 
 def _write_json_atomic(path: Path, record: Any, indent: int | None = 1) -> None:
-    """Write to a temp file in the same directory, then rename: readers never see half a file.
+    """The record as JSON, written atomically (``_write_atomic``).
 
     ``indent=None`` writes one compact line (C's encoder, several times faster): for chunk
-    files, of which single mode writes thousands a second; hence also plain ``os`` calls.
+    files, of which a run may write thousands a second.
     """
-    data = (json.dumps(record, indent=indent) + "\n").encode()
+    _write_atomic(path, (json.dumps(record, indent=indent) + "\n").encode())
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write to a temp file in the same directory, then rename: readers never see half a file.
+
+    Plain ``os`` calls, as this runs for every chunk file of a Slurm task.
+    """
     directory, name = os.path.split(path)
     tmp = os.path.join(directory, f".{name}.{os.getpid()}.{threading.get_ident()}.tmp")  # unique per writer
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0)
@@ -885,13 +1045,16 @@ def _check_writable(directory: Path) -> None:
 def _read_json(path: Path) -> Any:
     """The file's content, or None when it is missing or unreadable (then it is recomputed)."""
     try:
-        with open(path) as handle:
-            return json.load(handle)
+        with open(path, "rb") as handle:  # bytes: json decodes UTF-8 itself, faster than a text file
+            return json.loads(handle.read())
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as exc:
         logger.warning("ignoring unreadable %s: %s", path, exc)
         return None
+
+
+_TRIALS_PER_DIR = 1000
 
 
 @dataclass(frozen=True)
@@ -907,7 +1070,15 @@ class TrialPaths:
 
     @cached_property
     def dir(self) -> Path:
-        return self.run_dir / "trials" / self.name
+        """``trials/00000-00999/trial_00042``: a directory holds at most 1,000 trials (Lustre, GPFS, NFS).
+
+        A run started before trials were grouped keeps ``trials/trial_00042`` for those it has.
+        """
+        flat = self.run_dir / "trials" / self.name
+        if flat.is_dir():
+            return flat
+        first = self.number // _TRIALS_PER_DIR * _TRIALS_PER_DIR
+        return self.run_dir / "trials" / f"{first:05d}-{first + _TRIALS_PER_DIR - 1:05d}" / self.name
 
     @property
     def params(self) -> Path:
@@ -930,20 +1101,20 @@ class TrialPaths:
         return self.dir / "errors"
 
     @property
-    def logs_dir(self) -> Path:
-        return self.run_dir / "slurm_logs" / self.name
+    def merged_chunks(self) -> Path:
+        """Every chunk record of a finished trial, one JSON line each: one file instead of one per chunk."""
+        return self.dir / "chunks.jsonl"
 
     def chunk(self, index: int) -> Path:
+        """What a Slurm chunk task writes (one file per running task)."""
         return self.chunks_dir / f"chunk_{index:05d}.json"
+
+    def worker_records(self, pid: int) -> Path:
+        """What a single-mode pool worker appends its whole chunks of this trial to, one JSON line each."""
+        return self.chunks_dir / f"worker_{pid}.jsonl"
 
     def chunk_error(self, index: int) -> Path:
         return self.errors_dir / f"chunk_{index:05d}.json"
-
-    def chunk_log(self, job_id: str | int, task: str | int, stream: str) -> Path:
-        return self.logs_dir / f"chunk_{job_id}_{task}.{stream}"
-
-    def reduce_log(self, job_id: str | int, stream: str) -> Path:
-        return self.logs_dir / f"reduce_{job_id}.{stream}"
 
 
 @dataclass(frozen=True)
@@ -962,7 +1133,13 @@ class RunPaths:
 
     @property
     def optuna_db(self) -> Path:
+        """The study of runs made before ``optuna.journal`` (SQLite); such a run keeps it."""
         return self.dir / "optuna.db"
+
+    @property
+    def journal(self) -> Path:
+        """The study: Optuna's journal file (see ``_study_storage``)."""
+        return self.dir / "optuna.journal"
 
     @property
     def lock(self) -> Path:
@@ -975,6 +1152,28 @@ class RunPaths:
     def worker_log(self, name: str) -> Path:
         """The stdout and stderr of one single-mode pool process (it runs chunks of many trials)."""
         return self.dir / "slurm_logs" / f"local_worker_{name}.log"
+
+    def array_logs(self, number: int) -> Path:
+        """``slurm_logs/arrays_00000-00999/array_00042``: the logs of the run's array ``number`` and its reduce job.
+
+        An array's tasks may hold chunks of several trials; at most 1,000 arrays a directory.
+        """
+        first = number // _TRIALS_PER_DIR * _TRIALS_PER_DIR
+        return self.dir / "slurm_logs" / f"arrays_{first:05d}-{first + _TRIALS_PER_DIR - 1:05d}" / f"array_{number:05d}"
+
+    @staticmethod
+    def task_log(logs: Path, task: str | int) -> Path:
+        """One array task's stdout and stderr; ``%a`` in sbatch's pattern."""
+        return logs / f"task_{task}.log"
+
+    @staticmethod
+    def reduce_log(logs: Path, job_id: str | int) -> Path:
+        return logs / f"reduce_{job_id}.log"
+
+    @staticmethod
+    def folded_log(logs: Path) -> Path:
+        """The non-empty logs of the array's tasks that succeeded, folded into one file once their trial ends."""
+        return logs / "succeeded_tasks.log"
 
     def trial(self, number: int) -> TrialPaths:
         return TrialPaths(self.dir, number)
@@ -1037,6 +1236,7 @@ class ChunkResult:
     elapsed_seconds: float
     processes: int
     code_id: str = ""  # the loss's code that computed it (see _code_id)
+    finished_at: float = 0.0  # Unix time; 0 in chunks of runs made before it was kept (their file's mtime tells)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -1048,6 +1248,7 @@ class ChunkResult:
             "stats": self.stats.to_json(),
             "elapsed_seconds": self.elapsed_seconds,
             "processes": self.processes,
+            "finished_at": self.finished_at,
         }
 
     @classmethod
@@ -1058,9 +1259,10 @@ class ChunkResult:
     def of(cls, expected: TrialParams, index: int, stats: ChunkStats, seconds: float, processes: int) -> ChunkResult:
         """The record of chunk ``index`` of the trial that ``expected`` describes."""
         seeds = _describe_seeds(expected.plan.chunk(index))
-        return cls(
-            expected.trial_number, index, seeds, expected.params, stats, round(seconds, 6), processes, expected.code_id
-        )
+        seconds = round(seconds, 6)
+        code_id = expected.code_id
+        now = time.time()
+        return cls(expected.trial_number, index, seeds, expected.params, stats, seconds, processes, code_id, now)
 
 
 @dataclass(frozen=True)
@@ -1111,6 +1313,7 @@ class TrialSummary:
     missing_chunks: list[int] = field(default_factory=list)
     code_id: str = ""
     standard_error: float | None = None  # std / sqrt(n_seeds): how far the mean may be from the loss's
+    component_standard_errors: dict[str, float] = field(default_factory=dict)  # the same, per component
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "mean_total_loss": self.mean}  # the earlier package's name for the mean, too
@@ -1120,15 +1323,41 @@ class TrialSummary:
         return cls(**{k: v for k, v in record.items() if k != "mean_total_loss"})
 
 
+def _standard_error_of(*records: Mapping[str, Any] | None) -> float | None:
+    """A trial's standard error from the first record that tells it: its summary.json, its Optuna user attributes.
+
+    Records written before standard errors were kept hold only ``std`` and ``n_seeds``: for them
+    it is std / sqrt(n_seeds), here and nowhere else (new ones carry ``_Moments.standard_error``).
+    """
+    for record in records:
+        if not isinstance(record, Mapping):
+            continue
+        value = record.get("standard_error")
+        if isinstance(value, numbers.Real):
+            return float(value)
+        std, n_seeds = record.get("std"), record.get("n_seeds")
+        if isinstance(std, numbers.Real) and isinstance(n_seeds, numbers.Integral) and n_seeds >= 1:
+            return std / math.sqrt(n_seeds)
+    return None
+
+
 @dataclass(frozen=True)
 class JobRef:
     """A submitted job of a trial, as recorded in ``jobs.json``."""
 
     job_id: str
-    kind: str  # "chunks" (an array job: chunk = offset + array task id) or "reduce"
+    kind: str  # "tasks" (an array: chunks[i] is task offset + i), "reduce", or "chunks" (runs before: chunk - offset)
     chunks: tuple[int, ...] = ()
     offset: int = 0
     attempt: int = 0
+    logs: str = ""  # the array's log directory, relative to the run's
+
+    def task_of(self, chunk: int) -> int:
+        """The array task id that runs ``chunk``."""
+        return self.offset + self.chunks.index(chunk) if self.kind == "tasks" else chunk - self.offset
+
+    def task_log(self, run: RunPaths, task: int) -> Path:
+        return RunPaths.task_log(run.dir / self.logs, task)
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(replace(self, chunks=())), "chunks": list(self.chunks)}  # a long tuple, not deep-copied
@@ -1189,7 +1418,8 @@ def _check_same_experiment(recorded: Mapping[str, Any], wanted: Mapping[str, Any
         if recorded.get(name) != wanted[name]
     ]
     if recorded.get("code_id") != wanted["code_id"] and not wanted["resume_with_changed_loss"]:
-        computed = sorted(int(p.parent.name.split("_")[1]) for p in run.dir.glob("trials/trial_*/summary.json"))
+        summaries = [*run.dir.glob("trials/trial_*/summary.json"), *run.dir.glob("trials/*/trial_*/summary.json")]
+        computed = sorted(int(p.parent.name.split("_")[1]) for p in summaries)
         differences.append(
             f"the loss's code changed since trials {_format_ranges(computed) or '(none yet)'} were computed by it; "
             "a study would rank the two codes together (resume_with_changed_loss=True if that is intended: "
@@ -1632,62 +1862,108 @@ def run_chunk(
 # ---------------------------------------------------------------- a chunk task, as a worker runs it
 
 
-def _load_valid_chunk(trial: TrialPaths, expected: TrialParams, index: int) -> ChunkResult | None:
-    """The chunk file, if it was computed for these params and these seeds; else None."""
-    record = _read_json(trial.chunk(index))
-    if record is None:
-        return None
+def _valid_chunk(record: Any, expected: TrialParams, where: Path) -> ChunkResult | None:
+    """The record, if it was computed for these params, these seeds and this loss code; else None."""
     try:
         chunk = ChunkResult.from_json(record)
     except (TypeError, KeyError) as exc:
-        logger.warning("ignoring malformed %s: %s", trial.chunk(index), exc)
+        logger.warning("ignoring a malformed chunk record in %s: %s", where, exc)
         return None
+    index = chunk.chunk_index
     if (
-        chunk.params != expected.params
+        not 0 <= index < expected.plan.n_chunks
+        or chunk.params != expected.params
         or chunk.seeds != _describe_seeds(expected.plan.chunk(index))
         or chunk.code_id != expected.code_id
     ):
-        logger.warning(
-            "ignoring %s: computed for other params, seeds or loss code; it will be recomputed", trial.chunk(index)
-        )
+        logger.warning("ignoring chunk %d in %s: computed for other params, seeds or loss code", index, where)
         return None
     return chunk
 
 
+def _read_records(path: Path, offset: int = 0) -> tuple[list[Any], int]:
+    """The whole JSON lines of a record file from byte ``offset``, and the offset after the last of them.
+
+    Records are appended whole; a line that a crash cut (no newline, or not JSON) is no
+    record, and its chunk is computed again.
+    """
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(offset)
+            data = handle.read()
+    except FileNotFoundError:
+        return [], offset
+    end = data.rfind(b"\n") + 1
+    records = []
+    for line in data[:end].splitlines():
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            logger.warning("ignoring a cut record in %s; its chunk will be recomputed", path)
+    return records, offset + end
+
+
+def _load_valid_chunk(trial: TrialPaths, expected: TrialParams, index: int) -> ChunkResult | None:
+    """Chunk ``index``'s result, as a Slurm chunk task looks for it: its own file, else the merged records."""
+    record = _read_json(trial.chunk(index))
+    if record is not None:
+        return _valid_chunk(record, expected, trial.chunk(index))
+    merged, _ = _read_records(trial.merged_chunks)
+    found = [c for r in merged if (c := _valid_chunk(r, expected, trial.merged_chunks)) and c.chunk_index == index]
+    return found[0] if found else None
+
+
+_CHUNK_FILE_NAME = re.compile(r"chunk_(\d+)\.json")  # TrialPaths.chunk's names
+
+
 @dataclass
 class _ChunkFiles:
-    """The valid chunk files of a running trial read so far: each is read once (early completion, pruning)."""
+    """The one reader of a trial's chunk records, incremental: what was read is not read again.
+
+    A trial's records are in ``chunks.jsonl`` once it finished (merged), and while it runs in
+    ``chunks/chunk_XXXXX.json`` (a Slurm task each) and ``chunks/worker_PID.jsonl`` (a pool
+    worker each, appended). The controller, the reduce job, status and report read them here.
+    """
 
     chunks: dict[int, ChunkResult] = field(default_factory=dict)
-    file_times: dict[int, int] = field(default_factory=dict)  # an invalid file is read again only if rewritten
+    file_times: dict[int, int] = field(default_factory=dict)  # per chunk: when it ended (ns since the epoch)
+    read: dict[str, int] = field(default_factory=dict)  # per file: its mtime (whole files) or bytes read (records)
+
+    def add(self, chunk: ChunkResult | None, ended_ns: int) -> bool:
+        if chunk is None or chunk.chunk_index in self.chunks:
+            return False
+        self.chunks[chunk.chunk_index] = chunk
+        self.file_times[chunk.chunk_index] = int(chunk.finished_at * 1e9) or ended_ns
+        return True
 
 
 def _read_new_chunks(trial: TrialPaths, expected: TrialParams, files: _ChunkFiles) -> bool:
-    """Read the trial's chunk files written since the last look (validated, as everywhere); True if any."""
-    try:
-        with os.scandir(trial.chunks_dir) as entries:
-            names = [e.name for e in entries]
-    except FileNotFoundError:
-        return False
+    """Read the trial's chunk records written since the last look (validated, as everywhere); True if any."""
     news = False
-    for name in names:
-        found = re.fullmatch(r"chunk_(\d+)\.json", name)
-        index = int(found.group(1)) if found else -1
-        if not 0 <= index < expected.plan.n_chunks or index in files.chunks:
+    paths = [trial.merged_chunks]
+    with contextlib.suppress(FileNotFoundError), os.scandir(trial.chunks_dir) as entries:
+        paths += [trial.chunks_dir / e.name for e in entries]
+    for path in paths:
+        name = path.name
+        if name.endswith(".jsonl"):  # appended records (pool workers), or the merged ones
+            records, files.read[name] = _read_records(path, files.read.get(name, 0))
+            for record in records:
+                news |= files.add(_valid_chunk(record, expected, path), 0)
+            continue
+        found = _CHUNK_FILE_NAME.fullmatch(name)
+        if not found or int(found.group(1)) in files.chunks:
             continue  # a valid chunk is never rewritten: only missing chunks are run again
         with contextlib.suppress(FileNotFoundError):
-            mtime = os.stat(trial.chunk(index)).st_mtime_ns
-            if files.file_times.get(index) != mtime:  # an invalid file is read again only once rewritten
-                files.file_times[index] = mtime
-                chunk = _load_valid_chunk(trial, expected, index)
-                if chunk is not None:
-                    files.chunks[index] = chunk
-                    news = True
+            mtime = os.stat(path).st_mtime_ns
+            if files.read.get(name) != mtime:  # an invalid file is read again only once rewritten
+                files.read[name] = mtime
+                record = _read_json(path)
+                news |= record is not None and files.add(_valid_chunk(record, expected, path), mtime)
     return news
 
 
 def _read_valid_chunks(trial: TrialPaths, expected: TrialParams) -> dict[int, ChunkResult]:
-    """Every valid chunk file of the trial, by index."""
+    """Every valid chunk record of the trial, by index."""
     files = _ChunkFiles()
     _read_new_chunks(trial, expected, files)
     return files.chunks
@@ -1824,8 +2100,9 @@ def serve_pool(
 
     Each command is one JSON line ``{"run_dir", "trial", "units": [[chunk, lo, hi], ...]}``
     (``lo:hi`` slices the chunk's seeds); each unit is answered by one JSON line with its
-    statistics or its failure. A whole chunk's file is written here, as a Slurm chunk task
-    writes it, so the controller's work per chunk is one short message. Answers to quick
+    statistics or its failure. A whole chunk's record is appended here to this worker's record
+    file of the trial (``_RecordFile``: one open file, not a file per chunk), so the
+    controller's work per chunk is one short message. Answers to quick
     units are sent together (at most ``_REPLY_SECONDS`` late): one pipe write per batch,
     not per 100 seeds. A reader thread takes the commands, so that the end of the pipe
     (the controller exited or died) ends this process even while a loss runs.
@@ -1856,19 +2133,21 @@ def serve_pool(
         return
     reply({"ready": os.getpid()})
     processes = 1 if settings.use_processes else settings.worker_parallelism  # threads: one process, p threads
-    trials: dict[tuple[str, int], tuple[TrialPaths, TrialParams]] = {}
+    trials: dict[tuple[str, int], tuple[TrialPaths, TrialParams, _RecordFile]] = {}
     while True:
         command = json.loads(inbox.get())
         key = (command["run_dir"], command["trial"])
         if key not in trials:
             if len(trials) > 64:
+                for _, _, records in trials.values():
+                    records.close()
                 trials.clear()
             paths = RunPaths(Path(key[0])).trial(key[1])
-            trials[key] = (paths, TrialParams.load(paths))
-        paths, expected = trials[key]
+            trials[key] = (paths, TrialParams.load(paths), _RecordFile(paths.worker_records(os.getpid())))
+        paths, expected, records = trials[key]
         units = command["units"]
         for i, (chunk, lo, hi) in enumerate(units):
-            answer = _evaluate_unit(definition, paths, expected, chunk, lo, hi, processes, settings.use_processes)
+            answer = _evaluate_unit(definition, paths, expected, records, (chunk, lo, hi), processes, settings)
             reply(answer, now=i == len(units) - 1 or answer.get("seconds", 1.0) > 0.001)
 
 
@@ -1879,18 +2158,18 @@ def _evaluate_unit(
     definition: LossDefinition,
     trial: TrialPaths,
     expected: TrialParams,
-    chunk: int,
-    lo: int,
-    hi: int,
+    records: _RecordFile,
+    unit: tuple[int, int, int],
     processes: int,
-    use_processes: bool,
+    settings: _RunSettings,
 ) -> dict[str, Any]:
     """One unit of pool work: seeds ``lo:hi`` of a chunk -> its statistics (or the failing seed)."""
+    chunk, lo, hi = unit
     seeds = expected.plan.chunk(chunk)[lo:hi]
     context = expected.loss_context(chunk, trial.run_dir)
     started = time.perf_counter()
     try:
-        stats = run_chunk(definition, expected.params, seeds, context, processes, use_processes)
+        stats = run_chunk(definition, expected.params, seeds, context, processes, settings.use_processes)
     except _SeedError as exc:
         seed, kind, message, trace = exc.args
         failure = ChunkFailure(
@@ -1901,24 +2180,53 @@ def _evaluate_unit(
     seconds = time.perf_counter() - started
     whole = hi - lo == len(expected.plan.chunk(chunk))
     if whole:
-        whole = _write_or_leave_to_controller(trial, ChunkResult.of(expected, chunk, stats, seconds, processes))
+        whole = _record_or_leave_to_controller(records, ChunkResult.of(expected, chunk, stats, seconds, processes))
     return {"stats": stats.to_json(), "seconds": seconds, "written": whole}
 
 
-def _write_or_leave_to_controller(trial: TrialPaths, result: ChunkResult) -> bool:
-    """Write the chunk's file; if the disk is full (over quota, read-only), say so and leave it to the controller.
+class _RecordFile:
+    """An append-only file of JSON lines, kept open: a pool worker's chunk records of one trial.
+
+    Each record is one ``write`` with O_APPEND, so a crash leaves whole records and at most
+    one cut last line, which readers skip (its chunk is computed again).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    def append(self, record: Mapping[str, Any]) -> None:
+        if self._fd is None:
+            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+            try:
+                self._fd = os.open(self.path, flags, 0o666)
+            except FileNotFoundError:
+                os.makedirs(self.path.parent, exist_ok=True)
+                self._fd = os.open(self.path, flags, 0o666)
+        view = memoryview((json.dumps(record) + "\n").encode())
+        while view:
+            view = view[os.write(self._fd, view) :]
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def _record_or_leave_to_controller(records: _RecordFile, result: ChunkResult) -> bool:
+    """Append the chunk's record; if the disk is full (over quota, read-only), say so and leave it to the controller.
 
     The controller then writes it as it writes a split chunk's: if it cannot either, the run
     stops (``RunDirError``), and this chunk is not counted as the loss's failure.
     """
     try:
-        _write_chunk_result(trial, result)
+        records.append(result.to_json())
         return True
     except OSError as exc:
         if exc.errno not in _UNWRITABLE:
             raise
         with contextlib.suppress(OSError):  # the log may be on the same full disk
-            print(f"slurptuna: cannot write {exc.filename}: {exc.strerror}; sent to the controller", file=sys.stderr)
+            print(f"slurptuna: cannot write {records.path}: {exc.strerror}; sent to the controller", file=sys.stderr)
         return False
 
 
@@ -1943,7 +2251,9 @@ def reduce_trial(
     expected = TrialParams.load(trial)
     known = known or {}
     n_chunks = expected.plan.n_chunks
-    chunks = [known[i] if i in known else _load_valid_chunk(trial, expected, i) for i in range(n_chunks)]
+    if len(known) < n_chunks:
+        known = {**_read_valid_chunks(trial, expected), **known}
+    chunks = [known.get(i) for i in range(n_chunks)]
     missing = [i for i, c in enumerate(chunks) if c is None]
     present = [c for c in chunks if c is not None]
     if (missing and not allow_missing) or not present:
@@ -1964,6 +2274,7 @@ def reduce_trial(
         missing_chunks=missing,
         code_id=expected.code_id,
         standard_error=stats.loss.standard_error,
+        component_standard_errors={n: m.standard_error for n, m in stats.components.items()},
     )
     _write_json_atomic(trial.summary, summary.to_json())
     return summary
@@ -2086,8 +2397,8 @@ _ACTIVE_STATES = frozenset(
 )
 
 
-def _worker_command(settings: _RunSettings, kind: str, trial: TrialPaths, *extra: str) -> list[str]:
-    return [settings.python, "-m", "slurptuna", "worker", kind, str(trial.run_dir), str(trial.number), *extra]
+def _worker_command(settings: _RunSettings, kind: str, run: RunPaths, *extra: str) -> list[str]:
+    return [settings.python, "-m", "slurptuna", "worker", kind, str(run.dir), *extra]
 
 
 def _worker_env(settings: _RunSettings) -> dict[str, str]:
@@ -2125,8 +2436,8 @@ def _tail(path: Path, max_lines: int = 15, max_bytes: int = 4000) -> str:
 
 
 def _job_of_chunk(jobs: Sequence[JobRef], chunk: int) -> JobRef | None:
-    """The job that last took chunk ``chunk`` (a retry's array job wins over the first attempt's)."""
-    return next((j for j in reversed(jobs) if j.kind == "chunks" and chunk in j.chunks), None)
+    """The array job that last took chunk ``chunk`` (a retry's array wins over the first attempt's)."""
+    return next((j for j in reversed(jobs) if j.kind != "reduce" and chunk in j.chunks), None)
 
 
 def _explain_missing(chunks: Sequence[int], describe: Callable[[int], tuple[str, Path | None]]) -> str:
@@ -2184,14 +2495,57 @@ def _parse_job_id(stdout: str) -> str:
     return job_id
 
 
-def _parse_squeue(stdout: str) -> dict[str, set[str]]:
-    """``%i|%T`` lines (``12``, ``12_3``, ``12_[4-9%4]``) -> job id -> the states of its tasks."""
-    states: dict[str, set[str]] = {}
+@dataclass(frozen=True)
+class _QueueLine:
+    """One line of ``squeue``: some tasks of a job in one state (squeue shows an array's pending tasks as one)."""
+
+    state: str  # PENDING, RUNNING, COMPLETING, ... (%T)
+    reason: str  # why it pends (%r): Dependency, JobArrayTaskLimit, ...; "" when not asked for
+    task_ids: tuple[int | None, ...]  # the array tasks the line stands for; (None,) for a job that is no array
+
+    @property
+    def tasks(self) -> int:
+        return len(self.task_ids)
+
+    @property
+    def queued(self) -> bool:
+        """Still pending or running (squeue -t all also lists jobs that just ended)."""
+        return self.state in _ACTIVE_STATES
+
+
+def _parse_squeue(stdout: str) -> dict[str, list[_QueueLine]]:
+    """``%i|%T`` or ``%i|%T|%r`` lines (``12``, ``12_3``, ``12_[4-9%4]|PENDING|JobArrayTaskLimit``) -> per job."""
+    jobs: dict[str, list[_QueueLine]] = {}
     for line in stdout.splitlines():
-        if "|" in line:
-            job, state = line.strip().split("|", 1)
-            states.setdefault(job.split("_")[0], set()).add(state.strip().split()[0] if state.strip() else "")
-    return states
+        fields = [f.strip() for f in line.split("|")]
+        if len(fields) < 2:
+            continue
+        job, _, tasks = fields[0].partition("_")
+        state = fields[1].split()[0] if fields[1] else ""
+        reason = fields[2] if len(fields) > 2 else ""
+        jobs.setdefault(job, []).append(_QueueLine(state, reason, _array_task_ids(tasks)))
+    return jobs
+
+
+def _array_task_ids(tasks: str) -> tuple[int | None, ...]:
+    """``""`` -> (None,); ``"3"`` -> (3,); ``"[4-6,12%4]"`` -> (4, 5, 6, 12) (squeue collapses pending tasks)."""
+    spec = tasks.strip("[]").split("%")[0]
+    if not spec:
+        return (None,)
+    ids: list[int | None] = []
+    for part in spec.split(","):
+        bounds, _, step = part.partition(":")
+        low, _, high = bounds.partition("-")
+        with contextlib.suppress(ValueError):
+            ids += range(int(low), int(high or low) + 1, int(step or 1))
+    return tuple(ids) or (None,)
+
+
+def _parse_active_tasks(stdout: str) -> dict[str, set[int | None]]:
+    """``squeue -o %i|%T`` -> job id -> its tasks still queued or running (None for a job that is no array)."""
+    jobs = _parse_squeue(stdout)
+    active = {job: {t for line in lines if line.queued for t in line.task_ids} for job, lines in jobs.items()}
+    return {job: tasks for job, tasks in active.items() if tasks}
 
 
 def _parse_sacct(stdout: str) -> dict[tuple[str, int | None], str]:
@@ -2326,430 +2680,6 @@ exec "$@"
 """
 
 
-@dataclass
-class _SlurmTrial:
-    """One trial's jobs on Slurm (``jobs.json``), and the chunks a submit limit holds back."""
-
-    paths: TrialPaths
-    expected: TrialParams
-    attempt: int = 0
-    jobs: list[JobRef] = field(default_factory=list)  # every array and reduce job of the trial, in order
-    held: list[int] = field(default_factory=list)  # chunks to submit once the limit leaves room
-    needs_reduce: bool = False  # a reduce job is to follow the arrays
-    cancelled: bool = False  # its jobs were cancelled since it last started chunks
-    files: _ChunkFiles = field(default_factory=lambda: _ChunkFiles())  # its valid chunk files read so far
-
-    def save_jobs(self) -> None:
-        jobs = [j.to_json() for j in self.jobs]
-        _write_json_atomic(self.paths.jobs, {"attempt": self.attempt, "jobs": jobs}, indent=None)
-
-
-@dataclass
-class _SubmitLimit:
-    """A submit limit was hit: wait until the run holds fewer jobs, or ``retry_at`` (other users' jobs may leave)."""
-
-    room_below: int  # the run's queued jobs when it was refused
-    retry_at: float
-
-
-_LIMIT_RETRY_SECONDS = 60.0  # under a submit limit, ask again this often even if the run's own jobs stay
-
-
-class _SlurmExecutor:
-    """Chunk tasks as Slurm array jobs; behind them, private to Slurm, a reduce job per trial.
-
-    The reduce job (``--dependency=afterok`` on the trial's arrays) writes the trial's
-    ``summary.json`` even when the controller died; the controller does not wait for it and
-    cancels it once it has reduced the trial itself. A submit limit holds chunks back here:
-    the controller sees them as running and starts no new trial meanwhile. Time comes from
-    ``clock`` and waits go through ``sleep`` (which returns True once the run is stopped), so
-    the rules are tested, and a long run simulated, without waiting.
-    """
-
-    first_poll_seconds = 0.25
-
-    def __init__(
-        self,
-        settings: _RunSettings,
-        run: RunPaths,
-        stop: threading.Event,
-        cores: int | None = None,
-        *,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], bool] | None = None,
-        slurm: Callable[..., subprocess.CompletedProcess[str]] | None = None,
-    ) -> None:
-        self._slurm = slurm or _run_slurm  # looked up now: tests and the benchmark replace _run_slurm
-        if slurm is None and _which("sbatch") is None:
-            raise ConfigError("distributed mode needs Slurm: sbatch is not on PATH (use mode='single' to run locally)")
-        self._settings = settings
-        self._clock = clock
-        self._sleep = sleep or stop.wait
-        self._outage = _Outage(60 * settings.slurm_unavailable_minutes)
-        self._tag = f"slurptuna:{settings.run_id}"  # every job's --comment starts with it
-        self._qos = settings.slurm_qos
-        self._env = _worker_env(settings)
-        self._max_array_size: int | None = None
-        self.max_poll_seconds = settings.slurm_poll_seconds
-        self._trials: dict[int, _SlurmTrial] = {}
-        self._queued: set[str] = set()  # the run's jobs queued or running at the last poll, and those submitted since
-        self._to_cancel: set[str] = set()  # reduce jobs no longer needed: cancelled with the next scancel
-        self._limit: _SubmitLimit | None = None  # chunks are held back until there is room
-        self._under_limit = False  # said once per episode
-        self._trial_cap: int | None = None  # after a limit: at most this many trials with jobs (it does not go away)
-        self._script = run.batch_script
-        if not self._script.exists():
-            _compile_for_workers()
-            self._script.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self._script.with_suffix(".tmp")
-            tmp.write_text(_BATCH_SCRIPT)
-            tmp.chmod(0o755)
-            os.replace(tmp, self._script)
-
-    # ---- the interface the controller uses
-
-    def start(self, trial: TrialPaths, expected: TrialParams, chunks: Sequence[int], attempt: int) -> None:
-        """Submit the chunks as arrays, then a reduce job after every queued array of the trial."""
-        state = self._trials.setdefault(trial.number, _SlurmTrial(trial, expected))
-        state.attempt, state.cancelled = attempt, False
-        state.jobs = [j for j in state.jobs if j.job_id in self._queued]  # ended jobs were explained already
-        state.held = sorted(set(state.held) | set(chunks))
-        old_reduce = {j.job_id for j in state.jobs if j.kind == "reduce" and j.job_id in self._queued}
-        if old_reduce and state.held:  # it does not wait for the arrays about to be submitted
-            self._to_cancel |= old_reduce
-            self._queued -= old_reduce
-        state.needs_reduce = state.needs_reduce or bool(state.held)
-        if self._limit is None:
-            self._submit_pending(state)
-
-    def poll(self) -> bool:
-        """One ``squeue`` for the run's queued jobs; then, if a limit left room, what it held back."""
-        if self._to_cancel:
-            self._scancel(sorted(self._to_cancel))
-            self._to_cancel.clear()
-        queued = self._ask_queue(sorted(self._queued))
-        if queued is None:
-            return False
-        self._queued = queued
-        if self._limit is not None and (len(queued) < self._limit.room_below or self._clock() >= self._limit.retry_at):
-            self._limit = None
-            for state in list(self._trials.values()):
-                if self._limit is None and (state.held or state.needs_reduce):
-                    self._submit_pending(state)
-            if self._limit is None:
-                self._under_limit = False
-                logger.warning("submitted; no trial waits for room under the Slurm limit now")
-        return True
-
-    def running(self, trial: TrialPaths) -> bool:
-        state = self._trials.get(trial.number)
-        return state is not None and (
-            bool(state.held) or any(j.job_id in self._queued for j in state.jobs if j.kind == "chunks")
-        )
-
-    def results(self, trial: TrialPaths) -> Mapping[int, ChunkResult]:
-        """The trial's valid chunk files, reading only those written since the last look."""
-        state = self._trials.get(trial.number)
-        if state is None:
-            return {}  # nothing was started here
-        _read_new_chunks(trial, state.expected, state.files)
-        return state.files.chunks
-
-    def cancel(self, trials: Iterable[TrialPaths]) -> int:
-        job_ids = set(self._to_cancel)
-        for trial in trials:
-            state = self._trials.get(trial.number)
-            if state is not None:
-                state.held, state.needs_reduce, state.cancelled = [], False, True
-                job_ids |= {j.job_id for j in state.jobs if j.job_id in self._queued}
-        self._to_cancel.clear()
-        self._scancel(sorted(job_ids))
-        return len(job_ids)
-
-    def finished(self, trial: TrialPaths) -> None:
-        """Forget the trial; its reduce job, if still queued, leaves with the next scancel.
-
-        Array tasks that wrote their chunk end by themselves (cancelled, accounting would
-        call them CANCELLED).
-        """
-        state = self._trials.pop(trial.number, None)
-        if state is not None and not state.cancelled:
-            self._to_cancel |= {j.job_id for j in state.jobs if j.kind == "reduce" and j.job_id in self._queued}
-
-    def explain(self, trial: TrialPaths, chunks: Sequence[int]) -> str:
-        jobs = self._trials[trial.number].jobs if trial.number in self._trials else []
-        process = self._slurm(
-            ["sacct", "-X", "-n", "-P", "-j", ",".join(j.job_id for j in jobs), "-o", "jobid,state,exitcode"],
-            timeout=60,
-        )
-        states = _parse_sacct(process.stdout) if process.returncode == 0 else {}
-
-        def describe(chunk: int) -> tuple[str, Path | None]:
-            job = _job_of_chunk(jobs, chunk)
-            if job is None:
-                return "never submitted", None
-            task = chunk - job.offset
-            log = trial.chunk_log(job.job_id, task, "err")
-            timed_out = "DUE TO TIME LIMIT" in _tail(log)
-            return states.get((job.job_id, task)) or ("TIMEOUT" if timed_out else "ended without a result"), log
-
-        return _explain_missing(chunks, describe)
-
-    def has_room(self) -> bool:
-        if any(s.held or s.needs_reduce for s in self._trials.values()):
-            return False
-        return self._trial_cap is None or len(self._trials) < self._trial_cap
-
-    def adopt(self, trials: Sequence[TrialPaths]) -> dict[int, frozenset[int]]:
-        """The chunks still queued for these trials, from their ``jobs.json`` and one ``squeue``.
-
-        Jobs of this run that no ``jobs.json`` knows (sbatch answered after a crash) are
-        cancelled: their chunks are not known, so the missing chunks are submitted again.
-        The scheduler must answer before anything is submitted twice.
-        """
-        recorded = {t.number: _read_json(t.jobs) or {} for t in trials}
-        jobs = {n: [JobRef.from_json(j) for j in r.get("jobs", [])] for n, r in recorded.items()}
-        known = {j.job_id for listed in jobs.values() for j in listed}
-        strays = self._unrecorded(known) if trials else []
-        if strays:
-            logger.warning("cancelling job(s) %s of this run that a crash left out of jobs.json", ", ".join(strays))
-            self._scancel(strays)
-        queued = self._ask_queue(sorted(known))
-        while queued is None:
-            if self._sleep(self.max_poll_seconds):
-                raise _Interrupted("interrupted while waiting for Slurm to answer")
-            queued = self._ask_queue(sorted(known))
-        self._queued |= queued
-        adopted: dict[int, frozenset[int]] = {}
-        for trial in trials:
-            mine = [j for j in jobs[trial.number] if j.job_id in queued]
-            if mine:
-                logger.info("trial %d: adopting queued jobs %s", trial.number, ", ".join(j.job_id for j in mine))
-                expected = TrialParams.load(trial)
-                attempt = recorded[trial.number].get("attempt", 0)
-                state = _SlurmTrial(trial, expected, attempt, jobs=mine)
-                state.needs_reduce = not any(j.kind == "reduce" for j in mine)  # the crash came before its sbatch
-                self._trials[trial.number] = state
-                self._submit_pending(state)
-                adopted[trial.number] = frozenset(c for j in mine if j.kind == "chunks" for c in j.chunks)
-        return adopted
-
-    def wait(self, seconds: float) -> None:
-        self._sleep(seconds)  # nothing happens here between polls: Slurm runs the jobs
-
-    def close(self) -> None:
-        """Queued chunk tasks belong to the run (a resume adopts them); reduce jobs no longer needed go."""
-        if self._to_cancel:
-            self._scancel(sorted(self._to_cancel))
-            self._to_cancel.clear()
-
-    # ---- submitting
-
-    @property
-    def max_array_size(self) -> int:
-        if self._max_array_size is None:
-            shown = self._slurm(["scontrol", "show", "config"], timeout=30)
-            found = re.search(r"^MaxArraySize\s*=\s*(\d+)", shown.stdout, re.MULTILINE)
-            self._max_array_size = int(found.group(1)) if found else 1001
-        return self._max_array_size
-
-    def _options(self, trial: TrialPaths, kind: str) -> list[str]:
-        s = self._settings
-        options = [
-            f"--job-name={s.run_name}.t{trial.number:05d}.{kind}",
-            f"--mem-per-cpu={s.mem_per_cpu}",
-        ]
-        options += [f"--partition={s.slurm_partition}"] if s.slurm_partition else []
-        options += [f"--account={s.slurm_account}"] if s.slurm_account else []
-        return options + list(s.sbatch_args)
-
-    def _submit_pending(self, state: _SlurmTrial) -> None:
-        """Submit the trial's held chunks as arrays, then its reduce job; a submit limit holds the rest."""
-        try:
-            for offset, task_ids in _array_groups(state.held, self.max_array_size):
-                job = self._submit_array(state, offset, task_ids)
-                state.jobs.append(job)
-                self._queued.add(job.job_id)
-                state.held = [c for c in state.held if c not in set(job.chunks)]
-                state.save_jobs()
-            if state.needs_reduce:
-                arrays = [j for j in state.jobs if j.kind == "chunks" and j.job_id in self._queued]
-                reduce = self._submit_reduce(state, arrays)
-                state.jobs.append(reduce)
-                self._queued.add(reduce.job_id)
-                state.needs_reduce = False
-                state.save_jobs()
-        except SlurmBusy as busy:
-            self._hold_for_room(state, busy)
-
-    def _submit_array(self, state: _SlurmTrial, offset: int, task_ids: list[int]) -> JobRef:
-        s, trial = self._settings, state.paths
-        trial.logs_dir.mkdir(parents=True, exist_ok=True)
-        options = [
-            *self._options(trial, "chunks"),
-            f"--array={_array_spec(task_ids, s.array_parallelism_limit)}",
-            f"--cpus-per-task={s.cpus_per_task}",
-            f"--time={_slurm_time(s.worker_time_limit)}",
-            f"--output={trial.chunk_log('%A', '%a', 'out')}",
-            f"--error={trial.chunk_log('%A', '%a', 'err')}",
-        ]
-        command = _worker_command(s, "chunk", trial, "--chunk-offset", str(offset))
-        job_id = self._sbatch(options, command)
-        return JobRef(job_id, "chunks", tuple(offset + t for t in task_ids), offset, state.attempt)
-
-    def _submit_reduce(self, state: _SlurmTrial, after: Sequence[JobRef]) -> JobRef:
-        trial = state.paths
-        trial.logs_dir.mkdir(parents=True, exist_ok=True)
-        options = [
-            *self._options(trial, "reduce"),
-            "--cpus-per-task=1",
-            "--time=0-00:10:00",
-            f"--output={trial.reduce_log('%j', 'out')}",
-            f"--error={trial.reduce_log('%j', 'err')}",
-        ]
-        if after:
-            options += ["--dependency=afterok:" + ":".join(j.job_id for j in after), "--kill-on-invalid-dep=yes"]
-        job_id = self._sbatch(options, _worker_command(self._settings, "reduce", trial))
-        return JobRef(job_id, "reduce", attempt=state.attempt)
-
-    def _hold_for_room(self, state: _SlurmTrial, busy: SlurmBusy) -> None:
-        """Keep the rest for later and stay under the limit: no more trials in flight than held jobs then."""
-        holding = sum(1 for s in self._trials.values() if s is not state and s.jobs and not s.held)
-        self._trial_cap = max(1, holding) if self._trial_cap is None else min(self._trial_cap, max(1, holding))
-        if not self._under_limit:  # one line per episode, not per refused sbatch
-            self._under_limit = True
-            logger.warning(
-                "trial %d: Slurm refused a submission under a limit, keeping the QoS; waiting for the run's jobs "
-                "to leave the queue, then running at most %d trial(s) at a time:\n%s",
-                state.paths.number,
-                self._trial_cap,
-                busy,
-            )
-        self._limit = _SubmitLimit(max(1, len(self._queued)), self._clock() + _LIMIT_RETRY_SECONDS)
-
-    def _sbatch(self, options: list[str], command: list[str]) -> str:
-        """Submit one job; its id.
-
-        A refused QoS is dropped for the rest of the run, with a warning. While slurmctld does
-        not answer, ask again with backoff for up to ``slurm_unavailable_minutes``, but first
-        look for the job by its own ``--comment``: a timed-out sbatch may have queued it, and
-        a chunk set must never be queued twice. A limit raises ``SlurmBusy`` (LIMIT): the
-        chunks wait for room, keeping the QoS. Anything else raises ``SlurmError``.
-        """
-        comment = f"{self._tag}.{os.urandom(4).hex()}"
-        while True:
-            qos = [f"--qos={self._qos}"] if self._qos else []
-            argv = ["sbatch", "--parsable", f"--comment={comment}", *options, *qos, str(self._script), *command]
-            process = self._slurm(argv, env=self._env)
-            if process.returncode == 0:
-                self._slurm_answered()
-                return _parse_job_id(process.stdout)
-            kind = classify_slurm_failure(process.returncode, process.stderr)
-            if kind is SlurmFailure.BAD_QOS and qos:
-                logger.warning(
-                    "sbatch refused --qos=%s (%s); submitting without a QoS from now on",
-                    self._qos,
-                    process.stderr.strip(),
-                )
-                self._qos = None
-            elif kind is SlurmFailure.LIMIT:
-                self._slurm_answered()
-                raise SlurmBusy(str(_command_error(process)), kind)
-            elif kind is SlurmFailure.TRANSIENT:
-                queued = self._queued_all_the_same(comment, process)
-                if queued:
-                    logger.warning("sbatch failed (%s) but queued job %s all the same", process.stderr.strip(), queued)
-                    return queued
-            else:
-                raise _command_error(process)
-
-    def _queued_all_the_same(self, comment: str, failed: subprocess.CompletedProcess[str]) -> str | None:
-        """After a failed sbatch: the job it queued anyway, or None once squeue has surely shown there is none.
-
-        A stopped or busy slurmctld holds the requests sent meanwhile and, when it resumes, may
-        answer a squeue before it queues an sbatch sent earlier. So "none" counts only from a
-        squeue sent after the pause that follows an answered one; until then, wait with backoff.
-        ``-t all``: short tasks of that job may have run and ended already.
-        """
-        answered = False
-        while True:
-            process = self._slurm(["squeue", "-h", "--me", "-t", "all", "-o", "%F|%k"], timeout=60)
-            found = [job for job, tag in _parse_job_comments(process.stdout) if tag == comment]
-            if process.returncode == 0 and found:
-                return found[0]
-            if process.returncode == 0 and answered:
-                return None
-            answered = process.returncode == 0
-            self._wait_out_outage(failed if answered else process)
-
-    # ---- asking and cancelling
-
-    def _ask_queue(self, job_ids: Sequence[str]) -> set[str] | None:
-        """The jobs still queued or running, from one ``squeue`` call; None if Slurm did not answer."""
-        if not job_ids:
-            return set()
-        process = self._slurm(["squeue", "-h", "-t", "all", "-j", ",".join(job_ids), "-o", "%i|%T"], timeout=60)
-        if process.returncode != 0:
-            if _INVALID_JOB_ID in process.stderr:
-                return set()  # a single job id that Slurm has already forgotten
-            if classify_slurm_failure(process.returncode, process.stderr) is not SlurmFailure.TRANSIENT:
-                logger.warning("squeue failed, will ask again: %s", _command_error(process))
-                return None
-            first = self._outage.started is None
-            if self._outage.next_delay(self._clock()) is None:
-                raise SlurmError(
-                    f"Slurm has not answered squeue for {self._settings.slurm_unavailable_minutes:g} minutes "
-                    f"(slurm_unavailable_minutes): {_command_error(process)}"
-                )
-            if first:
-                logger.warning("Slurm does not answer squeue (%s); asking again", process.stderr.strip())
-            return None
-        self._slurm_answered()
-        return {job for job, states in _parse_squeue(process.stdout).items() if states & _ACTIVE_STATES}
-
-    def _unrecorded(self, recorded: set[str]) -> list[str]:
-        """Queued jobs of this run that no ``jobs.json`` knows: sbatch answered after a crash."""
-        process = self._slurm(["squeue", "-h", "--me", "-o", "%F|%k"], timeout=60)
-        if process.returncode != 0:
-            logger.warning("squeue failed, cannot look for unrecorded jobs: %s", _command_error(process))
-            return []
-        found = {
-            job
-            for job, comment in _parse_job_comments(process.stdout)
-            if comment == self._tag or comment.startswith(self._tag + ".")
-        }
-        return sorted(found - recorded)
-
-    def _scancel(self, job_ids: Sequence[str]) -> None:
-        if job_ids:
-            process = self._slurm(["scancel", *job_ids], timeout=60)
-            if process.returncode != 0 and _INVALID_JOB_ID not in process.stderr:
-                logger.warning("%s", _command_error(process))
-
-    def _wait_out_outage(self, failed: subprocess.CompletedProcess[str]) -> None:
-        """Slurm did not answer: wait before the next try, or give up after slurm_unavailable_minutes."""
-        first = self._outage.started is None
-        delay = self._outage.next_delay(self._clock())
-        if delay is None:
-            raise SlurmError(
-                f"Slurm has not answered for {self._settings.slurm_unavailable_minutes:g} minutes "
-                f"(slurm_unavailable_minutes); last answer: {_command_error(failed)}"
-            )
-        if first:
-            logger.warning(
-                "Slurm does not answer (%s); asking again with backoff for up to %g minutes",
-                (failed.stderr.strip() or "no output").splitlines()[-1],
-                self._settings.slurm_unavailable_minutes,
-            )
-        if self._sleep(delay):
-            raise _Interrupted("interrupted while waiting for Slurm to answer")
-
-    def _slurm_answered(self) -> None:
-        lasted = self._outage.end(self._clock())
-        if lasted is not None:
-            logger.warning("Slurm answers again after %.0f s", lasted)
-
-
 # A site's limits, read once when a run starts (issue 15). Every array task counts as one job
 # toward MaxJobCount and toward the submit limits (recorded in tests/slurm_texts/: an array
 # that would pass one is refused whole; pending tasks count one each although squeue shows
@@ -2861,6 +2791,566 @@ def _parse_sacctmgr_job_limits(
         max_submit_jobs=min((n for n in submit if n is not None), default=None),
         max_jobs=min((n for n in running if n is not None), default=None),
     )
+
+
+def _tasks_spec(trials: Sequence[tuple[int, Sequence[int]]]) -> str:
+    """The (trial, chunks) of one array in task-id order -> ``5:0-99/6:0-49,60-99`` (task i: the i-th pair)."""
+    return "/".join(f"{trial}:{_format_ranges(chunks)}" for trial, chunks in trials)
+
+
+def _task_of_spec(spec: str, task: int) -> tuple[int, int]:
+    """Task id ``task`` of an array made from ``_tasks_spec`` -> (trial, chunk)."""
+    for part in spec.split("/"):
+        trial, _, ranges = part.partition(":")
+        for piece in ranges.split(","):
+            first, _, last = piece.partition("-")
+            size = int(last or first) - int(first) + 1
+            if task < size:
+                return int(trial), int(first) + task
+            task -= size
+    raise ValueError(f"task {task} is not in {spec!r}")
+
+
+@dataclass
+class _SlurmTrial:
+    """One trial on Slurm: the arrays holding its chunks (``jobs.json``), the chunks waiting for one."""
+
+    paths: TrialPaths
+    expected: TrialParams
+    attempt: int = 0
+    jobs: list[JobRef] = field(default_factory=list)  # its array jobs (and theirs reduce jobs), in order
+    held: list[int] = field(default_factory=list)  # chunks for the next array: just started, or held by a limit
+    cancelled: bool = False  # its tasks were cancelled since it last started chunks
+    files: _ChunkFiles = field(default_factory=lambda: _ChunkFiles())  # its valid chunk records read so far
+
+    def save_jobs(self) -> None:
+        jobs = [j.to_json() for j in self.jobs]
+        _write_json_atomic(self.paths.jobs, {"attempt": self.attempt, "jobs": jobs}, indent=None)
+
+    def tasks(self) -> Iterable[tuple[JobRef, int, int]]:
+        """(array job, task id, chunk) of each chunk it submitted."""
+        for job in self.jobs:
+            for chunk in job.chunks:
+                yield job, job.task_of(chunk), chunk
+
+
+@dataclass
+class _CallBudget:
+    """At most ``rate`` Slurm calls a second, ``burst`` at once: a site may rate-limit a user's calls.
+
+    Slurm 23.02+ can answer a busy user with "telling to back off" (a token bucket, by default
+    30 calls refilled at 2 a second); a run stays under it whatever its trials in flight.
+    Time is passed in.
+    """
+
+    rate: float
+    burst: float
+    tokens: float = 0.0
+    updated: float | None = None
+
+    def available(self, now: float) -> bool:
+        """A call may be made now without waiting (nothing is taken)."""
+        return self.updated is None or self.tokens + (now - self.updated) * self.rate >= 1
+
+    def take(self, now: float) -> float:
+        """Take a call's token; the seconds to wait before making the call (0: at once)."""
+        if self.updated is None:
+            self.tokens = self.burst
+        else:
+            self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        self.tokens -= 1
+        return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
+
+
+_SLURM_CALLS_PER_SECOND = 1.0
+_SLURM_CALL_BURST = 10.0
+
+
+class _SlurmExecutor:
+    """Chunk tasks as Slurm array jobs, several trials' chunks in one array, a reduce job behind each.
+
+    Chunks started in one poll cycle (several trials') go out as ONE array, task ids mapped to
+    (trial, chunk) on the worker's command line, so a run's sbatch calls do not grow with its
+    trials; cancelling one trial cancels only its own task ids. Behind each array, private to
+    Slurm, a reduce job (``--dependency=afterany``) writes the summary of each of its trials
+    whose chunks are all there, even when the controller died; the controller does not wait
+    for it and cancels it once it has reduced those trials itself.
+
+    A site's limits are read once (``scontrol show config``, ``sacctmgr``): arrays are split
+    below MaxArraySize and the user's queued tasks (every array task counts, all the user's
+    jobs) stay under MaxSubmitJobs and MaxJobCount; chunks that do not fit are held back, the
+    controller sees them as running and starts no new trial meanwhile. A limit the run could
+    not read holds work back the same way once sbatch refuses with it. The run's calls stay
+    under ``_SLURM_CALLS_PER_SECOND``. Time comes from ``clock``, waits go through ``sleep``
+    (True once the run is stopped), Slurm's answers from ``slurm``: the rules are tested, and
+    a long run simulated, without waiting.
+    """
+
+    first_poll_seconds = 0.25
+
+    def __init__(
+        self,
+        settings: _RunSettings,
+        run: RunPaths,
+        stop: threading.Event,
+        cores: int | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], bool] | None = None,
+        slurm: Callable[..., subprocess.CompletedProcess[str]] | None = None,
+    ) -> None:
+        self._slurm = slurm or _run_slurm  # looked up now: tests and the benchmark replace _run_slurm
+        if slurm is None and _which("sbatch") is None:
+            raise ConfigError("distributed mode needs Slurm: sbatch is not on PATH (use mode='single' to run locally)")
+        self._settings = settings
+        self._run = run
+        self._clock = clock
+        self._sleep = sleep or stop.wait
+        self._outage = _Outage(60 * settings.slurm_unavailable_minutes)
+        self._budget = _CallBudget(_SLURM_CALLS_PER_SECOND, _SLURM_CALL_BURST)
+        self.call_counts: collections.Counter[str] = collections.Counter()  # by command, for the benchmark
+        self.budget_waited = 0.0  # seconds waited for the call budget
+        self._tag = f"slurptuna:{settings.run_id}"  # every job's --comment starts with it
+        self._qos = settings.slurm_qos
+        self._env = _worker_env(settings)
+        self._limits: tuple[int, int | None] | None = None  # MaxArraySize, the most tasks the user may queue
+        self.max_poll_seconds = settings.slurm_poll_seconds
+        self._trials: dict[int, _SlurmTrial] = {}
+        self._active: dict[str, set[int | None]] = {}  # the user's queued or running tasks at the last poll, by job
+        self._to_cancel: set[str] = set()  # job or task ids no longer needed: they go with the next scancel
+        self._learned_cap: int | None = None  # the user's queued tasks a refusal showed to be too many
+        self._under_limit = False  # chunks wait for room under a limit (said once per episode)
+        self._arrays_made: int | None = None
+        self._script = run.batch_script
+        if not self._script.exists():
+            _compile_for_workers()
+            self._script.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self._script.with_suffix(".tmp")
+            tmp.write_text(_BATCH_SCRIPT)
+            tmp.chmod(0o755)
+            os.replace(tmp, self._script)
+
+    # ---- the interface the controller uses
+
+    def start(self, trial: TrialPaths, expected: TrialParams, chunks: Sequence[int], attempt: int) -> None:
+        """Hold the chunks for the array that the next ``poll`` submits (with other trials' chunks)."""
+        state = self._trials.setdefault(trial.number, _SlurmTrial(trial, expected))
+        state.attempt, state.cancelled = attempt, False
+        state.jobs = [j for j in state.jobs if self._is_active(j)]  # ended jobs were explained already
+        state.held = sorted(set(state.held) | set(chunks))
+
+    def poll(self) -> bool:
+        """Cancel what is no longer needed, submit the chunks held as room allows, then ask ``squeue`` once.
+
+        Within the call budget: submissions first (room is judged on the last answer, which
+        can only overstate the queue), then the queue; when the budget has no call left, the
+        queue keeps its last answer (the controller still reads the chunk files that arrived).
+        """
+        if self._to_cancel:
+            self._scancel(sorted(self._to_cancel))
+            self._to_cancel.clear()
+        if any(s.held for s in self._trials.values()) and self._budget.available(self._clock()):
+            self._submit_held()
+        if self._budget.available(self._clock()):
+            active = self._ask_queue()
+            if active is None:
+                return False
+            self._active = active
+        return True
+
+    def running(self, trial: TrialPaths) -> bool:
+        state = self._trials.get(trial.number)
+        return state is not None and (
+            bool(state.held) or any(task in self._active.get(job.job_id, ()) for job, task, _ in state.tasks())
+        )
+
+    def results(self, trial: TrialPaths) -> Mapping[int, ChunkResult]:
+        """The trial's valid chunk records, reading only those written since the last look."""
+        state = self._trials.get(trial.number)
+        if state is None:
+            return {}  # nothing was started here
+        _read_new_chunks(trial, state.expected, state.files)
+        return state.files.chunks
+
+    def cancel(self, trials: Iterable[TrialPaths]) -> int:
+        """One scancel: these trials' own tasks (``A_[ranges]``), and reduce jobs no trial needs any more."""
+        numbers = {t.number for t in trials}
+        by_job: dict[str, list[int]] = {}
+        for number in numbers & self._trials.keys():
+            state = self._trials[number]
+            state.held, state.cancelled = [], True
+            for job, task, _ in state.tasks():
+                if task in self._active.get(job.job_id, ()):
+                    by_job.setdefault(job.job_id, []).append(task)
+        self._to_cancel |= {f"{job_id}_[{_format_ranges(tasks)}]" for job_id, tasks in by_job.items()}
+        self._to_cancel |= self._unneeded_reduce_jobs(numbers)
+        ids = sorted(self._to_cancel)
+        self._to_cancel.clear()
+        self._scancel(ids)
+        return len(ids)
+
+    def finished(self, trial: TrialPaths) -> None:
+        """Fold the logs of its tasks that succeeded, forget the trial; a reduce job no trial needs goes next.
+
+        Array tasks that wrote their chunk end by themselves (cancelled, accounting would
+        call them CANCELLED).
+        """
+        state = self._trials.get(trial.number)
+        if state is None:
+            return
+        _fold_task_logs(self._run, state)
+        self._to_cancel |= self._unneeded_reduce_jobs({trial.number})
+        del self._trials[trial.number]
+
+    def explain(self, trial: TrialPaths, chunks: Sequence[int]) -> str:
+        state = self._trials.get(trial.number)
+        jobs = [j for j in state.jobs if j.kind != "reduce"] if state else []
+        states: dict[tuple[str, int | None], str] = {}
+        if jobs:
+            process = self._call(
+                ["sacct", "-X", "-n", "-P", "-j", ",".join(j.job_id for j in jobs), "-o", "jobid,state,exitcode"],
+                timeout=60,
+            )
+            states = _parse_sacct(process.stdout) if process.returncode == 0 else {}
+
+        def describe(chunk: int) -> tuple[str, Path | None]:
+            job = _job_of_chunk(jobs, chunk)
+            if job is None:
+                return "never submitted", None
+            task = job.task_of(chunk)
+            log = job.task_log(self._run, task)
+            timed_out = "DUE TO TIME LIMIT" in _tail(log)
+            return states.get((job.job_id, task)) or ("TIMEOUT" if timed_out else "ended without a result"), log
+
+        return _explain_missing(chunks, describe)
+
+    def has_room(self) -> bool:
+        return not self._under_limit
+
+    def adopt(self, trials: Sequence[TrialPaths]) -> dict[int, frozenset[int]]:
+        """The chunks still queued for these trials, from their ``jobs.json`` and one ``squeue``.
+
+        Jobs of this run that no ``jobs.json`` knows (sbatch answered after a crash) are
+        cancelled: their chunks are not known, so the missing chunks are submitted again.
+        The scheduler must answer before anything is submitted twice.
+        """
+        if not trials:
+            return {}
+        recorded = {t.number: _read_json(t.jobs) or {} for t in trials}
+        jobs = {n: [JobRef.from_json(j) for j in r.get("jobs", [])] for n, r in recorded.items()}
+        known = {j.job_id for listed in jobs.values() for j in listed}
+        strays = self._unrecorded(known)
+        if strays:
+            logger.warning("cancelling job(s) %s of this run that a crash left out of jobs.json", ", ".join(strays))
+            self._scancel(strays)
+        active = self._ask_queue()
+        while active is None:
+            if self._sleep(self.max_poll_seconds):
+                raise _Interrupted("interrupted while waiting for Slurm to answer")
+            active = self._ask_queue()
+        self._active = active
+        adopted: dict[int, frozenset[int]] = {}
+        for trial in trials:
+            state = _SlurmTrial(trial, TrialParams.load(trial), recorded[trial.number].get("attempt", 0))
+            state.jobs = [j for j in jobs[trial.number] if self._is_active(j)]
+            queued = frozenset(chunk for job, task, chunk in state.tasks() if task in active.get(job.job_id, ()))
+            if queued:
+                logger.info("trial %d: adopting queued chunks %s", trial.number, _format_ranges(queued))
+                self._trials[trial.number] = state
+                adopted[trial.number] = queued
+        return adopted
+
+    def wait(self, seconds: float) -> None:
+        self._sleep(seconds)  # nothing happens here between polls: Slurm runs the jobs
+
+    def close(self) -> None:
+        """Queued chunk tasks belong to the run (a resume adopts them); reduce jobs no longer needed go."""
+        if self._to_cancel:
+            self._scancel(sorted(self._to_cancel))
+            self._to_cancel.clear()
+
+    # ---- submitting
+
+    def _is_active(self, job: JobRef) -> bool:
+        return job.job_id in self._active
+
+    def _unneeded_reduce_jobs(self, leaving: set[int]) -> set[str]:
+        """Reduce jobs whose arrays hold no chunk of a trial that stays (the ``leaving`` trials excepted)."""
+        staying = {j.logs for n, s in self._trials.items() if n not in leaving and not s.cancelled for j in s.jobs}
+        return {
+            job.job_id
+            for n in leaving & self._trials.keys()
+            for job in self._trials[n].jobs
+            if job.kind == "reduce" and job.logs not in staying and self._is_active(job)
+        }
+
+    def _site_limits(self) -> tuple[int, int | None]:
+        """MaxArraySize, and the most tasks the user may have queued: MaxSubmitJobs, MaxJobCount (None: no limit).
+
+        Read once. sacctmgr answers only where accounting runs; elsewhere only a refusal tells.
+        """
+        if self._limits is None:
+            config = _parse_slurm_config(self._call(["scontrol", "show", "config"], timeout=30).stdout)
+            max_array_size = int(config.get("MaxArraySize", "1001").split()[0])
+            job_count = config.get("MaxJobCount", "").split()
+            caps = [int(job_count[0]) - 1] if job_count and job_count[0].isdigit() else []
+            import pwd
+
+            user = pwd.getpwuid(os.getuid()).pw_name
+            assoc = self._call(_sacctmgr_assoc_argv(user), timeout=30)
+            qos = self._call(_sacctmgr_qos_argv(), timeout=30)
+            if assoc.returncode == 0 and qos.returncode == 0:
+                limits = _parse_sacctmgr_job_limits(assoc.stdout, qos.stdout, self._qos, self._settings.slurm_account)
+                caps += [limits.max_submit_jobs] if limits.max_submit_jobs is not None else []
+            self._limits = (max_array_size, min(caps, default=None))
+        return self._limits
+
+    def _submit_held(self) -> None:
+        """Arrays for the chunks held (several trials' in task-id order), as far as the limits leave room.
+
+        Each array holds at most MaxArraySize tasks, and its reduce job counts as one more.
+        """
+        max_array_size, cap = self._site_limits()
+        cap = min(cap or math.inf, self._learned_cap or math.inf)
+        queued = sum(len(tasks) for tasks in self._active.values())
+        while any(s.held for s in self._trials.values()):
+            size = int(min(max_array_size, cap - queued - 1))
+            if size <= 0:
+                self._say_under_limit(f"the user may queue {cap} tasks (MaxSubmitJobs, MaxJobCount)")
+                return
+            batch: list[tuple[_SlurmTrial, list[int]]] = []
+            for state in [s for s in self._trials.values() if s.held]:
+                take = state.held[: size - sum(len(c) for _, c in batch)]
+                if not take:
+                    break
+                batch.append((state, take))
+            try:
+                self._submit_array(batch)
+            except SlurmBusy as busy:  # a limit the run could not read: learn it, halving the excess each time
+                tried = sum(len(c) for _, c in batch) + 1
+                self._learned_cap = max(2, min(cap, queued + tried) - max(1, tried // 2))
+                self._say_under_limit(str(busy))
+                return
+            queued += sum(len(c) for _, c in batch) + 1
+        if self._under_limit:
+            self._under_limit = False
+            logger.warning("submitted; no chunk waits for room under the Slurm limit now")
+
+    def _say_under_limit(self, why: str) -> None:
+        if not self._under_limit:  # one line per episode, not per poll
+            self._under_limit = True
+            logger.warning(
+                "waiting for room under a Slurm limit (keeping the QoS); no new trial starts meanwhile:\n%s", why
+            )
+
+    def _submit_array(self, batch: list[tuple[_SlurmTrial, list[int]]]) -> None:
+        s = self._settings
+        number = self._next_array_number()
+        logs = self._run.array_logs(number)
+        logs.mkdir(parents=True, exist_ok=True)
+        n_tasks = sum(len(chunks) for _, chunks in batch)
+        throttle = s.array_parallelism_limit * len(batch) if s.array_parallelism_limit else None  # per trial
+        options = [
+            *self._options(f"a{number:05d}.chunks"),
+            f"--array={_array_spec(range(n_tasks), throttle)}",
+            f"--cpus-per-task={s.cpus_per_task}",
+            f"--time={_slurm_time(s.worker_time_limit)}",
+            f"--output={RunPaths.task_log(logs, '%a')}",
+        ]
+        spec = _tasks_spec([(state.paths.number, chunks) for state, chunks in batch])
+        relative = str(logs.relative_to(self._run.dir))
+        command = _worker_command(s, "chunk", self._run, "--tasks", spec, "--logs", relative)
+        array = self._sbatch(options, command)
+        offset = 0
+        for state, chunks in batch:
+            state.jobs.append(JobRef(array, "tasks", tuple(chunks), offset, state.attempt, relative))
+            state.held = state.held[len(chunks) :]
+            offset += len(chunks)
+        self._active[array] = set(range(n_tasks))
+        try:
+            options = [
+                *self._options(f"a{number:05d}.reduce"),
+                "--cpus-per-task=1",
+                "--time=0-00:10:00",
+                f"--output={RunPaths.reduce_log(logs, '%j')}",
+                f"--dependency=afterany:{array}",
+            ]
+            trials = ",".join(str(state.paths.number) for state, _ in batch)
+            reduce = self._sbatch(options, _worker_command(s, "reduce", self._run, "--trials", trials))
+            self._active[reduce] = {None}
+            for state, _ in batch:
+                state.jobs.append(JobRef(reduce, "reduce", attempt=state.attempt, logs=relative))
+        finally:
+            for state, _ in batch:
+                state.save_jobs()
+
+    def _next_array_number(self) -> int:
+        """The run's arrays are numbered (their log directories): the next number, found once per controller."""
+        if self._arrays_made is None:
+            found = [int(p.name.split("_")[1]) for p in self._run.dir.glob("slurm_logs/arrays_*/array_*")]
+            self._arrays_made = max(found, default=0)
+        self._arrays_made += 1
+        return self._arrays_made
+
+    def _options(self, name: str) -> list[str]:
+        s = self._settings
+        options = [f"--job-name={s.run_name}.{name}", f"--mem-per-cpu={s.mem_per_cpu}"]
+        options += [f"--partition={s.slurm_partition}"] if s.slurm_partition else []
+        options += [f"--account={s.slurm_account}"] if s.slurm_account else []
+        return options + list(s.sbatch_args)
+
+    def _sbatch(self, options: list[str], command: list[str]) -> str:
+        """Submit one job; its id.
+
+        A refused QoS is dropped for the rest of the run, with a warning. While slurmctld does
+        not answer, ask again with backoff for up to ``slurm_unavailable_minutes``, but first
+        look for the job by its own ``--comment``: a timed-out sbatch may have queued it, and
+        a chunk set must never be queued twice. A limit raises ``SlurmBusy`` (LIMIT): the
+        chunks wait for room, keeping the QoS. Anything else raises ``SlurmError``.
+        """
+        comment = f"{self._tag}.{os.urandom(4).hex()}"
+        while True:
+            qos = [f"--qos={self._qos}"] if self._qos else []
+            argv = ["sbatch", "--parsable", f"--comment={comment}", *options, *qos, str(self._script), *command]
+            process = self._call(argv, env=self._env)
+            if process.returncode == 0:
+                self._slurm_answered()
+                return _parse_job_id(process.stdout)
+            kind = classify_slurm_failure(process.returncode, process.stderr)
+            if kind is SlurmFailure.BAD_QOS and qos:
+                logger.warning(
+                    "sbatch refused --qos=%s (%s); submitting without a QoS from now on",
+                    self._qos,
+                    process.stderr.strip(),
+                )
+                self._qos = None
+            elif kind is SlurmFailure.LIMIT:
+                self._slurm_answered()
+                raise SlurmBusy(str(_command_error(process)), kind)
+            elif kind is SlurmFailure.TRANSIENT:
+                queued = self._queued_all_the_same(comment, process)
+                if queued:
+                    logger.warning("sbatch failed (%s) but queued job %s all the same", process.stderr.strip(), queued)
+                    return queued
+            else:
+                raise _command_error(process)
+
+    def _queued_all_the_same(self, comment: str, failed: subprocess.CompletedProcess[str]) -> str | None:
+        """After a failed sbatch: the job it queued anyway, or None once squeue has surely shown there is none.
+
+        A stopped or busy slurmctld holds the requests sent meanwhile and, when it resumes, may
+        answer a squeue before it queues an sbatch sent earlier. So "none" counts only from a
+        squeue sent after the pause that follows an answered one; until then, wait with backoff.
+        ``-t all``: short tasks of that job may have run and ended already.
+        """
+        answered = False
+        while True:
+            process = self._call(["squeue", "-h", "--me", "-t", "all", "-o", "%F|%k"], timeout=60)
+            found = [job for job, tag in _parse_job_comments(process.stdout) if tag == comment]
+            if process.returncode == 0 and found:
+                return found[0]
+            if process.returncode == 0 and answered:
+                return None
+            answered = process.returncode == 0
+            self._wait_out_outage(failed if answered else process)
+
+    # ---- asking and cancelling
+
+    def _call(self, argv: list[str], urgent: bool = False, **options: Any) -> subprocess.CompletedProcess[str]:
+        """One Slurm command, within the run's call budget (``urgent``: a cancel, never delayed)."""
+        delay = self._budget.take(self._clock())
+        if delay and not urgent:
+            self.budget_waited += delay
+            if self._sleep(delay):
+                raise _Interrupted("interrupted while pacing Slurm calls")
+        self.call_counts[argv[0]] += 1
+        return self._slurm(argv, **options)
+
+    def _ask_queue(self) -> dict[str, set[int | None]] | None:
+        """The user's queued or running tasks, by job, from one ``squeue``; None if Slurm did not answer.
+
+        All the user's jobs, not only the run's: each array task counts toward a site's
+        MaxSubmitJobs, whichever run queued it.
+        """
+        process = self._call(["squeue", "-h", "--me", "-o", "%i|%T"], timeout=60)
+        if process.returncode != 0:
+            if classify_slurm_failure(process.returncode, process.stderr) is not SlurmFailure.TRANSIENT:
+                logger.warning("squeue failed, will ask again: %s", _command_error(process))
+                return None
+            first = self._outage.started is None
+            if self._outage.next_delay(self._clock()) is None:
+                raise SlurmError(
+                    f"Slurm has not answered squeue for {self._settings.slurm_unavailable_minutes:g} minutes "
+                    f"(slurm_unavailable_minutes): {_command_error(process)}"
+                )
+            if first:
+                logger.warning("Slurm does not answer squeue (%s); asking again", process.stderr.strip())
+            return None
+        self._slurm_answered()
+        return _parse_active_tasks(process.stdout)
+
+    def _unrecorded(self, recorded: set[str]) -> list[str]:
+        """Queued jobs of this run that no ``jobs.json`` knows: sbatch answered after a crash."""
+        process = self._call(["squeue", "-h", "--me", "-o", "%F|%k"], timeout=60)
+        if process.returncode != 0:
+            logger.warning("squeue failed, cannot look for unrecorded jobs: %s", _command_error(process))
+            return []
+        found = {
+            job
+            for job, comment in _parse_job_comments(process.stdout)
+            if comment == self._tag or comment.startswith(self._tag + ".")
+        }
+        return sorted(found - recorded)
+
+    def _scancel(self, job_ids: Sequence[str]) -> None:
+        if job_ids:
+            process = self._call(["scancel", *job_ids], urgent=True, timeout=60)
+            if process.returncode != 0 and _INVALID_JOB_ID not in process.stderr:
+                logger.warning("%s", _command_error(process))
+
+    def _wait_out_outage(self, failed: subprocess.CompletedProcess[str]) -> None:
+        """Slurm did not answer: wait before the next try, or give up after slurm_unavailable_minutes."""
+        first = self._outage.started is None
+        delay = self._outage.next_delay(self._clock())
+        if delay is None:
+            raise SlurmError(
+                f"Slurm has not answered for {self._settings.slurm_unavailable_minutes:g} minutes "
+                f"(slurm_unavailable_minutes); last answer: {_command_error(failed)}"
+            )
+        if first:
+            logger.warning(
+                "Slurm does not answer (%s); asking again with backoff for up to %g minutes",
+                (failed.stderr.strip() or "no output").splitlines()[-1],
+                self._settings.slurm_unavailable_minutes,
+            )
+        if self._sleep(delay):
+            raise _Interrupted("interrupted while waiting for Slurm to answer")
+
+    def _slurm_answered(self) -> None:
+        lasted = self._outage.end(self._clock())
+        if lasted is not None:
+            logger.warning("Slurm answers again after %.0f s", lasted)
+
+
+def _fold_task_logs(run: RunPaths, state: _SlurmTrial) -> None:
+    """The logs of a finished trial's tasks that succeeded: dropped when empty, else folded into one file.
+
+    A site counts inodes: a task's own log stays only where it failed (its error names it).
+    """
+    for job, task, chunk in state.tasks():
+        if job.kind != "tasks" or chunk not in state.files.chunks:
+            continue
+        log = job.task_log(run, task)
+        try:
+            text = log.read_text(errors="replace")
+        except FileNotFoundError:
+            continue
+        if text.strip():
+            with open(RunPaths.folded_log(log.parent), "a") as folded:
+                folded.write(f"===== task {task} (trial {state.paths.number}, chunk {chunk}), job {job.job_id}\n{text}")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(log)
 
 
 # ---------------------------------------------------------------- local processes, same interface
@@ -3048,7 +3538,7 @@ def _become_pool_worker(
         os.setsid()  # the terminal's Ctrl-C goes to the controller, which stops the pool itself
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, signal.SIG_DFL)
-        for fd in close_fds:
+        for fd in [*close_fds, *_CONTROLLER_LOCKS]:
             os.close(fd)
         out = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         null = os.open(os.devnull, os.O_RDONLY)
@@ -3489,7 +3979,8 @@ class _Tally:
     n_pruned: int = 0
     seeds_done: int = 0  # by this controller: its pace
     seeds_saved: int = 0  # seeds that pruned trials did not use
-    best: Any = None  # the best complete FrozenTrial
+    best: Any = None  # the best complete FrozenTrial (one objective)
+    pareto: list[Any] = field(default_factory=list)  # the complete trials no other beats (several objectives)
 
     @classmethod
     def of_study(cls, study: optuna.Study, settings: _RunSettings) -> _Tally:
@@ -3510,7 +4001,10 @@ class _Tally:
         n_seeds = frozen.user_attrs.get("n_seeds", 0) if state != "FAIL" else 0
         if state == "COMPLETE":
             self.n_complete += 1
-            if self.best is None or _better(frozen.value, self.best.value, settings.direction):
+            directions = _directions(settings)
+            if len(directions) > 1:
+                self.pareto = _pareto_front([*self.pareto, frozen], directions)
+            elif self.best is None or _better(frozen.value, self.best.value, directions[0]):
                 self.best = frozen
         elif state == "FAIL":
             self.n_failed += 1
@@ -3525,21 +4019,45 @@ class _Tally:
     def best_value(self) -> float | None:
         return self.best.value if self.best else None
 
-    def best_standard_error(self) -> float | None:
+    def best_trials(self) -> list[Any]:
+        """As Optuna's ``study.best_trials``: the Pareto set, or the one best trial."""
+        return self.pareto if self.pareto else [self.best] if self.best else []
+
+    def best_standard_error(self, settings: _RunSettings) -> float | None:
         attrs = self.best.user_attrs if self.best else {}
+        if settings.objectives:  # one objective: the component's
+            return attrs.get("component_standard_errors", {}).get(next(iter(settings.objectives)))
         if "standard_error" in attrs or "std" not in attrs:
             return attrs.get("standard_error")
         return attrs["std"] / math.sqrt(attrs["n_seeds"])  # a trial told before standard errors were kept
 
     def summary(self, settings: _RunSettings) -> dict[str, Any]:
-        """The run's ``summary.json``."""
+        """The run's ``summary.json``; with several objectives, the Pareto set instead of one best."""
+        if settings.objectives and len(settings.objectives) > 1:
+            return {
+                "loss_name": settings.loss_name,
+                "run_name": settings.run_name,
+                "objectives": settings.objectives,
+                "best_trials": [_pareto_record(t, settings.objectives) for t in self.pareto],
+                "best_value": None,  # as Optuna's study.best_trial refuses: see best_trials
+                "best_standard_error": None,
+                "best_params": None,
+                "best_trial": None,
+                **self._counts(settings),
+            }
         return {
             "loss_name": settings.loss_name,
             "run_name": settings.run_name,
             "best_value": self.best_value,
-            "best_standard_error": self.best_standard_error(),
+            "best_standard_error": self.best_standard_error(settings),
             "best_params": self.best.params if self.best else {},
             "best_trial": self.best.number if self.best else None,
+            **({"objectives": settings.objectives} if settings.objectives else {}),
+            **self._counts(settings),
+        }
+
+    def _counts(self, settings: _RunSettings) -> dict[str, Any]:
+        return {
             "n_trials": settings.n_trials,
             "n_complete": self.n_complete,
             "n_failed": self.n_failed,
@@ -3654,10 +4172,12 @@ class _Controller:
         executor: Executor,
         stop: _StopSignal,
         clock: Callable[[], float] = time.monotonic,
+        callbacks: Sequence[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] = (),
     ) -> None:
         import optuna
 
         self._optuna = optuna
+        self._callbacks = list(callbacks)
         self._settings = settings
         self._run = run
         self._study = study
@@ -3683,6 +4203,10 @@ class _Controller:
     def run(self) -> None:
         """The thin loop: start trials, poll once, advance each trial, wait. Any error cancels the run's jobs."""
         backoff = _Backoff(self._executor.first_poll_seconds, self._executor.max_poll_seconds)
+        # As inside study.optimize: a callback may call study.stop(), which Optuna allows only
+        # in its optimize loop (a flag of this thread) and which sets study._stop_flag
+        self._study._thread_local.in_optimize_loop = True
+        self._study._stop_flag = False
         try:
             self._adopt_interrupted_trials()
             while True:
@@ -3706,13 +4230,15 @@ class _Controller:
                 raise _Interrupted(f"{exc}; cancelled {cancelled} job(s)") from None
             raise
         finally:
+            self._study._thread_local.in_optimize_loop = False
             self._progress.close()
 
     # ---- starting and adopting trials
 
     def _free_slot(self) -> bool:
         return (
-            self.tally.n_finished + len(self._active) < self._settings.n_trials
+            not self._study._stop_flag  # study.stop() from a callback: trials in flight finish, no new one
+            and self.tally.n_finished + len(self._active) < self._settings.n_trials
             and len(self._active) < self._settings.max_concurrent_trials
             and self._executor.has_room()  # under a submit limit: no new trial
         )
@@ -3748,12 +4274,12 @@ class _Controller:
             _write_json_atomic(paths.params, expected.to_json())
         reports = None if self._report_form is None else _TrialReports(reported or set())
         active = _ActiveTrial(trial, paths, expected, attempt=attempt, reports=reports)
+        active.chunks = _read_valid_chunks(paths, expected)
         self._active.append(active)
         summary = load_valid_summary(paths, expected)
         if summary is not None and not summary.missing_chunks:
             self._complete(active, summary)
             return
-        active.chunks = _read_valid_chunks(paths, expected)
         to_run = [c for c in range(active.n_chunks) if c not in active.chunks and c not in queued]
         if to_run:
             self._start_chunks(active, to_run)
@@ -3855,17 +4381,46 @@ class _Controller:
 
     # ---- telling Optuna: the one way a trial ends
 
-    def _finish(self, active: _ActiveTrial, state: Any, value: float | None = None) -> optuna.trial.FrozenTrial:
-        """Tell Optuna, let the executor forget the trial, count it, rewrite the run's summary.json."""
+    def _finish(
+        self, active: _ActiveTrial, state: Any, value: float | list[float] | None = None
+    ) -> optuna.trial.FrozenTrial:
+        """Let the executor forget the trial, merge its chunk records, tell Optuna, count it, rewrite
+        summary.json, then call the user's callbacks as ``study.optimize`` does (each gets its own copy).
+
+        The records are merged before Optuna is told: a crash in between leaves a RUNNING
+        trial whose chunks are all there, completed again on resume.
+        """
+        self._executor.finished(active.paths)
+        _merge_chunk_records(active.paths, active.chunks)
         frozen = self._study.tell(active.trial, value, state=state)
         self._active.remove(active)
-        self._executor.finished(active.paths)
         self.tally.count(frozen, self._settings)
         _write_json_atomic(self._run.summary, self.tally.summary(self._settings))
+        for callback in self._callbacks:
+            try:
+                callback(self._study, copy.deepcopy(frozen))
+            except Exception:  # re-raised as Optuna does; run() cancels the run's jobs on the way out
+                logger.error(
+                    "callback %s raised after trial %d: cancelling the run's jobs. Resume with run_name=%r",
+                    getattr(callback, "__qualname__", callback),
+                    frozen.number,
+                    self._settings.run_name,
+                )
+                raise
         return frozen
 
     def _complete(self, active: _ActiveTrial, summary: TrialSummary) -> None:
         trial = active.trial
+        objectives = self._settings.objectives
+        missing = [name for name in objectives or () if name not in summary.components]
+        if missing:
+            returned = sorted(summary.components) or "a number, not a dict of components"
+            self._fail(
+                active,
+                f"loss {self._settings.loss_name!r} returned no component {missing[0]!r} of objectives="
+                f"{objectives!r}; it returned {returned}",
+            )
+            return
         self._report_chunks(active)  # the best trial must have every step, for WilcoxonPruner
         trial.set_user_attr("n_seeds", summary.n_seeds)
         trial.set_user_attr("std", summary.std)
@@ -3874,8 +4429,14 @@ class _Controller:
             trial.set_user_attr("attempts", active.attempt + 1)
         if summary.components:
             trial.set_user_attr("components", summary.components)
+            trial.set_user_attr("component_standard_errors", summary.component_standard_errors)
         if summary.missing_chunks:
             trial.set_user_attr("missing_chunks", summary.missing_chunks)
+        if objectives:
+            values = [summary.components[name] for name in objectives]
+            self._finish(active, self._optuna.trial.TrialState.COMPLETE, values)
+            self._log_objectives(trial.number, summary, trial.params)
+            return
         frozen = self._finish(active, self._optuna.trial.TrialState.COMPLETE, summary.mean)
         best = self.tally.best
         self._trial_log.info(
@@ -3889,6 +4450,23 @@ class _Controller:
             frozen.duration.total_seconds() if frozen.duration else 0.0,
             best.number,
             best.value,
+        )
+
+    def _log_objectives(self, number: int, summary: TrialSummary, params: Mapping[str, ParamValue]) -> None:
+        errors = summary.component_standard_errors
+        shown = ", ".join(
+            f"{n} {summary.components[n]!r} ± {errors.get(n, math.nan):.3g}" for n in self._settings.objectives
+        )
+        best = f"Best is trial {self.tally.best.number}" if self.tally.best else "Best is -"
+        if len(self._settings.objectives) > 1:
+            best = f"Pareto front: trials {[t.number for t in self.tally.pareto]}"
+        self._trial_log.info(
+            "Trial %d finished with %s (mean ± standard error over %d seeds) and parameters: %s. %s.",
+            number,
+            shown,
+            summary.n_seeds,
+            params,
+            best,
         )
 
     def _fail(self, active: _ActiveTrial, reason: str) -> None:
@@ -3948,6 +4526,26 @@ class _Controller:
         return active.trial.should_prune()
 
 
+def _merge_chunk_records(trial: TrialPaths, chunks: Mapping[int, ChunkResult]) -> None:
+    """A finished trial's chunk records become one file, ``chunks.jsonl``, and ``chunks/`` goes.
+
+    A site counts inodes, and a metadata server suffers many small files: a finished trial
+    keeps a handful of files whatever its chunk count, and every per-chunk statistic stays
+    readable (pruning, racing and resume need them). The merged file is written whole before
+    any record file is removed, so a crash in between leaves both, and the reader takes each
+    chunk once; failed chunks keep their error records.
+    """
+    if chunks:
+        text = "".join(json.dumps(chunks[i].to_json()) + "\n" for i in sorted(chunks))
+        _write_atomic(trial.merged_chunks, text.encode())
+    with contextlib.suppress(FileNotFoundError), os.scandir(trial.chunks_dir) as entries:
+        for entry in list(entries):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(entry.path)
+    with contextlib.suppress(OSError):  # gone already, or a cancelled task wrote meanwhile
+        os.rmdir(trial.chunks_dir)
+
+
 def _chunk_failures(trial: TrialPaths) -> list[ChunkFailure]:
     try:
         names = sorted(os.listdir(trial.errors_dir))
@@ -3959,6 +4557,34 @@ def _chunk_failures(trial: TrialPaths) -> list[ChunkFailure]:
 
 def _better(value: float, than: float, direction: str) -> bool:
     return value < than if direction == "minimize" else value > than
+
+
+def _dominates(a: Sequence[float], b: Sequence[float], directions: Sequence[str]) -> bool:
+    """``a`` is no worse than ``b`` in every objective and better in one (Pareto dominance)."""
+    signs = [1.0 if d == "minimize" else -1.0 for d in directions]
+    a_, b_ = [s * v for s, v in zip(signs, a, strict=True)], [s * v for s, v in zip(signs, b, strict=True)]
+    return all(x <= y for x, y in zip(a_, b_, strict=True)) and a_ != b_
+
+
+def _pareto_front(trials: Iterable[Any], directions: Sequence[str]) -> list[Any]:
+    """The complete trials that no other dominates (as Optuna's ``study.best_trials``), by number."""
+    front: list[Any] = []
+    for trial in trials:
+        if any(_dominates(f.values, trial.values, directions) for f in front):
+            continue
+        front = [f for f in front if not _dominates(trial.values, f.values, directions)] + [trial]
+    return sorted(front, key=lambda t: t.number)
+
+
+def _pareto_record(frozen: Any, objectives: Mapping[str, str]) -> dict[str, Any]:
+    """One trial of the Pareto set as summary.json and ``status --json`` show it."""
+    errors = frozen.user_attrs.get("component_standard_errors", {})
+    return {
+        "trial": frozen.number,
+        "values": dict(zip(objectives, frozen.values, strict=True)),
+        "standard_errors": {name: errors.get(name) for name in objectives},
+        "params": dict(frozen.params),
+    }
 
 
 def _distribution(optuna: Any, spec: Any) -> Any:
@@ -3979,9 +4605,79 @@ def _default_sampler(optuna: Any, settings: _RunSettings, n_existing: int) -> An
     return optuna.samplers.TPESampler(seed=seed, constant_liar=settings.max_concurrent_trials > 1)
 
 
+def _enqueue_points(study: optuna.Study, settings: _RunSettings) -> None:
+    """Queue the ``enqueue`` points that the study has neither evaluated nor queued (a resume
+    skips them); ``study.ask`` then pops them in order before the sampler proposes anything."""
+    if not settings.enqueue:
+        return
+    before = len(study.get_trials(deepcopy=False))
+    for point in settings.enqueue:
+        study.enqueue_trial(point, skip_if_exists=True)
+    states = collections.Counter(t.state.name for t in study.get_trials(deepcopy=False))
+    added = sum(states.values()) - before
+    logger.info("enqueued %d point(s); %d already in the study", added, len(settings.enqueue) - added)
+    left = settings.n_trials - sum(n for state, n in states.items() if state != "WAITING")
+    if states["WAITING"] > left:
+        logger.warning(
+            "%d enqueued point(s) wait in the study but %d trial(s) are left of n_trials=%d: "
+            "the rest run when the run is resumed with a larger n_trials",
+            states["WAITING"],
+            max(left, 0),
+            settings.n_trials,
+        )
+
+
+def _uses_sqlite(run: RunPaths) -> bool:
+    return run.optuna_db.exists() and not run.journal.exists()
+
+
+def _study_storage(run: RunPaths, writer: bool = False) -> Any:
+    """The run's study: Optuna's journal file ``optuna.journal`` (an older run's ``optuna.db`` stays SQLite).
+
+    Measured (benchmark/STORAGE.md): at 10,000 trials a journal costs the controller 9-14 ms a
+    trial against SQLite's 44-65 ms; readers (status, optuna-dashboard) take no lock, so they
+    never hold up the writer, also on NFS, where Optuna recommends it. The writer, which holds
+    the run's controller lock, first cuts a record that a crash left half-written (Optuna
+    would fail on the next write) and removes a stale lock file of a killed writer.
+    """
+    import optuna
+
+    if _uses_sqlite(run):
+        return f"sqlite:///{run.optuna_db}"
+    try:
+        from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
+    except ImportError:  # optuna < 4.0
+        from optuna.storages import JournalFileStorage as JournalFileBackend  # type: ignore[no-redef]
+        from optuna.storages import JournalFileSymlinkLock  # type: ignore[no-redef]
+    path = str(run.journal)
+    if writer:
+        _cut_half_written_record(run.journal)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path + ".lock")
+    return optuna.storages.JournalStorage(JournalFileBackend(path, lock_obj=JournalFileSymlinkLock(path)))
+
+
+def _cut_half_written_record(path: Path) -> None:
+    """Truncate the file after its last newline: the rest is a record a crash cut."""
+    try:
+        with open(path, "rb+") as handle:
+            handle.seek(0, os.SEEK_END)
+            size = handle.tell()
+            handle.seek(max(0, size - (1 << 20)))
+            tail = handle.read()
+            if b"\n" in tail and not tail.endswith(b"\n"):
+                handle.truncate(size - len(tail) + tail.rfind(b"\n") + 1)
+    except FileNotFoundError:
+        pass
+
+
 @contextlib.contextmanager
 def _controller_lock(run: RunPaths) -> Iterable[None]:
-    """One controller per run: a second one would submit every job twice."""
+    """One controller per run: a second one would submit every job twice.
+
+    Forked pool workers close their copy of the lock's file (``_CONTROLLER_LOCKS``): a worker
+    that outlives a killed controller for a moment must not keep the resume out.
+    """
     import fcntl
 
     with open(run.lock, "a+") as handle:
@@ -3993,7 +4689,14 @@ def _controller_lock(run: RunPaths) -> Iterable[None]:
         handle.truncate(0)
         handle.write(str(os.getpid()))
         handle.flush()
-        yield
+        _CONTROLLER_LOCKS.add(handle.fileno())
+        try:
+            yield
+        finally:
+            _CONTROLLER_LOCKS.discard(handle.fileno())
+
+
+_CONTROLLER_LOCKS: set[int] = set()  # file descriptors of the controller locks this process holds
 
 
 @contextlib.contextmanager
@@ -4030,9 +4733,9 @@ def _stops_when_unwritable(
 
 
 def _sqlite_file(storage: Any, run: RunPaths) -> Path | None:
-    """The study's SQLite file: the run's ``optuna.db``, or a ``storage="sqlite:///..."`` of the user's."""
+    """The study's SQLite file: an older run's ``optuna.db``, or a ``storage="sqlite:///..."`` of the user's."""
     if storage is None:
-        return run.optuna_db
+        return run.optuna_db if _uses_sqlite(run) else None
     if isinstance(storage, str) and storage.startswith("sqlite:///"):
         return Path(storage.removeprefix("sqlite:///"))
     return None
@@ -4073,6 +4776,7 @@ def _run_study(
     storage: Any,
     pruner: Any,
     stop: _StopSignal,
+    callbacks: Sequence[Callable[..., Any]] = (),
     cores: int | None = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> OptimizeResult:
@@ -4087,16 +4791,17 @@ def _run_study(
     with _stops_when_unwritable(settings, run, _sqlite_file(storage, run)), _controller_lock(run):
         study = optuna.create_study(
             study_name=settings.run_name,
-            storage=storage or f"sqlite:///{run.optuna_db}",
+            storage=_study_storage(run, writer=True) if storage is None else storage,
             load_if_exists=True,
-            direction=settings.direction,
+            directions=_directions(settings),
             pruner=optuna.pruners.NopPruner() if pruner is None else pruner,  # Optuna's default would be MedianPruner
             sampler=sampler,
         )
         if sampler is None:
             study.sampler = _default_sampler(optuna, settings, len(study.get_trials(deepcopy=False)))
+        _enqueue_points(study, settings)
         executor = _EXECUTORS[execution_mode(settings.mode)](settings, run, stop.event, cores, clock=clock)
-        controller = _Controller(settings, run, study, executor, stop, clock)
+        controller = _Controller(settings, run, study, executor, stop, clock, callbacks)
         try:
             controller.run()
         except _Interrupted as exc:
@@ -4129,6 +4834,7 @@ def _run_study(
         n_failed=summary["n_failed"],
         n_pruned=summary["n_pruned"],
         best_standard_error=summary["best_standard_error"],
+        best_trials=controller.tally.best_trials(),
         study=study,
     )
 
@@ -4183,6 +4889,16 @@ class FailedTrial:
 
 
 @dataclass(frozen=True)
+class ParetoTrial:
+    """A trial of the Pareto set (several objectives): each objective's mean and standard error."""
+
+    number: int
+    values: dict[str, float]
+    standard_errors: dict[str, float | None]
+    params: dict[str, ParamValue]
+
+
+@dataclass(frozen=True)
 class RunStatus:
     """Everything ``status`` shows of one run, read at ``checked_at``."""
 
@@ -4211,6 +4927,8 @@ class RunStatus:
     core_hours_left: float | None
     notes: list[str]  # what could not be read, in one line each (squeue failing ...)
     checked_at: str
+    objectives: dict[str, str] | None = None  # the run's objectives; None: the loss's mean
+    best_trials: list[ParetoTrial] = field(default_factory=list)  # several objectives: the Pareto set, not one best
 
     @property
     def trials_left(self) -> int:
@@ -4293,7 +5011,7 @@ def _read_entry(entry: str, run: RunPaths, now: float) -> EntryStatus:
 
 
 def read_run_status(
-    run: RunPaths, now: float, ask_queue: Callable[[Sequence[str]], dict[str, list[tuple[str, str, int]]]] | None
+    run: RunPaths, now: float, ask_queue: Callable[[Sequence[str]], dict[str, list[_QueueLine]]] | None
 ) -> RunStatus:
     """Read meta.json, optuna.db, the lock and the trial files; ask Slurm once about running trials' jobs."""
     settings = _read_run_settings(run)
@@ -4302,13 +5020,17 @@ def read_run_status(
     by_state: dict[str, list[Any]] = {}
     for trial in trials:
         by_state.setdefault(trial.state.name, []).append(trial)
-    chunk_files = {t.number: _chunk_files(run.trial(t.number)) for t in trials}
-    notes = [] if run.optuna_db.exists() else ["no optuna.db yet: the controller has not started a trial"]
+    chunk_files = {t.number: _ended_chunks(run.trial(t.number)) for t in trials}
+    started = run.journal.exists() or run.optuna_db.exists()
+    notes = [] if started else ["no optuna.journal yet: the controller has not started a trial"]
     running = [_running_trial(run, settings, t, chunk_files[t.number], now) for t in by_state.get("RUNNING", [])]
     if settings.mode == ExecutionMode.DISTRIBUTED.value and ask_queue is not None:
         running, queue_note = _with_slurm_jobs(run, running, ask_queue)
         notes += [queue_note] if queue_note else []
-    best = _best_trial(by_state.get("COMPLETE", []), settings.direction)
+    directions = _directions(settings)
+    several = len(directions) > 1
+    best = None if several else _best_trial(by_state.get("COMPLETE", []), directions[0])
+    pareto = _pareto_front(by_state.get("COMPLETE", []), directions) if several else []
     all_chunks = [c for files in chunk_files.values() for c in files]
     core_seconds = math.fsum(c.elapsed_seconds * c.processes for c, _ in all_chunks)
     seeds_done = sum(c.stats.loss.count for c, _ in all_chunks)
@@ -4336,7 +5058,7 @@ def read_run_status(
         n_pruned=len(by_state.get("PRUNED", [])),
         best_trial=best.number if best else None,
         best_value=best.value if best else None,
-        best_standard_error=_standard_error(run.trial(best.number), best) if best else None,
+        best_standard_error=_best_standard_error(run.trial(best.number), best, settings.objectives) if best else None,
         best_params=dict(best.params) if best else {},
         running=running,
         failed=[_failed_trial(t) for t in by_state.get("FAIL", [])],
@@ -4349,6 +5071,8 @@ def read_run_status(
         core_hours_left=seeds_left * core_seconds / seeds_done / 3600 if seeds_done else None,
         notes=notes,
         checked_at=datetime.fromtimestamp(now, timezone.utc).isoformat(timespec="seconds"),
+        objectives=settings.objectives,
+        best_trials=[_pareto_trial(run.trial(t.number), t, settings.objectives) for t in pareto],
     )
 
 
@@ -4365,14 +5089,23 @@ def _read_run_settings(run: RunPaths) -> _RunSettings:
 
 
 def _read_study_trials(run: RunPaths, study_name: str, attempts: int = 4) -> list[Any]:
-    """The study's trials from a read-only connection; a locked database is tried again a few times."""
+    """The study's trials, read without disturbing the writer.
+
+    The journal is read up to where it was when the reading began (readers take no lock);
+    an older run's SQLite file through a read-only connection, tried again while locked.
+    """
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if run.journal.exists():
+        try:
+            return optuna.load_study(study_name=study_name, storage=_study_storage(run)).get_trials(deepcopy=False)
+        except KeyError:
+            raise StatusError(f"{run.journal} has no study named {study_name!r}") from None
     if not run.optuna_db.exists():
         return []
     import urllib.parse
 
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     url = f"sqlite:///file:{urllib.parse.quote(str(run.optuna_db))}?mode=ro&uri=true"
     for attempt in range(attempts):
         try:
@@ -4423,37 +5156,29 @@ def _controller_holds(run: RunPaths) -> tuple[bool, int | None]:
         return False, None
 
 
-def _chunk_files(trial: TrialPaths) -> list[tuple[ChunkResult, float]]:
-    """Every readable chunk file of a trial with its modification time (when the chunk ended)."""
-    try:
-        listing = list(os.scandir(trial.chunks_dir))
-    except FileNotFoundError:
+def _trial_params(trial: TrialPaths) -> TrialParams | None:
+    """The trial's params.json, or None before the controller wrote it (or if it cannot be read)."""
+    with contextlib.suppress(SlurptunaError, TypeError):
+        return TrialParams.load(trial)
+    return None
+
+
+def _ended_chunks(trial: TrialPaths) -> list[tuple[ChunkResult, float]]:
+    """The trial's valid chunks, read as the controller reads them, each with when it ended (its file's mtime)."""
+    expected = _trial_params(trial)
+    if expected is None:
         return []
-    chunks = []
-    for entry in listing:
-        if not (entry.name.startswith("chunk_") and entry.name.endswith(".json")):
-            continue
-        try:
-            with open(entry.path) as handle:
-                chunks.append((ChunkResult.from_json(json.load(handle)), entry.stat().st_mtime))
-        except (OSError, ValueError, TypeError, KeyError):
-            continue  # removed or stale: the controller recomputes it
-    return chunks
+    files = _ChunkFiles()
+    _read_new_chunks(trial, expected, files)
+    return [(chunk, files.file_times[index] / 1e9) for index, chunk in files.chunks.items()]
 
 
 def _running_trial(
-    run: RunPaths, settings: _RunSettings, trial: Any, chunk_files: list[tuple[ChunkResult, float]], now: float
+    run: RunPaths, settings: _RunSettings, trial: Any, done: list[tuple[ChunkResult, float]], now: float
 ) -> RunningTrial:
-    expected = _read_json(run.trial(trial.number).params) or {}
-    plan = SeedPlan.from_json(expected["seeds"]) if "seeds" in expected else settings.seeds
-    params = expected.get("params", dict(trial.params))
-    done = [
-        (c, mtime)
-        for c, mtime in chunk_files
-        if c.params == params
-        and 0 <= c.chunk_index < plan.n_chunks
-        and c.seeds == _describe_seeds(plan.chunk(c.chunk_index))
-    ]
+    expected = _trial_params(run.trial(trial.number))
+    plan = expected.plan if expected else settings.seeds
+    params = expected.params if expected else dict(trial.params)
     seeds = sum(c.stats.loss.count for c, _ in done)
     first_start = min((mtime - c.elapsed_seconds for c, mtime in done), default=None)
     last_end = max((mtime for _, mtime in done), default=now)
@@ -4468,7 +5193,7 @@ def _with_slurm_jobs(
     """The running trials with their jobs' states from jobs.json and one squeue call for all of them."""
     jobs = {r.number: _recorded_jobs(run.trial(r.number)) for r in running}
     job_ids = [j.job_id for listed in jobs.values() for j in listed]
-    queue: dict[str, list[tuple[str, str, int]]] | None = {}
+    queue: dict[str, list[_QueueLine]] | None = {}
     note = None
     if job_ids:
         try:
@@ -4486,53 +5211,27 @@ def _recorded_jobs(trial: TrialPaths) -> list[JobRef]:
         return []
 
 
-def _job_status(job: JobRef, queue: Mapping[str, list[tuple[str, str, int]]] | None) -> JobStatus:
-    chunks = _format_ranges(job.chunks) if job.kind == "chunks" else ""
+def _job_status(job: JobRef, queue: Mapping[str, list[_QueueLine]] | None) -> JobStatus:
+    chunks = _format_ranges(job.chunks) if job.kind != "reduce" else ""
     if queue is None:
         return JobStatus(job.job_id, job.kind, chunks, None, [])
     tasks: dict[str, int] = {}
     reasons: list[str] = []
-    for state, reason, count in queue.get(job.job_id, []):
-        tasks[state] = tasks.get(state, 0) + count
-        if state == "PENDING" and reason and reason not in reasons:
-            reasons.append(reason)
+    for line in queue.get(job.job_id, []):
+        tasks[line.state] = tasks.get(line.state, 0) + line.tasks
+        if line.state == "PENDING" and line.reason and line.reason not in reasons:
+            reasons.append(line.reason)
     return JobStatus(job.job_id, job.kind, chunks, tasks, reasons)
 
 
-def _ask_squeue(job_ids: Sequence[str]) -> dict[str, list[tuple[str, str, int]]]:
-    """One ``squeue`` call for these jobs: job id -> (state, pending reason, number of tasks) rows."""
+def _ask_squeue(job_ids: Sequence[str]) -> dict[str, list[_QueueLine]]:
+    """One ``squeue`` call for these jobs, with their pending reasons."""
     process = _run_slurm(["squeue", "-h", "-t", "all", "-j", ",".join(job_ids), "-o", "%i|%T|%r"], timeout=30)
     if process.returncode != 0:
-        if "Invalid job id" in process.stderr:
+        if _INVALID_JOB_ID in process.stderr:
             return {}  # a single job id that Slurm has already forgotten
         raise _command_error(process)
-    return _parse_squeue_reasons(process.stdout)
-
-
-def _parse_squeue_reasons(stdout: str) -> dict[str, list[tuple[str, str, int]]]:
-    """``%i|%T|%r`` lines (``12|PENDING|Dependency``, ``12_[4-9%4]|PENDING|JobArrayTaskLimit``) -> rows per job."""
-    rows: dict[str, list[tuple[str, str, int]]] = {}
-    for line in stdout.splitlines():
-        fields = line.strip().split("|")
-        if len(fields) < 3:
-            continue
-        job, _, tasks = fields[0].partition("_")
-        rows.setdefault(job, []).append((fields[1].strip(), fields[2].strip(), _count_array_tasks(tasks)))
-    return rows
-
-
-def _count_array_tasks(tasks: str) -> int:
-    """``""`` or ``"3"`` -> 1; ``"[4-9,12%4]"`` -> 7 (squeue collapses pending array tasks)."""
-    spec = tasks.strip("[]").split("%")[0]
-    if not spec:
-        return 1
-    count = 0
-    for part in spec.split(","):
-        bounds, _, step = part.partition(":")
-        low, _, high = bounds.partition("-")
-        with contextlib.suppress(ValueError):
-            count += len(range(int(low), int(high or low) + 1, int(step or 1)))
-    return max(count, 1)
+    return _parse_squeue(process.stdout)
 
 
 def _best_trial(complete: list[Any], direction: str) -> Any:
@@ -4542,14 +5241,27 @@ def _best_trial(complete: list[Any], direction: str) -> Any:
     return min(valued, key=lambda t: t.value) if direction == "minimize" else max(valued, key=lambda t: t.value)
 
 
-def _standard_error(trial: TrialPaths, frozen: Any) -> float | None:
-    """std / sqrt(n_seeds) from the trial's summary.json, else from what the controller told Optuna."""
+def _best_standard_error(trial: TrialPaths, frozen: Any, objectives: Mapping[str, str] | None) -> float | None:
+    """The loss mean's standard error, or with one objective that component's."""
+    if objectives:
+        return _component_standard_errors(trial, frozen).get(next(iter(objectives)))
+    return _standard_error_of(_read_json(trial.summary), frozen.user_attrs)
+
+
+def _component_standard_errors(trial: TrialPaths, frozen: Any) -> dict[str, float]:
+    """Each component's std / sqrt(n_seeds) from the trial's summary.json, else from the user attribute."""
     summary = _read_json(trial.summary) or {}
-    std = summary.get("std", frozen.user_attrs.get("std"))
-    n_seeds = summary.get("n_seeds", frozen.user_attrs.get("n_seeds"))
-    if not isinstance(std, numbers.Real) or not isinstance(n_seeds, numbers.Integral) or n_seeds < 1:
-        return None
-    return std / math.sqrt(n_seeds)
+    return summary.get("component_standard_errors") or frozen.user_attrs.get("component_standard_errors") or {}
+
+
+def _pareto_trial(trial: TrialPaths, frozen: Any, objectives: Mapping[str, str]) -> ParetoTrial:
+    errors = _component_standard_errors(trial, frozen)
+    return ParetoTrial(
+        number=frozen.number,
+        values=dict(zip(objectives, frozen.values, strict=True)),
+        standard_errors={name: errors.get(name) for name in objectives},
+        params=dict(frozen.params),
+    )
 
 
 def _failed_trial(frozen: Any) -> FailedTrial:
@@ -4588,7 +5300,7 @@ def format_run_status(s: RunStatus) -> str:
         f"run {s.run_name} ({s.mode} mode, loss {s.loss_name}) in {s.run_dir}",
         f"trials: {s.n_complete} complete, {s.n_running} running, {s.n_failed} failed, {s.n_pruned} pruned"
         f" of {s.n_trials}",
-        f"best: {_format_best(s)}",
+        *_format_best_lines(s),
         f"controller: {_format_controller(s)}",
         f"compute: {_format_core_hours(s.core_hours)} of chunk compute so far, {s.seeds_done:,} seeds",
     ]
@@ -4635,7 +5347,31 @@ def format_entries_status(s: EntriesStatus) -> str:
     return "\n".join(lines)
 
 
+def _plus_minus(error: float | None) -> str:
+    return "" if error is None else f" ± {error:.2g}"
+
+
+def _format_best_lines(s: RunStatus) -> list[str]:
+    """``best: ...``, or with several objectives the Pareto set, one line per trial."""
+    if not s.objectives or len(s.objectives) < 2:
+        return [f"best: {_format_best(s)}"]
+    directions = ", ".join(f"{name} {direction}" for name, direction in s.objectives.items())
+    lines = [f"Pareto set ({directions}): {_format_best(s)}"]
+    for trial in s.best_trials[:_PARETO_LINES]:
+        values = ", ".join(f"{n} {v:.6g}{_plus_minus(trial.standard_errors[n])}" for n, v in trial.values.items())
+        lines.append(f"  trial {trial.number}: {values}; {_format_params(trial.params)}")
+    if len(s.best_trials) > _PARETO_LINES:
+        lines.append(f"  ... {len(s.best_trials) - _PARETO_LINES} more (status --json lists them all)")
+    return lines
+
+
+_PARETO_LINES = 20
+
+
 def _format_best(s: RunStatus) -> str:
+    if s.objectives and len(s.objectives) > 1:
+        numbers = ", ".join(str(t.number) for t in s.best_trials)
+        return f"{len(s.best_trials)} trial(s) no other beats in every objective ({numbers})" if numbers else "-"
     if s.best_value is None:
         return "-"
     error = f" ± {s.best_standard_error:.2g}" if s.best_standard_error is not None else ""
@@ -4762,6 +5498,8 @@ class TrialRow:
     n_seeds: int | None
     seconds: float | None  # from the trial's start to its end in Optuna
     fail_reason: str  # the first line of why it failed; "" unless FAIL
+    values: dict[str, float] = field(default_factory=dict)  # several objectives: each one's mean
+    standard_errors: dict[str, float | None] = field(default_factory=dict)  # ... and its standard error
 
 
 @dataclass(frozen=True)
@@ -4769,10 +5507,11 @@ class RunReport:
     """Everything the report page shows of one run."""
 
     status: RunStatus
-    direction: str
+    direction: str  # the study's direction; with several objectives, see objectives
     trials: list[TrialRow]
     study_trials: list[Any]  # optuna FrozenTrials, for optuna.visualization
     seeds_per_second: list[tuple[float, float]]  # (unix time, seeds/s), the run's pace over its chunks
+    objectives: dict[str, str] | None = None  # several: a multi-objective study (Pareto front plot)
 
 
 def read_report(path: Path, now: float | None = None) -> RunReport:
@@ -4788,11 +5527,12 @@ def read_report(path: Path, now: float | None = None) -> RunReport:
     status = read_run_status(run, now, ask_queue=None)
     settings = _read_run_settings(run)
     study_trials = _read_study_trials(run, status.run_name)
-    chunks = [c for t in study_trials for c in _chunk_files(run.trial(t.number))]
+    chunks = [c for t in study_trials for c in _ended_chunks(run.trial(t.number))]
     return RunReport(
         status=status,
-        direction=settings.direction,
-        trials=[_trial_row(run.trial(t.number), t) for t in study_trials],
+        direction=_directions(settings)[0],
+        objectives=settings.objectives,
+        trials=[_trial_row(run.trial(t.number), t, settings.objectives) for t in study_trials],
         study_trials=study_trials,
         seeds_per_second=_seeds_per_second_series(
             [(mtime - c.elapsed_seconds, mtime, c.stats.loss.count) for c, mtime in chunks], _RATE_BINS
@@ -4800,21 +5540,25 @@ def read_report(path: Path, now: float | None = None) -> RunReport:
     )
 
 
-def _trial_row(trial: TrialPaths, frozen: Any) -> TrialRow:
+def _trial_row(trial: TrialPaths, frozen: Any, objectives: Mapping[str, str] | None = None) -> TrialRow:
     state = frozen.state.name
+    summary = _read_json(trial.summary) if state == "COMPLETE" else None
+    several = state == "COMPLETE" and objectives is not None and len(objectives) > 1
     n_seeds = frozen.user_attrs.get("n_seeds")
-    if n_seeds is None and state == "COMPLETE":
-        n_seeds = (_read_json(trial.summary) or {}).get("n_seeds")
+    if n_seeds is None and isinstance(summary, dict):
+        n_seeds = summary.get("n_seeds")
     ended = frozen.datetime_complete
     return TrialRow(
         number=frozen.number,
         state=state,
-        value=frozen.value if state == "COMPLETE" else None,
-        standard_error=_standard_error(trial, frozen) if state == "COMPLETE" else None,
+        value=frozen.value if state == "COMPLETE" and not several else None,
+        standard_error=_best_standard_error(trial, frozen, objectives) if state == "COMPLETE" and not several else None,
         params=dict(frozen.params) or (_read_json(trial.params) or {}).get("params", {}),
         n_seeds=n_seeds,
         seconds=(ended - frozen.datetime_start).total_seconds() if ended and frozen.datetime_start else None,
         fail_reason=_failed_trial(frozen).reason if state == "FAIL" else "",
+        values=_pareto_trial(trial, frozen, objectives).values if several else {},
+        standard_errors=_pareto_trial(trial, frozen, objectives).standard_errors if several else {},
     )
 
 
@@ -4888,14 +5632,41 @@ def _report_figures(report: RunReport) -> list[tuple[str, Any, str]]:
     if not complete:
         note = "no complete trial yet: nothing to plot"
         return [("Optimization history", None, note), rate]
-    study = optuna.create_study(study_name=report.status.run_name, direction=report.direction)
+    objectives = report.objectives if report.objectives and len(report.objectives) > 1 else None
+    directions = list(objectives.values()) if objectives else [report.direction]
+    study = optuna.create_study(study_name=report.status.run_name, directions=directions)
     study.add_trials([t for t in report.study_trials if t.state.is_finished()])
+    if objectives:
+        return [*_pareto_figures(study, objectives), rate]
     return [
         ("Optimization history", plots.plot_optimization_history(study), ""),
         ("Mean of each complete trial ± standard error", _errors_figure(report.trials), ""),
         ("Parameter importances", *_importance_figure(study, len(complete))),
         ("The mean against each parameter", plots.plot_slice(study), ""),
         rate,
+    ]
+
+
+def _pareto_figures(study: Any, objectives: Mapping[str, str]) -> list[tuple[str, Any, str]]:
+    """Several objectives: Optuna's Pareto front plot, then each objective against each parameter."""
+    import optuna.visualization as plots
+
+    names = list(objectives)
+    directions = ", ".join(f"{name} {direction}" for name, direction in objectives.items())
+    if len(names) <= 3:
+        front = (plots.plot_pareto_front(study, target_names=names), f"each complete trial's means ({directions})")
+    else:
+        front = (None, f"the Pareto front is drawn for 2 or 3 objectives; this run has {len(names)}")
+    return [
+        ("Pareto front", *front),
+        *[
+            (
+                f"{name} ({objectives[name]}) against each parameter",
+                plots.plot_slice(study, target=lambda t, i=i: t.values[i], target_name=name),
+                "",
+            )
+            for i, name in enumerate(names)
+        ],
     ]
 
 
@@ -4954,6 +5725,8 @@ def _trials_table(trials: Sequence[TrialRow]) -> str:
         value = "" if t.value is None else f"{t.value:.6g}"
         if t.value is not None and t.standard_error is not None:
             value += f" ± {t.standard_error:.2g}"
+        if t.values:
+            value = ", ".join(f"{n} {v:.6g}{_plus_minus(t.standard_errors.get(n))}" for n, v in t.values.items())
         cells = [
             str(t.number),
             t.state,
@@ -5017,24 +5790,12 @@ def _report_main(argv: Sequence[str]) -> int:
     try:
         page = render_report(read_report(args.run_dir))
         output = args.output or args.run_dir / "report.html"
-        _write_text_atomic(output, page)
+        _write_atomic(output, page.encode())
     except (StatusError, OSError) as exc:
         print(f"slurptuna report: {_first_line(str(exc))}", file=sys.stderr)
         return 2
     print(f"wrote {output}")
     return 0
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    """Temp file beside it, then rename: a browser reloading the page never sees half of it."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
 
 
 # ============================================================================
@@ -5073,9 +5834,12 @@ def _worker_main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m slurptuna worker", usage=_USAGE)
     parser.add_argument("kind", choices=["chunk", "reduce", "pool"])
     parser.add_argument("run_dir", type=Path)
-    parser.add_argument("trial", type=int, nargs="?")
+    parser.add_argument("trial", type=int, nargs="?")  # chunk --chunk I, and the jobs of runs before --tasks
     parser.add_argument("--chunk", type=int)
     parser.add_argument("--chunk-offset", type=int, default=0)
+    parser.add_argument("--tasks", help="the array's trials and chunks in task-id order, as _tasks_spec writes it")
+    parser.add_argument("--logs", help="the array's log directory, relative to RUN_DIR")
+    parser.add_argument("--trials", help="reduce: the array's trials, comma-separated")
     parser.add_argument("--allow-missing", action="store_true")
     parser.add_argument("--results-fd", type=int)
     args = parser.parse_args(argv)
@@ -5085,25 +5849,42 @@ def _worker_main(argv: Sequence[str]) -> int:
         settings = _RunSettings.from_json(_read_json(RunPaths(args.run_dir).meta))
         serve_pool(settings, sys.stdin.buffer, os.fdopen(args.results_fd, "wb"))
         return 0
-    if args.trial is None:
-        parser.error(f"worker {args.kind} needs TRIAL")
+    run = RunPaths(args.run_dir)
     if args.kind == "reduce":
+        if args.trials is not None:
+            return _reduce_trials(run, [int(t) for t in args.trials.split(",")])
+        if args.trial is None:
+            parser.error("worker reduce needs --trials T,... (or TRIAL)")
         try:
-            summary = reduce_trial(RunPaths(args.run_dir), args.trial, args.allow_missing)
+            summary = reduce_trial(run, args.trial, args.allow_missing)
         except _MissingChunks as exc:
             print(f"slurptuna reduce: {exc}", file=sys.stderr)
             return 1
         print(f"trial {args.trial}: mean {summary.mean!r} over {summary.n_seeds} seeds")
         return 0
-    chunk = args.chunk
-    if chunk is None:
-        task = os.environ.get("SLURM_ARRAY_TASK_ID")
-        if task is None:
-            parser.error("give --chunk I, or run as a Slurm array task")
-        chunk = args.chunk_offset + int(task)
-        log = RunPaths(args.run_dir).trial(args.trial).chunk_log(os.environ["SLURM_ARRAY_JOB_ID"], task, "err")
-        return run_chunk_task(args.run_dir, args.trial, chunk, log)
-    return run_chunk_task(args.run_dir, args.trial, chunk)
+    task = os.environ.get("SLURM_ARRAY_TASK_ID")
+    if args.tasks is not None and task is not None:
+        trial, chunk = _task_of_spec(args.tasks, int(task))
+        log = RunPaths.task_log(run.dir / args.logs, task) if args.logs else None
+        return run_chunk_task(run.dir, trial, chunk, log)
+    if args.trial is None or (args.chunk is None and task is None):
+        parser.error("give TRIAL --chunk I, or run as a Slurm array task (--tasks SPEC)")
+    chunk = args.chunk if args.chunk is not None else args.chunk_offset + int(task)
+    return run_chunk_task(run.dir, args.trial, chunk)
+
+
+def _reduce_trials(run: RunPaths, trials: Sequence[int]) -> int:
+    """The reduce job of an array: each of its trials whose chunks are all valid gets its summary.json.
+
+    The others were pruned, failed, or are being retried (a later array's reduce job has them).
+    """
+    for number in trials:
+        try:
+            summary = reduce_trial(run, number)
+            print(f"trial {number}: mean {summary.mean!r} over {summary.n_seeds} seeds")
+        except _MissingChunks as exc:
+            print(f"slurptuna reduce: {exc}; left to its controller")
+    return 0
 
 
 _SELFTEST_LOSS = """
@@ -5146,11 +5927,12 @@ def selftest() -> int:
         first_values = [t.value for t in result.study.trials]
         run = RunPaths(Path(result.run_dir))
         check("run directory is named <loss>_v0001", run.dir.name == "slurptuna_selftest_v0001")
-        for name in ("meta.json", "summary.json", "optuna.db"):
+        for name in ("meta.json", "summary.json", "optuna.journal"):
             check(f"{name} written", (run.dir / name).exists())
         for frozen in result.study.trials:
             trial = run.trial(frozen.number)
-            chunks = [ChunkResult.from_json(_read_json(trial.chunk(i))) for i in range(5)]
+            found = _read_valid_chunks(trial, TrialParams.load(trial))
+            chunks = [found[i] for i in sorted(found)]
             covered = [s for c in chunks for s in range(c.seeds["start"], c.seeds["stop"])]
             direct = [definition(frozen.params, s, {}) for s in range(37)]
             means = [math.fsum(d.values()) / 2 for d in direct]
@@ -5190,6 +5972,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             with contextlib.suppress(OSError):  # the log may be on the same full disk
                 print(f"slurptuna worker: cannot write {exc.filename}: {exc.strerror}", file=sys.stderr)
             return 1
+    if argv[:1] in (["status"], ["report"]):
+        logger.setLevel(logging.ERROR)  # stale chunk files are the controller's to warn of; readers skip them
     if argv[:1] == ["status"]:
         return _status_main(argv[1:])
     if argv[:1] == ["report"]:

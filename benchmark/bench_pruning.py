@@ -29,7 +29,6 @@ Wilcoxon / seeds without <= 0.4) is shown beside the measurement.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import random
 import statistics
@@ -42,7 +41,7 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 sys.path[:0] = [str(BENCH.parent), str(BENCH)]
 
-from slurptuna import loss, optimize_run  # noqa: E402
+from slurptuna import RunPaths, TrialParams, _read_valid_chunks, loss, optimize_run  # noqa: E402
 
 NOISE_SD = 5.0
 SHARED = 0.8  # the part of the noise that every trial shares on a seed (correlation of two trials' losses)
@@ -90,8 +89,10 @@ def _pruner(name: str):
 
 
 def _seeds_evaluated(run_dir: Path) -> int:
-    """Seeds in the run's chunk files: every chunk that finished, pruned trials' late ones included."""
-    return sum(json.loads(p.read_text())["stats"]["count"] for p in run_dir.glob("trials/*/chunks/chunk_*.json"))
+    """Seeds in the run's chunk records: every chunk that finished, pruned trials' late ones included."""
+    run = RunPaths(run_dir)
+    trials = [run.trial(int(p.name.split("_")[1])) for p in run_dir.glob("trials/*/trial_*")]
+    return sum(c.stats.loss.count for t in trials for c in _read_valid_chunks(t, TrialParams.load(t)).values())
 
 
 def _one_run(root: Path, case: str, sampler_seed: int, n_trials: int, n_seeds: int) -> dict[str, float]:

@@ -31,6 +31,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -53,9 +55,6 @@ CONTEXT = {"entry_id": None, "trial_number": 0, "chunk_index": 0, "run_dir": ""}
 EARLIER_SEEDS_PER_S = 1191  # the earlier package, 1 worker process (its own README)
 EARLIER_SHAPE = (100, 4, 40_000_000)  # tasks, processes per task, seeds per trial: 84x on 400 cores (21%)
 
-ROWS: list[dict[str, str]] = []
-MEASURED: dict[str, float] = {}  # costs measured by earlier cases, to explain the later ones
-EXTRA: list[str] = []
 COLUMNS = ["Case", "Mode", "Seeds", "Wall time", "Seeds/s", "Measured", "Target"]
 
 
@@ -66,20 +65,15 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def start_case(title: str) -> None:
-    """Log the case and note the load average at its start (other sessions load this machine)."""
-    log(title)
-    EXTRA.append(f"- Load average at the start of {title.split(':')[0]}: {loadavg()}")
-
-
-def known_costs(n_trials: int) -> str:
+def known_costs(earlier: Mapping[int, Mapping[str, float]], n_trials: int) -> str:
     """What cases 1 and 2 measured of slurptuna's fixed costs, for a run of ``n_trials`` trials."""
-    if "fixed" not in MEASURED or "per_trial" not in MEASURED:
+    fixed, per_trial = earlier.get(1, {}).get("repo_fixed"), earlier.get(2, {}).get("per_trial")
+    if fixed is None or per_trial is None:
         return "slurptuna's fixed costs (cases 1 and 2 not run)"
-    total = MEASURED["fixed"] + n_trials * MEASURED["per_trial"]
+    total = fixed + n_trials * per_trial
     return (
-        f"the fixed cost per run ({fmt_s(MEASURED['fixed'])}, case 1) and {n_trials} x the cost per trial "
-        f"({fmt_s(MEASURED['per_trial'])}, case 2) add up to {fmt_s(total)}"
+        f"the fixed cost per run ({fmt_s(fixed)}, case 1) and {n_trials} x the cost per trial "
+        f"({fmt_s(per_trial)}, case 2) add up to {fmt_s(total)}"
     )
 
 
@@ -128,20 +122,38 @@ def row(
     seeds_per_s: float | None = None,
     measured: str = "",
     goal: str = "-",
-) -> None:
+) -> dict[str, str]:
+    """One row of the table, printed as soon as it is measured."""
     wall = "-" if not walls else f"{fmt_s(median(walls))} (n={len(walls)})"
-    ROWS.append(
-        {
-            "Case": case,
-            "Mode": mode,
-            "Seeds": f"{seeds:,}" if isinstance(seeds, int) else str(seeds),
-            "Wall time": wall,
-            "Seeds/s": "-" if seeds_per_s is None else fmt_rate(seeds_per_s),
-            "Measured": measured,
-            "Target": goal,
-        }
-    )
-    print(" | ".join(ROWS[-1].values()), flush=True)
+    cells = {
+        "Case": case,
+        "Mode": mode,
+        "Seeds": f"{seeds:,}" if isinstance(seeds, int) else str(seeds),
+        "Wall time": wall,
+        "Seeds/s": "-" if seeds_per_s is None else fmt_rate(seeds_per_s),
+        "Measured": measured,
+        "Target": goal,
+    }
+    print(" | ".join(cells.values()), flush=True)
+    return cells
+
+
+@dataclass
+class Outcome:
+    """What a case returns: its rows, its notes under the table, and what later cases may use."""
+
+    rows: list[dict[str, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    measured: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def start(cls, title: str) -> Outcome:
+        """Log the case and note the load average at its start (other sessions load this machine)."""
+        log(title)
+        return cls(notes=[f"- Load average at the start of {title.split(':')[0]}: {loadavg()}"])
+
+    def row(self, *cells, **named) -> None:
+        self.rows.append(row(*cells, **named))
 
 
 class Roots:
@@ -155,27 +167,32 @@ class Roots:
         return (self.repo if where == "repo" else self.tmp) / f"{label}-{self.count}"
 
 
-ROOTS: Roots
+@dataclass(frozen=True)
+class Bench:
+    """What every case is given: the size of the run, where runs go, and what earlier cases measured."""
+
+    quick: bool
+    roots: Roots
+    earlier: Mapping[int, Mapping[str, float]]  # case number -> its Outcome.measured
+
+    def single(self, loss, label: str, where: str = "repo", **options):
+        """A function that runs ``optimize_run`` in single mode in a fresh run root and returns its wall time."""
+
+        def run() -> float:
+            root = self.roots.new(label, where)
+            started = time.perf_counter()
+            result = run_single(loss, root, **options)
+            wall = time.perf_counter() - started
+            if result.n_complete != options.get("n_trials", 10):
+                raise RuntimeError(f"{label}: {result.n_complete} trials complete in {result.run_dir}")
+            shutil.rmtree(root, ignore_errors=True)
+            return wall
+
+        return run
 
 
 def run_single(loss, root: Path, **options) -> slurptuna.OptimizeResult:
     return slurptuna.optimize_run(loss, run_root=str(root), progress=False, **options)
-
-
-def single(loss, label: str, where: str = "repo", **options):
-    """A function that runs ``optimize_run`` in single mode in a fresh run root and returns its wall time."""
-
-    def run() -> float:
-        root = ROOTS.new(label, where)
-        started = time.perf_counter()
-        result = run_single(loss, root, **options)
-        wall = time.perf_counter() - started
-        if result.n_complete != options.get("n_trials", 10):
-            raise RuntimeError(f"{label}: {result.n_complete} trials complete in {result.run_dir}")
-        shutil.rmtree(root, ignore_errors=True)
-        return wall
-
-    return run
 
 
 def own_session(fn) -> float:
@@ -277,7 +294,7 @@ def loadavg() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def machine_description() -> list[str]:
+def machine_description(roots: Roots) -> list[str]:
     cpu = platform.processor() or "?"
     try:
         with open("/proc/cpuinfo") as f:
@@ -305,8 +322,8 @@ def machine_description() -> list[str]:
         "of one run, not runs of different days)",
         f"- Autogroup scheduling: {autogroup()} (1: the CPU is shared between sessions first; slurptuna's pool "
         "workers start their own sessions, so the baselines here run in processes of their own session too)",
-        f"- Run roots: `{ROOTS.repo.relative_to(REPO)}/` in the repo (users' runs live in their project "
-        f"directory); the no-op row also in `{ROOTS.tmp}`",
+        f"- Run roots: `{roots.repo.relative_to(REPO)}/` in the repo (users' runs live in their project "
+        f"directory); the no-op row also in `{roots.tmp}`",
         f"- Loss `bench_work`: {bench_kernels.WORK_ITERATIONS} LCG steps, "
         f"{measure_work_ms():.2f} ms per seed measured here",
     ]
@@ -333,8 +350,8 @@ def file_write_us(directory: Path, record: dict, n: int = 2000) -> float:
     return seconds / n * 1e6
 
 
-def case_noop(quick: bool) -> dict[str, float]:
-    start_case("case 1: no-op loss, optimize_run single mode, one trial, default chunk_size")
+def case_noop(bench: Bench) -> Outcome:
+    out = Outcome.start("case 1: no-op loss, optimize_run single mode, one trial, default chunk_size")
     definition = bench_losses.bench_noop
     n = 200_000
     chunk = definition.default_chunk_size
@@ -350,7 +367,7 @@ def case_noop(quick: bool) -> dict[str, float]:
 
     bare_walls = repeat(bare, 5)
     bare_rate = n / median(bare_walls)
-    row(
+    out.row(
         "1 no-op",
         f"bare Python loop: `for seed in range({n:,}): total += loss(params, seed)`",
         n,
@@ -361,7 +378,7 @@ def case_noop(quick: bool) -> dict[str, float]:
     )
     loop_walls = repeat(lambda: slurptuna.run_chunk(definition, PARAMS, range(n), CONTEXT, processes=1), 5)
     loop_rate = n / median(loop_walls)
-    row(
+    out.row(
         "1 no-op",
         "slurptuna's evaluation loop alone: `run_chunk(..., processes=1)` in-process (call, check, append, moments)",
         n,
@@ -370,13 +387,13 @@ def case_noop(quick: bool) -> dict[str, float]:
         f"{loop_rate / bare_rate:.2f} of the bare loop",
         "-",
     )
-    cold = timed(single(definition, "noop-cold", n_trials=1, n_seeds=100))
+    cold = timed(bench.single(definition, "noop-cold", n_trials=1, n_seeds=100))
     measured: dict[str, float] = {}
     for where in ("repo", "tmp"):
         big, small = interleaved(
             [
-                single(definition, "noop", where, n_trials=1, n_seeds=n),
-                single(definition, "noop-fixed", where, n_trials=1, n_seeds=100),
+                bench.single(definition, "noop", where, n_trials=1, n_seeds=n),
+                bench.single(definition, "noop-fixed", where, n_trials=1, n_seeds=100),
             ],
             3,
         )
@@ -391,7 +408,7 @@ def case_noop(quick: bool) -> dict[str, float]:
             "elapsed_seconds": 1.9e-05,
             "processes": 1,
         }  # a chunk file of this run, as slurptuna writes it
-        write_us = file_write_us((ROOTS.repo if where == "repo" else ROOTS.tmp) / "write-probe", record)
+        write_us = file_write_us((bench.roots.repo if where == "repo" else bench.roots.tmp) / "write-probe", record)
         loop_us = chunk / bare_rate * 1e6
         place = "in the repo" if where == "repo" else "in /tmp"
         measured.update({f"{where}_rate": rate, f"{where}_fixed": median(small), f"{where}_per_chunk": per_chunk})
@@ -401,7 +418,7 @@ def case_noop(quick: bool) -> dict[str, float]:
             f"fixed cost {fmt_s(median(small))} per run, then {per_chunk * 1e6:.0f} us per chunk of {chunk} seeds "
             f"({loop_us:.0f} us of it the loss loop, ~{write_us:.0f} us one chunk file)"
         )
-        row(
+        out.row(
             "1 no-op",
             f"optimize_run single, 1 trial, default chunk_size={chunk} ({n_chunks:,} chunks), 1 process, run root "
             f"{place}",
@@ -412,7 +429,7 @@ def case_noop(quick: bool) -> dict[str, float]:
             f"{rate / loop_rate:.3f} of `run_chunk` alone",
             target(">= 1,000,000 seeds/s per process (goal 5,000,000)", rate >= 1_000_000, why),
         )
-        row(
+        out.row(
             "1 no-op",
             f"breakdown {place}: the same call with n_seeds=100 (1 chunk): study, pool start, ask/tell, reduce",
             100,
@@ -424,35 +441,35 @@ def case_noop(quick: bool) -> dict[str, float]:
             f"{per_chunk * 1e6 - loop_us - write_us:.0f} us (pipe messages, bookkeeping, reduce)",
             "-",
         )
-    EXTRA.append(
+    out.notes.append(
         f"- Case 1: the first optimize_run in this process (n_seeds=100) took {fmt_s(cold)}, "
         f"vs {fmt_s(measured['repo_fixed'])} later ones (first use of optuna's SQLite storage); "
         "the timed rows come after it."
     )
-    MEASURED["fixed"] = measured["repo_fixed"]
-    return measured
+    out.measured.update(measured)
+    return out
 
 
 # ---------------------------------------------------------------- case 2: fixed cost per trial and per run
 
 
-def case_per_trial(quick: bool) -> dict[str, float]:
+def case_per_trial(bench: Bench) -> Outcome:
     import optuna
 
-    start_case("case 2: 1-seed trials with the pool up; pool start")
+    out = Outcome.start("case 2: 1-seed trials with the pool up; pool start")
     definition = bench_losses.bench_noop
     many = 41
     walls_many, walls_one = interleaved(
         [
-            single(definition, "trials", n_trials=many, n_seeds=1),
-            single(definition, "trial1", n_trials=1, n_seeds=1),
+            bench.single(definition, "trials", n_trials=many, n_seeds=1),
+            bench.single(definition, "trial1", n_trials=1, n_seeds=1),
         ],
         3,
     )
     per_trial = (median(walls_many) - median(walls_one)) / (many - 1)
 
     def create_study() -> float:
-        root = ROOTS.new("study")
+        root = bench.roots.new("study")
         root.mkdir(parents=True)
         started = time.perf_counter()
         optuna.create_study(study_name="s", storage=f"sqlite:///{root / 'optuna.db'}")
@@ -462,7 +479,7 @@ def case_per_trial(quick: bool) -> dict[str, float]:
 
     study_walls = repeat(create_study, 3)
     pool_proxy = median(walls_one) - per_trial
-    row(
+    out.row(
         "2 fixed cost",
         f"1-seed trials, pool already up: ({many} trials - 1 trial) / {many - 1}",
         many,
@@ -471,7 +488,7 @@ def case_per_trial(quick: bool) -> dict[str, float]:
         f"{per_trial * 1000:.1f} ms per trial (1 trial alone: {fmt_s(median(walls_one))})",
         target("<= 0.05 s per trial", per_trial <= 0.05),
     )
-    row(
+    out.row(
         "2 fixed cost",
         "pool start per run (proxy: the 1-trial run's wall - the per-trial cost)",
         1,
@@ -481,32 +498,32 @@ def case_per_trial(quick: bool) -> dict[str, float]:
         f"(`optuna.create_study` on SQLite alone: {fmt_s(median(study_walls))})",
         target("<= 0.3 s per run", pool_proxy <= 0.3),
     )
-    MEASURED["per_trial"] = per_trial
-    return {"per_trial": per_trial, "pool_proxy": pool_proxy}
+    out.measured.update(per_trial=per_trial, pool_proxy=pool_proxy)
+    return out
 
 
 # ---------------------------------------------------------------- case 3: ~1 ms loss, 2 processes vs 1
 
 
-def case_scaling(quick: bool) -> None:
-    start_case("case 3: ~1 ms loss, worker_parallelism=2 vs 1, and the machine's ceiling")
+def case_scaling(bench: Bench) -> Outcome:
+    out = Outcome.start("case 3: ~1 ms loss, worker_parallelism=2 vs 1, and the machine's ceiling")
     definition = bench_losses.bench_work
-    n_trials, n_seeds = (2, 500) if quick else (2, 2000)
+    n_trials, n_seeds = (2, 500) if bench.quick else (2, 2000)
     seeds = n_trials * n_seeds
     shape = {"n_trials": n_trials, "n_seeds": n_seeds}
     one_100, two_100, one_10, two_10, ceiling, bare_one = interleaved(
         [
-            single(definition, "scale", chunk_size=100, worker_parallelism=1, **shape),
-            single(definition, "scale", chunk_size=100, worker_parallelism=2, **shape),
-            single(definition, "scale", chunk_size=10, worker_parallelism=1, **shape),
-            single(definition, "scale", chunk_size=10, worker_parallelism=2, **shape),
+            bench.single(definition, "scale", chunk_size=100, worker_parallelism=1, **shape),
+            bench.single(definition, "scale", chunk_size=100, worker_parallelism=2, **shape),
+            bench.single(definition, "scale", chunk_size=10, worker_parallelism=1, **shape),
+            bench.single(definition, "scale", chunk_size=10, worker_parallelism=2, **shape),
             lambda: bare_processes(2, seeds, n_seeds),
             lambda: bare_processes(1, seeds, n_seeds),
         ],
         3,
     )
     machine = median(bare_one) / median(ceiling)
-    row(
+    out.row(
         "3 scaling",
         f"ceiling: 2 bare forked processes, each half of the {seeds:,} evaluations of `bench_kernels.work`",
         seeds,
@@ -518,7 +535,7 @@ def case_scaling(quick: bool) -> None:
     for chunk, one, two, goal in ((100, one_100, two_100, 1.9), (10, one_10, two_10, 1.8)):
         speedup = median(one) / median(two)
         of_ceiling = median(ceiling) / median(two)
-        row(
+        out.row(
             "3 scaling",
             f"optimize_run single, {n_trials} trials x {n_seeds:,} seeds, chunk_size={chunk}, worker_parallelism=1",
             seeds,
@@ -532,9 +549,10 @@ def case_scaling(quick: bool) -> None:
             limit.append(f"{speedup:.2f}x (the machine gave 2 bare processes {machine:.2f}x of 1 in this run)")
         if of_ceiling < 0.95:
             limit.append(
-                f"{of_ceiling:.2f} of the ceiling, {median(two) - median(ceiling):.2f} s more; " + known_costs(n_trials)
+                f"{of_ceiling:.2f} of the ceiling, {median(two) - median(ceiling):.2f} s more; "
+                + known_costs(bench.earlier, n_trials)
             )
-        row(
+        out.row(
             "3 scaling",
             f"optimize_run single, same, chunk_size={chunk}, worker_parallelism=2",
             seeds,
@@ -543,19 +561,20 @@ def case_scaling(quick: bool) -> None:
             f"{speedup:.2f}x of 1 process; {of_ceiling:.3f} of the ceiling (ceiling wall / this wall)",
             target(f">= {goal}x and >= 0.95 of the ceiling", speedup >= goal and of_ceiling >= 0.95, "; ".join(limit)),
         )
+    return out
 
 
 # ---------------------------------------------------------------- case 4: the README's shape
 
 
-def case_readme_shape(quick: bool) -> None:
-    start_case("case 4: the README's shape with the ~1 ms loss vs the machine's ceiling")
-    n_trials = 3 if quick else 10
+def case_readme_shape(bench: Bench) -> Outcome:
+    out = Outcome.start("case 4: the README's shape with the ~1 ms loss vs the machine's ceiling")
+    n_trials = 3 if bench.quick else 10
     n_seeds, chunk, parallelism = 800, 40, 4
     seeds = n_trials * n_seeds
     ours, ceiling = interleaved(
         [
-            single(
+            bench.single(
                 bench_losses.bench_work,
                 "readme",
                 n_trials=n_trials,
@@ -568,7 +587,7 @@ def case_readme_shape(quick: bool) -> None:
         3,
     )
     ratio = median(ours) / median(ceiling)
-    row(
+    out.row(
         "4 README shape",
         f"ceiling: {CORES} bare forked processes (one per core) sharing the same {seeds:,} evaluations",
         seeds,
@@ -577,7 +596,7 @@ def case_readme_shape(quick: bool) -> None:
         "no slurptuna, no optuna",
         "-",
     )
-    row(
+    out.row(
         "4 README shape",
         f"optimize_run single, n_trials={n_trials}, n_seeds={n_seeds}, chunk_size={chunk}, "
         f"worker_parallelism={parallelism} (pool of {min(parallelism, CORES)} processes on {CORES} cores)",
@@ -588,20 +607,21 @@ def case_readme_shape(quick: bool) -> None:
         target(
             "within 1.1x of the ceiling",
             ratio <= 1.1,
-            f"{median(ours) - median(ceiling):.2f} s more than the ceiling; {known_costs(n_trials)}; the trials "
-            "run in sequence and each waits for its last chunk",
+            f"{median(ours) - median(ceiling):.2f} s more than the ceiling; "
+            f"{known_costs(bench.earlier, n_trials)}; the trials run in sequence and each waits for its last chunk",
         ),
     )
+    return out
 
 
 # ---------------------------------------------------------------- case 5: plain Optuna, one process
 
 
-def case_plain_optuna(quick: bool) -> None:
+def case_plain_optuna(bench: Bench) -> Outcome:
     import optuna
 
-    start_case("case 5: single mode with one process vs plain Optuna n_jobs=1")
-    n_trials, n_seeds = (2, 500) if quick else (4, 1000)
+    out = Outcome.start("case 5: single mode with one process vs plain Optuna n_jobs=1")
+    n_trials, n_seeds = (2, 500) if bench.quick else (4, 1000)
     seeds = n_trials * n_seeds
 
     def plain() -> None:
@@ -615,12 +635,12 @@ def case_plain_optuna(quick: bool) -> None:
     walls_plain, walls_ours = interleaved(
         [
             lambda: own_session(plain),
-            single(bench_losses.bench_work, "plain", n_trials=n_trials, n_seeds=n_seeds, worker_parallelism=1),
+            bench.single(bench_losses.bench_work, "plain", n_trials=n_trials, n_seeds=n_seeds, worker_parallelism=1),
         ],
         3,
     )
     ratio = median(walls_ours) / median(walls_plain)
-    row(
+    out.row(
         "5 vs plain Optuna",
         f"`study.optimize(objective, n_trials={n_trials}, n_jobs=1)`, objective = mean of bench_work over "
         f"{n_seeds:,} seeds, in-memory storage, in a process of its own session",
@@ -630,7 +650,7 @@ def case_plain_optuna(quick: bool) -> None:
         "baseline",
         "-",
     )
-    row(
+    out.row(
         "5 vs plain Optuna",
         "optimize_run single, same trials and seeds, default chunk_size=100, worker_parallelism=1",
         seeds,
@@ -640,28 +660,29 @@ def case_plain_optuna(quick: bool) -> None:
         target(
             "ratio <= 1.05",
             ratio <= 1.05,
-            f"{median(walls_ours) - median(walls_plain):.2f} s more; {known_costs(n_trials)}",
+            f"{median(walls_ours) - median(walls_plain):.2f} s more; {known_costs(bench.earlier, n_trials)}",
         ),
     )
+    return out
 
 
 # ---------------------------------------------------------------- case 6: the earlier package's defaults
 
 
-def case_earlier_defaults(quick: bool) -> None:
-    start_case("case 6: the earlier package's defaults with the ~1 ms loss")
-    n_trials = 3 if quick else 10
+def case_earlier_defaults(bench: Bench) -> Outcome:
+    out = Outcome.start("case 6: the earlier package's defaults with the ~1 ms loss")
+    n_trials = 3 if bench.quick else 10
     seeds = n_trials * 1000
     walls, bare_walls = interleaved(
         [
-            single(bench_losses.bench_work, "earlier", n_trials=n_trials, chunk_size=100, num_chunks=10),
+            bench.single(bench_losses.bench_work, "earlier", n_trials=n_trials, chunk_size=100, num_chunks=10),
             lambda: bare_processes(1, seeds, 1000),
         ],
         3,
     )
     rate = seeds / median(walls)
     bare = seeds / median(bare_walls)
-    row(
+    out.row(
         "6 earlier defaults",
         f"optimize_run single, n_trials={n_trials}, chunk_size=100, num_chunks=10 (1,000 seeds per trial), "
         "worker_parallelism=1",
@@ -674,16 +695,17 @@ def case_earlier_defaults(quick: bool) -> None:
         "ratio)",
         "-",
     )
+    return out
 
 
 # ---------------------------------------------------------------- case 7: a distributed chunk task's own speed
 
 
-def case_chunk_task(quick: bool) -> dict[str, float]:
-    start_case("case 7: a distributed chunk task (`python -m slurptuna worker chunk`) and run_chunk")
+def case_chunk_task(bench: Bench) -> Outcome:
+    out = Outcome.start("case 7: a distributed chunk task (`python -m slurptuna worker chunk`) and run_chunk")
     definition = bench_losses.bench_noop
-    n_task = 2_000_000 if quick else 5_000_000
-    run_dir = make_chunk_run(ROOTS.new("task"), definition, n_task)
+    n_task = 2_000_000 if bench.quick else 5_000_000
+    run_dir = make_chunk_run(bench.roots.new("task"), definition, n_task)
     walls_t, rss = [], []
     for _ in range(3):
         chunk_file(run_dir).unlink()
@@ -701,7 +723,7 @@ def case_chunk_task(quick: bool) -> dict[str, float]:
         check=False,
     ).stderr
     optuna_imported = re.search(r"\|\s+optuna\s*$", importtime, re.MULTILINE) is not None
-    row(
+    out.row(
         "7 chunk task",
         "no-op loss, one `worker chunk` task end to end (interpreter start included)",
         n_task,
@@ -712,7 +734,7 @@ def case_chunk_task(quick: bool) -> dict[str, float]:
         "-",
     )
     work = bench_losses.bench_work
-    n_work = 600 if quick else 2000
+    n_work = 600 if bench.quick else 2000
     one, two = interleaved(
         [
             lambda: slurptuna.run_chunk(work, PARAMS, range(n_work), CONTEXT, processes=1),
@@ -721,7 +743,7 @@ def case_chunk_task(quick: bool) -> dict[str, float]:
         3,
     )
     speedup = median(one) / median(two)
-    row(
+    out.row(
         "7 chunk task",
         f"~1 ms loss, `run_chunk` with 2 processes vs 1 (a chunk task's worker_parallelism), {n_work:,} seeds",
         n_work,
@@ -735,7 +757,8 @@ def case_chunk_task(quick: bool) -> dict[str, float]:
             f"{loadavg()}); `run_chunk`'s children do not start sessions of their own",
         ),
     )
-    return {"task_rss_kb": max(rss), "task_seeds": n_task}
+    out.measured.update(task_rss_kb=max(rss), task_seeds=n_task)
+    return out
 
 
 # ---------------------------------------------------------------- case 8: real Slurm
@@ -858,10 +881,10 @@ class SlurmCounter:
         slurptuna._run_slurm = self.original_run
 
 
-def task_process_walls(chunk_size: int) -> tuple[float, float]:
+def task_process_walls(roots: Roots, chunk_size: int) -> tuple[float, float]:
     """Median wall of one chunk task as a plain process (no Slurm): slurptuna's `worker chunk`, the hand-written."""
-    run_dir = make_chunk_run(ROOTS.new("task-cost"), bench_losses.bench_work, chunk_size)
-    trial_dir = ROOTS.new("task-cost-hand")
+    run_dir = make_chunk_run(roots.new("task-cost"), bench_losses.bench_work, chunk_size)
+    trial_dir = roots.new("task-cost-hand")
     trial_dir.mkdir(parents=True)
     (trial_dir / "params.json").write_text(json.dumps(PARAMS))
     hand = [sys.executable, str(BENCH / "handwritten.py"), "chunk", str(trial_dir), str(chunk_size)]
@@ -874,13 +897,13 @@ def task_process_walls(chunk_size: int) -> tuple[float, float]:
     return median(ours), median(theirs)
 
 
-def case_real_slurm(quick: bool) -> dict[str, float]:
-    start_case("case 8: distributed mode on the real local Slurm")
+def case_real_slurm(bench: Bench) -> Outcome:
+    out = Outcome.start("case 8: distributed mode on the real local Slurm")
     env = slurm_env()
     if not shutil.which("sbatch") or not slurm_answers():
-        row("8 real Slurm", "distributed vs hand-written", "-", None, None, "skipped: no Slurm answers", "-")
-        return {}
-    n_trials, n_chunks, chunk_size, poll = (3, 4, 100, 0.5) if quick else (10, 8, 100, 0.5)
+        out.row("8 real Slurm", "distributed vs hand-written", "-", None, None, "skipped: no Slurm answers", "-")
+        return out
+    n_trials, n_chunks, chunk_size, poll = (3, 4, 100, 0.5) if bench.quick else (10, 8, 100, 0.5)
     seeds = n_trials * n_chunks * chunk_size
     saved = dict(os.environ)
     os.environ.update({k: v for k, v in env.items() if k.startswith("SLURM")})
@@ -892,7 +915,7 @@ def case_real_slurm(quick: bool) -> dict[str, float]:
             with SlurmCounter() as counter:
                 result = run_single(
                     bench_losses.bench_work,
-                    ROOTS.new(label),
+                    bench.roots.new(label),
                     mode="distributed",
                     n_trials=n_trials,
                     n_seeds=n_seeds,
@@ -917,10 +940,12 @@ def case_real_slurm(quick: bool) -> dict[str, float]:
     walls_ours, walls_hand = [], []
     try:
         for index in range(3):  # interleaved, so that drifts in machine load hit both sides
-            walls_hand.append(handwritten_run(ROOTS.new(f"hand{index}"), n_trials, n_chunks, chunk_size, poll, env))
+            walls_hand.append(
+                handwritten_run(bench.roots.new(f"hand{index}"), n_trials, n_chunks, chunk_size, poll, env)
+            )
             walls_ours.append(ours()[0])
         # wall-clock efficiency: one trial of known compute, its chunks' own loop times summed
-        eff_tasks, eff_seeds = CORES, 600 if quick else 6000 // CORES  # one task per core: loop time = compute
+        eff_tasks, eff_seeds = CORES, 600 if bench.quick else 6000 // CORES  # one task per core: loop time = compute
         efficiency = []
         for _ in range(3):
             wall, run_dir = distributed("slurm-eff", 1, eff_tasks * eff_seeds, eff_seeds, counted=False)()
@@ -932,10 +957,10 @@ def case_real_slurm(quick: bool) -> dict[str, float]:
         os.environ.update(saved)
     per_hand = [w / n_trials for w in walls_hand]
     per_ours = [w / n_trials for w in walls_ours]
-    task_ours, task_hand = task_process_walls(chunk_size)
+    task_ours, task_hand = task_process_walls(bench.roots, chunk_size)
     ratio = median(walls_ours) / median(walls_hand)
     shape = f"{n_trials} trials x {n_chunks} tasks x {chunk_size} seeds, poll {poll} s"
-    row(
+    out.row(
         "8 real Slurm",
         f"hand-written sbatch array + afterok reduce ({shape})",
         seeds,
@@ -944,7 +969,7 @@ def case_real_slurm(quick: bool) -> dict[str, float]:
         f"{fmt_s(median(per_hand))} per trial",
         "-",
     )
-    row(
+    out.row(
         "8 real Slurm",
         f"slurptuna distributed ({shape})",
         seeds,
@@ -963,7 +988,7 @@ def case_real_slurm(quick: bool) -> dict[str, float]:
     cycles = sum(c.cycles for c in counts)
     squeues = sum(c.commands.get("squeue", 0) for c in counts)
     others = {name: sum(c.commands.get(name, 0) for c in counts) for name in ("sbatch", "scancel", "sacct")}
-    row(
+    out.row(
         "8 real Slurm",
         "squeue per poll cycle (the 3 slurptuna runs above, every cycle counted: calls of the executor's wait)",
         "-",
@@ -978,7 +1003,7 @@ def case_real_slurm(quick: bool) -> dict[str, float]:
     values = sorted((c / (w * cpus), w, c) for w, c in efficiency)
     value, wall_e, compute_e = values[len(values) // 2]
     overhead = wall_e - compute_e / cpus
-    row(
+    out.row(
         "8 real Slurm",
         f"wall-clock efficiency of one distributed trial: {eff_tasks} tasks x {eff_seeds:,} seeds of the ~1 ms "
         f"loss on {cpus} CPUs, poll {poll} s",
@@ -991,7 +1016,7 @@ def case_real_slurm(quick: bool) -> dict[str, float]:
     )
     compute = EARLIER_SHAPE[2] / (EARLIER_SHAPE[0] * EARLIER_SHAPE[1] * EARLIER_SEEDS_PER_S)
     model = compute / (compute + overhead)
-    row(
+    out.row(
         "8 real Slurm",
         "MODEL, not measured: the earlier package's shape (100 tasks x 4 processes, 40e6 seeds per trial at "
         f"{EARLIER_SEEDS_PER_S:,} seeds/s per process = {compute:.1f} s of compute per trial)",
@@ -1003,7 +1028,8 @@ def case_real_slurm(quick: bool) -> dict[str, float]:
         "include queue wait for free nodes)",
         target(">= 90% (earlier package: 21%, 84x on 400 cores)", model >= 0.9),
     )
-    return {"overhead": overhead}
+    out.measured["overhead"] = overhead
+    return out
 
 
 # ---------------------------------------------------------------- case 9: the controller at scale on fake_slurm
@@ -1066,9 +1092,9 @@ def dir_stats(path: Path) -> tuple[int, int]:
     return len(files), sum(p.stat().st_size for p in files)
 
 
-def fake_slurm_run(n_trials: int, concurrent: int, n_tasks: int, chunk_size: int, poll: float) -> dict:
+def fake_slurm_run(roots: Roots, n_trials: int, concurrent: int, n_tasks: int, chunk_size: int, poll: float) -> dict:
     """One distributed run on fake_slurm in a controller subprocess, measured from inside and from its logs."""
-    state = ROOTS.new("fake-state")
+    state = roots.new("fake-state")
     state.mkdir(parents=True)
     env = {
         **ENV,
@@ -1077,7 +1103,7 @@ def fake_slurm_run(n_trials: int, concurrent: int, n_tasks: int, chunk_size: int
         "PATH": os.pathsep.join([str(REPO / "fake_slurm"), os.path.dirname(sys.executable), os.environ["PATH"]]),
     }
     env = {k: v for k, v in env.items() if not k.startswith("SLURM_")}
-    runs = ROOTS.new("fake-runs")
+    runs = roots.new("fake-runs")
     spec = {
         "n_trials": n_trials,
         "max_concurrent_trials": concurrent,
@@ -1120,13 +1146,13 @@ def fake_slurm_run(n_trials: int, concurrent: int, n_tasks: int, chunk_size: int
     return measured
 
 
-def case_fake_scale(quick: bool) -> dict[str, float]:
-    start_case("case 9: the controller with many trials and tasks on fake_slurm (fast launch)")
+def case_fake_scale(bench: Bench) -> Outcome:
+    out = Outcome.start("case 9: the controller with many trials and tasks on fake_slurm (fast launch)")
     # many short tasks: the controller's CPU, files; then long tasks: many poll cycles with trials in flight
-    n_trials, concurrent, n_tasks, chunk_size, poll = (20, 10, 20, 10, 0.5) if quick else (40, 20, 40, 10, 0.5)
-    results = [fake_slurm_run(n_trials, concurrent, n_tasks, chunk_size, poll)]
-    polling = (8, 4, 4, 1000, 0.25) if quick else (20, 10, 8, 1000, 0.25)
-    polled = fake_slurm_run(*polling)
+    n_trials, concurrent, n_tasks, chunk_size, poll = (20, 10, 20, 10, 0.5) if bench.quick else (40, 20, 40, 10, 0.5)
+    results = [fake_slurm_run(bench.roots, n_trials, concurrent, n_tasks, chunk_size, poll)]
+    polling = (8, 4, 4, 1000, 0.25) if bench.quick else (20, 10, 8, 1000, 0.25)
+    polled = fake_slurm_run(bench.roots, *polling)
 
     def med(key: str) -> float:
         return median([r[key] for r in results])
@@ -1138,7 +1164,7 @@ def case_fake_scale(quick: bool) -> dict[str, float]:
         f"poll <= {poll} s"
     )
     walls = [r["wall"] for r in results]
-    row(
+    out.row(
         "9 controller scale",
         f"fake_slurm fast launch ({shape})",
         seeds,
@@ -1150,7 +1176,7 @@ def case_fake_scale(quick: bool) -> dict[str, float]:
     )
     squeues = sum(r["squeue"] for r in [*results, polled])
     cycles = sum(r["cycles"] for r in [*results, polled])
-    row(
+    out.row(
         "9 controller scale",
         "squeue per poll cycle (every cycle counted: calls of the executor's wait; squeue from fake_slurm's log)",
         "-",
@@ -1163,7 +1189,7 @@ def case_fake_scale(quick: bool) -> dict[str, float]:
         f"scancel/sacct/scontrol {results[0]['other_calls']}",
         target("1 squeue per poll cycle, >= 20 cycles", cycles >= 20 and squeues <= cycles),
     )
-    row(
+    out.row(
         "9 controller scale",
         "files per trial",
         "-",
@@ -1173,23 +1199,28 @@ def case_fake_scale(quick: bool) -> dict[str, float]:
         f"{med('json_writes') / n_trials:.1f} atomic JSON writes by the controller per trial",
         "-",
     )
-    return {
-        "controller_rss_kb": max(r["maxrss_kb"] for r in results),
-        "bytes_per_trial": med("bytes_per_trial"),
-        "log_bytes_per_trial": med("log_bytes_per_trial"),
-        "run_level_bytes": med("run_level_bytes"),
-        "n_trials": n_trials,
-        "n_tasks": n_tasks,
-    }
+    out.measured.update(
+        {
+            "controller_rss_kb": max(r["maxrss_kb"] for r in results),
+            "bytes_per_trial": med("bytes_per_trial"),
+            "log_bytes_per_trial": med("log_bytes_per_trial"),
+            "run_level_bytes": med("run_level_bytes"),
+            "n_trials": n_trials,
+            "n_tasks": n_tasks,
+        }
+    )
+    return out
 
 
 # ---------------------------------------------------------------- case 10: memory
 
 
-def case_memory(overhead: dict[str, float], scale: dict[str, float]) -> None:
+def case_memory(bench: Bench) -> Outcome:
     log("case 10: memory")
+    out = Outcome()
+    overhead, scale = bench.earlier.get(7, {}), bench.earlier.get(9, {})
     if scale:
-        row(
+        out.row(
             "10 memory",
             f"controller peak RSS ({scale['n_trials']:.0f} trials x {scale['n_tasks']:.0f} tasks)",
             "-",
@@ -1198,7 +1229,7 @@ def case_memory(overhead: dict[str, float], scale: dict[str, float]) -> None:
             f"{scale['controller_rss_kb'] / 1024:.0f} MiB (ru_maxrss)",
         )
     if overhead:
-        row(
+        out.row(
             "10 memory",
             f"one chunk task peak RSS ({overhead['task_seeds']:,} seeds, 1 process)",
             "-",
@@ -1207,7 +1238,7 @@ def case_memory(overhead: dict[str, float], scale: dict[str, float]) -> None:
             f"{overhead['task_rss_kb'] / 1024:.0f} MiB (ru_maxrss of `worker chunk`)",
         )
     if scale:
-        row(
+        out.row(
             "10 memory",
             "run directory per trial",
             "-",
@@ -1217,6 +1248,47 @@ def case_memory(overhead: dict[str, float], scale: dict[str, float]) -> None:
             f"no per-seed lists) + {scale['log_bytes_per_trial']:,.0f} bytes of logs; run level "
             f"(optuna.db, meta, summary) {scale['run_level_bytes']:,.0f} bytes",
         )
+    return out
+
+
+# ---------------------------------------------------------------- case 11: seeds as a budget
+
+
+def case_pruning(bench: Bench) -> Outcome:
+    log("case 11: seeds as a budget (pruning), bench_pruning.py")
+    out = Outcome()
+    for cells in bench_pruning.case_pruning(bench.roots.repo / "pruning", bench.quick):
+        print(" | ".join(cells.values()), flush=True)
+        out.rows.append(cells)
+    return out
+
+
+def case_scale(bench: Bench) -> Outcome:
+    log("case 12: S1, a site's scale, SIMULATED Slurm and clock, bench_scale.py")
+    out = Outcome()
+    bench.roots.repo.mkdir(parents=True, exist_ok=True)
+    for cells in bench_scale.case_scale(bench.roots.repo, bench.quick):
+        print(" | ".join(cells.values()), flush=True)
+        out.rows.append(cells)
+    return out
+
+
+# The cases by number, in the order they run; case 10 reads what 7 and 9 measured, 3 to 6 what 1 and 2 did.
+CASES: dict[int, Callable[[Bench], Outcome]] = {
+    1: case_noop,
+    2: case_per_trial,
+    3: case_scaling,
+    4: case_readme_shape,
+    5: case_plain_optuna,
+    6: case_earlier_defaults,
+    7: case_chunk_task,
+    8: case_real_slurm,
+    9: case_fake_scale,
+    10: case_memory,
+    11: case_pruning,
+    12: case_scale,  # up to 30 minutes: only when asked for (--cases 12), not by default
+}
+DEFAULT_CASES = [n for n in CASES if n != 12]
 
 
 # ---------------------------------------------------------------- profile
@@ -1241,7 +1313,7 @@ def profile(tmp: Path) -> None:
 # ---------------------------------------------------------------- main
 
 
-def write_results(quick: bool, started: float, machine: list[str]) -> Path:
+def write_results(quick: bool, started: float, machine: list[str], outcomes: list[Outcome]) -> Path:
     lines = [
         "# slurptuna benchmark results",
         "",
@@ -1254,11 +1326,11 @@ def write_results(quick: bool, started: float, machine: list[str]) -> Path:
         "",
         "| " + " | ".join(COLUMNS) + " |",
         "|" + "|".join("---" for _ in COLUMNS) + "|",
-        *("| " + " | ".join(r[c].replace("|", "\\|") for c in COLUMNS) + " |" for r in ROWS),
+        *("| " + " | ".join(r[c].replace("|", "\\|") for c in COLUMNS) + " |" for o in outcomes for r in o.rows),
         "",
         f"Load average at the end: {loadavg()}.",
         "",
-        *EXTRA,
+        *(note for o in outcomes for note in o.notes),
     ]
     path = BENCH / "RESULTS.md"
     path.write_text("\n".join(lines).rstrip() + "\n")
@@ -1287,14 +1359,13 @@ def _write_readme_table(table: list[str]) -> None:
 
 
 def main() -> int:
-    global ROOTS
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer seeds and trials")
     parser.add_argument("--profile", action="store_true", help="only print a cProfile of one chunk task")
     parser.add_argument("--controller-child", metavar="JSON", help=argparse.SUPPRESS)
     parser.add_argument(
         "--cases",
-        default="1,2,3,4,5,6,7,8,9,10,11",
+        default=",".join(map(str, DEFAULT_CASES)),
         help="comma-separated case numbers (default: 1-11; 12, S1 simulated, takes up to 30 minutes: ask for it)",
     )
     parser.add_argument("--keep", action="store_true", help="keep benchmark/results/tmp-PID/ (the runs) at the end")
@@ -1309,44 +1380,20 @@ def main() -> int:
     cases = {int(c) for c in args.cases.split(",") if c.strip()}
     repo_root = BENCH / "results" / f"tmp-{os.getpid()}"
     tmp_root = Path(tempfile.mkdtemp(prefix="slurptuna-bench-"))
-    ROOTS = Roots(repo_root, tmp_root)
+    roots = Roots(repo_root, tmp_root)
     try:
         if args.profile:
             profile(tmp_root)
             return 0
         started = time.perf_counter()
-        machine = machine_description()
+        machine = machine_description(roots)
         print("\n".join(machine), flush=True)
-        if 1 in cases:
-            case_noop(args.quick)
-        if 2 in cases:
-            case_per_trial(args.quick)
-        if 3 in cases:
-            case_scaling(args.quick)
-        if 4 in cases:
-            case_readme_shape(args.quick)
-        if 5 in cases:
-            case_plain_optuna(args.quick)
-        if 6 in cases:
-            case_earlier_defaults(args.quick)
-        task = case_chunk_task(args.quick) if 7 in cases else {}
-        if 8 in cases:
-            case_real_slurm(args.quick)
-        scale = case_fake_scale(args.quick) if 9 in cases else {}
-        if 10 in cases:
-            case_memory(task, scale)
-        if 11 in cases:
-            log("case 11: seeds as a budget (pruning), bench_pruning.py")
-            for pruning_row in bench_pruning.case_pruning(ROOTS.repo / "pruning", args.quick):
-                ROWS.append(pruning_row)
-                print(" | ".join(pruning_row.values()), flush=True)
-        if 12 in cases:  # not in the default list: up to 30 minutes (--quick: about 1)
-            log("case 12: S1, a site's scale, SIMULATED Slurm and clock, bench_scale.py")
-            ROOTS.repo.mkdir(parents=True, exist_ok=True)
-            for scale_row in bench_scale.case_scale(ROOTS.repo, args.quick):
-                ROWS.append(scale_row)
-                print(" | ".join(scale_row.values()), flush=True)
-        path = write_results(args.quick, started, machine)
+        outcomes: dict[int, Outcome] = {}
+        for number, case in CASES.items():
+            if number in cases:
+                earlier = {n: o.measured for n, o in outcomes.items()}
+                outcomes[number] = case(Bench(args.quick, roots, earlier))
+        path = write_results(args.quick, started, machine, list(outcomes.values()))
     finally:
         if not args.keep:
             shutil.rmtree(repo_root, ignore_errors=True)

@@ -277,16 +277,22 @@ def purged(task, now):
 
 
 def resolve(ref, jobs):
-    """Job id reference ('A', 'A_i' or a task's own id) -> [(job, task)]."""
-    m = re.fullmatch(r"(\d+)(?:_(\d+))?", ref.strip())
+    """Job id reference ('A', 'A_i', 'A_[1-3,7]' or a task's own id) -> [(job, task)]."""
+    m = re.fullmatch(r"(\d+)(?:_(\d+|\[[\d,-]+\]))?", ref.strip())
     if not m:
         return []
-    jid, tid = int(m[1]), (int(m[2]) if m[2] is not None else None)
+    jid = int(m[1])
+    tids = None
+    if m[2] is not None:
+        tids = set()
+        for piece in m[2].strip("[]").split(","):
+            first, _, last = piece.partition("-")
+            tids.update(range(int(first), int(last or first) + 1))
     out = []
     for job in jobs:
         for task in job["tasks"]:
-            if tid is not None:
-                hit = job["job_id"] == jid and task["task_id"] == tid
+            if tids is not None:
+                hit = job["job_id"] == jid and task["task_id"] in tids
             else:
                 hit = jid in (job["job_id"], task["job_id"])
             if hit:

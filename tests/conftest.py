@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import subprocess
 import sys
 import time
 from collections import Counter
@@ -20,6 +22,65 @@ sys.path.insert(0, str(TESTS))
 def script_env(**extra: str) -> dict[str, str]:
     """The environment of a controller script run as a subprocess: it finds slurptuna and tests/losses.py."""
     return {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(TESTS)]), **extra}
+
+
+def run_script(
+    script: Path | None,
+    *args: str | Path,
+    cwd: Path | None = None,
+    stdin: str | None = None,
+    timeout: float = 180,
+    **env: str,
+) -> subprocess.CompletedProcess[str]:
+    """Run a script to its end as a user would (``None``: ``python ARGS``); its output captured, never raises."""
+    return subprocess.run(
+        [sys.executable, *([str(script)] if script else []), *map(str, args)],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=script_env(**env),
+        timeout=timeout,
+        cwd=cwd or (script.parent if script else None),
+        check=False,
+    )
+
+
+def start_controller(
+    tmp_path: Path, script: str, *args: str | Path, start_new_session: bool = False, **env: str
+) -> subprocess.Popen[str]:
+    """Write ``script`` to tmp_path/controller.py and start it with ``args``; stdout and stderr piped."""
+    path = tmp_path / "controller.py"
+    path.write_text(script)
+    return subprocess.Popen(
+        [sys.executable, str(path), *map(str, args)],
+        env=script_env(**env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=start_new_session,  # its own process group, as a terminal's foreground job
+    )
+
+
+def slurptuna_command(*args: str | Path, python: list[str] | None = None, timeout: float = 120):
+    """``python -m slurptuna ARGS`` (status, report ...) from another process, as a user types it."""
+    return subprocess.run(
+        [*(python or [sys.executable, "-m", "slurptuna"]), *map(str, args)],
+        env=script_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def assert_one_error_line(done: subprocess.CompletedProcess[str], command: str, *words: str) -> None:
+    """A user's mistake on the command line: exit code 2, one line ``slurptuna COMMAND: ...`` naming ``words``."""
+    assert done.returncode == 2, done.stderr
+    assert done.stdout == ""
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"slurptuna {command}: "), done.stderr
+    for word in words:
+        assert word in lines[0]
 
 
 def wait_for(condition, timeout: float = 60.0):
@@ -92,3 +153,48 @@ def fake_slurm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeSlurm:
 
 def read_json(path: Path) -> dict:
     return json.loads(Path(path).read_text())
+
+
+def chunk_records(trial) -> dict[int, dict]:
+    """A trial's chunk records as JSON, by chunk, wherever they are: merged, a task's file, a pool worker's lines.
+
+    Only whole records: a line a crash cut is no record (as slurptuna reads them).
+    """
+    paths = [trial.merged_chunks, *(sorted(trial.chunks_dir.iterdir()) if trial.chunks_dir.is_dir() else [])]
+    records: dict[int, dict] = {}
+    for path in paths:
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            continue
+        lines = text.splitlines(keepends=True) if path.suffix == ".jsonl" else [text + "\n"]
+        for line in lines:
+            if line.endswith("\n"):
+                with contextlib.suppress(ValueError):
+                    record = json.loads(line)
+                    records.setdefault(record["chunk_index"], record)
+    return records
+
+
+def rewrite_chunk_record(trial, index: int, **changes) -> None:
+    """Change chunk ``index``'s record in a finished trial's merged file (a stale or tampered chunk)."""
+    lines = trial.merged_chunks.read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    records = [{**r, **changes} if r["chunk_index"] == index else r for r in records]
+    trial.merged_chunks.write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def as_sqlite(run) -> None:
+    """Make a run's study an SQLite ``optuna.db``, as runs made before ``optuna.journal`` have it."""
+    import optuna
+
+    import slurptuna
+
+    name = json.loads(run.meta.read_text())["run_name"]
+    optuna.copy_study(
+        from_study_name=name,
+        from_storage=slurptuna._study_storage(run),
+        to_storage=f"sqlite:///{run.optuna_db}",
+        to_study_name=name,
+    )
+    run.journal.unlink()

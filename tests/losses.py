@@ -262,3 +262,19 @@ def fills_the_disk(params, seed, context):
     else:
         time.sleep(float(os.environ.get("SLURPTUNA_TEST_SLEEP", "0")))
     return quadratic_value(params, seed)
+
+
+@loss(name="cliff_fails_above_0_95", parameter_space={"x": (0.0, 1.0)})
+def cliff_fails_above_0_95(params, seed):
+    """``cliff``, but raising for x > 0.95: one run can have COMPLETE, PRUNED and FAIL trials."""
+    if params["x"] > 0.95:
+        raise RuntimeError(f"model diverged at x={params['x']}")
+    time.sleep(float(os.environ.get("SLURPTUNA_TEST_SLEEP", "0.001")))
+    return cliff_value(params, seed)
+
+
+@loss(name="fit_and_shape", parameter_space={"x": (0.0, 1.0), "y": (0.0, 1.0)})
+def fit_and_shape(params, seed):
+    """Two components that pull apart: "fit" is best at x = 0.2, "shape" (maximized) at x = 0.8."""
+    noise = math.sin(seed * 1.7) * 0.05
+    return {"fit": (params["x"] - 0.2) ** 2 + noise + 0.1 * params["y"], "shape": 1 - (params["x"] - 0.8) ** 2 + noise}

@@ -24,6 +24,8 @@ from slurptuna import (
     search_param,
 )
 
+pytestmark = pytest.mark.compat  # fast: .ci/run also runs it on the other Pythons and the optuna floor
+
 
 def test_loss_returns_a_callable_definition_with_the_function_name_as_default():
     @loss(parameter_space={"a": (0.0, 1.0)})

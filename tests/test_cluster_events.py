@@ -11,7 +11,7 @@ import textwrap
 
 import losses
 import pytest
-from conftest import script_env, wait_for
+from conftest import script_env, start_controller, wait_for
 
 from slurptuna import optimize_run
 
@@ -96,16 +96,14 @@ CONTROLLER = textwrap.dedent("""
 def test_a_signal_to_the_whole_process_group_while_sbatch_answers_cancels_every_job_and_exits(
     fake_slurm, tmp_path, signum
 ):
-    script = tmp_path / "controller.py"
-    script.write_text(CONTROLLER)
-    env = script_env(FAKE_SLURM_SBATCH_HANG="3", FAKE_SLURM_SBATCH_HANG_CALLS="2", SLURPTUNA_TEST_SLEEP="10")
-    process = subprocess.Popen(
-        [sys.executable, str(script), str(tmp_path / "runs")],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,  # its own group, as a terminal's foreground job
+    process = start_controller(
+        tmp_path,
+        CONTROLLER,
+        tmp_path / "runs",
+        start_new_session=True,  # as a terminal's foreground job
+        FAKE_SLURM_SBATCH_HANG="3",
+        FAKE_SLURM_SBATCH_HANG_CALLS="2",
+        SLURPTUNA_TEST_SLEEP="10",
     )
     wait_for(lambda: len(fake_slurm.submissions()) == 2)  # the reduce job is queued, sbatch has not answered
     os.killpg(process.pid, signum)  # what a terminal's Ctrl-C does: the controller and its sbatch alike

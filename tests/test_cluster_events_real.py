@@ -15,7 +15,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import textwrap
 import threading
 import time
@@ -24,7 +23,7 @@ from pathlib import Path
 
 import losses
 import pytest
-from conftest import read_json, script_env, wait_for
+from conftest import read_json, start_controller, wait_for
 from real_slurm import slurmctld_pid
 from test_distributed_real import distributed, jobcomp_rows, run_jobs_in_queue, slurm, unique_run_name
 
@@ -198,17 +197,14 @@ def test_real_slurm_a_signal_to_the_process_group_during_a_slow_sbatch_leaves_no
     _, names = slurm
     run_name = unique_run_name(names, "slowsbatch")
     wrapper = sbatch_wrapper(tmp_path / "bin", "sleep 3")
-    script = tmp_path / "controller.py"
-    script.write_text(SLOW_SBATCH_CONTROLLER)
-    env = script_env(SLURPTUNA_TEST_SLEEP="5")
-    env["PATH"] = f"{wrapper}{os.pathsep}{env['PATH']}"
-    process = subprocess.Popen(
-        [sys.executable, str(script), str(tmp_path / "runs"), run_name],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,  # its own group, as a terminal's foreground job
+    process = start_controller(
+        tmp_path,
+        SLOW_SBATCH_CONTROLLER,
+        tmp_path / "runs",
+        run_name,
+        start_new_session=True,  # as a terminal's foreground job
+        SLURPTUNA_TEST_SLEEP="5",
+        PATH=f"{wrapper}{os.pathsep}{os.environ['PATH']}",
     )
     try:
         wait_for(lambda: sbatch_calls(wrapper) == 2 or process.poll() is not None)  # trial 0's reduce job

@@ -87,7 +87,7 @@ def live_dashboard(tmp_path_factory):
         assert controller.poll() is None, "the run ended before the dashboard started: make its loss slower"
         port = free_port()
         server = subprocess.Popen(
-            [*command, f"sqlite:///{run_dir / 'optuna.db'}", "--host", "127.0.0.1", "--port", str(port), "--quiet"],
+            [*command, str(RunPaths(run_dir).journal), "--host", "127.0.0.1", "--port", str(port), "--quiet"],
             stdout=subprocess.DEVNULL,
             stderr=server_log,
         )

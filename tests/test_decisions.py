@@ -8,6 +8,8 @@ import pytest
 
 from slurptuna import _decide, _Next, _TrialView
 
+pytestmark = pytest.mark.compat  # fast: .ci/run also runs it on the other Pythons and the optuna floor
+
 RUNNING = _TrialView(n_chunks=4, done_chunks=frozenset({0, 1}), running=True)
 ENDED = replace(RUNNING, running=False)  # chunks 2 and 3 have no result and no task
 

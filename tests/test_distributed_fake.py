@@ -10,14 +10,15 @@ import signal
 import subprocess
 import sys
 import textwrap
+from collections import Counter
 from datetime import timedelta
 from pathlib import Path
 
 import losses
 import pytest
-from conftest import REPO, read_json, script_env, wait_for
+from conftest import REPO, read_json, start_controller, wait_for
 
-from slurptuna import RunPaths, SlurmError, optimize_run
+from slurptuna import RunPaths, SlurmError, _task_of_spec, optimize_run
 
 
 def distributed(definition, run_root, **options):
@@ -33,11 +34,22 @@ def reduce_submissions(fake_slurm) -> list[dict]:
     return [s for s in fake_slurm.submissions() if s.get("job_id") and s["array_tasks"] is None]
 
 
+def chunks_of(submission: dict) -> list[tuple[int, int]]:
+    """The (trial, chunk) that an array's tasks run, read from its worker command's --tasks."""
+    spec = submission["argv"][submission["argv"].index("--tasks") + 1]
+    return [_task_of_spec(spec, task) for task in submission["array_tasks"]]
+
+
+def submitted_chunks(fake_slurm) -> Counter:
+    return Counter(pair for array in chunk_submissions(fake_slurm) for pair in chunks_of(array))
+
+
 def queue_is_empty() -> bool:
     shown = subprocess.run(["squeue", "-h", "-o", "%i|%T"], capture_output=True, text=True, check=True)
     return shown.stdout.strip() == ""
 
 
+@pytest.mark.compat
 def test_distributed_trials_have_the_same_means_as_single_mode(fake_slurm, run_root):
     options = {"n_trials": 3, "n_seeds": 23, "chunk_size": 5, "random_seed": 4, "run_root": run_root}
     remote = optimize_run(
@@ -49,10 +61,12 @@ def test_distributed_trials_have_the_same_means_as_single_mode(fake_slurm, run_r
     for trial in remote.study.trials:
         direct = math.fsum(losses.quadratic_value(trial.params, s) for s in range(23)) / 23
         assert trial.value == pytest.approx(direct, rel=1e-13)
-    assert len(chunk_submissions(fake_slurm)) == 3 and len(reduce_submissions(fake_slurm)) == 3
+    assert submitted_chunks(fake_slurm) == Counter((t, c) for t in range(3) for c in range(5))  # each once
+    arrays, reduces = chunk_submissions(fake_slurm), reduce_submissions(fake_slurm)
+    assert len(arrays) == len(reduces) < 3  # the two trials started together share one array and its reduce job
 
 
-def test_sbatch_gets_the_documented_options_and_the_reduce_waits_for_the_array(fake_slurm, run_root):
+def test_sbatch_gets_the_documented_options_and_the_reduce_runs_after_the_array(fake_slurm, run_root):
     result = distributed(
         losses.quadratic,
         run_root,
@@ -79,20 +93,23 @@ def test_sbatch_gets_the_documented_options_and_the_reduce_waits_for_the_array(f
         "--partition=debug",
         "--account=lab",
         "--constraint=avx2",
-        "--job-name=quadratic_v0001.t00000.chunks",
+        "--job-name=quadratic_v0001.a00001.chunks",
     ):
         assert expected in chunks["argv"]
-    logs = RunPaths(Path(result.run_dir)).trial(0).logs_dir
-    assert f"--output={logs}/chunk_%A_%a.out" in chunks["argv"]
-    assert f"--dependency=afterok:{chunks['job_id']}" in reduce["argv"]
-    assert "--kill-on-invalid-dep=yes" in reduce["argv"]
+    run = RunPaths(Path(result.run_dir))
+    logs = run.array_logs(1)
+    assert f"--output={logs}/task_%a.log" in chunks["argv"]  # stdout and stderr in one file per task
+    assert f"--dependency=afterany:{chunks['job_id']}" in reduce["argv"]
+    assert f"--output={logs}/reduce_%j.log" in reduce["argv"]
     worker = chunks["argv"][chunks["argv"].index("-m") - 1 :]
-    assert worker[1:6] == ["-m", "slurptuna", "worker", "chunk", result.run_dir]
-    trial = RunPaths(Path(result.run_dir)).trial(0)
-    assert trial.summary.stat().st_mtime >= max(trial.chunk(i).stat().st_mtime for i in range(4))
-    assert sorted(p.name for p in logs.iterdir() if p.name.startswith("chunk_")) == sorted(
-        f"chunk_{chunks['job_id']}_{i}.{s}" for i in range(4) for s in ("out", "err")
-    )
+    relative = str(logs.relative_to(run.dir))
+    assert worker[1:] == ["-m", "slurptuna", "worker", "chunk", result.run_dir, "--tasks", "0:0-3", "--logs", relative]
+    assert reduce["argv"][-2:] == ["--trials", "0"]
+    trial = run.trial(0)
+    assert read_json(trial.summary)["n_chunks"] == 4
+    merged = [json.loads(line) for line in trial.merged_chunks.read_text().splitlines()]
+    assert [r["chunk_index"] for r in merged] == [0, 1, 2, 3] and not trial.chunks_dir.exists()
+    assert not list(logs.glob("task_*.log"))  # the tasks succeeded with empty logs: dropped
 
 
 def test_the_array_throttle_is_respected(fake_slurm, run_root, seed_counter):
@@ -109,14 +126,19 @@ def test_the_array_throttle_is_respected(fake_slurm, run_root, seed_counter):
     assert max(overlaps) <= 2
 
 
-def test_arrays_longer_than_max_array_size_are_split_and_the_reduce_waits_for_all(fake_slurm, run_root, monkeypatch):
+def test_arrays_longer_than_max_array_size_are_split_each_with_its_reduce_job(fake_slurm, run_root, monkeypatch):
     monkeypatch.setenv("FAKE_SLURM_MAX_ARRAY_SIZE", "4")
     result = distributed(losses.quadratic, run_root, n_trials=1, n_seeds=10, chunk_size=1)
     arrays = chunk_submissions(fake_slurm)
     assert [a["array_tasks"] for a in arrays] == [[0, 1, 2, 3], [0, 1, 2, 3], [0, 1]]
-    assert [a["argv"][-1] for a in arrays] == ["0", "4", "8"]  # --chunk-offset
-    (reduce,) = reduce_submissions(fake_slurm)
-    assert "--dependency=afterok:" + ":".join(str(a["job_id"]) for a in arrays) in reduce["argv"]
+    assert [chunks_of(a) for a in arrays] == [
+        [(0, c) for c in range(4)],
+        [(0, c) for c in range(4, 8)],
+        [(0, 8), (0, 9)],
+    ]
+    reduces = reduce_submissions(fake_slurm)
+    after = [f"--dependency=afterany:{a['job_id']}" in r["argv"] for r, a in zip(reduces, arrays, strict=True)]
+    assert after == [True, True, True]
     trial = result.study.trials[0]
     assert trial.value == pytest.approx(sum(losses.quadratic_value(trial.params, s) for s in range(10)) / 10)
 
@@ -161,13 +183,13 @@ def test_a_timeout_is_retried_submitting_only_the_missing_chunks(fake_slurm, run
     )
     trial = result.study.trials[0]
     assert trial.state.name == "COMPLETE" and trial.user_attrs["attempts"] == 2
-    assert [a["array_tasks"] for a in chunk_submissions(fake_slurm)] == [[0, 1, 2, 3], [2]]
+    assert [chunks_of(a) for a in chunk_submissions(fake_slurm)] == [[(0, 0), (0, 1), (0, 2), (0, 3)], [(0, 2)]]
     assert len(reduce_submissions(fake_slurm)) == 2
     assert trial.value == pytest.approx(sum(losses.quadratic_value(trial.params, s) for s in range(8)) / 8)
 
 
 def test_timeouts_beyond_the_retries_fail_the_trial_saying_timeout(fake_slurm, run_root, monkeypatch):
-    monkeypatch.setenv("FAKE_SLURM_TIMEOUT_TASKS", "1")
+    monkeypatch.setenv("FAKE_SLURM_TIMEOUT_TASKS", "0,1")  # task ids: every chunk, in each attempt
     monkeypatch.setenv("FAKE_SLURM_FAULTS_REPEAT", "1")
     monkeypatch.setenv("FAKE_SLURM_TIME_SCALE", "0.08")
     result = distributed(
@@ -182,8 +204,8 @@ def test_timeouts_beyond_the_retries_fail_the_trial_saying_timeout(fake_slurm, r
     trial = result.study.trials[0]
     assert trial.state.name == "FAIL"
     reason = trial.user_attrs["fail_reason"]
-    assert "after 2 attempt(s)" in reason and "chunks 1: TIMEOUT" in reason and "DUE TO TIME LIMIT" in reason
-    assert [a["array_tasks"] for a in chunk_submissions(fake_slurm)] == [[0, 1], [1]]
+    assert "after 2 attempt(s)" in reason and "chunks 0-1: TIMEOUT" in reason and "DUE TO TIME LIMIT" in reason
+    assert [chunks_of(a) for a in chunk_submissions(fake_slurm)] == [[(0, 0), (0, 1)], [(0, 0), (0, 1)]]
     assert queue_is_empty()
 
 
@@ -199,10 +221,10 @@ def test_an_attempt_over_slurm_timeout_minutes_is_cancelled_and_retried(fake_slu
     )
     trial = result.study.trials[0]
     assert trial.state.name == "COMPLETE" and trial.user_attrs["attempts"] == 2
-    assert [a["array_tasks"] for a in chunk_submissions(fake_slurm)] == [[0, 1], [0]]
+    assert [chunks_of(a) for a in chunk_submissions(fake_slurm)] == [[(0, 0), (0, 1)], [(0, 0)]]
     overdue, *later = [set(c["argv"]) for c in fake_slurm.calls("scancel")]
-    first_attempt = {str(s["job_id"]) for s in fake_slurm.submissions()[:2]}
-    assert overdue == first_attempt  # the first attempt's array and reduce job, in one scancel
+    array, reduce = (str(s["job_id"]) for s in fake_slurm.submissions()[:2])
+    assert overdue in ({f"{array}_[0-1]", reduce}, {f"{array}_[0]", reduce})  # its tasks still queued, its reduce
     reduce_jobs = {str(s["job_id"]) for s in reduce_submissions(fake_slurm)}
     assert all(ids <= reduce_jobs for ids in later)  # then at most the retry's reduce job, no longer needed
 
@@ -217,12 +239,13 @@ def test_a_task_killed_by_slurm_is_judged_from_the_logs_when_sacct_does_not_work
     assert queue_is_empty()  # the reduce job that could never run was cancelled
 
 
+@pytest.mark.compat
 def test_a_loss_that_raises_fails_its_trial_with_the_traceback_and_cancels_the_rest(fake_slurm, run_root):
     result = distributed(losses.raises_at_seed_7, run_root, n_trials=2, n_seeds=10, chunk_size=2)
     assert [t.state.name for t in result.study.trials] == ["FAIL", "FAIL"]
     reason = result.study.trials[0].user_attrs["fail_reason"]
     assert "seed 7" in reason and "RuntimeError: model diverged" in reason and "Traceback" in reason
-    assert "/slurm_logs/trial_00000/chunk_" in reason
+    assert "/slurm_logs/arrays_00000-00999/array_00001/task_" in reason
     assert len(chunk_submissions(fake_slurm)) == 2  # not retried
     assert queue_is_empty()
 
@@ -245,9 +268,9 @@ def test_one_squeue_call_covers_every_trial_in_flight(fake_slurm, run_root):
         distributed(losses.slow_quadratic, run_root, n_trials=3, n_seeds=4, chunk_size=2, max_concurrent_trials=3)
     finally:
         del os.environ["SLURPTUNA_TEST_SLEEP"]
-    job_ids = {str(s["job_id"]) for s in fake_slurm.submissions()}
-    listed = [set(c["argv"][c["argv"].index("-j") + 1].split(",")) for c in fake_slurm.calls("squeue")]
-    assert max(len(ids) for ids in listed) == 6 and set().union(*listed) == job_ids
+    polls = [c["argv"] for c in fake_slurm.calls("squeue")]
+    assert polls and all(argv == ["-h", "--me", "-o", "%i|%T"] for argv in polls)  # the user's whole queue, at once
+    assert submitted_chunks(fake_slurm) == Counter((t, c) for t in range(3) for c in range(2))
 
 
 CONTROLLER = textwrap.dedent("""
@@ -263,14 +286,8 @@ CONTROLLER = textwrap.dedent("""
 
 
 def _start_controller(tmp_path: Path, runs_dir: str = "runs", **env: str) -> tuple[subprocess.Popen, Path]:
-    script = tmp_path / "controller.py"
-    script.write_text(CONTROLLER)
-    env = script_env(**{"SLURPTUNA_TEST_SLEEP": "0.05", **env})
     runs = tmp_path / runs_dir
-    process = subprocess.Popen(
-        [sys.executable, str(script), str(runs)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    return process, runs
+    return start_controller(tmp_path, CONTROLLER, runs, **{"SLURPTUNA_TEST_SLEEP": "0.05", **env}), runs
 
 
 def test_ctrl_c_cancels_every_job_of_the_run_in_one_scancel(fake_slurm, tmp_path):
@@ -300,12 +317,8 @@ def test_a_sigkilled_controller_resumes_adopting_queued_jobs_without_submitting_
     assert resumed.returncode == 0, stderr
     values = json.loads(stdout.split("VALUES")[1])
     assert len(values) == 2 and None not in values
-    per_trial: dict[str, list[int]] = {}
-    for submission in chunk_submissions(fake_slurm):
-        trial = submission["argv"][-3]
-        per_trial.setdefault(trial, []).extend(submission["array_tasks"])
-    assert per_trial == {"0": list(range(6)), "1": list(range(6))}  # each chunk submitted once
-    assert len(reduce_submissions(fake_slurm)) == 2
+    assert submitted_chunks(fake_slurm) == Counter((t, c) for t in range(2) for c in range(6))  # each once
+    assert len(reduce_submissions(fake_slurm)) == len(chunk_submissions(fake_slurm))
     assert all(n == 1 for n in seed_counter.evaluations().values())  # no chunk computed twice
     x0 = read_json(trial0.params)["params"]["x"]
     assert values[0] == pytest.approx(sum(losses.quadratic_value({"x": x0}, s) for s in range(12)) / 12)
@@ -323,7 +336,7 @@ def test_a_job_queued_while_the_controller_died_in_sbatch_is_cancelled_on_resume
     process.kill()
     process.wait()
     stray = str(fake_slurm.submissions()[0]["job_id"])
-    assert not (runs / "cluster" / "trials" / "trial_00000" / "jobs.json").exists()
+    assert not RunPaths(runs / "cluster").trial(0).jobs.exists()
     resumed, _ = _start_controller(tmp_path)
     stdout, stderr = resumed.communicate(timeout=120)
     assert resumed.returncode == 0, stderr

@@ -10,7 +10,6 @@ import logging
 import math
 import signal
 import subprocess
-import sys
 import textwrap
 import threading
 import time
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import losses
 import pytest
-from conftest import read_json, script_env, wait_for
+from conftest import read_json, start_controller, wait_for
 from real_slurm import require_real_slurm
 
 from slurptuna import RunPaths, optimize_run
@@ -212,18 +211,8 @@ CONTROLLER = textwrap.dedent("""
 
 
 def _start_controller(tmp_path: Path, run_name: str) -> tuple[subprocess.Popen, Path]:
-    script = tmp_path / "controller.py"
-    script.write_text(CONTROLLER)
-    env = script_env(SLURPTUNA_TEST_SLEEP="0.1")
     runs = tmp_path / "runs"
-    process = subprocess.Popen(
-        [sys.executable, str(script), str(runs), run_name],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    return process, runs
+    return start_controller(tmp_path, CONTROLLER, runs, run_name, SLURPTUNA_TEST_SLEEP="0.1"), runs
 
 
 def test_real_slurm_ctrl_c_leaves_no_job_of_the_run_in_the_queue(slurm, tmp_path):

@@ -9,10 +9,12 @@ from pathlib import Path
 
 import losses
 import pytest
-from conftest import REPO, read_json
+from conftest import REPO, read_json, rewrite_chunk_record
 
 import slurptuna
 from slurptuna import ConfigError, RunPaths, loss, optimize_entries, optimize_run
+
+pytestmark = pytest.mark.compat  # fast: .ci/run also runs it on the other Pythons and the optuna floor
 
 
 def test_the_readme_table_of_options_is_the_one_made_from_the_signature():
@@ -27,7 +29,8 @@ def test_every_option_has_help_a_known_kind_and_a_default_that_passes_its_own_ch
     assert len(options) >= 33 and "resume_with_changed_loss" in options
     for name, option in options.items():
         assert option.help and option.kind in slurptuna._KINDS, name
-        slurptuna._KINDS[option.kind](name, option.default)  # raises if a default is invalid
+        assert option.name == name
+        option.check(option.default)  # raises if a default is invalid
 
 
 def test_optimize_entries_takes_the_same_options_and_names_an_unknown_one(run_root):
@@ -91,8 +94,7 @@ def test_a_chunk_computed_by_other_loss_code_is_not_trusted(run_root):
     trial = RunPaths(Path(result.run_dir)).trial(0)
     expected = slurptuna.TrialParams.load(trial)
     assert expected.code_id and slurptuna.missing_chunks(trial, expected) == []
-    record = read_json(trial.chunk(1))
-    slurptuna._write_json_atomic(trial.chunk(1), {**record, "code_id": "0123456789abcdef"})
+    rewrite_chunk_record(trial, 1, code_id="0123456789abcdef")
     assert slurptuna.missing_chunks(trial, expected) == [1]
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import signal
-import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -19,9 +18,10 @@ from pathlib import Path
 import losses
 import optuna
 import pytest
-from conftest import read_json, script_env, wait_for
+from conftest import chunk_records, read_json, run_script, script_env, start_controller, wait_for
 from real_slurm import require_real_slurm
 
+import slurptuna
 from slurptuna import RunPaths, _report_form, optimize_run
 
 BAD_X = 0.9
@@ -56,8 +56,7 @@ def run_cliff(run_root: Path, xs: list[float], pruner, **options):
 
 def chunk_means(run_dir: str, number: int) -> dict[int, float]:
     trial = RunPaths(Path(run_dir)).trial(number)
-    records = [read_json(p) for p in sorted(trial.chunks_dir.glob("chunk_*.json"))]
-    return {r["chunk_index"]: r["stats"]["mean"] for r in records}
+    return {index: r["stats"]["mean"] for index, r in chunk_records(trial).items()}
 
 
 def assert_bad_trial_pruned_early(result, seed_counter, n_seeds: int = 400) -> dict:
@@ -93,6 +92,7 @@ def assert_bad_trial_pruned_early(result, seed_counter, n_seeds: int = 400) -> d
 # ---------------------------------------------------------------- which report each pruner gets
 
 
+@pytest.mark.compat
 @pytest.mark.parametrize(
     ("pruner", "form"),
     [
@@ -133,6 +133,7 @@ def test_without_a_pruner_nothing_is_reported_and_complete_trials_carry_their_st
 # ---------------------------------------------------------------- single mode
 
 
+@pytest.mark.compat
 def test_a_clearly_bad_trial_is_pruned_after_its_first_chunks_and_its_other_chunks_never_run(run_root, seed_counter):
     result = run_cliff(run_root, [0.0, BAD_X, 0.3], wilcoxon())
     assert_bad_trial_pruned_early(result, seed_counter)
@@ -201,13 +202,20 @@ def test_on_slurm_a_pruned_trial_s_array_and_reduce_job_leave_the_queue_in_one_s
         run_root, [0.0, BAD_X, 0.3], wilcoxon(), mode="distributed", slurm_poll_seconds=0.2, array_parallelism_limit=2
     )
     assert_bad_trial_pruned_early(result, seed_counter)
-    trial1 = [s for s in fake_slurm.submissions() if s.get("job_id") and ".t00001." in " ".join(s["argv"])]
+
+    def runs_trial_1(argv: list[str]) -> bool:  # alone in its array (one trial at a time): "--tasks 1:..."
+        return any(a.startswith("1:") for a in argv) or argv[-2:] == ["--trials", "1"]
+
+    trial1 = [s for s in fake_slurm.submissions() if s.get("job_id") and runs_trial_1(s["argv"])]
     assert len(trial1) == 2  # its array job and its reduce job
-    trial1_ids = {str(s["job_id"]) for s in trial1}
-    cancels = [c for c in fake_slurm.calls("scancel") if trial1_ids & set(c["argv"])]
-    assert len(cancels) == 1 and set(cancels[0]["argv"]) == trial1_ids  # one scancel: its array and reduce job
+    array, reduce = (str(s["job_id"]) for s in trial1)
+    cancels = [
+        c["argv"] for c in fake_slurm.calls("scancel") if any(a.split("_")[0] in (array, reduce) for a in c["argv"])
+    ]
+    assert len(cancels) == 1  # one scancel: the array's tasks still queued, and its reduce job
+    assert reduce in cancels[0] and any(a.startswith(f"{array}_[") for a in cancels[0])
     queue = subprocess.run(["squeue", "-h", "-o", "%i|%T"], capture_output=True, text=True, check=True).stdout
-    assert not any(line.split("_")[0].split("|")[0] in trial1_ids for line in queue.splitlines())
+    assert not any(line.split("_")[0].split("|")[0] in (array, reduce) for line in queue.splitlines())
 
 
 # ---------------------------------------------------------------- resume keeps reports
@@ -233,40 +241,26 @@ CONTROLLER = textwrap.dedent("""
 """)
 
 
-def reported_steps(db: Path, number: int) -> dict[int, float]:
-    """Trial ``number``'s intermediate values as the storage holds them (none while it is being created)."""
-    if not db.exists():
-        return {}
-    try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10) as connection:
-            rows = connection.execute(
-                "SELECT v.step, v.intermediate_value FROM trial_intermediate_values v "
-                "JOIN trials t ON t.trial_id = v.trial_id WHERE t.number = ?",
-                (number,),
-            ).fetchall()
-    except sqlite3.OperationalError:  # no tables yet
-        return {}
-    return dict(rows)
+def reported_steps(run_dir: Path, number: int) -> dict[int, float]:
+    """Trial ``number``'s intermediate values as the study holds them (none before it exists)."""
+    trials = slurptuna._read_study_trials(RunPaths(run_dir), run_dir.name) if run_dir.exists() else []
+    return dict(trials[number].intermediate_values) if len(trials) > number else {}
 
 
 @pytest.mark.parametrize("mode", ["single", "distributed"])
 def test_a_resumed_trial_keeps_its_reports_repeats_none_and_can_still_be_pruned(request, tmp_path, mode):
     if mode == "distributed":
         request.getfixturevalue("fake_slurm")
-    script = tmp_path / "controller.py"
-    script.write_text(CONTROLLER)
     runs = tmp_path / "runs"
-    db = runs / "resumed" / "optuna.db"
-    env = script_env(SLURPTUNA_TEST_SLEEP="0.01")  # 100 ms a chunk: pruning needs 6 paired chunks
-    process = subprocess.Popen([sys.executable, str(script), str(runs), mode], env=env, text=True)
+    db = runs / "resumed"
+    sleep = "0.01"  # 100 ms a chunk: pruning needs 6 paired chunks
+    process = start_controller(tmp_path, CONTROLLER, runs, mode, SLURPTUNA_TEST_SLEEP=sleep)
     wait_for(lambda: len(reported_steps(db, 1)) >= 2, timeout=120)
     process.send_signal(signal.SIGKILL)
     process.wait()
     before = reported_steps(db, 1)
     assert 2 <= len(before) < 6  # killed mid-trial, before the pruner could decide
-    resumed = subprocess.run(
-        [sys.executable, str(script), str(runs), mode], env=env, capture_output=True, text=True, timeout=180
-    )
+    resumed = run_script(tmp_path / "controller.py", runs, mode, SLURPTUNA_TEST_SLEEP=sleep)
     assert resumed.returncode == 0, resumed.stderr
     assert "STATES ['COMPLETE', 'PRUNED']" in resumed.stdout
     after = reported_steps(db, 1)

@@ -16,25 +16,36 @@ from pathlib import Path
 
 import losses
 import pytest
-from conftest import REPO, read_json, script_env, wait_for
+from conftest import (
+    REPO,
+    chunk_records,
+    read_json,
+    rewrite_chunk_record,
+    run_script,
+    script_env,
+    start_controller,
+    wait_for,
+)
 
 import slurptuna
 from slurptuna import RunPaths, TrialParams, missing_chunks, optimize_entries, optimize_run
 
 
+@pytest.mark.compat
 def test_a_run_writes_the_spec_files_and_each_trial_mean_is_the_mean_over_all_seeds(run_root):
     result = optimize_run(
         losses.quadratic, n_trials=3, n_seeds=23, chunk_size=5, run_root=run_root, worker_parallelism=2
     )
     run = RunPaths(Path(result.run_dir))
     assert run.dir.name == "quadratic_v0001" and result.run_name == "quadratic_v0001"
-    assert {p.name for p in run.dir.iterdir()} >= {"meta.json", "summary.json", "optuna.db", "trials"}
+    assert {p.name for p in run.dir.iterdir()} >= {"meta.json", "summary.json", "optuna.journal", "trials"}
     for trial in result.study.trials:
         paths = run.trial(trial.number)
         direct = math.fsum(losses.quadratic_value(trial.params, s) for s in range(23)) / 23
         assert trial.value == pytest.approx(direct, rel=1e-13)
         assert read_json(paths.params)["params"] == trial.params
-        chunks = [read_json(paths.chunk(i)) for i in range(5)]
+        records = chunk_records(paths)
+        chunks = [records[i] for i in range(5)]
         assert [c["seeds"] for c in chunks] == [{"start": s, "stop": min(s + 5, 23)} for s in range(0, 23, 5)]
         assert all("values" not in c and "losses" not in c for c in chunks)  # no per-seed lists
         assert {"count", "mean", "m2", "min", "max", "components"} <= set(chunks[0]["stats"])
@@ -78,6 +89,7 @@ def test_dict_list_and_numpy_returns_are_reduced_to_one_number(run_root, definit
     assert result.best_value == pytest.approx(expected(result.best_params["x"]))
 
 
+@pytest.mark.compat
 def test_a_loss_that_raises_fails_its_trial_with_seed_params_traceback_and_log_and_the_run_goes_on(run_root):
     result = optimize_run(losses.raises_at_seed_7, n_trials=2, n_seeds=10, chunk_size=4, run_root=run_root)
     assert [t.state.name for t in result.study.trials] == ["FAIL", "FAIL"]
@@ -121,6 +133,7 @@ def test_n_trials_is_the_total_so_a_rerun_finishes_instead_of_adding(run_root, s
     assert len(more.study.trials) == 3 and seed_counter.total() == 12
 
 
+@pytest.mark.compat
 def test_fresh_runs_are_reproducible_and_a_resume_proposes_new_points(run_root):
     a = optimize_run(losses.quadratic, n_trials=2, n_seeds=2, chunk_size=2, run_root=run_root, random_seed=5)
     b = optimize_run(losses.quadratic, n_trials=2, n_seeds=2, chunk_size=2, run_root=run_root, random_seed=5)
@@ -150,9 +163,7 @@ def test_a_chunk_computed_for_other_params_is_not_trusted(run_root):
     trial = RunPaths(Path(result.run_dir)).trial(0)
     expected = TrialParams.load(trial)
     assert missing_chunks(trial, expected) == []
-    record = read_json(trial.chunk(1))
-    record["params"] = {"x": 0.123}
-    slurptuna._write_json_atomic(trial.chunk(1), record)
+    rewrite_chunk_record(trial, 1, params={"x": 0.123})
     assert missing_chunks(trial, expected) == [1]
     with pytest.raises(slurptuna._MissingChunks, match="chunks 1 have no valid result"):
         slurptuna.reduce_trial(RunPaths(Path(result.run_dir)), 0)
@@ -170,6 +181,7 @@ def test_two_launches_at_once_get_two_run_directories(tmp_path):
     assert sorted(p.name for p in made) == [f"m_v{i:04d}" for i in range(1, 17)]
 
 
+@pytest.mark.compat
 def test_optimize_entries_runs_one_study_per_entry_with_the_entry_in_context(run_root):
     result = optimize_entries(
         losses.context_loss,
@@ -290,23 +302,11 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-def _run_script(path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, str(path), *args],
-        capture_output=True,
-        text=True,
-        env=script_env(**env),
-        timeout=120,
-        cwd=path.parent,
-        check=False,
-    )
-
-
 def test_a_loss_defined_in_the_launched_script_with_an_argv_derived_name_runs_in_workers(tmp_path):
     script = tmp_path / "fit.py"
     script.write_text(SCRIPT)
     for task, target in (("hard", 0.8), ("easy", 0.3)):
-        done = _run_script(script, task, "2", str(tmp_path / "runs"))
+        done = run_script(script, task, "2", str(tmp_path / "runs"))
         assert done.returncode == 0, done.stderr
         name, best, x = done.stdout.split("RESULT")[1].split()
         assert name == f"script_model_{task}_v0001"
@@ -353,7 +353,7 @@ def test_a_loss_registered_only_under_main_gives_an_error_that_says_so(tmp_path)
             optimize_run(model, n_trials=3, n_seeds=2, chunk_size=2, run_root=sys.argv[1])
     """)
     )
-    done = _run_script(script, str(tmp_path / "runs"))
+    done = run_script(script, str(tmp_path / "runs"))
     assert done.returncode != 0
     assert "'hidden_model' is not registered" in done.stderr
     assert 'if __name__ == "__main__":' in done.stderr and "module level" in done.stderr
@@ -373,43 +373,27 @@ CONTROLLER = textwrap.dedent("""
 
 @pytest.mark.parametrize("kill_signal", [signal.SIGKILL, signal.SIGINT])
 def test_a_killed_or_interrupted_controller_resumes_reusing_finished_chunks(tmp_path, seed_counter, kill_signal):
-    script = tmp_path / "controller.py"
-    script.write_text(CONTROLLER)
     runs = tmp_path / "runs"
     trial1 = RunPaths(runs / "crash").trial(1)
-    process = subprocess.Popen(
-        [sys.executable, str(script), str(runs)],
-        env=script_env(SLURPTUNA_TEST_SLEEP="0.03"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    wait_for(lambda: trial1.chunks_dir.is_dir() and len(list(trial1.chunks_dir.glob("chunk_*.json"))) >= 2)
+    process = start_controller(tmp_path, CONTROLLER, runs, SLURPTUNA_TEST_SLEEP="0.03")
+    wait_for(lambda: len(chunk_records(trial1)) >= 2)
     process.send_signal(kill_signal)
     _, stderr = process.communicate(timeout=60)
     if kill_signal == signal.SIGINT:
         assert process.returncode == 130
         assert "Resume with run_name='crash'" in stderr.splitlines()[-1]
-    done_before = {p.name for p in trial1.chunks_dir.glob("chunk_*.json")}
-    time.sleep(0.3)  # orphaned workers, if any, would write more chunk files now
-    assert {p.name for p in trial1.chunks_dir.glob("chunk_*.json")} == done_before
+    done_before = set(chunk_records(trial1))
+    time.sleep(0.3)  # orphaned workers, if any, would write more chunk records now
+    assert set(chunk_records(trial1)) == done_before
     x1 = read_json(trial1.params)["params"]["x"]
     before = seed_counter.evaluations()
 
-    resumed = subprocess.run(
-        [sys.executable, str(script), str(runs)],
-        env=script_env(SLURPTUNA_TEST_SLEEP="0.0"),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    resumed = run_script(tmp_path / "controller.py", runs, SLURPTUNA_TEST_SLEEP="0.0", timeout=120)
     assert resumed.returncode == 0, resumed.stderr
     values = json.loads(resumed.stdout.split("VALUES")[1])
     assert len(values) == 3 and None not in values
     after = seed_counter.evaluations()
-    reused = [int(n.split("_")[1].split(".")[0]) for n in done_before]
-    for chunk in reused:  # a finished chunk is never computed again
+    for chunk in done_before:  # a finished chunk is never computed again
         for seed in range(2 * chunk, 2 * chunk + 2):
             assert after[(x1, seed)] == before[(x1, seed)] == 1
     assert all(after[(x1, s)] >= 1 for s in range(12))  # every seed of the trial was evaluated

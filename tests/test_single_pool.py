@@ -13,7 +13,7 @@ from pathlib import Path
 
 import losses
 import pytest
-from conftest import read_json, script_env, wait_for
+from conftest import chunk_records, read_json, run_script, script_env, wait_for
 
 from slurptuna import RunPaths, optimize_run
 
@@ -31,7 +31,7 @@ def test_a_loss_that_kills_its_process_fails_only_its_chunk_naming_the_signal_an
         assert trial.value == pytest.approx(trial.params["x"] + 3.5)
     # chunk 0 of the failed trial was computed and kept; the crashed chunk has no file
     first = RunPaths(Path(result.run_dir)).trial(0)
-    assert first.chunk(0).exists() and not first.chunk(1).exists()
+    assert set(chunk_records(first)) == {0}
 
 
 def test_a_loss_that_exits_fails_its_chunk_with_the_exit_code(run_root, seed_counter):
@@ -60,19 +60,6 @@ def test_a_loss_may_start_processes_of_its_own_with_several_workers(run_root, mo
     assert trial.value == pytest.approx(trial.params["x"] + 2.5)
 
 
-def _run_script(path: Path, *args: str, cwd: Path | None = None, stdin: str | None = None, **env: str):
-    return subprocess.run(
-        [sys.executable, *([str(path)] if path else []), *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        env=script_env(**env),
-        timeout=180,
-        cwd=cwd or (path.parent if path else None),
-        check=False,
-    )
-
-
 def test_optimize_run_at_module_level_stops_once_with_the_fix_and_one_run_directory(tmp_path):
     script = tmp_path / "no_guard.py"
     script.write_text(
@@ -88,7 +75,7 @@ def test_optimize_run_at_module_level_stops_once_with_the_fix_and_one_run_direct
         """)
     )
     runs = tmp_path / "runs"
-    done = _run_script(script, str(runs))
+    done = run_script(script, str(runs))
     assert done.returncode != 0
     assert "optimize_run was called while a slurptuna worker imported" in done.stderr
     assert 'if __name__ == "__main__":' in done.stderr
@@ -122,7 +109,7 @@ def test_a_loss_in_a_package_launched_with_python_m_keeps_its_relative_imports(t
     (package / "__init__.py").write_text("")
     (package / "helpers.py").write_text("OFFSET = 100.0\n")
     (package / "fit.py").write_text(PACKAGE_MODULE)
-    done = _run_script(None, "-m", "mypkg.fit", str(tmp_path / "runs"), mode, cwd=tmp_path, **env)
+    done = run_script(None, "-m", "mypkg.fit", str(tmp_path / "runs"), mode, cwd=tmp_path, **env)
     assert done.returncode == 0, done.stderr
     states, offset = done.stdout.split("RESULT")[1].rsplit(" ", 1)
     assert states.strip() == "['COMPLETE', 'COMPLETE']"
@@ -143,13 +130,13 @@ print("RESULT", [round(t.value - 2 * t.params["x"], 9) for t in result.study.tri
 
 
 def test_a_loss_typed_into_python_dash_runs_in_single_mode(tmp_path):
-    done = _run_script(None, "-", str(tmp_path / "runs"), "single", cwd=tmp_path, stdin=INTERACTIVE)
+    done = run_script(None, "-", str(tmp_path / "runs"), "single", cwd=tmp_path, stdin=INTERACTIVE)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split("RESULT")[1].strip() == "[1.0, 1.0]"
 
 
 def test_a_loss_typed_into_python_dash_is_refused_by_distributed_mode_saying_why(tmp_path):
-    done = _run_script(None, "-", str(tmp_path / "runs"), "distributed", cwd=tmp_path, stdin=INTERACTIVE)
+    done = run_script(None, "-", str(tmp_path / "runs"), "distributed", cwd=tmp_path, stdin=INTERACTIVE)
     assert done.returncode != 0
     assert "defined interactively" in done.stderr and "single mode runs it" in done.stderr
 
@@ -168,12 +155,13 @@ if __name__ == "__main__":
 """
 
 
+@pytest.mark.compat
 def test_the_pool_works_with_the_spawn_start_method_and_gives_the_fork_values(tmp_path):
     script = tmp_path / "spawned.py"
     script.write_text(SPAWNED)
     values = {}
     for method in ("spawn", "fork"):
-        done = _run_script(script, str(tmp_path / method), method)
+        done = run_script(script, str(tmp_path / method), method)
         assert done.returncode == 0, done.stderr
         values[method] = done.stdout.split("RESULT")[1].strip()
     assert values["spawn"] == values["fork"] and "None" not in values["spawn"]
@@ -214,7 +202,7 @@ def test_ctrl_c_stops_the_pool_at_once_leaving_no_process_and_resume_reuses_the_
         stderr=subprocess.PIPE,
         text=True,
     )
-    wait_for(lambda: trial0.chunks_dir.is_dir() and len(list(trial0.chunks_dir.glob("chunk_*.json"))) >= 2)
+    wait_for(lambda: len(chunk_records(trial0)) >= 2)
     workers = {int(p.name) for p in seed_counter.directory.iterdir() if p.name.isdigit()}
     assert len(workers) == 2 and process.pid not in workers
     process.send_signal(signal.SIGINT)
@@ -222,10 +210,10 @@ def test_ctrl_c_stops_the_pool_at_once_leaving_no_process_and_resume_reuses_the_
     assert process.returncode == 130, stderr
     assert "Resume with run_name='stopped'" in stderr.splitlines()[-1]
     wait_for(lambda: not any(_alive(pid) for pid in workers), timeout=10)
-    kept = {p.name: p.read_text() for p in trial0.chunks_dir.glob("chunk_*.json")}
-    assert all(read_json(trial0.chunks_dir / name)["stats"]["count"] == 2 for name in kept)  # no half-written file
+    kept = chunk_records(trial0)
+    assert all(record["stats"]["count"] == 2 for record in kept.values())  # whole records only
     time.sleep(0.2)
-    assert {p.name for p in trial0.chunks_dir.glob("chunk_*.json")} == set(kept)
+    assert chunk_records(trial0) == kept
 
     before = seed_counter.evaluations()
     resumed = subprocess.run(
@@ -239,8 +227,7 @@ def test_ctrl_c_stops_the_pool_at_once_leaving_no_process_and_resume_reuses_the_
     assert resumed.returncode == 0, resumed.stderr
     x0 = read_json(trial0.params)["params"]["x"]
     after = seed_counter.evaluations()
-    for name in kept:  # every chunk written before Ctrl-C is reused, not computed again
-        chunk = int(name.split("_")[1].split(".")[0])
+    for chunk in kept:  # every chunk written before Ctrl-C is reused, not computed again
         for seed in (2 * chunk, 2 * chunk + 1):
             assert after[(x0, seed)] == before[(x0, seed)]
     assert all(after[(x0, seed)] >= 1 for seed in range(40))

@@ -32,6 +32,8 @@ from slurptuna import (
     classify_slurm_failure,
 )
 
+pytestmark = pytest.mark.compat  # fast: .ci/run also runs it on the other Pythons and the optuna floor
+
 TEXTS = Path(__file__).resolve().parent / "slurm_texts"
 
 
@@ -44,12 +46,27 @@ def test_parsable_job_id_with_and_without_cluster():
 
 def test_squeue_lines_for_pending_arrays_running_tasks_and_ended_jobs():
     text = "12_[4-9%4]|PENDING\n12_0|RUNNING\n12_1|COMPLETING\n13|PENDING\n20|COMPLETED\n22_1|FAILED\n"
-    states = _parse_squeue(text)
-    assert states == {
+    jobs = _parse_squeue(text)
+    assert {job: {line.state for line in lines} for job, lines in jobs.items()} == {
         "12": {"PENDING", "RUNNING", "COMPLETING"},
         "13": {"PENDING"},
         "20": {"COMPLETED"},
         "22": {"FAILED"},
+    }
+    assert [job for job, lines in jobs.items() if any(line.queued for line in lines)] == ["12", "13"]
+
+
+def test_squeue_lines_recorded_from_the_real_slurm_give_states_reasons_and_task_counts():
+    def as_status_asks(name: str) -> str:  # the recorded %i|%F|%K|%A|%T|%r, as -o %i|%T|%r shows it
+        return "".join(
+            f"{f[0]}|{f[4]}|{f[5]}\n" for f in (line.split("|") for line in recorded(name)["stdout"].splitlines())
+        )
+
+    Line = slurptuna._QueueLine
+    assert _parse_squeue(as_status_asks("squeue_pending_array")) == {"2": [Line("PENDING", "JobHeldUser", 8)]}
+    assert _parse_squeue(as_status_asks("squeue_running_array_throttled")) == {
+        "8": [Line("PENDING", "JobArrayTaskLimit", 3), Line("RUNNING", "None", 1), Line("RUNNING", "None", 1)],
+        "9": [Line("PENDING", "AssocMaxJobsLimit", 1), Line("RUNNING", "None", 1), Line("RUNNING", "None", 1)],
     }
 
 

@@ -12,35 +12,28 @@ from pathlib import Path
 
 import losses
 import pytest
-from conftest import read_json, script_env, wait_for
+from conftest import (
+    as_sqlite,
+    assert_one_error_line,
+    chunk_records,
+    read_json,
+    script_env,
+    slurptuna_command,
+    start_controller,
+    wait_for,
+)
 from real_slurm import require_real_slurm
 
 import slurptuna
 from slurptuna import RunPaths, optimize_entries, optimize_run
 
 
-def status(*args: str | Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "slurptuna", "status", *map(str, args)],
-        env=script_env(),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+def status(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return slurptuna_command("status", *args, timeout=60)
 
 
 def single_run(loss, run_root: Path, **options):
     return optimize_run(loss, **{"n_trials": 3, "n_seeds": 20, "chunk_size": 5, "run_root": run_root, **options})
-
-
-def assert_one_error_line(done: subprocess.CompletedProcess[str], *words: str) -> None:
-    assert done.returncode == 2
-    assert done.stdout == ""
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("slurptuna status: "), done.stderr
-    for word in words:
-        assert word in lines[0]
 
 
 # ---------------------------------------------------------------- finished runs
@@ -60,6 +53,7 @@ def test_a_finished_single_mode_run_shows_its_counts_and_best_value_without_call
     assert fake_slurm.calls("squeue") == []
 
 
+@pytest.mark.compat
 def test_json_status_parses_back_with_the_runs_numbers(run_root):
     result = single_run(losses.quadratic, run_root)
     done = status(result.run_dir, "--json")
@@ -104,6 +98,16 @@ def test_an_entries_directory_shows_one_line_per_entry(run_root):
         assert line.startswith(f"  {entry}  finished: 2/2 complete, 0 running, 0 failed, 0 pruned; best {best:.6g} ± ")
 
 
+def test_chunks_computed_by_other_loss_code_are_not_counted_and_not_warned_of(run_root):
+    result = single_run(losses.quadratic, run_root)
+    stale = RunPaths(Path(result.run_dir)).trial(0).chunk(1)
+    record = read_json(stale)
+    stale.write_text(json.dumps({**record, "code_id": "another loss"}))  # as the controller would, it is skipped
+    done = status(result.run_dir, "--json")
+    assert done.returncode == 0 and done.stderr == ""
+    assert json.loads(done.stdout)["seeds_done"] == 60 - record["stats"]["count"]
+
+
 # ---------------------------------------------------------------- live and interrupted runs
 
 CONTROLLER = textwrap.dedent("""
@@ -115,22 +119,13 @@ CONTROLLER = textwrap.dedent("""
 """)
 
 
-def start_controller(tmp_path: Path, mode: str, sleep: str) -> tuple[subprocess.Popen, RunPaths]:
-    script = tmp_path / "controller.py"
-    script.write_text(CONTROLLER)
+def start_live_run(tmp_path: Path, mode: str, sleep: str) -> tuple[subprocess.Popen, RunPaths]:
     runs = tmp_path / "runs"
-    process = subprocess.Popen(
-        [sys.executable, str(script), str(runs), mode],
-        env=script_env(SLURPTUNA_TEST_SLEEP=sleep),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    return process, RunPaths(runs / "live")
+    return start_controller(tmp_path, CONTROLLER, runs, mode, SLURPTUNA_TEST_SLEEP=sleep), RunPaths(runs / "live")
 
 
 def test_a_live_distributed_run_shows_its_jobs_states_and_pending_reasons_from_one_squeue_call(fake_slurm, tmp_path):
-    process, run = start_controller(tmp_path, "distributed", sleep="1.0")  # chunks of 2 s, one at a time
+    process, run = start_live_run(tmp_path, "distributed", sleep="1.0")  # chunks of 2 s, one at a time
     try:
         wait_for(lambda: len((read_json(run.trial(0).jobs) if run.trial(0).jobs.exists() else {}).get("jobs", [])) == 2)
         array, reduce = (job["job_id"] for job in read_json(run.trial(0).jobs)["jobs"])
@@ -152,7 +147,7 @@ def test_a_live_distributed_run_shows_its_jobs_states_and_pending_reasons_from_o
 
 def test_on_the_real_slurm_status_shows_queued_jobs_with_their_states_and_pending_reasons(tmp_path):
     require_real_slurm()
-    process, run = start_controller(tmp_path, "distributed", sleep="1.0")  # chunks of 2 s, one at a time
+    process, run = start_live_run(tmp_path, "distributed", sleep="1.0")  # chunks of 2 s, one at a time
     try:
         wait_for(lambda: len((read_json(run.trial(0).jobs) if run.trial(0).jobs.exists() else {}).get("jobs", [])) == 2)
         array, reduce = (job["job_id"] for job in read_json(run.trial(0).jobs)["jobs"])
@@ -173,7 +168,7 @@ def test_on_the_real_slurm_status_shows_queued_jobs_with_their_states_and_pendin
 
 
 def test_a_failing_squeue_is_one_note_and_the_rest_is_shown(fake_slurm, tmp_path, monkeypatch):
-    process, run = start_controller(tmp_path, "distributed", sleep="1.0")
+    process, run = start_live_run(tmp_path, "distributed", sleep="1.0")
     try:
         wait_for(lambda: run.trial(0).jobs.exists())
         monkeypatch.setenv("FAKE_SLURM_SQUEUE_FAIL", "1000")
@@ -189,8 +184,8 @@ def test_a_failing_squeue_is_one_note_and_the_rest_is_shown(fake_slurm, tmp_path
 
 
 def test_an_interrupted_run_says_to_resume_with_its_run_name(tmp_path):
-    process, run = start_controller(tmp_path, "single", sleep="0.2")
-    wait_for(lambda: any(run.trial(0).chunks_dir.glob("chunk_*.json")) if run.trial(0).chunks_dir.is_dir() else False)
+    process, run = start_live_run(tmp_path, "single", sleep="0.2")
+    wait_for(lambda: chunk_records(run.trial(0)))
     process.send_signal(signal.SIGINT)
     process.communicate(timeout=60)
     assert process.returncode == 130
@@ -225,21 +220,22 @@ def test_watch_redraws_until_ctrl_c_and_exits_0(run_root, tmp_path):
 
 
 def test_a_directory_that_is_not_a_run_is_one_line_and_exit_code_2(tmp_path):
-    assert_one_error_line(status(tmp_path), "is not a slurptuna run", "no meta.json")
-    assert_one_error_line(status(tmp_path / "nowhere"), "is not a directory")
+    assert_one_error_line(status(tmp_path), "status", "is not a slurptuna run", "no meta.json")
+    assert_one_error_line(status(tmp_path / "nowhere"), "status", "is not a directory")
 
 
 def test_a_meta_json_of_an_unknown_format_is_one_line_and_exit_code_2(tmp_path):
     (tmp_path / "meta.json").write_text(json.dumps({"format": 99, "slurptuna_version": "9.0"}))
-    assert_one_error_line(status(tmp_path), "meta.json has a format", "slurptuna 9.0")
+    assert_one_error_line(status(tmp_path), "status", "meta.json has a format", "slurptuna 9.0")
 
 
-def test_an_optuna_db_that_stays_locked_is_one_line_and_exit_code_2(run_root):
+def test_an_older_runs_optuna_db_that_stays_locked_is_one_line_and_exit_code_2(run_root):
     result = single_run(losses.quadratic, run_root, n_trials=1)
+    as_sqlite(RunPaths(Path(result.run_dir)))  # a run made before optuna.journal keeps its optuna.db
     writer = sqlite3.connect(RunPaths(Path(result.run_dir)).optuna_db, isolation_level=None)
     writer.execute("BEGIN EXCLUSIVE")  # as a controller's commit does, but for longer than status waits
     try:
-        assert_one_error_line(status(result.run_dir), "optuna.db stayed locked")
+        assert_one_error_line(status(result.run_dir), "status", "optuna.db stayed locked")
     finally:
         writer.execute("ROLLBACK")
         writer.close()
@@ -252,12 +248,20 @@ def test_squeue_rows_count_the_array_tasks_squeue_collapses():
     shown = (
         "1012_[2-5%1]|PENDING|JobArrayTaskLimit\n1012_1|RUNNING|None\n1012_0|COMPLETED|None\n1013|PENDING|Dependency\n"
     )
-    rows = slurptuna._parse_squeue_reasons(shown)
-    assert rows == {
-        "1012": [("PENDING", "JobArrayTaskLimit", 4), ("RUNNING", "None", 1), ("COMPLETED", "None", 1)],
-        "1013": [("PENDING", "Dependency", 1)],
+    Line = slurptuna._QueueLine
+    assert slurptuna._parse_squeue(shown) == {
+        "1012": [Line("PENDING", "JobArrayTaskLimit", 4), Line("RUNNING", "None", 1), Line("COMPLETED", "None", 1)],
+        "1013": [Line("PENDING", "Dependency", 1)],
     }
-    assert slurptuna._count_array_tasks("[0-9:2,12%4]") == 6
+    assert len(slurptuna._array_task_ids("[0-9:2,12%4]")) == 6
+
+
+def test_the_standard_error_is_the_recorded_one_and_std_over_root_n_only_for_older_records():
+    summary = {"n_seeds": 4, "std": 2.0, "standard_error": 0.9}
+    assert slurptuna._standard_error_of(summary, {"standard_error": 0.5}) == 0.9
+    assert slurptuna._standard_error_of({"n_seeds": 4, "std": 2.0}) == 1.0  # a run from before it was kept
+    assert slurptuna._standard_error_of(None, {"standard_error": 0.5}) == 0.5  # no summary.json: Optuna's
+    assert slurptuna._standard_error_of({}, {"std": 1.0}) is None
 
 
 def test_the_pace_counts_pauses_up_to_the_gap_and_not_longer_ones():

@@ -1,0 +1,70 @@
+"""Inside a site's limits: arrays of several trials, the user's queued tasks under MaxSubmitJobs, paced calls."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import losses
+import pytest
+
+import slurptuna
+from slurptuna import _CallBudget, _parse_active_tasks, _task_of_spec, _tasks_spec, optimize_run
+
+
+def distributed(run_root, **options):
+    options = {"mode": "distributed", "slurm_poll_seconds": 0.2, "run_root": run_root, **options}
+    return optimize_run(losses.quadratic, **options)
+
+
+def test_the_users_queued_tasks_stay_under_max_submit_jobs_and_nothing_is_refused(fake_slurm, run_root, monkeypatch):
+    monkeypatch.setenv("FAKE_SLURM_MAX_SUBMIT_JOBS", "10")  # the association's limit, as sacctmgr shows it
+    result = distributed(run_root, n_trials=3, max_concurrent_trials=3, n_seeds=24, chunk_size=2)
+    assert [t.state.name for t in result.study.trials] == ["COMPLETE"] * 3
+    for trial in result.study.trials:
+        direct = [losses.quadratic_value(trial.params, s) for s in range(24)]
+        assert trial.value == pytest.approx(sum(direct) / 24)
+    submitted = fake_slurm.submissions()
+    assert not [s for s in submitted if s.get("rejected")]  # 36 tasks wanted, never more than 10 queued asked for
+    arrays = [s for s in submitted if s.get("array_tasks")]
+    assert len(arrays) >= 4 and max(len(a["array_tasks"]) for a in arrays) <= 9  # 9 tasks + the reduce job
+    assert [c["argv"][2] for c in fake_slurm.calls("sacctmgr")] == ["show", "show"]  # limits read once
+
+
+def test_a_limit_the_run_cannot_read_holds_work_back_once_sbatch_refuses(fake_slurm, run_root, monkeypatch, caplog):
+    monkeypatch.setenv("FAKE_SLURM_MAX_SUBMIT_JOBS", "6")
+    monkeypatch.setenv("FAKE_SLURM_NO_ACCOUNTING", "1")  # sacctmgr does not answer: the limit is unknown
+    result = distributed(run_root, n_trials=3, max_concurrent_trials=3, n_seeds=8, chunk_size=2)
+    assert [t.state.name for t in result.study.trials] == ["COMPLETE"] * 3
+    refused = [s for s in fake_slurm.submissions() if s.get("rejected")]
+    assert refused  # the first array of 12 tasks was refused, then the work went out as room came
+    assert sum(c for t in result.study.trials for c in [t.user_attrs["n_seeds"]]) == 24
+
+
+def test_the_runs_slurm_calls_stay_paced_whatever_its_trials_in_flight(fake_slurm, run_root):
+    distributed(run_root, n_trials=12, max_concurrent_trials=6, n_seeds=4, chunk_size=2, slurm_poll_seconds=0.1)
+    calls = sorted(c["time"] for c in fake_slurm.calls("sbatch") + fake_slurm.calls("squeue"))
+    assert len(calls) > 2 * slurptuna._SLURM_CALL_BURST  # enough calls for the pace to matter
+    window = 3.0
+    most = max(sum(1 for t in calls if start <= t < start + window) for start in calls)
+    assert most <= slurptuna._SLURM_CALL_BURST + window * slurptuna._SLURM_CALLS_PER_SECOND + 1
+
+
+def test_the_call_budget_allows_a_burst_then_the_rate():
+    budget = _CallBudget(rate=2.0, burst=3.0)
+    assert [budget.take(now=0.0) for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert budget.take(now=0.0) == pytest.approx(0.5)  # the fourth waits for half a second's refill
+    assert budget.take(now=10.0) == 0.0  # refilled (never past the burst)
+
+
+def test_an_arrays_task_ids_map_to_each_trials_chunks_in_order():
+    spec = _tasks_spec([(5, [0, 1, 2]), (6, [0, 3, 4])])
+    assert spec == "5:0-2/6:0,3-4"
+    assert [_task_of_spec(spec, t) for t in range(6)] == [(5, 0), (5, 1), (5, 2), (6, 0), (6, 3), (6, 4)]
+    with pytest.raises(ValueError, match="task 6"):
+        _task_of_spec(spec, 6)
+
+
+def test_squeue_lines_become_each_jobs_tasks_still_queued():
+    shown = "12_[4-6%2]|PENDING\n12_3|RUNNING\n12_1|COMPLETED\n13|PENDING\n14_[0]|PENDING\n"
+    assert _parse_active_tasks(shown) == {"12": {3, 4, 5, 6}, "13": {None}, "14": {0}}
+    assert Counter(len(t) for t in _parse_active_tasks(shown).values()) == Counter({4: 1, 1: 2})
