@@ -360,7 +360,7 @@ def rows_of(m: dict) -> list[dict[str, str]]:
             "submissions refused",
             ", ".join(f"{k} {v:,}" for k, v in m["refused"].items())
             or "none" + f"; peak queued tasks {m['peak_queued']:,}",
-            target("0 refused for limits", refused == 0, "the executor does not read MaxSubmitJobs before it submits"),
+            target("0 refused for limits", refused == 0, "see Measured"),
         ),
         row(
             "job table",
@@ -372,7 +372,7 @@ def rows_of(m: dict) -> list[dict[str, str]]:
             "files left per trial",
             f"{m['entries'] / n:.1f} files and directories per trial ({m['entries']:,} in the run directory); "
             f"the largest directory: {largest:,} entries ({largest_dir})",
-            target("<= 10 per completed trial", m["entries"] / n <= 10, "one chunk file and two logs per chunk"),
+            target("<= 10 per completed trial", m["entries"] / n <= 10, "see Measured"),
         ),
         row(
             "controller peak RSS",

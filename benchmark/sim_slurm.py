@@ -171,7 +171,7 @@ class WorkerCommand:
         return self.trials or (() if self.trial is None else (self.trial,))
 
 
-_WORKER_VALUE_OPTIONS = {"--chunk-offset", "--chunk", "--tasks", "--trials", "--results-fd"}
+_WORKER_VALUE_OPTIONS = {"--chunk-offset", "--chunk", "--tasks", "--trials", "--logs", "--results-fd"}
 
 
 def parse_worker_command(command: Sequence[str]) -> WorkerCommand | None:
@@ -402,6 +402,7 @@ class SimSlurm:
         self.calls: list[tuple[float, str]] = []  # (simulated time it was answered, command)
         self.waits: list[tuple[float, str, float]] = []  # (when it began, command, seconds) per bucket back-off
         self.refused: dict[str, int] = {}  # refused submissions by Slurm's reason
+        self.submitted: list[tuple[float, int, int, bool]] = []  # (time, job id, tasks, is an array) per job
         self.unmodelled: list[str] = []  # commands answered "not modelled"
         self.log_failures = 0  # tasks that failed because Slurm could not open their log file
         self.own_seconds = 0.0  # real CPU time spent inside the simulation
@@ -893,6 +894,7 @@ class SimSlurm:
         )
         self._next_id += 1
         self._jobs[job.job_id] = job
+        self.submitted.append((self.now, job.job_id, job.n_tasks, array))
         self._queued_count += job.n_tasks
         self._queued_by_qos[qos] = self._queued_by_qos.get(qos, 0) + job.n_tasks
         self._table += job.n_tasks
@@ -1246,16 +1248,16 @@ class SimSlurm:
             ]
         elif entity.startswith("assoc"):
             users = filters.get("user") or filters.get("users") or [site.user]
-            assoc = {
+            assoc = {  # the simulation has one user: whoever asks (the controller's $USER)
                 "cluster": site.cluster,
                 "account": site.account,
-                "user": site.user,
+                "user": users[0],
                 "qos": ",".join(sorted(site.qos_limits)),
                 "maxsubmitjobs": "" if site.max_submit_jobs is None else str(site.max_submit_jobs),
                 "maxsubmit": "" if site.max_submit_jobs is None else str(site.max_submit_jobs),
                 "maxjobs": "" if site.max_jobs is None else str(site.max_jobs),
             }
-            rows = [assoc] if site.user in users else []
+            rows = [assoc]
         else:
             raise SimError(f"sacctmgr: SimSlurm does not model `show {entity}`")
         end = "|" if "-p" in flags or "--parsable" in flags else ""
