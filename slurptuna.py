@@ -2800,6 +2800,7 @@ def _tasks_spec(trials: Sequence[tuple[int, Sequence[int]]]) -> str:
 
 def _task_of_spec(spec: str, task: int) -> tuple[int, int]:
     """Task id ``task`` of an array made from ``_tasks_spec`` -> (trial, chunk)."""
+    asked = task
     for part in spec.split("/"):
         trial, _, ranges = part.partition(":")
         for piece in ranges.split(","):
@@ -2808,7 +2809,7 @@ def _task_of_spec(spec: str, task: int) -> tuple[int, int]:
             if task < size:
                 return int(trial), int(first) + task
             task -= size
-    raise ValueError(f"task {task} is not in {spec!r}")
+    raise ValueError(f"task {asked} is not in {spec!r}")
 
 
 @dataclass
@@ -3167,6 +3168,7 @@ class _SlurmExecutor:
             state.jobs.append(JobRef(array, "tasks", tuple(chunks), offset, state.attempt, relative))
             state.held = state.held[len(chunks) :]
             offset += len(chunks)
+            state.save_jobs()  # before the reduce's sbatch: a crash then leaves the array known, to adopt
         self._active[array] = set(range(n_tasks))
         try:
             options = [
