@@ -5217,10 +5217,14 @@ def _job_status(job: JobRef, queue: Mapping[str, list[_QueueLine]] | None) -> Jo
     chunks = _format_ranges(job.chunks) if job.kind != "reduce" else ""
     if queue is None:
         return JobStatus(job.job_id, job.kind, chunks, None, [])
+    mine = {job.task_of(c) for c in job.chunks} if job.kind != "reduce" else {None}  # an array may hold other trials
     tasks: dict[str, int] = {}
     reasons: list[str] = []
     for line in queue.get(job.job_id, []):
-        tasks[line.state] = tasks.get(line.state, 0) + line.tasks
+        count = sum(1 for t in line.task_ids if t in mine)
+        if not count:
+            continue
+        tasks[line.state] = tasks.get(line.state, 0) + count
         if line.state == "PENDING" and line.reason and line.reason not in reasons:
             reasons.append(line.reason)
     return JobStatus(job.job_id, job.kind, chunks, tasks, reasons)
@@ -5389,7 +5393,7 @@ def _format_controller(s: RunStatus) -> str:
 
 
 def _format_job(job: JobStatus) -> str:
-    what = f"array job {job.job_id} (chunks {job.chunks})" if job.kind == "chunks" else f"reduce job {job.job_id}"
+    what = f"array job {job.job_id} (chunks {job.chunks})" if job.kind != "reduce" else f"reduce job {job.job_id}"
     if job.tasks is None:
         return what
     if not job.tasks:
@@ -5398,7 +5402,7 @@ def _format_job(job: JobStatus) -> str:
     states = []
     for state, n in sorted(job.tasks.items(), key=lambda item: (order.get(item[0], 2), item[0])):
         reasons = f" ({', '.join(job.pending_reasons)})" if state == "PENDING" and job.pending_reasons else ""
-        states.append((f"{n} {state}" if job.kind == "chunks" else state) + reasons)
+        states.append((f"{n} {state}" if job.kind != "reduce" else state) + reasons)
     return f"{what}: {', '.join(states)}"
 
 
