@@ -3001,7 +3001,8 @@ class _SlurmExecutor:
         if state is None:
             return
         _fold_task_logs(self._run, state)
-        self._to_cancel |= self._unneeded_reduce_jobs({trial.number})
+        if not state.cancelled:  # cancel() took its reduce job along already
+            self._to_cancel |= self._unneeded_reduce_jobs({trial.number})
         del self._trials[trial.number]
 
     def explain(self, trial: TrialPaths, chunks: Sequence[int]) -> str:

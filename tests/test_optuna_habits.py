@@ -18,28 +18,12 @@ import browser
 import losses
 import optuna
 import pytest
-from conftest import read_json, script_env, wait_for
+from conftest import Points, read_json, script_env, wait_for
 from real_slurm import require_real_slurm
 
 from slurptuna import RunPaths, optimize_entries, optimize_run
 
 COMPLETE = optuna.trial.TrialState.COMPLETE
-
-
-class Points(optuna.samplers.BaseSampler):
-    """Proposes the given x values in turn: trial n gets ``xs[n % len(xs)]``."""
-
-    def __init__(self, xs: list[float]) -> None:
-        self.xs = xs
-
-    def infer_relative_search_space(self, study, trial):
-        return {}
-
-    def sample_relative(self, study, trial, search_space):
-        return {}
-
-    def sample_independent(self, study, trial, name, distribution):
-        return self.xs[trial.number % len(self.xs)]
 
 
 class Recorder:
