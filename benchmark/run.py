@@ -792,9 +792,9 @@ def slurm_answers() -> bool:
 BATCH_SCRIPT = '#!/bin/sh\nexec "$@"\n'
 
 
-def _sbatch_hand(*options: str, name: str, command: list[str], env: dict[str, str]) -> str:
+def _sbatch_hand(*options: str, name: str, command: list[str], env: dict[str, str], cpus: int = 1) -> str:
     """One sbatch of the hand-written baseline; its job id."""
-    common = ["sbatch", "--parsable", "--mem-per-cpu=100M", "--time=0-00:10:00", "--cpus-per-task=1"]
+    common = ["sbatch", "--parsable", "--mem-per-cpu=100M", "--time=0-00:10:00", f"--cpus-per-task={cpus}"]
     done = subprocess.run(
         [*common, *options, f"--job-name={name}", *command], capture_output=True, text=True, env=env, check=True
     )
@@ -802,9 +802,21 @@ def _sbatch_hand(*options: str, name: str, command: list[str], env: dict[str, st
 
 
 def handwritten_run(
-    root: Path, n_trials: int, n_chunks: int, chunk_size: int, poll: float, env: dict[str, str]
+    root: Path,
+    n_trials: int,
+    n_chunks: int,
+    chunk_size: int,
+    poll: float,
+    env: dict[str, str],
+    kind: str = "chunk",
+    extra: tuple[str, ...] = (),
+    cpus: int = 1,
 ) -> float:
-    """A hand-written controller: Optuna ask/tell, sbatch array + afterok reduce, squeue polling."""
+    """A hand-written controller: Optuna ask/tell, sbatch array + afterok reduce, squeue polling.
+
+    ``kind`` and ``extra`` pick handwritten.py's task (case 12: ``sleep`` SECONDS THREADS), ``cpus``
+    its `--cpus-per-task`.
+    """
     import optuna
 
     root.mkdir(parents=True)
@@ -825,8 +837,9 @@ def handwritten_run(
             f"--array=0-{n_chunks - 1}",
             f"--output={trial_dir}/chunk_%A_%a.out",
             name=f"hand.t{number}.chunks",
-            command=[*job, "chunk", str(trial_dir), str(chunk_size)],
+            command=[*job, kind, str(trial_dir), str(chunk_size), *extra],
             env=env,
+            cpus=cpus,
         )
         reduce = _sbatch_hand(
             f"--dependency=afterok:{array}",
@@ -1262,6 +1275,166 @@ def case_pruning(bench: Bench) -> Outcome:
     return out
 
 
+# ---------------------------------------------------------------- case 12: the earlier package's width on real Slurm
+
+WIDE_CPUS = 400  # the node case 12 needs: `slurm/local-slurm start --cpus 400`
+
+
+def slurm_cpus(env: dict[str, str]) -> int:
+    """CPUs the Slurm that ``env`` reaches declares in all (0 if none answers)."""
+    try:
+        shown = subprocess.run(
+            ["sinfo", "-h", "-o", "%C"], capture_output=True, text=True, timeout=10, env=env, check=False
+        )
+    except (FileNotFoundError, subprocess.TimeoutExpired):
+        return 0
+    fields = shown.stdout.split()  # allocated/idle/other/total per partition line
+    return max((int(f.split("/")[-1]) for f in fields if f.count("/") == 3), default=0)
+
+
+def chunk_spans(records: list[dict], n_trials: int) -> tuple[float, list[float]]:
+    """Per trial, first task start to last task end (from the chunks' own loop times); and every loop time."""
+    spans, loops = [], []
+    for number in range(n_trials):
+        mine = [r for r in records if r.get("trial_number", number) == number]
+        if not mine:
+            continue
+        starts = [r["finished_at"] - r["elapsed_seconds"] for r in mine]
+        spans.append(max(r["finished_at"] for r in mine) - min(starts))
+        loops.extend(r["elapsed_seconds"] for r in mine)
+    return sum(spans), loops
+
+
+def slurptuna_records(run_dir: Path, n_trials: int) -> list[dict]:
+    """Every chunk record of a finished distributed run (merged ``chunks.jsonl``, else one file per chunk)."""
+    records = []
+    for number in range(n_trials):
+        trial = slurptuna.RunPaths(run_dir).trial(number)
+        if trial.merged_chunks.exists():
+            lines = trial.merged_chunks.read_text().splitlines()
+            records.extend(json.loads(line) for line in lines if line.strip())
+        else:
+            records.extend(json.loads(p.read_text()) for p in sorted(trial.chunks_dir.glob("chunk_*.json")))
+    return records
+
+
+def hand_records(root: Path, n_trials: int) -> list[dict]:
+    return [
+        {**json.loads(p.read_text()), "trial_number": number}
+        for number in range(n_trials)
+        for p in sorted((root / f"trial_{number}").glob("chunk_*.json"))
+    ]
+
+
+def case_wide_slurm(bench: Bench) -> Outcome:
+    out = Outcome.start("case 12: 100 array tasks x 4 workers on a real local Slurm declaring 400 CPUs")
+    env = slurm_env()
+    cpus = slurm_cpus(env) if shutil.which("sbatch") else 0
+    if cpus < WIDE_CPUS:
+        found = f"one with {cpus} CPUs" if cpus else "none"
+        out.row(
+            "12 wide Slurm",
+            "100 tasks x 4 workers, sleeping loss",
+            "-",
+            None,
+            None,
+            f"skipped: no Slurm declaring {WIDE_CPUS} CPUs answers ({found} at {env.get('SLURM_CONF', '?')}); "
+            "see benchmark/README.md",
+            "-",
+        )
+        return out
+    # a sleeping loss: 4 threads per task, so 400 declared CPUs are not held back by the 2 real cores
+    loss, sleep = (bench_losses.bench_sleep_wide_quick, 0.1) if bench.quick else (bench_losses.bench_sleep_wide, 0.6)
+    n_tasks, workers, chunk_size, n_trials, poll = (20 if bench.quick else 100), 4, 400, 3, 0.5
+    task_ideal = chunk_size * sleep / workers
+    ideal = n_trials * task_ideal
+    seeds = n_trials * n_tasks * chunk_size
+    saved = dict(os.environ)
+    os.environ.update({k: v for k, v in env.items() if k.startswith("SLURM")})
+    try:
+        hand_root = bench.roots.new("wide-hand")
+        wall_hand = handwritten_run(
+            hand_root, n_trials, n_tasks, chunk_size, poll, env, "sleep", (str(sleep), str(workers)), workers
+        )
+        started = time.perf_counter()
+        result = run_single(
+            loss,
+            bench.roots.new("wide"),
+            mode="distributed",
+            n_trials=n_trials,
+            n_seeds=n_tasks * chunk_size,
+            chunk_size=chunk_size,
+            max_concurrent_trials=1,
+            worker_parallelism=workers,
+            cpus_per_task=workers,
+            use_processes=False,
+            mem_per_cpu="100M",
+            slurm_qos=None,
+            slurm_poll_seconds=poll,
+            worker_time_limit=timedelta(seconds=600),
+        )
+        wall_ours = time.perf_counter() - started
+        if result.n_complete != n_trials:
+            raise RuntimeError(f"distributed run {result.run_dir}: {result.n_complete}/{n_trials} complete")
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    shape = (
+        f"{n_trials} trials x {n_tasks} tasks x {workers} threads, {chunk_size} seeds of {sleep} s sleep per task "
+        f"(ideal {fmt_s(task_ideal)} a task, {fmt_s(ideal)} in all), poll {poll} s, {cpus} CPUs declared"
+    )
+    sides = {}
+    for name, wall, records in (
+        ("hand", wall_hand, hand_records(hand_root, n_trials)),
+        ("ours", wall_ours, slurptuna_records(Path(result.run_dir), n_trials)),
+    ):
+        spans, loops = chunk_spans(records, n_trials)
+        sides[name] = (ideal / wall, wall, spans, loops)
+
+    def measured(name: str) -> str:
+        eff, wall, spans, loops = sides[name]
+        return (
+            f"efficiency = ideal / wall = {fmt_s(ideal)} / {fmt_s(wall)} = {eff:.2f}; per trial: "
+            f"{(wall - ideal) / n_trials:.2f} s beyond ideal, of which "
+            f"{(wall - spans) / n_trials:.2f} s outside the tasks' loops (controller, sbatch, Python starts, "
+            f"reduce, polling) and {(spans - ideal) / n_trials:.2f} s of stagger and overrun inside them "
+            f"(loop time median {fmt_s(median(loops) if loops else 0.0)}, max {fmt_s(max(loops, default=0.0))})"
+        )
+
+    eff_hand, eff_ours = sides["hand"][0], sides["ours"][0]
+    ratio = wall_ours / wall_hand
+    out.row(
+        "12 wide Slurm",
+        f"hand-written sbatch array + afterok reduce ({shape})",
+        seeds,
+        [wall_hand],
+        None,
+        measured("hand"),
+        "-",
+    )
+    reason = []
+    if eff_ours < 0.9:
+        reason.append(f"efficiency {eff_ours:.2f} < 0.90: {(wall_ours - ideal) / n_trials:.2f} s lost per trial")
+    if ratio > 1.0:
+        reason.append(f"{(wall_ours - wall_hand) / n_trials:.2f} s per trial behind the hand-written array")
+    out.row(
+        "12 wide Slurm",
+        f"slurptuna distributed ({shape})",
+        seeds,
+        [wall_ours],
+        None,
+        measured("ours") + f"; slurptuna / hand-written wall = {ratio:.2f}",
+        target(">= 0.90 of ideal, and ahead of the hand-written array", not reason, "; ".join(reason)),
+    )
+    out.notes.append(
+        f"- Case 12 ran each side once, the hand-written array first (n=1: about {2 * ideal / 60:.0f} minutes of "
+        "sleeping tasks). Earlier figures for this shape (issue 15, 20 s tasks): slurptuna 0.73, hand-written "
+        "0.69, the earlier package 0.58."
+    )
+    out.measured.update({"efficiency": eff_ours, "efficiency_hand": eff_hand, "ratio": ratio})
+    return out
+
+
 # The cases by number, in the order they run; case 10 reads what 7 and 9 measured, 3 to 6 what 1 and 2 did.
 CASES: dict[int, Callable[[Bench], Outcome]] = {
     1: case_noop,
@@ -1275,6 +1448,7 @@ CASES: dict[int, Callable[[Bench], Outcome]] = {
     9: case_fake_scale,
     10: case_memory,
     11: case_pruning,
+    12: case_wide_slurm,
 }
 
 
