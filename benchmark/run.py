@@ -43,6 +43,7 @@ sys.path[:0] = [str(REPO), str(BENCH)]
 import bench_kernels  # noqa: E402
 import bench_losses  # noqa: E402
 import bench_pruning  # noqa: E402
+import bench_storage  # noqa: E402
 
 import slurptuna  # noqa: E402
 
@@ -265,7 +266,15 @@ def make_chunk_run(root: Path, loss, n_seeds: int, processes: int = 1) -> Path:
 
 
 def chunk_file(run_dir: Path) -> Path:
+    """What a chunk task writes (the single-mode run that made the directory merged its record)."""
     return slurptuna.RunPaths(run_dir).trial(0).chunk(0)
+
+
+def forget_chunk(run_dir: Path) -> None:
+    """Remove the trial's chunk record wherever it is, so that a chunk task computes it again."""
+    trial = slurptuna.RunPaths(run_dir).trial(0)
+    chunk_file(run_dir).unlink(missing_ok=True)
+    trial.merged_chunks.unlink(missing_ok=True)
 
 
 def timed_process(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, int, resource.struct_rusage]:
@@ -339,11 +348,13 @@ def measure_work_ms() -> float:
 
 
 def file_write_us(directory: Path, record: dict, n: int = 2000) -> float:
-    """Microseconds per chunk file written as slurptuna writes them (atomic, compact), in ``directory``."""
+    """Microseconds per chunk record appended as a single-mode pool worker appends them, in ``directory``."""
     directory.mkdir(parents=True, exist_ok=True)
+    records = slurptuna._RecordFile(directory / "worker_1.jsonl")
     started = time.perf_counter()
-    for index in range(n):
-        slurptuna._write_json_atomic(directory / f"chunk_{index:05d}.json", record, indent=None)
+    for _ in range(n):
+        records.append(record)
+    records.close()
     seconds = time.perf_counter() - started
     shutil.rmtree(directory, ignore_errors=True)
     return seconds / n * 1e6
@@ -415,7 +426,7 @@ def case_noop(bench: Bench) -> Outcome:
         measured[f"{where}_wall"] = median(big)
         why = (
             f"fixed cost {fmt_s(median(small))} per run, then {per_chunk * 1e6:.0f} us per chunk of {chunk} seeds "
-            f"({loop_us:.0f} us of it the loss loop, ~{write_us:.0f} us one chunk file)"
+            f"({loop_us:.0f} us of it the loss loop, ~{write_us:.0f} us one chunk record)"
         )
         out.row(
             "1 no-op",
@@ -435,8 +446,8 @@ def case_noop(bench: Bench) -> Outcome:
             small,
             None,
             f"fixed cost {fmt_s(median(small))}; per further chunk {per_chunk * 1e6:.0f} us = "
-            f"(wall - fixed) / {n_chunks - 1:,}: loss loop {loop_us:.0f} us, writing one chunk file like "
-            f"slurptuna (`_write_json_atomic`, timed alone) {write_us:.0f} us, the rest "
+            f"(wall - fixed) / {n_chunks - 1:,}: loss loop {loop_us:.0f} us, appending one chunk record like "
+            f"a pool worker (`_RecordFile.append`, timed alone) {write_us:.0f} us, the rest "
             f"{per_chunk * 1e6 - loop_us - write_us:.0f} us (pipe messages, bookkeeping, reduce)",
             "-",
         )
@@ -707,7 +718,7 @@ def case_chunk_task(bench: Bench) -> Outcome:
     run_dir = make_chunk_run(bench.roots.new("task"), definition, n_task)
     walls_t, rss = [], []
     for _ in range(3):
-        chunk_file(run_dir).unlink()
+        forget_chunk(run_dir)
         wall, _, usage = timed_process(worker_chunk_argv(run_dir))
         walls_t.append(wall)
         rss.append(usage.ru_maxrss)
@@ -903,7 +914,7 @@ def task_process_walls(roots: Roots, chunk_size: int) -> tuple[float, float]:
     hand_env = {**ENV, "SLURM_ARRAY_TASK_ID": "0"}
     ours, theirs = [], []
     for _ in range(5):
-        chunk_file(run_dir).unlink()
+        forget_chunk(run_dir)
         ours.append(timed_process(worker_chunk_argv(run_dir))[0])
         theirs.append(timed_process(hand, env=hand_env)[0])
     return median(ours), median(theirs)
@@ -962,7 +973,8 @@ def case_real_slurm(bench: Bench) -> Outcome:
         for _ in range(3):
             wall, run_dir = distributed("slurm-eff", 1, eff_tasks * eff_seeds, eff_seeds, counted=False)()
             trial = slurptuna.RunPaths(Path(run_dir)).trial(0)
-            compute = sum(json.loads(trial.chunk(c).read_text())["elapsed_seconds"] for c in range(eff_tasks))
+            records = slurptuna._read_valid_chunks(trial, slurptuna.TrialParams.load(trial))
+            compute = sum(records[c].elapsed_seconds for c in range(eff_tasks))
             efficiency.append((wall, compute))
     finally:
         os.environ.clear()
@@ -1144,11 +1156,11 @@ def fake_slurm_run(roots: Roots, n_trials: int, concurrent: int, n_tasks: int, c
     submissions = [json.loads(ln) for ln in (state / "submissions.jsonl").read_text().splitlines()]
     measured["sbatch"] = len(submissions)
     run_dir = Path(measured["run_dir"])
-    per_trial = [dir_stats(run_dir / "trials" / f"trial_{t:05d}") for t in range(n_trials)]
-    logs = [dir_stats(run_dir / "slurm_logs" / f"trial_{t:05d}") for t in range(n_trials)]
-    measured["files_per_trial"] = statistics.mean(a[0] + b[0] for a, b in zip(per_trial, logs, strict=True))
+    per_trial = [dir_stats(slurptuna.RunPaths(run_dir).trial(t).dir) for t in range(n_trials)]
+    logs = dir_stats(run_dir / "slurm_logs")  # arrays hold several trials' tasks: their logs, shared out
+    measured["files_per_trial"] = statistics.mean(a[0] for a in per_trial) + logs[0] / n_trials
     measured["bytes_per_trial"] = statistics.mean(a[1] for a in per_trial)
-    measured["log_bytes_per_trial"] = statistics.mean(b[1] for b in logs)
+    measured["log_bytes_per_trial"] = logs[1] / n_trials
     measured["run_level_bytes"] = sum(p.stat().st_size for p in run_dir.iterdir() if p.is_file())
     log(
         f"  {n_trials} trials x {n_tasks} tasks: {measured['wall']:.1f} s wall, controller CPU "
@@ -1256,7 +1268,7 @@ def case_memory(bench: Bench) -> Outcome:
             "-",
             None,
             None,
-            f"{scale['bytes_per_trial']:,.0f} bytes of JSON in trials/trial_N ({scale['n_tasks']:.0f} chunks, "
+            f"{scale['bytes_per_trial']:,.0f} bytes of JSON in a trial's directory ({scale['n_tasks']:.0f} chunks, "
             f"no per-seed lists) + {scale['log_bytes_per_trial']:,.0f} bytes of logs; run level "
             f"(optuna.db, meta, summary) {scale['run_level_bytes']:,.0f} bytes",
         )
@@ -1270,6 +1282,15 @@ def case_pruning(bench: Bench) -> Outcome:
     log("case 11: seeds as a budget (pruning), bench_pruning.py")
     out = Outcome()
     for cells in bench_pruning.case_pruning(bench.roots.repo / "pruning", bench.quick):
+        print(" | ".join(cells.values()), flush=True)
+        out.rows.append(cells)
+    return out
+
+
+def case_storage(bench: Bench) -> Outcome:
+    log("case 13: the study's storage at 10,000 trials, SQLite vs journal file (bench_storage.py)")
+    out = Outcome()
+    for cells in bench_storage.case_storage(bench.roots.repo / "storage", bench.quick):
         print(" | ".join(cells.values()), flush=True)
         out.rows.append(cells)
     return out
@@ -1449,6 +1470,7 @@ CASES: dict[int, Callable[[Bench], Outcome]] = {
     10: case_memory,
     11: case_pruning,
     12: case_wide_slurm,
+    13: case_storage,
 }
 
 
@@ -1458,7 +1480,7 @@ CASES: dict[int, Callable[[Bench], Outcome]] = {
 def profile(tmp: Path) -> None:
     n = 1_000_000
     run_dir = make_chunk_run(tmp / "profile", bench_losses.bench_noop, n)
-    chunk_file(run_dir).unlink()
+    forget_chunk(run_dir)
     print(
         f"cProfile of run_chunk_task (what `python -m slurptuna worker chunk` runs): "
         f"no-op loss, {n:,} seeds, 1 process\n"
