@@ -3577,6 +3577,8 @@ class _LocalTrial:
     expected: TrialParams
     chunks: dict[int, _LocalChunk] = field(default_factory=dict)
     results: dict[int, ChunkResult] = field(default_factory=dict)
+    n_wanted: int = 0  # chunks still pending or running: kept as they change, not counted per event
+    open_units: int = 0  # units sent or queued and not answered
 
 
 @dataclass(eq=False)
@@ -3648,8 +3650,12 @@ class _LocalExecutor:
         size = len(self._pool.workers)
         split = math.ceil(size / len(chunks)) if len(chunks) < size else 1
         for index in chunks:
+            if index in local.chunks:
+                self._settle(local.chunks[index], _ChunkState.CANCELLED)  # an earlier attempt's units are dropped
             bounds = _split_evenly(len(expected.plan.chunk(index)), split)
             chunk = local.chunks[index] = _LocalChunk(local, index, len(bounds), len(bounds))
+            local.n_wanted += 1
+            local.open_units += len(bounds)
             self._queue.extend(_Unit(chunk, lo, hi) for lo, hi in bounds)
 
     def poll(self) -> bool:
@@ -3657,7 +3663,7 @@ class _LocalExecutor:
 
     def running(self, trial: TrialPaths) -> bool:
         local = self._trials.get(trial.number)
-        return local is not None and any(c.wanted for c in local.chunks.values())
+        return local is not None and local.n_wanted > 0
 
     def results(self, trial: TrialPaths) -> Mapping[int, ChunkResult]:
         local = self._trials.get(trial.number)
@@ -3667,7 +3673,7 @@ class _LocalExecutor:
         numbers = {t.number for t in trials}
         cancelled = [c for n in numbers if n in self._trials for c in self._trials[n].chunks.values() if c.wanted]
         for chunk in cancelled:
-            chunk.state = _ChunkState.CANCELLED
+            self._settle(chunk, _ChunkState.CANCELLED)
         for worker in [w for w in self._pool.workers if w.batch and w.batch[0].chunk.trial.paths.number in numbers]:
             self._replace(worker, requeue=[])  # its work is dropped, so stop it now
         return len(cancelled)
@@ -3732,7 +3738,7 @@ class _LocalExecutor:
                     f"CANCELLED DUE TO TIME LIMIT ({limit} s) ***\n"
                 )
             if self._answer(unit):
-                self._end_chunk(unit.chunk, _ChunkState.TIMEOUT)
+                self._settle(unit.chunk, _ChunkState.TIMEOUT)
             self._replace(worker, requeue=worker.batch[1:])
         for worker in self._pool.workers:
             if worker.ready and not worker.batch:
@@ -3752,7 +3758,7 @@ class _LocalExecutor:
             first = batch[0]
             trial = first.chunk.trial
             wanted = _BATCH_SECONDS / max(self._seconds_per_seed * (first.hi - first.lo), 1e-9)
-            fair = sum(c.open_units for c in trial.chunks.values()) / len(self._pool.workers)
+            fair = trial.open_units / len(self._pool.workers)
             while len(batch) < min(wanted, fair) and self._queue and self._queue[0].chunk.trial is trial:
                 batch.append(self._queue.popleft())
         return batch
@@ -3810,22 +3816,25 @@ class _LocalExecutor:
         if not written:
             _write_chunk_result(trial.paths, result)
         trial.results[chunk.index] = result
-        self._end_chunk(chunk, _ChunkState.COMPLETED)
+        self._settle(chunk, _ChunkState.COMPLETED)
 
     def _fail_unit(self, unit: _Unit, failure: ChunkFailure) -> None:
         if self._answer(unit):
             _write_chunk_failure(unit.chunk.trial.paths, failure)
-            self._end_chunk(unit.chunk, _ChunkState.FAILED)
+            self._settle(unit.chunk, _ChunkState.FAILED)
 
-    def _end_chunk(self, chunk: _LocalChunk, state: _ChunkState) -> None:
+    def _settle(self, chunk: _LocalChunk, state: _ChunkState) -> None:
+        """The chunk ended (COMPLETED, FAILED, TIMEOUT or CANCELLED); a trial whose last chunk ended wakes the wait."""
+        if chunk.wanted:
+            chunk.trial.n_wanted -= 1
+            self._ended |= chunk.trial.n_wanted == 0
         chunk.state = state
-        if not any(c.wanted for c in chunk.trial.chunks.values()):
-            self._ended = True
 
     @staticmethod
     def _answer(unit: _Unit) -> bool:
         """Count a unit as answered; True if its result still matters (its chunk goes on)."""
         unit.chunk.open_units -= 1
+        unit.chunk.trial.open_units -= 1
         return unit.chunk.wanted
 
     # ---- workers that die or are stopped
@@ -3964,6 +3973,7 @@ class _ActiveTrial:
     paths: TrialPaths
     expected: TrialParams
     chunks: dict[int, ChunkResult] = field(default_factory=dict)  # valid results so far
+    results_seen: int = 0  # how many results the executor had at the last look
     attempt: int = 0
     deadline: float | None = None
     reports: _TrialReports | None = None  # None without a pruner
@@ -4315,8 +4325,9 @@ class _Controller:
     def _take_results(self, active: _ActiveTrial) -> bool:
         """The results that arrived since the last look; True if there were any."""
         results = self._executor.results(active.paths)
-        if len(results) == len(active.chunks) and results.keys() <= active.chunks.keys():
+        if len(results) == active.results_seen:  # an executor's results only grow
             return False
+        active.results_seen = len(results)
         before = len(active.chunks)
         active.chunks.update(results)
         return len(active.chunks) > before
