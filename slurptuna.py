@@ -3164,13 +3164,14 @@ class _SlurmExecutor:
         relative = str(logs.relative_to(self._run.dir))
         command = _worker_command(s, "chunk", self._run, "--tasks", spec, "--logs", relative)
         array = self._sbatch(options, command)
+        self._active[array] = set(range(n_tasks))  # queued: a failure from here on cancels its tasks
         offset = 0
         for state, chunks in batch:
             state.jobs.append(JobRef(array, "tasks", tuple(chunks), offset, state.attempt, relative))
             state.held = state.held[len(chunks) :]
             offset += len(chunks)
+        for state, _ in batch:
             state.save_jobs()  # before the reduce's sbatch: a crash then leaves the array known, to adopt
-        self._active[array] = set(range(n_tasks))
         try:
             options = [
                 *self._options(f"a{number:05d}.reduce"),

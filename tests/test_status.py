@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import sqlite3
 import subprocess
@@ -139,7 +140,7 @@ def test_a_live_distributed_run_shows_its_jobs_states_and_pending_reasons_from_o
     lines = done.stdout.splitlines()
     assert "trials: 0 complete, 1 running, 0 failed, 0 pruned of 1" in lines
     assert f"controller: running (pid {process.pid})" in lines
-    assert lines[lines.index("running trials:") + 1].startswith("  trial 0: chunks 0/4, ")
+    assert re.match(r"  trial 0: chunks [0-3]/4, ", lines[lines.index("running trials:") + 1])  # a chunk may be done
     array_line = next(line for line in lines if line.startswith(f"    array job {array} (chunks 0-3): "))
     assert "PENDING (JobArrayTaskLimit)" in array_line
     assert f"    reduce job {reduce}: PENDING (Dependency)" in lines
