@@ -2800,6 +2800,7 @@ def _tasks_spec(trials: Sequence[tuple[int, Sequence[int]]]) -> str:
 
 def _task_of_spec(spec: str, task: int) -> tuple[int, int]:
     """Task id ``task`` of an array made from ``_tasks_spec`` -> (trial, chunk)."""
+    asked = task
     for part in spec.split("/"):
         trial, _, ranges = part.partition(":")
         for piece in ranges.split(","):
@@ -2808,7 +2809,7 @@ def _task_of_spec(spec: str, task: int) -> tuple[int, int]:
             if task < size:
                 return int(trial), int(first) + task
             task -= size
-    raise ValueError(f"task {task} is not in {spec!r}")
+    raise ValueError(f"task {asked} is not in {spec!r}")
 
 
 @dataclass
@@ -3000,7 +3001,8 @@ class _SlurmExecutor:
         if state is None:
             return
         _fold_task_logs(self._run, state)
-        self._to_cancel |= self._unneeded_reduce_jobs({trial.number})
+        if not state.cancelled:  # cancel() took its reduce job along already
+            self._to_cancel |= self._unneeded_reduce_jobs({trial.number})
         del self._trials[trial.number]
 
     def explain(self, trial: TrialPaths, chunks: Sequence[int]) -> str:
@@ -3162,12 +3164,14 @@ class _SlurmExecutor:
         relative = str(logs.relative_to(self._run.dir))
         command = _worker_command(s, "chunk", self._run, "--tasks", spec, "--logs", relative)
         array = self._sbatch(options, command)
+        self._active[array] = set(range(n_tasks))  # queued: a failure from here on cancels its tasks
         offset = 0
         for state, chunks in batch:
             state.jobs.append(JobRef(array, "tasks", tuple(chunks), offset, state.attempt, relative))
             state.held = state.held[len(chunks) :]
             offset += len(chunks)
-        self._active[array] = set(range(n_tasks))
+        for state, _ in batch:
+            state.save_jobs()  # before the reduce's sbatch: a crash then leaves the array known, to adopt
         try:
             options = [
                 *self._options(f"a{number:05d}.reduce"),
@@ -3574,6 +3578,8 @@ class _LocalTrial:
     expected: TrialParams
     chunks: dict[int, _LocalChunk] = field(default_factory=dict)
     results: dict[int, ChunkResult] = field(default_factory=dict)
+    n_wanted: int = 0  # chunks still pending or running: kept as they change, not counted per event
+    open_units: int = 0  # units sent or queued and not answered
 
 
 @dataclass(eq=False)
@@ -3645,8 +3651,12 @@ class _LocalExecutor:
         size = len(self._pool.workers)
         split = math.ceil(size / len(chunks)) if len(chunks) < size else 1
         for index in chunks:
+            if index in local.chunks:
+                self._settle(local.chunks[index], _ChunkState.CANCELLED)  # an earlier attempt's units are dropped
             bounds = _split_evenly(len(expected.plan.chunk(index)), split)
             chunk = local.chunks[index] = _LocalChunk(local, index, len(bounds), len(bounds))
+            local.n_wanted += 1
+            local.open_units += len(bounds)
             self._queue.extend(_Unit(chunk, lo, hi) for lo, hi in bounds)
 
     def poll(self) -> bool:
@@ -3654,7 +3664,7 @@ class _LocalExecutor:
 
     def running(self, trial: TrialPaths) -> bool:
         local = self._trials.get(trial.number)
-        return local is not None and any(c.wanted for c in local.chunks.values())
+        return local is not None and local.n_wanted > 0
 
     def results(self, trial: TrialPaths) -> Mapping[int, ChunkResult]:
         local = self._trials.get(trial.number)
@@ -3664,7 +3674,7 @@ class _LocalExecutor:
         numbers = {t.number for t in trials}
         cancelled = [c for n in numbers if n in self._trials for c in self._trials[n].chunks.values() if c.wanted]
         for chunk in cancelled:
-            chunk.state = _ChunkState.CANCELLED
+            self._settle(chunk, _ChunkState.CANCELLED)
         for worker in [w for w in self._pool.workers if w.batch and w.batch[0].chunk.trial.paths.number in numbers]:
             self._replace(worker, requeue=[])  # its work is dropped, so stop it now
         return len(cancelled)
@@ -3729,7 +3739,7 @@ class _LocalExecutor:
                     f"CANCELLED DUE TO TIME LIMIT ({limit} s) ***\n"
                 )
             if self._answer(unit):
-                self._end_chunk(unit.chunk, _ChunkState.TIMEOUT)
+                self._settle(unit.chunk, _ChunkState.TIMEOUT)
             self._replace(worker, requeue=worker.batch[1:])
         for worker in self._pool.workers:
             if worker.ready and not worker.batch:
@@ -3749,7 +3759,7 @@ class _LocalExecutor:
             first = batch[0]
             trial = first.chunk.trial
             wanted = _BATCH_SECONDS / max(self._seconds_per_seed * (first.hi - first.lo), 1e-9)
-            fair = sum(c.open_units for c in trial.chunks.values()) / len(self._pool.workers)
+            fair = trial.open_units / len(self._pool.workers)
             while len(batch) < min(wanted, fair) and self._queue and self._queue[0].chunk.trial is trial:
                 batch.append(self._queue.popleft())
         return batch
@@ -3807,22 +3817,25 @@ class _LocalExecutor:
         if not written:
             _write_chunk_result(trial.paths, result)
         trial.results[chunk.index] = result
-        self._end_chunk(chunk, _ChunkState.COMPLETED)
+        self._settle(chunk, _ChunkState.COMPLETED)
 
     def _fail_unit(self, unit: _Unit, failure: ChunkFailure) -> None:
         if self._answer(unit):
             _write_chunk_failure(unit.chunk.trial.paths, failure)
-            self._end_chunk(unit.chunk, _ChunkState.FAILED)
+            self._settle(unit.chunk, _ChunkState.FAILED)
 
-    def _end_chunk(self, chunk: _LocalChunk, state: _ChunkState) -> None:
+    def _settle(self, chunk: _LocalChunk, state: _ChunkState) -> None:
+        """The chunk ended (COMPLETED, FAILED, TIMEOUT or CANCELLED); a trial whose last chunk ended wakes the wait."""
+        if chunk.wanted:
+            chunk.trial.n_wanted -= 1
+            self._ended |= chunk.trial.n_wanted == 0
         chunk.state = state
-        if not any(c.wanted for c in chunk.trial.chunks.values()):
-            self._ended = True
 
     @staticmethod
     def _answer(unit: _Unit) -> bool:
         """Count a unit as answered; True if its result still matters (its chunk goes on)."""
         unit.chunk.open_units -= 1
+        unit.chunk.trial.open_units -= 1
         return unit.chunk.wanted
 
     # ---- workers that die or are stopped
@@ -3961,6 +3974,7 @@ class _ActiveTrial:
     paths: TrialPaths
     expected: TrialParams
     chunks: dict[int, ChunkResult] = field(default_factory=dict)  # valid results so far
+    results_seen: int = 0  # how many results the executor had at the last look
     attempt: int = 0
     deadline: float | None = None
     reports: _TrialReports | None = None  # None without a pruner
@@ -4312,8 +4326,9 @@ class _Controller:
     def _take_results(self, active: _ActiveTrial) -> bool:
         """The results that arrived since the last look; True if there were any."""
         results = self._executor.results(active.paths)
-        if len(results) == len(active.chunks) and results.keys() <= active.chunks.keys():
+        if len(results) == active.results_seen:  # an executor's results only grow
             return False
+        active.results_seen = len(results)
         before = len(active.chunks)
         active.chunks.update(results)
         return len(active.chunks) > before
@@ -5215,10 +5230,14 @@ def _job_status(job: JobRef, queue: Mapping[str, list[_QueueLine]] | None) -> Jo
     chunks = _format_ranges(job.chunks) if job.kind != "reduce" else ""
     if queue is None:
         return JobStatus(job.job_id, job.kind, chunks, None, [])
+    mine = {job.task_of(c) for c in job.chunks} if job.kind != "reduce" else {None}  # an array may hold other trials
     tasks: dict[str, int] = {}
     reasons: list[str] = []
     for line in queue.get(job.job_id, []):
-        tasks[line.state] = tasks.get(line.state, 0) + line.tasks
+        count = sum(1 for t in line.task_ids if t in mine)
+        if not count:
+            continue
+        tasks[line.state] = tasks.get(line.state, 0) + count
         if line.state == "PENDING" and line.reason and line.reason not in reasons:
             reasons.append(line.reason)
     return JobStatus(job.job_id, job.kind, chunks, tasks, reasons)
@@ -5387,7 +5406,7 @@ def _format_controller(s: RunStatus) -> str:
 
 
 def _format_job(job: JobStatus) -> str:
-    what = f"array job {job.job_id} (chunks {job.chunks})" if job.kind == "chunks" else f"reduce job {job.job_id}"
+    what = f"array job {job.job_id} (chunks {job.chunks})" if job.kind != "reduce" else f"reduce job {job.job_id}"
     if job.tasks is None:
         return what
     if not job.tasks:
@@ -5396,7 +5415,7 @@ def _format_job(job: JobStatus) -> str:
     states = []
     for state, n in sorted(job.tasks.items(), key=lambda item: (order.get(item[0], 2), item[0])):
         reasons = f" ({', '.join(job.pending_reasons)})" if state == "PENDING" and job.pending_reasons else ""
-        states.append((f"{n} {state}" if job.kind == "chunks" else state) + reasons)
+        states.append((f"{n} {state}" if job.kind != "reduce" else state) + reasons)
     return f"{what}: {', '.join(states)}"
 
 

@@ -728,7 +728,7 @@ def case_storage(tmp: Path, quick: bool) -> list[dict[str, str]]:
     log(f"storage case: {time.perf_counter() - started:.0f} s")
     return [
         {
-            "Case": "12 storage",
+            "Case": "13 storage",
             "Mode": f"{measure_name} ({trials} trials)",
             "Seeds": "-",
             "Wall time": "-",

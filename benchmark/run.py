@@ -44,6 +44,7 @@ import bench_kernels  # noqa: E402
 import bench_losses  # noqa: E402
 import bench_pruning  # noqa: E402
 import bench_scale  # noqa: E402
+import bench_storage  # noqa: E402
 
 import slurptuna  # noqa: E402
 
@@ -266,7 +267,15 @@ def make_chunk_run(root: Path, loss, n_seeds: int, processes: int = 1) -> Path:
 
 
 def chunk_file(run_dir: Path) -> Path:
+    """What a chunk task writes (the single-mode run that made the directory merged its record)."""
     return slurptuna.RunPaths(run_dir).trial(0).chunk(0)
+
+
+def forget_chunk(run_dir: Path) -> None:
+    """Remove the trial's chunk record wherever it is, so that a chunk task computes it again."""
+    trial = slurptuna.RunPaths(run_dir).trial(0)
+    chunk_file(run_dir).unlink(missing_ok=True)
+    trial.merged_chunks.unlink(missing_ok=True)
 
 
 def timed_process(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, int, resource.struct_rusage]:
@@ -340,11 +349,13 @@ def measure_work_ms() -> float:
 
 
 def file_write_us(directory: Path, record: dict, n: int = 2000) -> float:
-    """Microseconds per chunk file written as slurptuna writes them (atomic, compact), in ``directory``."""
+    """Microseconds per chunk record appended as a single-mode pool worker appends them, in ``directory``."""
     directory.mkdir(parents=True, exist_ok=True)
+    records = slurptuna._RecordFile(directory / "worker_1.jsonl")
     started = time.perf_counter()
-    for index in range(n):
-        slurptuna._write_json_atomic(directory / f"chunk_{index:05d}.json", record, indent=None)
+    for _ in range(n):
+        records.append(record)
+    records.close()
     seconds = time.perf_counter() - started
     shutil.rmtree(directory, ignore_errors=True)
     return seconds / n * 1e6
@@ -416,7 +427,7 @@ def case_noop(bench: Bench) -> Outcome:
         measured[f"{where}_wall"] = median(big)
         why = (
             f"fixed cost {fmt_s(median(small))} per run, then {per_chunk * 1e6:.0f} us per chunk of {chunk} seeds "
-            f"({loop_us:.0f} us of it the loss loop, ~{write_us:.0f} us one chunk file)"
+            f"({loop_us:.0f} us of it the loss loop, ~{write_us:.0f} us one chunk record)"
         )
         out.row(
             "1 no-op",
@@ -436,8 +447,8 @@ def case_noop(bench: Bench) -> Outcome:
             small,
             None,
             f"fixed cost {fmt_s(median(small))}; per further chunk {per_chunk * 1e6:.0f} us = "
-            f"(wall - fixed) / {n_chunks - 1:,}: loss loop {loop_us:.0f} us, writing one chunk file like "
-            f"slurptuna (`_write_json_atomic`, timed alone) {write_us:.0f} us, the rest "
+            f"(wall - fixed) / {n_chunks - 1:,}: loss loop {loop_us:.0f} us, appending one chunk record like "
+            f"a pool worker (`_RecordFile.append`, timed alone) {write_us:.0f} us, the rest "
             f"{per_chunk * 1e6 - loop_us - write_us:.0f} us (pipe messages, bookkeeping, reduce)",
             "-",
         )
@@ -708,7 +719,7 @@ def case_chunk_task(bench: Bench) -> Outcome:
     run_dir = make_chunk_run(bench.roots.new("task"), definition, n_task)
     walls_t, rss = [], []
     for _ in range(3):
-        chunk_file(run_dir).unlink()
+        forget_chunk(run_dir)
         wall, _, usage = timed_process(worker_chunk_argv(run_dir))
         walls_t.append(wall)
         rss.append(usage.ru_maxrss)
@@ -793,9 +804,9 @@ def slurm_answers() -> bool:
 BATCH_SCRIPT = '#!/bin/sh\nexec "$@"\n'
 
 
-def _sbatch_hand(*options: str, name: str, command: list[str], env: dict[str, str]) -> str:
+def _sbatch_hand(*options: str, name: str, command: list[str], env: dict[str, str], cpus: int = 1) -> str:
     """One sbatch of the hand-written baseline; its job id."""
-    common = ["sbatch", "--parsable", "--mem-per-cpu=100M", "--time=0-00:10:00", "--cpus-per-task=1"]
+    common = ["sbatch", "--parsable", "--mem-per-cpu=100M", "--time=0-00:10:00", f"--cpus-per-task={cpus}"]
     done = subprocess.run(
         [*common, *options, f"--job-name={name}", *command], capture_output=True, text=True, env=env, check=True
     )
@@ -803,9 +814,21 @@ def _sbatch_hand(*options: str, name: str, command: list[str], env: dict[str, st
 
 
 def handwritten_run(
-    root: Path, n_trials: int, n_chunks: int, chunk_size: int, poll: float, env: dict[str, str]
+    root: Path,
+    n_trials: int,
+    n_chunks: int,
+    chunk_size: int,
+    poll: float,
+    env: dict[str, str],
+    kind: str = "chunk",
+    extra: tuple[str, ...] = (),
+    cpus: int = 1,
 ) -> float:
-    """A hand-written controller: Optuna ask/tell, sbatch array + afterok reduce, squeue polling."""
+    """A hand-written controller: Optuna ask/tell, sbatch array + afterok reduce, squeue polling.
+
+    ``kind`` and ``extra`` pick handwritten.py's task (case 12: ``sleep`` SECONDS THREADS), ``cpus``
+    its `--cpus-per-task`.
+    """
     import optuna
 
     root.mkdir(parents=True)
@@ -826,8 +849,9 @@ def handwritten_run(
             f"--array=0-{n_chunks - 1}",
             f"--output={trial_dir}/chunk_%A_%a.out",
             name=f"hand.t{number}.chunks",
-            command=[*job, "chunk", str(trial_dir), str(chunk_size)],
+            command=[*job, kind, str(trial_dir), str(chunk_size), *extra],
             env=env,
+            cpus=cpus,
         )
         reduce = _sbatch_hand(
             f"--dependency=afterok:{array}",
@@ -891,7 +915,7 @@ def task_process_walls(roots: Roots, chunk_size: int) -> tuple[float, float]:
     hand_env = {**ENV, "SLURM_ARRAY_TASK_ID": "0"}
     ours, theirs = [], []
     for _ in range(5):
-        chunk_file(run_dir).unlink()
+        forget_chunk(run_dir)
         ours.append(timed_process(worker_chunk_argv(run_dir))[0])
         theirs.append(timed_process(hand, env=hand_env)[0])
     return median(ours), median(theirs)
@@ -950,7 +974,8 @@ def case_real_slurm(bench: Bench) -> Outcome:
         for _ in range(3):
             wall, run_dir = distributed("slurm-eff", 1, eff_tasks * eff_seeds, eff_seeds, counted=False)()
             trial = slurptuna.RunPaths(Path(run_dir)).trial(0)
-            compute = sum(json.loads(trial.chunk(c).read_text())["elapsed_seconds"] for c in range(eff_tasks))
+            records = slurptuna._read_valid_chunks(trial, slurptuna.TrialParams.load(trial))
+            compute = sum(records[c].elapsed_seconds for c in range(eff_tasks))
             efficiency.append((wall, compute))
     finally:
         os.environ.clear()
@@ -1132,11 +1157,11 @@ def fake_slurm_run(roots: Roots, n_trials: int, concurrent: int, n_tasks: int, c
     submissions = [json.loads(ln) for ln in (state / "submissions.jsonl").read_text().splitlines()]
     measured["sbatch"] = len(submissions)
     run_dir = Path(measured["run_dir"])
-    per_trial = [dir_stats(run_dir / "trials" / f"trial_{t:05d}") for t in range(n_trials)]
-    logs = [dir_stats(run_dir / "slurm_logs" / f"trial_{t:05d}") for t in range(n_trials)]
-    measured["files_per_trial"] = statistics.mean(a[0] + b[0] for a, b in zip(per_trial, logs, strict=True))
+    per_trial = [dir_stats(slurptuna.RunPaths(run_dir).trial(t).dir) for t in range(n_trials)]
+    logs = dir_stats(run_dir / "slurm_logs")  # arrays hold several trials' tasks: their logs, shared out
+    measured["files_per_trial"] = statistics.mean(a[0] for a in per_trial) + logs[0] / n_trials
     measured["bytes_per_trial"] = statistics.mean(a[1] for a in per_trial)
-    measured["log_bytes_per_trial"] = statistics.mean(b[1] for b in logs)
+    measured["log_bytes_per_trial"] = logs[1] / n_trials
     measured["run_level_bytes"] = sum(p.stat().st_size for p in run_dir.iterdir() if p.is_file())
     log(
         f"  {n_trials} trials x {n_tasks} tasks: {measured['wall']:.1f} s wall, controller CPU "
@@ -1244,7 +1269,7 @@ def case_memory(bench: Bench) -> Outcome:
             "-",
             None,
             None,
-            f"{scale['bytes_per_trial']:,.0f} bytes of JSON in trials/trial_N ({scale['n_tasks']:.0f} chunks, "
+            f"{scale['bytes_per_trial']:,.0f} bytes of JSON in a trial's directory ({scale['n_tasks']:.0f} chunks, "
             f"no per-seed lists) + {scale['log_bytes_per_trial']:,.0f} bytes of logs; run level "
             f"(optuna.db, meta, summary) {scale['run_level_bytes']:,.0f} bytes",
         )
@@ -1263,8 +1288,178 @@ def case_pruning(bench: Bench) -> Outcome:
     return out
 
 
+def case_storage(bench: Bench) -> Outcome:
+    log("case 13: the study's storage at 10,000 trials, SQLite vs journal file (bench_storage.py)")
+    out = Outcome()
+    for cells in bench_storage.case_storage(bench.roots.repo / "storage", bench.quick):
+        print(" | ".join(cells.values()), flush=True)
+        out.rows.append(cells)
+    return out
+
+
+# ---------------------------------------------------------------- case 12: the earlier package's width on real Slurm
+
+WIDE_CPUS = 400  # the node case 12 needs: `slurm/local-slurm start --cpus 400`
+
+
+def slurm_cpus(env: dict[str, str]) -> int:
+    """CPUs the Slurm that ``env`` reaches declares in all (0 if none answers)."""
+    try:
+        shown = subprocess.run(
+            ["sinfo", "-h", "-o", "%C"], capture_output=True, text=True, timeout=10, env=env, check=False
+        )
+    except (FileNotFoundError, subprocess.TimeoutExpired):
+        return 0
+    fields = shown.stdout.split()  # allocated/idle/other/total per partition line
+    return max((int(f.split("/")[-1]) for f in fields if f.count("/") == 3), default=0)
+
+
+def chunk_spans(records: list[dict], n_trials: int) -> tuple[float, list[float]]:
+    """Per trial, first task start to last task end (from the chunks' own loop times); and every loop time."""
+    spans, loops = [], []
+    for number in range(n_trials):
+        mine = [r for r in records if r.get("trial_number", number) == number]
+        if not mine:
+            continue
+        starts = [r["finished_at"] - r["elapsed_seconds"] for r in mine]
+        spans.append(max(r["finished_at"] for r in mine) - min(starts))
+        loops.extend(r["elapsed_seconds"] for r in mine)
+    return sum(spans), loops
+
+
+def slurptuna_records(run_dir: Path, n_trials: int) -> list[dict]:
+    """Every chunk record of a finished distributed run (merged ``chunks.jsonl``, else one file per chunk)."""
+    records = []
+    for number in range(n_trials):
+        trial = slurptuna.RunPaths(run_dir).trial(number)
+        if trial.merged_chunks.exists():
+            lines = trial.merged_chunks.read_text().splitlines()
+            records.extend(json.loads(line) for line in lines if line.strip())
+        else:
+            records.extend(json.loads(p.read_text()) for p in sorted(trial.chunks_dir.glob("chunk_*.json")))
+    return records
+
+
+def hand_records(root: Path, n_trials: int) -> list[dict]:
+    return [
+        {**json.loads(p.read_text()), "trial_number": number}
+        for number in range(n_trials)
+        for p in sorted((root / f"trial_{number}").glob("chunk_*.json"))
+    ]
+
+
+def case_wide_slurm(bench: Bench) -> Outcome:
+    out = Outcome.start("case 12: 100 array tasks x 4 workers on a real local Slurm declaring 400 CPUs")
+    env = slurm_env()
+    cpus = slurm_cpus(env) if shutil.which("sbatch") else 0
+    if cpus < WIDE_CPUS:
+        found = f"one with {cpus} CPUs" if cpus else "none"
+        out.row(
+            "12 wide Slurm",
+            "100 tasks x 4 workers, sleeping loss",
+            "-",
+            None,
+            None,
+            f"skipped: no Slurm declaring {WIDE_CPUS} CPUs answers ({found} at {env.get('SLURM_CONF', '?')}); "
+            "see benchmark/README.md",
+            "-",
+        )
+        return out
+    # a sleeping loss: 4 threads per task, so 400 declared CPUs are not held back by the 2 real cores
+    loss, sleep = (bench_losses.bench_sleep_wide_quick, 0.1) if bench.quick else (bench_losses.bench_sleep_wide, 0.6)
+    n_tasks, workers, chunk_size, n_trials, poll = (20 if bench.quick else 100), 4, 400, 3, 0.5
+    task_ideal = chunk_size * sleep / workers
+    ideal = n_trials * task_ideal
+    seeds = n_trials * n_tasks * chunk_size
+    saved = dict(os.environ)
+    os.environ.update({k: v for k, v in env.items() if k.startswith("SLURM")})
+    try:
+        hand_root = bench.roots.new("wide-hand")
+        wall_hand = handwritten_run(
+            hand_root, n_trials, n_tasks, chunk_size, poll, env, "sleep", (str(sleep), str(workers)), workers
+        )
+        started = time.perf_counter()
+        result = run_single(
+            loss,
+            bench.roots.new("wide"),
+            mode="distributed",
+            n_trials=n_trials,
+            n_seeds=n_tasks * chunk_size,
+            chunk_size=chunk_size,
+            max_concurrent_trials=1,
+            worker_parallelism=workers,
+            cpus_per_task=workers,
+            use_processes=False,
+            mem_per_cpu="100M",
+            slurm_qos=None,
+            slurm_poll_seconds=poll,
+            worker_time_limit=timedelta(seconds=600),
+        )
+        wall_ours = time.perf_counter() - started
+        if result.n_complete != n_trials:
+            raise RuntimeError(f"distributed run {result.run_dir}: {result.n_complete}/{n_trials} complete")
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    shape = (
+        f"{n_trials} trials x {n_tasks} tasks x {workers} threads, {chunk_size} seeds of {sleep} s sleep per task "
+        f"(ideal {fmt_s(task_ideal)} a task, {fmt_s(ideal)} in all), poll {poll} s, {cpus} CPUs declared"
+    )
+    sides = {}
+    for name, wall, records in (
+        ("hand", wall_hand, hand_records(hand_root, n_trials)),
+        ("ours", wall_ours, slurptuna_records(Path(result.run_dir), n_trials)),
+    ):
+        spans, loops = chunk_spans(records, n_trials)
+        sides[name] = (ideal / wall, wall, spans, loops)
+
+    def measured(name: str) -> str:
+        eff, wall, spans, loops = sides[name]
+        return (
+            f"efficiency = ideal / wall = {fmt_s(ideal)} / {fmt_s(wall)} = {eff:.2f}; per trial: "
+            f"{(wall - ideal) / n_trials:.2f} s beyond ideal, of which "
+            f"{(wall - spans) / n_trials:.2f} s outside the tasks' loops (controller, sbatch, Python starts, "
+            f"reduce, polling) and {(spans - ideal) / n_trials:.2f} s of stagger and overrun inside them "
+            f"(loop time median {fmt_s(median(loops) if loops else 0.0)}, max {fmt_s(max(loops, default=0.0))})"
+        )
+
+    eff_hand, eff_ours = sides["hand"][0], sides["ours"][0]
+    ratio = wall_ours / wall_hand
+    out.row(
+        "12 wide Slurm",
+        f"hand-written sbatch array + afterok reduce ({shape})",
+        seeds,
+        [wall_hand],
+        None,
+        measured("hand"),
+        "-",
+    )
+    reason = []
+    if eff_ours < 0.9:
+        reason.append(f"efficiency {eff_ours:.2f} < 0.90: {(wall_ours - ideal) / n_trials:.2f} s lost per trial")
+    if ratio > 1.0:
+        reason.append(f"{(wall_ours - wall_hand) / n_trials:.2f} s per trial behind the hand-written array")
+    out.row(
+        "12 wide Slurm",
+        f"slurptuna distributed ({shape})",
+        seeds,
+        [wall_ours],
+        None,
+        measured("ours") + f"; slurptuna / hand-written wall = {ratio:.2f}",
+        target(">= 0.90 of ideal, and ahead of the hand-written array", not reason, "; ".join(reason)),
+    )
+    out.notes.append(
+        f"- Case 12 ran each side once, the hand-written array first (n=1: about {2 * ideal / 60:.0f} minutes of "
+        "sleeping tasks). Earlier figures for this shape (issue 15, 20 s tasks): slurptuna 0.73, hand-written "
+        "0.69, the earlier package 0.58."
+    )
+    out.measured.update({"efficiency": eff_ours, "efficiency_hand": eff_hand, "ratio": ratio})
+    return out
+
+
+# The cases by number, in the order they run; case 10 reads what 7 and 9 measured, 3 to 6 what 1 and 2 did.
 def case_scale(bench: Bench) -> Outcome:
-    log("case 12: S1, a site's scale, SIMULATED Slurm and clock, bench_scale.py")
+    log("case 14: S1, a site's scale, SIMULATED Slurm and clock, bench_scale.py")
     out = Outcome()
     bench.roots.repo.mkdir(parents=True, exist_ok=True)
     for cells in bench_scale.case_scale(bench.roots.repo, bench.quick):
@@ -1273,7 +1468,6 @@ def case_scale(bench: Bench) -> Outcome:
     return out
 
 
-# The cases by number, in the order they run; case 10 reads what 7 and 9 measured, 3 to 6 what 1 and 2 did.
 CASES: dict[int, Callable[[Bench], Outcome]] = {
     1: case_noop,
     2: case_per_trial,
@@ -1286,9 +1480,11 @@ CASES: dict[int, Callable[[Bench], Outcome]] = {
     9: case_fake_scale,
     10: case_memory,
     11: case_pruning,
-    12: case_scale,  # up to 30 minutes: only when asked for (--cases 12), not by default
+    12: case_wide_slurm,
+    13: case_storage,
+    14: case_scale,  # up to 30 minutes: only when asked for (--cases 14), not by default
 }
-DEFAULT_CASES = [n for n in CASES if n != 12]
+DEFAULT_CASES = [n for n in CASES if n != 14]
 
 
 # ---------------------------------------------------------------- profile
@@ -1297,7 +1493,7 @@ DEFAULT_CASES = [n for n in CASES if n != 12]
 def profile(tmp: Path) -> None:
     n = 1_000_000
     run_dir = make_chunk_run(tmp / "profile", bench_losses.bench_noop, n)
-    chunk_file(run_dir).unlink()
+    forget_chunk(run_dir)
     print(
         f"cProfile of run_chunk_task (what `python -m slurptuna worker chunk` runs): "
         f"no-op loss, {n:,} seeds, 1 process\n"
@@ -1366,7 +1562,7 @@ def main() -> int:
     parser.add_argument(
         "--cases",
         default=",".join(map(str, DEFAULT_CASES)),
-        help="comma-separated case numbers (default: 1-11; 12, S1 simulated, takes up to 30 minutes: ask for it)",
+        help="comma-separated case numbers (default: 1-13; 14, S1 simulated, takes up to 30 minutes: ask for it)",
     )
     parser.add_argument("--keep", action="store_true", help="keep benchmark/results/tmp-PID/ (the runs) at the end")
     args = parser.parse_args()

@@ -11,6 +11,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import optuna
 import pytest
 
 TESTS = Path(__file__).resolve().parent
@@ -198,3 +199,19 @@ def as_sqlite(run) -> None:
         to_study_name=name,
     )
     run.journal.unlink()
+
+
+class Points(optuna.samplers.BaseSampler):
+    """Proposes the given x values in turn: trial n gets ``xs[n % len(xs)]``."""
+
+    def __init__(self, xs: list[float]) -> None:
+        self.xs = xs
+
+    def infer_relative_search_space(self, study, trial):
+        return {}
+
+    def sample_relative(self, study, trial, search_space):
+        return {}
+
+    def sample_independent(self, study, trial, name, distribution):
+        return self.xs[trial.number % len(self.xs)]

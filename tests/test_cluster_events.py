@@ -13,7 +13,7 @@ import losses
 import pytest
 from conftest import script_env, start_controller, wait_for
 
-from slurptuna import optimize_run
+from slurptuna import _array_task_ids, optimize_run
 
 OPTIONS = {"mode": "distributed", "n_seeds": 4, "chunk_size": 2, "slurm_poll_seconds": 0.2}
 
@@ -28,9 +28,13 @@ def test_a_submit_limit_keeps_the_qos_waits_for_room_and_the_run_completes(fake_
         result = optimize_run(losses.quadratic, n_trials=3, max_concurrent_trials=3, run_root=run_root, **OPTIONS)
     assert result.n_complete == 3
     refused = [s for s in fake_slurm.submissions() if s.get("rejected")]
-    assert len(refused) == 2 and len(accepted(fake_slurm)) == 6  # 3 arrays + 3 reduce jobs
+    assert len(refused) == 2  # the limit was learnt from them: smaller arrays went out after
+    arrays = [s for s in accepted(fake_slurm) if s["array_tasks"] is not None]
+    sizes = [len(_array_task_ids(a.split("=")[1])) for s in refused for a in s["argv"] if a.startswith("--array=")]
+    assert sizes == [6, 3]  # all 6 chunks at once, then half
+    assert sum(len(a["array_tasks"]) for a in arrays) == 6  # each chunk submitted once
     assert all("--qos=short" in s["argv"] for s in fake_slurm.submissions())  # the QoS is never dropped
-    limit_lines = [r.getMessage() for r in caplog.records if "under a limit" in r.getMessage()]
+    limit_lines = [r.getMessage() for r in caplog.records if "under a Slurm limit" in r.getMessage()]
     assert len(limit_lines) == 1 and "QOSMaxSubmitJobPerUserLimit" in limit_lines[0]
 
 
@@ -65,28 +69,27 @@ def test_any_other_refusal_cancels_the_runs_jobs_and_prints_the_resume_hint(fake
         textwrap.dedent("""
         import sys
         import losses
-        from slurptuna import optimize_run
+        from slurptuna import _array_task_ids, optimize_run
         optimize_run(losses.slow_quadratic, mode="distributed", n_trials=2, max_concurrent_trials=2, n_seeds=4,
                      chunk_size=2, run_root=sys.argv[1], run_name="refused", slurm_poll_seconds=0.2)
         """)
     )
     env = script_env(SLURPTUNA_TEST_SLEEP="1", FAKE_SLURM_SBATCH_FAIL="Invalid partition name specified")
-    env["FAKE_SLURM_SBATCH_FAIL_CALLS"] = "3"  # trial 0's array and reduce job are queued, trial 1's array is refused
+    env["FAKE_SLURM_SBATCH_FAIL_CALLS"] = "2"  # the trials' array is queued, its reduce job is refused
     done = subprocess.run(
         [sys.executable, str(script), str(tmp_path / "runs")], env=env, capture_output=True, text=True, timeout=120
     )
     assert done.returncode != 0
     assert "Invalid partition name specified" in done.stderr
     assert "Resume with run_name='refused'" in done.stderr
-    queued = [str(s["job_id"]) for s in accepted(fake_slurm)]
-    assert len(queued) == 2
-    assert [c["argv"][-len(queued) :] for c in fake_slurm.calls("scancel")] == [queued]  # one scancel, all jobs
+    (array,) = [str(s["job_id"]) for s in accepted(fake_slurm)]
+    assert [c["argv"] for c in fake_slurm.calls("scancel")] == [[f"{array}_[0-3]"]]  # one scancel: every task
 
 
 CONTROLLER = textwrap.dedent("""
     import sys
     import losses
-    from slurptuna import optimize_run
+    from slurptuna import _array_task_ids, optimize_run
     optimize_run(losses.slow_quadratic, mode="distributed", n_trials=2, n_seeds=4, chunk_size=2,
                  run_root=sys.argv[1], run_name="stopped", slurm_poll_seconds=0.2)
 """)
@@ -110,6 +113,6 @@ def test_a_signal_to_the_whole_process_group_while_sbatch_answers_cancels_every_
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == (130 if signum == signal.SIGINT else 143), stderr
     assert "cancelled 2 job(s)" in stderr and "Resume with run_name='stopped'" in stderr.splitlines()[-1]
-    queued = {str(s["job_id"]) for s in fake_slurm.submissions()}
+    array, reduce = (str(s["job_id"]) for s in fake_slurm.submissions())
     cancelled = [c["argv"] for c in fake_slurm.calls("scancel")]
-    assert len(cancelled) == 1 and set(cancelled[0]) == queued
+    assert len(cancelled) == 1 and set(cancelled[0]) == {f"{array}_[0-1]", reduce}

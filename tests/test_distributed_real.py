@@ -68,7 +68,9 @@ def test_real_slurm_trials_have_the_same_means_as_single_mode(slurm, run_root):
     assert [t.params for t in remote.study.trials] == [t.params for t in local.study.trials]
     assert [t.value for t in remote.study.trials] == pytest.approx([t.value for t in local.study.trials], rel=1e-15)
     rows = jobcomp_rows(facts, remote.run_name)
-    assert sorted(r["Name"].rsplit(".", 1)[1] for r in rows) == ["chunks"] * 15 + ["reduce"] * 3
+    kinds = [r["Name"].rsplit(".", 1)[1] for r in rows]
+    arrays = {r["ArrayJobId"] for r in rows if r["Name"].endswith(".chunks")}
+    assert kinds.count("chunks") == 15 and kinds.count("reduce") == len(arrays) < 3  # trials started together share
     assert {r["JobState"] for r in rows if r["Name"].endswith(".chunks")} == {"COMPLETED"}
     # a reduce job still pending when the controller reduced the trial itself is cancelled, not waited for
     assert {r["JobState"] for r in rows if r["Name"].endswith(".reduce")} <= {"COMPLETED", "CANCELLED"}
@@ -84,7 +86,7 @@ def test_real_slurm_respects_the_array_throttle(slurm, run_root, seed_counter, m
     def watch_squeue() -> None:
         while not done.is_set():
             shown = subprocess.run(
-                ["squeue", "-h", "-n", f"{run_name}.t00000.chunks", "-o", "%i|%T|%r"],
+                ["squeue", "-h", "-n", f"{run_name}.a00001.chunks", "-o", "%i|%T|%r"],
                 capture_output=True,
                 text=True,
                 check=False,
@@ -116,7 +118,7 @@ def test_real_slurm_respects_the_array_throttle(slurm, run_root, seed_counter, m
     )
     assert len(intervals) == 8
     assert max(sum(1 for s, e in intervals if s <= start < e) for start, _ in intervals) <= 2
-    (array,) = [j for j in read_json(RunPaths(Path(result.run_dir)).trial(0).jobs)["jobs"] if j["kind"] == "chunks"]
+    (array,) = [j for j in read_json(RunPaths(Path(result.run_dir)).trial(0).jobs)["jobs"] if j["kind"] == "tasks"]
     tasks = [r for r in jobcomp_rows(facts, result.run_name) if r.get("ArrayJobId") == array["job_id"]]
     assert sorted(int(r["ArrayTaskId"]) for r in tasks) == list(range(8))
 
@@ -167,10 +169,10 @@ def test_real_slurm_a_raising_loss_fails_its_trial_and_the_reduce_job_is_cancell
     assert trial.state.name == "FAIL"
     reason = trial.user_attrs["fail_reason"]
     assert "seed 7" in reason and "RuntimeError: model diverged" in reason
-    assert not run_jobs_in_queue(result.run_name)  # no reduce left pending with DependencyNeverSatisfied
     (reduce,) = [j for j in read_json(RunPaths(Path(result.run_dir)).trial(0).jobs)["jobs"] if j["kind"] == "reduce"]
-    wait_for(lambda: any(r["JobId"] == reduce["job_id"] for r in facts.jobcomp()))
-    assert [r["JobState"] for r in facts.jobcomp() if r["JobId"] == reduce["job_id"]] == ["CANCELLED"]
+    wait_for(lambda: any(r["JobId"] == reduce["job_id"] for r in facts.jobcomp()))  # none left pending
+    assert [r["JobState"] for r in facts.jobcomp() if r["JobId"] == reduce["job_id"]] in (["CANCELLED"], ["COMPLETED"])
+    wait_for(lambda: not run_jobs_in_queue(result.run_name), timeout=30)  # cancelled tasks may be COMPLETING
 
 
 def test_real_slurm_timeout_is_retried_with_only_the_missing_chunks(slurm, run_root, seed_counter, caplog):
@@ -192,7 +194,7 @@ def test_real_slurm_timeout_is_retried_with_only_the_missing_chunks(slurm, run_r
     retry = [r.getMessage() for r in caplog.records if "retry 1 of 1" in r.getMessage()]
     assert len(retry) == 1 and "starting chunks 0 again" in retry[0] and "TIMEOUT" in retry[0]
     jobs = read_json(RunPaths(Path(result.run_dir)).trial(0).jobs)
-    assert [j["chunks"] for j in jobs["jobs"] if j["kind"] == "chunks"] == [[0]]
+    assert [j["chunks"] for j in jobs["jobs"] if j["kind"] == "tasks"] == [[0]]
     assert {seed: n for (_, seed), n in seed_counter.evaluations().items()} == {0: 2, 1: 1, 2: 1, 3: 1, 4: 1, 5: 1}
     states = sorted(r["JobState"] for r in jobcomp_rows(facts, result.run_name) if r.get("ArrayTaskId") == "0")
     assert states == ["COMPLETED", "TIMEOUT"]
@@ -245,10 +247,10 @@ def test_real_slurm_sigkilled_controller_is_relaunched_and_adopts_its_queued_job
     x0 = read_json(trial0.params)["params"]["x"]
     assert values[0] == pytest.approx(math.fsum(losses.quadratic_value({"x": x0}, s) for s in range(12)) / 12)
     assert all(n == 1 for n in seed_counter.evaluations().values())  # no chunk computed twice
-    wait_for(lambda: len(jobcomp_rows(facts, run_name)) == 14)
-    rows = jobcomp_rows(facts, run_name)
-    for trial in ("t00000", "t00001"):
-        chunk_rows = [r for r in rows if r["Name"] == f"{run_name}.{trial}.chunks"]
-        assert len({r["ArrayJobId"] for r in chunk_rows}) == 1  # one array job per trial: none submitted twice
-        assert sorted(int(r["ArrayTaskId"]) for r in chunk_rows) == list(range(6))
-        assert len([r for r in rows if r["Name"] == f"{run_name}.{trial}.reduce"]) == 1
+
+    def chunk_rows() -> list[dict]:
+        return [r for r in jobcomp_rows(facts, run_name) if r["Name"].endswith(".chunks")]
+
+    wait_for(lambda: len(chunk_rows()) >= 12)
+    time.sleep(1)
+    assert len(chunk_rows()) == 12  # 2 trials x 6 chunks, each task once: none submitted twice

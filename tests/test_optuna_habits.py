@@ -18,28 +18,12 @@ import browser
 import losses
 import optuna
 import pytest
-from conftest import read_json, script_env, wait_for
+from conftest import Points, read_json, script_env, wait_for
 from real_slurm import require_real_slurm
 
 from slurptuna import RunPaths, optimize_entries, optimize_run
 
 COMPLETE = optuna.trial.TrialState.COMPLETE
-
-
-class Points(optuna.samplers.BaseSampler):
-    """Proposes the given x values in turn: trial n gets ``xs[n % len(xs)]``."""
-
-    def __init__(self, xs: list[float]) -> None:
-        self.xs = xs
-
-    def infer_relative_search_space(self, study, trial):
-        return {}
-
-    def sample_relative(self, study, trial, search_space):
-        return {}
-
-    def sample_independent(self, study, trial, name, distribution):
-        return self.xs[trial.number % len(self.xs)]
 
 
 class Recorder:
@@ -186,8 +170,10 @@ def test_on_fake_slurm_a_callback_exception_cancels_the_trials_in_flight_in_one_
         )
     (cancelled,) = fake_slurm.calls("scancel")
     run = RunPaths(run_root / "cb")
-    running = [j["job_id"] for n in (1,) for j in read_json(run.trial(n).jobs)["jobs"]]
-    assert set(running) <= set(cancelled["argv"])
+    recorded = {j["job_id"] for n in (1, 2) if run.trial(n).jobs.exists() for j in read_json(run.trial(n).jobs)["jobs"]}
+    assert {a.split("_")[0] for a in cancelled["argv"]} <= recorded  # tasks (A_[...]) and reduce jobs still queued
+    queue = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True, check=True).stdout
+    assert not {line.split("_")[0] for line in queue.split()} & recorded  # none of the run's jobs left
     resumed = distributed(losses.slow_quadratic, run_root, n_trials=3, n_seeds=4, chunk_size=2, run_name="cb")
     assert [t.state.name for t in resumed.study.trials] == ["COMPLETE"] * 3
 

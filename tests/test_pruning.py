@@ -18,29 +18,13 @@ from pathlib import Path
 import losses
 import optuna
 import pytest
-from conftest import chunk_records, read_json, run_script, script_env, start_controller, wait_for
+from conftest import Points, chunk_records, read_json, run_script, script_env, start_controller, wait_for
 from real_slurm import require_real_slurm
 
 import slurptuna
 from slurptuna import RunPaths, _report_form, optimize_run
 
 BAD_X = 0.9
-
-
-class Points(optuna.samplers.BaseSampler):
-    """Proposes the given x values in turn: trial n gets ``xs[n % len(xs)]``."""
-
-    def __init__(self, xs: list[float]) -> None:
-        self.xs = xs
-
-    def infer_relative_search_space(self, study, trial):
-        return {}
-
-    def sample_relative(self, study, trial, search_space):
-        return {}
-
-    def sample_independent(self, study, trial, name, distribution):
-        return self.xs[trial.number % len(self.xs)]
 
 
 def wilcoxon(**options) -> optuna.pruners.BasePruner:

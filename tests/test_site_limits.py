@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import threading
 from collections import Counter
 
 import losses
@@ -40,13 +42,27 @@ def test_a_limit_the_run_cannot_read_holds_work_back_once_sbatch_refuses(fake_sl
     assert sum(c for t in result.study.trials for c in [t.user_attrs["n_seeds"]]) == 24
 
 
-def test_the_runs_slurm_calls_stay_paced_whatever_its_trials_in_flight(fake_slurm, run_root):
-    distributed(run_root, n_trials=12, max_concurrent_trials=6, n_seeds=4, chunk_size=2, slurm_poll_seconds=0.1)
-    calls = sorted(c["time"] for c in fake_slurm.calls("sbatch") + fake_slurm.calls("squeue"))
-    assert len(calls) > 2 * slurptuna._SLURM_CALL_BURST  # enough calls for the pace to matter
-    window = 3.0
-    most = max(sum(1 for t in calls if start <= t < start + window) for start in calls)
-    assert most <= slurptuna._SLURM_CALL_BURST + window * slurptuna._SLURM_CALLS_PER_SECOND + 1
+def test_polls_as_fast_as_the_controller_likes_make_no_more_slurm_calls_than_the_pace(tmp_path):
+    settings, _ = slurptuna._resolve_settings(losses.quadratic, {"mode": "distributed"})
+    calls: list[tuple[float, str]] = []
+    now = [0.0]
+
+    def slurm(argv, env=None, timeout=120):
+        calls.append((now[0], argv[0]))
+        return subprocess.CompletedProcess(argv, 0, "", "")
+
+    executor = slurptuna._SlurmExecutor(
+        settings, slurptuna.RunPaths(tmp_path), threading.Event(), clock=lambda: now[0], sleep=lambda s: False,
+        slurm=slurm,
+    )  # fmt: skip
+    for _ in range(2000):  # 20 simulated seconds of a poll every 10 ms
+        assert executor.poll()
+        now[0] += 0.01
+    squeues = [t for t, command in calls if command == "squeue"]
+    burst, rate = slurptuna._SLURM_CALL_BURST, slurptuna._SLURM_CALLS_PER_SECOND
+    assert len(squeues) <= burst + 20 * rate + 1
+    assert len(squeues) >= 20 * rate - 1  # paced, not stopped
+    assert max(sum(1 for t in squeues if s <= t < s + 5) for s in squeues) <= burst + 5 * rate + 1
 
 
 def test_the_call_budget_allows_a_burst_then_the_rate():

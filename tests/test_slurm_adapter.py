@@ -62,11 +62,15 @@ def test_squeue_lines_recorded_from_the_real_slurm_give_states_reasons_and_task_
             f"{f[0]}|{f[4]}|{f[5]}\n" for f in (line.split("|") for line in recorded(name)["stdout"].splitlines())
         )
 
-    Line = slurptuna._QueueLine
-    assert _parse_squeue(as_status_asks("squeue_pending_array")) == {"2": [Line("PENDING", "JobHeldUser", 8)]}
-    assert _parse_squeue(as_status_asks("squeue_running_array_throttled")) == {
-        "8": [Line("PENDING", "JobArrayTaskLimit", 3), Line("RUNNING", "None", 1), Line("RUNNING", "None", 1)],
-        "9": [Line("PENDING", "AssocMaxJobsLimit", 1), Line("RUNNING", "None", 1), Line("RUNNING", "None", 1)],
+    def shown(name: str) -> dict[str, list[tuple[str, str, int]]]:
+        parsed = _parse_squeue(as_status_asks(name))
+        return {job: [(line.state, line.reason, line.tasks) for line in lines] for job, lines in parsed.items()}
+
+    assert shown("squeue_pending_array") == {"2": [("PENDING", "JobHeldUser", 8)]}
+    assert _parse_squeue(as_status_asks("squeue_pending_array"))["2"][0].task_ids == tuple(range(8))
+    assert shown("squeue_running_array_throttled") == {
+        "8": [("PENDING", "JobArrayTaskLimit", 3), ("RUNNING", "None", 1), ("RUNNING", "None", 1)],
+        "9": [("PENDING", "AssocMaxJobsLimit", 1), ("RUNNING", "None", 1), ("RUNNING", "None", 1)],
     }
 
 
