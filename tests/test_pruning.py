@@ -43,14 +43,18 @@ def chunk_means(run_dir: str, number: int) -> dict[int, float]:
     return {index: r["stats"]["mean"] for index, r in chunk_records(trial).items()}
 
 
-def assert_bad_trial_pruned_early(result, seed_counter, n_seeds: int = 400) -> dict:
-    """Trial 1 (x = 0.9) is PRUNED after some chunks, with what it used; the others COMPLETE."""
+def assert_bad_trial_pruned_early(result, seed_counter, n_seeds: int = 400, at_most: float = 0.5) -> dict:
+    """Trial 1 (x = 0.9) is PRUNED after some chunks, with what it used; the others COMPLETE.
+
+    ``at_most``: the share of its seeds it may have used (on Slurm the controller sees chunk
+    files only at its poll pace, so a loaded machine lets more chunks finish first).
+    """
     states = [t.state.name for t in result.study.trials]
     assert states == ["COMPLETE", "PRUNED", "COMPLETE"]
     pruned = result.study.trials[1]
     used = pruned.user_attrs["n_seeds"]
     evaluated = sum(n for (x, _), n in seed_counter.evaluations().items() if x == BAD_X)
-    assert 80 <= used <= evaluated <= n_seeds // 2  # four chunks at least (Wilcoxon's p < 0.1), then cancelled
+    assert 80 <= used <= evaluated <= n_seeds * at_most  # four chunks at least (Wilcoxon's p < 0.1), then cancelled
     means = chunk_means(result.run_dir, 1)  # its files stay (on Slurm, a task may finish as it is cancelled)
     assert pruned.intermediate_values == {i: means[i] for i in pruned.intermediate_values}
     assert used == 20 * len(pruned.intermediate_values)
@@ -185,7 +189,7 @@ def test_on_slurm_a_pruned_trial_s_array_and_reduce_job_leave_the_queue_in_one_s
     result = run_cliff(
         run_root, [0.0, BAD_X, 0.3], wilcoxon(), mode="distributed", slurm_poll_seconds=0.2, array_parallelism_limit=2
     )
-    assert_bad_trial_pruned_early(result, seed_counter)
+    assert_bad_trial_pruned_early(result, seed_counter, at_most=0.8)  # 300 of 400 seen in CI under load
 
     def runs_trial_1(argv: list[str]) -> bool:  # alone in its array (one trial at a time): "--tasks 1:..."
         return any(a.startswith("1:") for a in argv) or argv[-2:] == ["--trials", "1"]
