@@ -1279,22 +1279,25 @@ def case_memory(bench: Bench) -> Outcome:
 # ---------------------------------------------------------------- case 11: seeds as a budget
 
 
-def case_pruning(bench: Bench) -> Outcome:
-    log("case 11: seeds as a budget (pruning), bench_pruning.py")
+def rows_of(title: str, rows: Callable[[Path, bool], list[dict[str, str]]], directory: str, bench: Bench) -> Outcome:
+    """A case that lives in a module of its own (``rows(tmp, quick)``), its rows printed as they come."""
+    log(title)
     out = Outcome()
-    for cells in bench_pruning.case_pruning(bench.roots.repo / "pruning", bench.quick):
+    for cells in rows(bench.roots.repo / directory, bench.quick):
         print(" | ".join(cells.values()), flush=True)
         out.rows.append(cells)
     return out
+
+
+def case_pruning(bench: Bench) -> Outcome:
+    return rows_of(
+        "case 11: seeds as a budget (pruning), bench_pruning.py", bench_pruning.case_pruning, "pruning", bench
+    )
 
 
 def case_storage(bench: Bench) -> Outcome:
-    log("case 13: the study's storage at 10,000 trials, SQLite vs journal file (bench_storage.py)")
-    out = Outcome()
-    for cells in bench_storage.case_storage(bench.roots.repo / "storage", bench.quick):
-        print(" | ".join(cells.values()), flush=True)
-        out.rows.append(cells)
-    return out
+    title = "case 13: the study's storage at 10,000 trials, SQLite vs journal file (bench_storage.py)"
+    return rows_of(title, bench_storage.case_storage, "storage", bench)
 
 
 # ---------------------------------------------------------------- case 12: the earlier package's width on real Slurm
@@ -1459,13 +1462,9 @@ def case_wide_slurm(bench: Bench) -> Outcome:
 
 # The cases by number, in the order they run; case 10 reads what 7 and 9 measured, 3 to 6 what 1 and 2 did.
 def case_scale(bench: Bench) -> Outcome:
-    log("case 14: S1, a site's scale, SIMULATED Slurm and clock, bench_scale.py")
-    out = Outcome()
     bench.roots.repo.mkdir(parents=True, exist_ok=True)
-    for cells in bench_scale.case_scale(bench.roots.repo, bench.quick):
-        print(" | ".join(cells.values()), flush=True)
-        out.rows.append(cells)
-    return out
+    title = "case 14: S1, a site's scale, SIMULATED Slurm and clock, bench_scale.py"
+    return rows_of(title, bench_scale.case_scale, "", bench)
 
 
 CASES: dict[int, Callable[[Bench], Outcome]] = {
