@@ -61,6 +61,7 @@ import os
 import pickle
 import re
 import subprocess
+import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -69,6 +70,9 @@ from pathlib import Path
 from typing import Any
 
 import slurptuna
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "fake_slurm"))
+from _fakeslurm import parse_time as _fake_slurm_minutes  # one parser of --time for both fakes
 
 SUBMIT_FAILED = "sbatch: error: Batch job submission failed: "
 POLICY = "Job violates accounting/QOS policy (job submit limit, user's size and/or time limits)"
@@ -112,23 +116,9 @@ def format_ranges(ids: Iterable[int]) -> str:
 
 
 def parse_time(text: str) -> int | None:
-    """``--time`` (M, M:S, H:M:S, D-H, D-H:M, D-H:M:S, UNLIMITED) -> seconds, rounded up to minutes; None: none."""
-    text = text.strip()
-    if text.upper() in ("INFINITE", "UNLIMITED", "-1"):
-        return None
-    found = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", text)
-    if not found:
-        raise ValueError(text)
-    days, a, b, c = found.groups()
-    if days is not None:
-        seconds = ((int(days) * 24 + int(a)) * 60 + int(b or 0)) * 60 + int(c or 0)
-    elif c is not None:
-        seconds = (int(a) * 60 + int(b)) * 60 + int(c)
-    elif b is not None:
-        seconds = int(a) * 60 + int(b)
-    else:
-        seconds = int(a) * 60
-    return -(-seconds // 60) * 60 or None
+    """``--time`` -> seconds, rounded up to minutes as Slurm does (fake_slurm's parser); None: no limit."""
+    minutes = _fake_slurm_minutes(text)
+    return None if minutes is None else minutes * 60
 
 
 def parse_tasks_spec(spec: str) -> list[tuple[int, int]]:
