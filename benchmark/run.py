@@ -1508,7 +1508,9 @@ def profile(tmp: Path) -> None:
 # ---------------------------------------------------------------- main
 
 
-def write_results(quick: bool, started: float, machine: list[str], outcomes: list[Outcome]) -> Path:
+def write_results(quick: bool, started: float, machine: list[str], outcomes: list[Outcome], full: bool) -> Path:
+    """The run's table: RESULTS.md and README's table only from a full run (every number from one run);
+    a subset of cases goes to ``benchmark/results/partial-RESULTS.md``, which git ignores."""
     lines = [
         "# slurptuna benchmark results",
         "",
@@ -1527,8 +1529,11 @@ def write_results(quick: bool, started: float, machine: list[str], outcomes: lis
         "",
         *(note for o in outcomes for note in o.notes),
     ]
-    path = BENCH / "RESULTS.md"
+    path = BENCH / "RESULTS.md" if full else BENCH / "results" / "partial-RESULTS.md"
+    path.parent.mkdir(exist_ok=True)
     path.write_text("\n".join(lines).rstrip() + "\n")
+    if not full:
+        return path
     table = lines[lines.index(machine[-1]) + 2 :]
     _write_readme_table(table[: table.index("") + 2 if "" in table else len(table)])
     return path
@@ -1561,7 +1566,8 @@ def main() -> int:
     parser.add_argument(
         "--cases",
         default=",".join(map(str, DEFAULT_CASES)),
-        help="comma-separated case numbers (default: 1-13; 14, S1 simulated, takes up to 30 minutes: ask for it)",
+        help="comma-separated case numbers (default: 1-13; 14, S1 simulated, takes up to 30 minutes: ask for it); "
+        "a subset writes benchmark/results/partial-RESULTS.md, not RESULTS.md or README's table",
     )
     parser.add_argument("--keep", action="store_true", help="keep benchmark/results/tmp-PID/ (the runs) at the end")
     args = parser.parse_args()
@@ -1588,7 +1594,8 @@ def main() -> int:
             if number in cases:
                 earlier = {n: o.measured for n, o in outcomes.items()}
                 outcomes[number] = case(Bench(args.quick, roots, earlier))
-        path = write_results(args.quick, started, machine, list(outcomes.values()))
+        full = cases >= set(DEFAULT_CASES)
+        path = write_results(args.quick, started, machine, list(outcomes.values()), full)
     finally:
         if not args.keep:
             shutil.rmtree(repo_root, ignore_errors=True)
