@@ -4981,7 +4981,7 @@ def _validation_candidates(run: RunPaths, settings: _RunSettings, top: int | str
             "mean; validate a run of one objective"
         )
     if top == "best-set":
-        return _best_set_candidates(run)
+        return _distinct(_best_set_candidates(run), None)
     if isinstance(top, bool) or not isinstance(top, numbers.Integral) or top < 1:
         raise ConfigError(f"top must be an integer >= 1 or 'best-set', got {top!r}")
     trials = _read_study_trials(run, settings.run_name or run.dir.name)
@@ -4989,12 +4989,22 @@ def _validation_candidates(run: RunPaths, settings: _RunSettings, top: int | str
     if not complete:
         raise ConfigError(f"{run.dir} has no complete trial to validate yet ({len(trials)} trial(s) in its study)")
     sign = 1 if directions[0] == "minimize" else -1
-    candidates: list[ValidationCandidate] = []
-    for t in sorted(complete, key=lambda t: (sign * t.value, t.number)):
-        if len(candidates) < top and all(c.params != t.params for c in candidates):  # a repeated point once
-            error = _best_standard_error(run.trial(t.number), t, settings.objectives)
-            candidates.append(ValidationCandidate(t.number, dict(t.params), t.value, error))
-    return candidates
+    ranked = sorted(complete, key=lambda t: (sign * t.value, t.number))
+    error = partial(_best_standard_error, objectives=settings.objectives)  # read only for the trials kept
+    kept = (ValidationCandidate(t.number, dict(t.params), t.value, error(run.trial(t.number), t)) for t in ranked)
+    return _distinct(kept, top)
+
+
+def _distinct(candidates: Iterable[ValidationCandidate], limit: int | None) -> list[ValidationCandidate]:
+    """The first ``limit`` candidates with params of their own: Optuna's enqueue skips a repeated
+    point, and the study would sample a new one in its place."""
+    kept: list[ValidationCandidate] = []
+    for candidate in candidates:
+        if limit is not None and len(kept) == limit:
+            break
+        if all(k.params != candidate.params for k in kept):
+            kept.append(candidate)
+    return kept
 
 
 def _best_set_candidates(run: RunPaths) -> list[ValidationCandidate]:
@@ -5034,8 +5044,8 @@ def _fresh_seeds(
     last = used.start + used.count - 1 if used.explicit is None else max(used.explicit)
     if seeds is not None and seed_start is not None:
         raise ConfigError(f"give seeds or seed_start, not both (seed_start={seed_start!r})")
-    if seed_start is not None:
-        _KINDS["integer"]("seed_start", seed_start)
+    if seed_start is not None and (isinstance(seed_start, bool) or not isinstance(seed_start, numbers.Integral)):
+        raise ConfigError(f"seed_start must be an integer, got {seed_start!r}")
     count = used.count if n_seeds is None and seeds is None else n_seeds
     plan = SeedPlan.resolve(definition, seeds, count, used.chunk_size if chunk_size is None else chunk_size, None)
     if seeds is None:

@@ -89,7 +89,6 @@ def test_seeds_that_overlap_the_runs_are_refused_naming_the_overlap(run_root):
     assert not list(Path(run.run_dir).glob("validation_v*"))  # refused before any work
 
 
-@pytest.mark.compat
 def test_bad_arguments_are_one_error_line_naming_the_value_and_what_is_valid(run_root, tmp_path):
     run = quadratic_run(run_root, n_trials=2)
     cases = [
@@ -121,7 +120,7 @@ def test_a_run_of_several_objectives_is_refused(run_root):
 def test_the_best_set_of_the_runs_summary_is_validated_when_asked(run_root):
     run = quadratic_run(run_root)
     summary_path = RunPaths(Path(run.run_dir)).summary
-    chosen = [run.study.trials[4], run.study.trials[1]]
+    chosen = [run.study.trials[4], run.study.trials[1], run.study.trials[4]]  # a point twice is validated once
     best_set = [{"trial": t.number, "params": t.params, "mean": t.value, "standard_error": 0.01} for t in chosen]
     summary_path.write_text(json.dumps({**read_json(summary_path), "best_set": best_set}))
     result = validate(run.run_dir, top="best-set", n_seeds=10, progress=False)
