@@ -4964,7 +4964,7 @@ def validate(
         try:
             done = _run_study(child, sampler=None, storage=None, pruner=None, stop=stop)
         except SystemExit:
-            print(f"slurptuna validate: call validate({str(run.dir)!r}, ...) again to resume it", file=sys.stderr)
+            print(f"slurptuna validate: the same validate call or command on {run.dir} resumes it", file=sys.stderr)
             raise
     result = _validation_result(run, settings, candidates, plan, done)
     for where in (run, RunPaths(Path(done.run_dir))):
