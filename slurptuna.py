@@ -74,11 +74,14 @@ __all__ = [
     "SearchParam",
     "SlurmError",
     "SlurptunaError",
+    "ValidationCandidate",
+    "ValidationResult",
     "execution_mode",
     "loss",
     "optimize_entries",
     "optimize_run",
     "search_param",
+    "validate",
 ]
 
 logger = logging.getLogger("slurptuna")
@@ -1144,6 +1147,11 @@ class RunPaths:
     @property
     def lock(self) -> Path:
         return self.dir / ".controller.lock"
+
+    @property
+    def validation(self) -> Path:
+        """The latest ``validate`` result (each ``validation_v%04d/`` child run keeps its own)."""
+        return self.dir / "validation.json"
 
     @property
     def batch_script(self) -> Path:
@@ -4855,6 +4863,332 @@ def _run_study(
 
 
 # ============================================================================
+# Validate: the run's best trials again, on fresh seeds
+# ============================================================================
+#
+# The best of many noisy means is biased towards a lucky draw of seeds. `validate` evaluates
+# the top trials again on seeds the run never used, as a child run ``RUN_DIR/validation_v0001/``
+# made by ``_run_study`` from the run's own meta.json, with the candidates enqueued: resume,
+# Slurm's faults, Ctrl-C and the files are a run's. Chunk k holds the same seeds for every
+# candidate, so their chunk means are paired; the probability that each is the best is a
+# bootstrap over chunk indices.
+
+_VALIDATION_PREFIX = "validation"
+_BOOTSTRAP_SAMPLES = 2000  # P(best) to within about +-0.01
+_BOOTSTRAP_SEED = 0  # the same files give the same probabilities
+
+
+@dataclass(frozen=True)
+class ValidationCandidate:
+    """One trial of the run evaluated again: its mean in the run and on the fresh seeds."""
+
+    trial: int  # its number in the run
+    params: dict[str, ParamValue]
+    run_mean: float
+    run_standard_error: float | None
+    mean: float | None = None  # on the fresh seeds; None if the validation of it failed
+    standard_error: float | None = None
+    n_seeds: int = 0
+    p_best: float = 0.0  # the share of bootstrap samples of the chunks in which its mean is the best
+
+
+@dataclass(frozen=True)
+class ValidationResult:
+    """What ``validate`` returns and ``RUN_DIR/validation.json`` holds; ``pick`` is the chosen trial's number."""
+
+    run_dir: str
+    validation_dir: str
+    direction: str
+    seeds: dict[str, Any]  # the fresh seeds, as meta.json records a run's
+    candidates: list[ValidationCandidate]
+    pick: int | None
+    method: str  # how p_best was estimated
+
+    @property
+    def best(self) -> ValidationCandidate | None:
+        return next((c for c in self.candidates if c.trial == self.pick), None)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, record: Mapping[str, Any]) -> ValidationResult:
+        return cls(**{**record, "candidates": [ValidationCandidate(**c) for c in record["candidates"]]})
+
+
+def validate(
+    run_dir: str | os.PathLike[str],
+    top: int | str = 5,
+    n_seeds: int | None = None,
+    *,
+    seed_start: int | None = None,
+    seeds: Iterable[int] | None = None,
+    chunk_size: int | None = None,
+    progress: bool = True,
+) -> ValidationResult:
+    """Evaluate the run's ``top`` trials by mean (or ``top="best-set"``: its best set) again on fresh seeds.
+
+    The seeds are ``n_seeds`` (default: the run's count) from ``seed_start`` (default: right after
+    the run's largest seed), or an explicit ``seeds`` list; seeds the run used are refused. The
+    candidates run in the run's mode with everything it recorded (loss module, argv, code,
+    chunk_size, Slurm options), all at once, in ``RUN_DIR/validation_v%04d/``. The same call again
+    resumes an interrupted validation (finished chunks are kept); other candidates or seeds start
+    the next ``validation_v%04d``. ``RUN_DIR/validation.json`` holds the latest result.
+
+    P(best): the candidates share every chunk's seeds, so their chunk means are paired. The
+    chunks are resampled with replacement (``_BOOTSTRAP_SAMPLES`` times, ``random.Random(0)``);
+    a candidate's share of the samples in which its seed-weighted mean is the best (ties split)
+    is its probability. The pick is the best validation mean.
+    """
+    _refuse_inside_worker("validate")
+    run = RunPaths(Path(run_dir).resolve())
+    if not run.meta.is_file():
+        raise ConfigError(f"run_dir {os.fspath(run_dir)!r} is not a slurptuna run (no meta.json there)")
+    settings = _read_run_settings(run)
+    candidates = _validation_candidates(run, settings, top)
+    definition = _load_run_loss(settings)
+    plan = _fresh_seeds(definition, settings.seeds, n_seeds, seed_start, seeds, chunk_size)
+    child = replace(
+        settings,
+        seeds=plan,
+        enqueue=[c.params for c in candidates],
+        n_trials=len(candidates),
+        max_concurrent_trials=len(candidates),  # independent trials: all at once, sharing each chunk's seeds
+        run_root=str(run.dir),
+        run_id="",
+        progress=progress,
+        **{name: None for name in ("target_standard_error",) if name in _RunSettings.__dataclass_fields__},
+    )  # every candidate gets every seed: no early stop (issue 16's option, where the run has it)
+    child = replace(child, run_name=_validation_name(run, child))
+    with _StopSignal() as stop:
+        try:
+            done = _run_study(child, sampler=None, storage=None, pruner=None, stop=stop)
+        except SystemExit:
+            print(f"slurptuna validate: the same validate call or command on {run.dir} resumes it", file=sys.stderr)
+            raise
+    result = _validation_result(run, settings, candidates, plan, done)
+    for where in (run, RunPaths(Path(done.run_dir))):
+        _write_json_atomic(where.validation, result.to_json())
+    return result
+
+
+def _validation_candidates(run: RunPaths, settings: _RunSettings, top: int | str) -> list[ValidationCandidate]:
+    """The ``top`` complete trials by mean, best first, each params once; or the best set of summary.json."""
+    directions = _directions(settings)
+    if len(directions) > 1:
+        raise ConfigError(
+            f"{run.dir} optimizes {len(directions)} objectives {settings.objectives}: validate ranks trials by one "
+            "mean; validate a run of one objective"
+        )
+    if top == "best-set":
+        return _distinct(_best_set_candidates(run), None)
+    if isinstance(top, bool) or not isinstance(top, numbers.Integral) or top < 1:
+        raise ConfigError(f"top must be an integer >= 1 or 'best-set', got {top!r}")
+    trials = _read_study_trials(run, settings.run_name or run.dir.name)
+    complete = [t for t in trials if t.state.name == "COMPLETE" and t.value is not None]
+    if not complete:
+        raise ConfigError(f"{run.dir} has no complete trial to validate yet ({len(trials)} trial(s) in its study)")
+    sign = 1 if directions[0] == "minimize" else -1
+    ranked = sorted(complete, key=lambda t: (sign * t.value, t.number))
+    error = partial(_best_standard_error, objectives=settings.objectives)  # read only for the trials kept
+    kept = (ValidationCandidate(t.number, dict(t.params), t.value, error(run.trial(t.number), t)) for t in ranked)
+    return _distinct(kept, top)
+
+
+def _distinct(candidates: Iterable[ValidationCandidate], limit: int | None) -> list[ValidationCandidate]:
+    """The first ``limit`` candidates with params of their own: Optuna's enqueue skips a repeated
+    point, and the study would sample a new one in its place."""
+    kept: list[ValidationCandidate] = []
+    for candidate in candidates:
+        if limit is not None and len(kept) == limit:
+            break
+        if all(k.params != candidate.params for k in kept):
+            kept.append(candidate)
+    return kept
+
+
+def _best_set_candidates(run: RunPaths) -> list[ValidationCandidate]:
+    record = _read_json(run.summary)
+    best_set = record.get("best_set") if isinstance(record, dict) else None
+    if not best_set:
+        raise ConfigError(
+            f"{run.summary} has no best_set (runs with target_standard_error keep one): validate top=K instead"
+        )
+    return [
+        ValidationCandidate(r.get("trial", r.get("number")), r["params"], r["mean"], r.get("standard_error"))
+        for r in best_set
+    ]
+
+
+def _load_run_loss(settings: _RunSettings) -> LossDefinition:
+    """The run's loss in this process, with the code the run recorded (the controller needs its parameter space)."""
+    definition = _LOSSES.get(settings.loss_name)
+    if definition is not None and _code_id(definition) == settings.code_id:
+        return definition
+    if settings.loss_ref.get("interactive"):
+        raise ConfigError(
+            f"loss {settings.loss_name!r} was defined interactively: define it (the same code) in this session first"
+        )
+    return _import_loss(settings, settings.code_id)
+
+
+def _fresh_seeds(
+    definition: LossDefinition,
+    used: SeedPlan,
+    n_seeds: int | None,
+    seed_start: int | None,
+    seeds: Iterable[int] | None,
+    chunk_size: int | None,
+) -> SeedPlan:
+    """The validation's seeds, checked as a run's; refused, naming the overlap, where the run used them."""
+    last = used.start + used.count - 1 if used.explicit is None else max(used.explicit)
+    if seeds is not None and seed_start is not None:
+        raise ConfigError(f"give seeds or seed_start, not both (seed_start={seed_start!r})")
+    if seed_start is not None and (isinstance(seed_start, bool) or not isinstance(seed_start, numbers.Integral)):
+        raise ConfigError(f"seed_start must be an integer, got {seed_start!r}")
+    count = used.count if n_seeds is None and seeds is None else n_seeds
+    plan = SeedPlan.resolve(definition, seeds, count, used.chunk_size if chunk_size is None else chunk_size, None)
+    if seeds is None:
+        plan = replace(plan, start=last + 1 if seed_start is None else seed_start)
+    overlap = _seed_overlap(plan, used)
+    if overlap:
+        raise ConfigError(
+            f"{plan.describe()} overlap the run's {used.describe()} at seeds {overlap}: validation needs seeds "
+            f"the run never used; give seed_start >= {last + 1} (the default) or seeds outside the run's"
+        )
+    return plan
+
+
+def _seed_overlap(a: SeedPlan, b: SeedPlan) -> str:
+    """The seeds both plans hold, as ranges ``"5-9,12"``; "" if none."""
+    x, y = (range(p.start, p.start + p.count) if p.explicit is None else frozenset(p.explicit) for p in (a, b))
+    if isinstance(x, range) and isinstance(y, range):
+        low, high = max(x.start, y.start), min(x.stop, y.stop)
+        return "" if low >= high else str(low) if high - low == 1 else f"{low}-{high - 1}"
+    small, large = sorted((x, y), key=len)
+    return _format_ranges(s for s in small if s in large)
+
+
+def _validation_name(run: RunPaths, child: _RunSettings) -> str:
+    """The validation of these candidates on these seeds if one was started (it resumes), else the next one."""
+    for meta in sorted(run.dir.glob(f"{_VALIDATION_PREFIX}_v*/meta.json")):
+        recorded = _read_json(meta) or {}
+        if recorded.get("enqueue") == child.enqueue and recorded.get("seeds") == child.seeds.to_json():
+            return meta.parent.name
+    return _create_versioned_dir(run.dir, _VALIDATION_PREFIX).name
+
+
+def _validation_result(
+    run: RunPaths, settings: _RunSettings, candidates: list[ValidationCandidate], plan: SeedPlan, done: OptimizeResult
+) -> ValidationResult:
+    """Each candidate's validation mean, standard error and P(best), read from the child run's files."""
+    child = RunPaths(Path(done.run_dir))
+    objective = next(iter(settings.objectives)) if settings.objectives else None
+    by_params = {json.dumps(t.params, sort_keys=True): t for t in done.study.get_trials(deepcopy=False)}
+    measured, chunk_means = [], []
+    for candidate in candidates:
+        frozen = by_params.get(json.dumps(candidate.params, sort_keys=True))
+        if frozen is None or frozen.state.name != "COMPLETE":
+            measured.append(candidate)
+            chunk_means.append(None)
+            continue
+        trial = child.trial(frozen.number)
+        chunks = _read_valid_chunks(trial, TrialParams.load(trial))
+        stats = {i: c.stats.components[objective] if objective else c.stats.loss for i, c in chunks.items()}
+        chunk_means.append({i: (m.count, m.mean) for i, m in stats.items()})
+        error = _best_standard_error(trial, frozen, settings.objectives)
+        n_seeds = frozen.user_attrs["n_seeds"]
+        measured.append(replace(candidate, mean=frozen.value, standard_error=error, n_seeds=n_seeds))
+    direction = _directions(settings)[0]
+    p_best, shared = _p_best(chunk_means, direction)
+    sign = 1 if direction == "minimize" else -1
+    ranked = sorted((c for c in measured if c.mean is not None), key=lambda c: (sign * c.mean, c.trial))
+    return ValidationResult(
+        run_dir=str(run.dir),
+        validation_dir=str(child.dir),
+        direction=direction,
+        seeds=plan.to_json(),
+        candidates=[replace(c, p_best=p) for c, p in zip(measured, p_best, strict=True)],
+        pick=ranked[0].trial if ranked else None,
+        method=f"paired bootstrap over {shared} shared chunks, {_BOOTSTRAP_SAMPLES} resamples, random.Random(0)",
+    )
+
+
+def _p_best(chunk_means: Sequence[Mapping[int, tuple[int, float]] | None], direction: str) -> tuple[list[float], int]:
+    """Each candidate's probability of having the best mean, and the number of chunks they share.
+
+    ``chunk_means``: per candidate, chunk index -> (seeds, mean), or None (its validation failed:
+    probability 0). A bootstrap sample draws the shared chunk indices with replacement, the same
+    draw for every candidate (paired); each candidate's mean over it is weighted by seeds, and
+    the best wins the sample (ties split it). Compared by sums, as the seeds are the same.
+    """
+    import random
+
+    measured = [m for m in chunk_means if m is not None]
+    shared = sorted(set.intersection(*(set(m) for m in measured))) if measured else []
+    if not shared:
+        return [0.0] * len(chunk_means), 0
+    sign = 1.0 if direction == "minimize" else -1.0
+    sums = [[sign * m[i][0] * m[i][1] for i in shared] if m is not None else None for m in chunk_means]
+    rng = random.Random(_BOOTSTRAP_SEED)
+    wins = [0.0] * len(chunk_means)
+    for _ in range(_BOOTSTRAP_SAMPLES):
+        draw = rng.choices(range(len(shared)), k=len(shared))
+        totals = {j: sum(map(s.__getitem__, draw)) for j, s in enumerate(sums) if s is not None}
+        best = min(totals.values())
+        winners = [j for j, total in totals.items() if total == best]
+        for j in winners:
+            wins[j] += 1 / len(winners)
+    return [w / _BOOTSTRAP_SAMPLES for w in wins], len(shared)
+
+
+_VALIDATION_COLUMNS = ("", "trial", "run mean ± SE", "validation mean ± SE", "P(best)", "params")
+
+
+def _validation_cells(v: ValidationResult, c: ValidationCandidate) -> list[str]:
+    mean = "failed" if c.mean is None else f"{c.mean:.6g}{_plus_minus(c.standard_error)}"
+    run_mean = f"{c.run_mean:.6g}{_plus_minus(c.run_standard_error)}"
+    return ["*" if c.trial == v.pick else "", str(c.trial), run_mean, mean, f"{c.p_best:.3f}", _format_params(c.params)]
+
+
+def format_validation(v: ValidationResult) -> list[str]:
+    """The validation as a table: run and validation mean +- SE and P(best) per candidate, the pick marked."""
+    caption = f"validation on {SeedPlan.from_json(v.seeds).describe()} ({Path(v.validation_dir).name}), * = the pick:"
+    widths = (1, 6, 22, 22, 7)
+    rows = [_VALIDATION_COLUMNS, *(_validation_cells(v, c) for c in v.candidates)]
+    return [caption] + [
+        "  " + "  ".join([*(f"{cell:<{w}}" for cell, w in zip(row, widths, strict=False)), row[-1]]) for row in rows
+    ]
+
+
+def _validate_main(argv: Sequence[str]) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m slurptuna validate", usage=_USAGE)
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--top", type=int, default=5, help="the number of best trials to validate (5)")
+    parser.add_argument("--best-set", action="store_true", help="the run's best set instead of --top")
+    parser.add_argument("--seeds", type=int, dest="n_seeds", help="fresh seeds per candidate (the run's count)")
+    parser.add_argument("--seed-start", type=int, help="the first fresh seed (the run's largest + 1)")
+    parser.add_argument("--chunk-size", type=int, help="seeds per chunk (the run's)")
+    parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    args = parser.parse_args(argv)
+    try:
+        result = validate(
+            args.run_dir,
+            "best-set" if args.best_set else args.top,
+            args.n_seeds,
+            seed_start=args.seed_start,
+            chunk_size=args.chunk_size,
+        )
+    except SlurptunaError as exc:
+        print(f"slurptuna validate: {_first_line(str(exc))}", file=sys.stderr)
+        return 2
+    print(json.dumps(result.to_json(), indent=1) if args.json else "\n".join(format_validation(result)))
+    return 0
+
+
+# ============================================================================
 # Status: what a run's files and the queue say, for a person or a script
 # ============================================================================
 #
@@ -4944,6 +5278,7 @@ class RunStatus:
     checked_at: str
     objectives: dict[str, str] | None = None  # the run's objectives; None: the loss's mean
     best_trials: list[ParetoTrial] = field(default_factory=list)  # several objectives: the Pareto set, not one best
+    validation: ValidationResult | None = None  # the latest `validate` of the run (validation.json)
 
     @property
     def trials_left(self) -> int:
@@ -5088,7 +5423,15 @@ def read_run_status(
         checked_at=datetime.fromtimestamp(now, timezone.utc).isoformat(timespec="seconds"),
         objectives=settings.objectives,
         best_trials=[_pareto_trial(run.trial(t.number), t, settings.objectives) for t in pareto],
+        validation=_read_validation(run),
     )
+
+
+def _read_validation(run: RunPaths) -> ValidationResult | None:
+    record = _read_json(run.validation)
+    with contextlib.suppress(TypeError, KeyError, AttributeError):  # absent, or of another version: not shown
+        return ValidationResult.from_json(record)
+    return None
 
 
 def _read_run_settings(run: RunPaths) -> _RunSettings:
@@ -5320,6 +5663,7 @@ def format_run_status(s: RunStatus) -> str:
         f"trials: {s.n_complete} complete, {s.n_running} running, {s.n_failed} failed, {s.n_pruned} pruned"
         f" of {s.n_trials}",
         *_format_best_lines(s),
+        *(format_validation(s.validation) if s.validation else []),
         f"controller: {_format_controller(s)}",
         f"compute: {_format_core_hours(s.core_hours)} of chunk compute so far, {s.seeds_done:,} seeds",
     ]
@@ -5637,6 +5981,7 @@ def render_report(report: RunReport) -> str:
         status=html.escape(format_run_status(s)),
         sections="\n".join(parts),
         table=_trials_table(report.trials),
+        validation=_validation_table(s.validation) if s.validation else "",
         generated=html.escape(f"slurptuna {__version__}, {s.checked_at}"),
     )
 
@@ -5760,6 +6105,24 @@ def _trials_table(trials: Sequence[TrialRow]) -> str:
     return f'<table class="trials"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
 
 
+def _validation_table(v: ValidationResult) -> str:
+    """The latest validation as a small table, the rows ``format_validation`` prints."""
+    import html
+
+    caption, *_ = format_validation(v)
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in _VALIDATION_COLUMNS)
+    rows = "".join(
+        f'<tr class="{"pick" if c.trial == v.pick else "candidate"}">'
+        + "".join(f"<td>{html.escape(cell)}</td>" for cell in _validation_cells(v, c))
+        + "</tr>"
+        for c in v.candidates
+    )
+    return (
+        f'<section><h2>Validation on fresh seeds</h2><p class="note">{html.escape(caption)}</p>'
+        f'<table class="validation"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table></section>'
+    )
+
+
 _REPORT_PAGE = """<!DOCTYPE html>
 <html lang="en">
 <head>
@@ -5773,6 +6136,8 @@ figure.plot {{ margin: 0; }}
 table.trials {{ border-collapse: collapse; width: 100%; font-size: 0.9em; }}
 table.trials th, table.trials td {{ border-bottom: 1px solid #ddd; padding: 0.25em 0.5em; text-align: left; }}
 table.trials td:nth-child(3) {{ white-space: nowrap; }}
+table.validation td {{ padding: 0.2em 0.6em; white-space: nowrap; }}
+tr.pick td {{ font-weight: bold; }}
 tr.fail td {{ color: #a00; }}
 tr.pruned td {{ color: #777; }}
 footer {{ color: #888; font-size: 0.8em; margin-top: 2em; }}
@@ -5782,6 +6147,7 @@ footer {{ color: #888; font-size: 0.8em; margin-top: 2em; }}
 <h1>{title}</h1>
 <pre class="status">{status}</pre>
 {sections}
+{validation}
 <section><h2>Trials</h2>
 {table}
 </section>
@@ -5824,6 +6190,7 @@ def _report_main(argv: Sequence[str]) -> int:
 _USAGE = """\
 usage: python -m slurptuna status RUN_DIR [--watch [SECONDS]] [--json]
        python -m slurptuna report RUN_DIR [-o REPORT.html]
+       python -m slurptuna validate RUN_DIR [--top K | --best-set] [--seeds N] [--seed-start S] [--json]
        python -m slurptuna worker chunk RUN_DIR TRIAL [--chunk I | --chunk-offset K]
        python -m slurptuna worker reduce RUN_DIR TRIAL [--allow-missing]
        python -m slurptuna worker pool RUN_DIR --results-fd FD
@@ -5835,6 +6202,9 @@ trials, the best value, running trials and their Slurm jobs, failures, core-hour
 spent and left; --watch redraws every SECONDS (5), --json prints one JSON object.
 report writes one self-contained HTML page of plots (RUN_DIR/report.html) that
 opens offline; it needs plotly: pip install 'slurptuna[report]'.
+validate evaluates the run's top K trials (5) again on N fresh seeds (the run's
+count, after its largest seed), in the run's mode, and prints each one's mean
++- standard error and probability of being the best (RUN_DIR/validation.json).
 options prints optimize_run's options as a markdown table (README.md has it).
 
 Workers are started by optimize_run (locally or by Slurm); a chunk task without
@@ -5980,7 +6350,7 @@ def selftest() -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m slurptuna``: ``status``, ``report``, the worker entry points, ``--selftest`` and ``--help``."""
+    """``python -m slurptuna``: ``status``, ``report``, ``validate``, the workers, ``--selftest`` and ``--help``."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["worker"]:
         try:
@@ -5997,6 +6367,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _status_main(argv[1:])
     if argv[:1] == ["report"]:
         return _report_main(argv[1:])
+    if argv[:1] == ["validate"]:
+        return _validate_main(argv[1:])
     if argv[:1] == ["options"]:
         print(_options_table())
         return 0
