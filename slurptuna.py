@@ -46,7 +46,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, make_dataclass, replace
 from datetime import datetime, timedelta, timezone
 from enum import Enum
@@ -412,6 +412,17 @@ def optimize_run(
     prune_report: Annotated[
         str, _Option("what the pruner is told: `'chunk'` means, `'running_mean'`, or `'auto'` (by pruner)", "report")
     ] = "auto",
+    target_standard_error: Annotated[
+        float | None,
+        _Option(
+            "a trial stops adding chunks once its standard error is at or below it, and races the best"
+            " (see Seeds where they decide the ranking); None: every trial runs all `n_seeds`",
+            "positive?",
+        ),
+    ] = None,
+    racing_level: Annotated[
+        float, _Option("the level of the one-sided paired t-test of a race and of the best set", "level")
+    ] = 0.05,
     enqueue: Annotated[
         Sequence[Mapping[str, ParamValue]] | None,
         _Option("param dicts evaluated first, in order; a resume skips those the study already has", "points"),
@@ -588,7 +599,13 @@ def _optional(check: Callable[[str, Any], Any]) -> Callable[[str, Any], Any]:
 
 def _positive_number(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < math.inf:
-        raise ConfigError(f"{name} must be a number > 0, got {value!r}")
+        raise ConfigError(f"{name} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def _level(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < 1:
+        raise ConfigError(f"{name} must be a probability between 0 and 1 (exclusive), such as 0.05, got {value!r}")
     return float(value)
 
 
@@ -709,6 +726,7 @@ _KINDS: dict[str, Callable[[str, Any], Any]] = {
     "loss": _optional(_text),
     "positive": _positive_number,
     "positive?": _optional(_positive_number),
+    "level": _level,
     "memory": _memory,
     "duration": _duration,
     "flag": lambda name, value: bool(value),
@@ -842,6 +860,11 @@ def _check_objectives(values: Mapping[str, Any]) -> None:
         raise ConfigError(
             f"direction={values['direction']!r} and objectives={objectives!r}: with objectives, each component's "
             "direction is given there; leave direction at its default"
+        )
+    if values["target_standard_error"] is not None:
+        raise ConfigError(
+            f"target_standard_error={values['target_standard_error']!r} cannot be used with objectives={objectives!r}"
+            " (for now): its standard error and its races are those of the loss's mean, not of a component"
         )
     pruner = values["pruner"]
     if pruner is not None and type(pruner).__name__ != "NopPruner":
@@ -1314,6 +1337,8 @@ class TrialSummary:
     code_id: str = ""
     standard_error: float | None = None  # std / sqrt(n_seeds): how far the mean may be from the loss's
     component_standard_errors: dict[str, float] = field(default_factory=dict)  # the same, per component
+    # chunks of the plan it did not need (target_standard_error reached): not missing, never run
+    chunks_skipped: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "mean_total_loss": self.mean}  # the earlier package's name for the mean, too
@@ -2240,12 +2265,18 @@ class _MissingChunks(SlurptunaError):
 
 
 def reduce_trial(
-    run: RunPaths, trial_number: int, allow_missing: bool = False, known: Mapping[int, ChunkResult] | None = None
+    run: RunPaths,
+    trial_number: int,
+    allow_missing: bool = False,
+    known: Mapping[int, ChunkResult] | None = None,
+    ran: Collection[int] | None = None,
 ) -> TrialSummary:
     """Pool every chunk of a trial into ``summary.json``; refuse if one is missing or stale.
 
     ``known`` holds chunk results the caller just computed for this trial (single mode keeps
-    them in memory); every other chunk is read from its file and checked.
+    them in memory); every other chunk is read from its file and checked. ``ran``: the chunks
+    the trial ran when its standard error needed fewer than the plan's (None: all of them);
+    the others are counted as ``chunks_skipped``, not as missing.
     """
     trial = run.trial(trial_number)
     expected = TrialParams.load(trial)
@@ -2253,8 +2284,9 @@ def reduce_trial(
     n_chunks = expected.plan.n_chunks
     if len(known) < n_chunks:
         known = {**_read_valid_chunks(trial, expected), **known}
-    chunks = [known.get(i) for i in range(n_chunks)]
-    missing = [i for i, c in enumerate(chunks) if c is None]
+    needed = range(n_chunks) if ran is None else sorted(ran)
+    chunks = [known.get(i) for i in needed]
+    missing = [i for i, c in zip(needed, chunks, strict=True) if c is None]
     present = [c for c in chunks if c is not None]
     if (missing and not allow_missing) or not present:
         raise _MissingChunks(f"trial {trial_number}: chunks {_format_ranges(missing)} have no valid result")
@@ -2275,6 +2307,7 @@ def reduce_trial(
         code_id=expected.code_id,
         standard_error=stats.loss.standard_error,
         component_standard_errors={n: m.standard_error for n, m in stats.components.items()},
+        chunks_skipped=n_chunks - len(needed),
     )
     _write_json_atomic(trial.summary, summary.to_json())
     return summary
@@ -3922,7 +3955,9 @@ class _Next(Enum):
     STOP_RUN = "stop the run: the loss cannot be imported, every trial would fail alike"
     FAIL_LOSS = "fail: the loss failed in a chunk (fail_on_chunk_error)"
     COMPLETE = "complete: every chunk has its result; reduce them"
+    AT_TARGET = "complete: the standard error reached target_standard_error; cancel the chunks still queued"
     PRUNE = "prune: the pruner says the trial cannot win; cancel its chunk tasks"
+    START_MORE = "start the next chunks: the standard error is not at target_standard_error yet"
     CANCEL_OVERDUE = "cancel the attempt: over slurm_timeout_minutes"
     COMPLETE_PARTIAL = "reduce the chunks that worked (fail_on_chunk_error=False)"
     FAIL_ALL_CHUNKS = "fail: the loss failed in every chunk that has no result"
@@ -3943,10 +3978,14 @@ class _TrialView:
     prune: bool = False  # the pruner's answer to the chunks reported so far
     retries_left: bool = False
     fail_on_chunk_error: bool = True
+    started: frozenset[int] | None = None  # with target_standard_error: the chunks started so far; None: all
+    to_start: tuple[int, ...] = ()  # with target_standard_error: the next chunks it needs (_next_wave)
+    target_reached: bool = False
 
     @property
     def missing_chunks(self) -> frozenset[int]:
-        return frozenset(range(self.n_chunks)) - self.done_chunks
+        planned = frozenset(range(self.n_chunks)) if self.started is None else self.started
+        return planned - self.done_chunks
 
 
 def _decide(view: _TrialView) -> _Next:
@@ -3957,13 +3996,56 @@ def _decide(view: _TrialView) -> _Next:
         return _Next.FAIL_LOSS
     if len(view.done_chunks) == view.n_chunks:
         return _Next.COMPLETE  # no need to wait for anything else: the results are all there
+    if view.target_reached:
+        return _Next.AT_TARGET
+    if view.running and view.prune:
+        return _Next.PRUNE
+    if view.to_start:
+        return _Next.START_MORE
     if view.running:
-        if view.prune:
-            return _Next.PRUNE
         return _Next.CANCEL_OVERDUE if view.overdue else _Next.WAIT
     if view.failed_chunks and view.missing_chunks <= view.failed_chunks:
         return _Next.COMPLETE_PARTIAL if view.done_chunks else _Next.FAIL_ALL_CHUNKS
     return _Next.RETRY if view.retries_left else _Next.FAIL_NO_RESULT
+
+
+# ---- target_standard_error: a trial's chunks start in waves, as many as its standard error needs
+#
+# A trial starts its first _min_chunks chunks, then as many more as the estimate (std /
+# target)^2 seeds says it needs, in chunk index order (so chunk k holds the same seeds in
+# every trial and two trials stay paired), and stops once std / sqrt(seeds) <= target.
+# target_standard_error is not part of a run's identity: every trial records its own seeds
+# and standard error, and races compare trials on the chunks they share, so a resume may
+# tighten or loosen it (the trials told before keep the seeds they used).
+
+_MIN_TARGET_CHUNKS = 4  # a paired t-test on 4 chunks has 3 degrees of freedom (one-sided 5%: t > 2.35)
+_MIN_TARGET_SEEDS = 32  # std from 32 seeds is within about 25% (2 SE of it): a stop not made on a lucky std
+
+
+def _min_chunks(plan: SeedPlan) -> int:
+    """The chunks a trial runs before its standard error may stop it."""
+    return min(plan.n_chunks, max(_MIN_TARGET_CHUNKS, math.ceil(_MIN_TARGET_SEEDS / plan.chunk_size)))
+
+
+def _next_wave(
+    plan: SeedPlan, done: _Moments | None, n_done: int, counted: int, started: Collection[int], target: float
+) -> tuple[int, ...]:
+    """The chunks to start next: the first ones not started, up to what the estimate says the trial needs.
+
+    ``done``: the pooled losses of its ``n_done`` chunks with a result; ``counted``: the chunks
+    started that have a result or may still get one (failed ones do not count).
+    """
+    wanted = _min_chunks(plan)
+    if done is not None and n_done >= wanted:
+        wanted = max(wanted, math.ceil((done.std / target) ** 2 / plan.chunk_size))
+    more = min(plan.n_chunks, wanted) - counted
+    if more <= 0:
+        return ()
+    return tuple(itertools.islice((c for c in range(plan.n_chunks) if c not in started), more))
+
+
+def _target_reached(plan: SeedPlan, done: _Moments | None, n_done: int, target: float) -> bool:
+    return done is not None and n_done >= _min_chunks(plan) and done.standard_error <= target
 
 
 @dataclass
@@ -3978,6 +4060,7 @@ class _ActiveTrial:
     attempt: int = 0
     deadline: float | None = None
     reports: _TrialReports | None = None  # None without a pruner
+    started: set[int] = field(default_factory=set)  # chunks started (or found done, or adopted)
 
     @property
     def n_chunks(self) -> int:
@@ -4294,11 +4377,16 @@ class _Controller:
         if summary is not None and not summary.missing_chunks:
             self._complete(active, summary)
             return
-        to_run = [c for c in range(active.n_chunks) if c not in active.chunks and c not in queued]
+        active.started = set(active.chunks) | queued
+        if self._settings.target_standard_error is not None:
+            to_run = list(self._wave(active, frozenset())[0])
+        else:
+            to_run = [c for c in range(active.n_chunks) if c not in active.started]
         if to_run:
             self._start_chunks(active, to_run)
 
     def _start_chunks(self, active: _ActiveTrial, chunks: list[int]) -> None:
+        active.started.update(chunks)
         for chunk in chunks:  # the one place stale chunk errors go: before their chunk runs again
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(active.paths.chunk_error(chunk))
@@ -4311,17 +4399,31 @@ class _Controller:
     def _view(self, active: _ActiveTrial, running: bool, prune: bool) -> _TrialView:
         """The decision's input, as frozen data."""
         failures = _chunk_failures(active.paths)
+        failed = frozenset(f.chunk_index for f in failures)
+        target = self._settings.target_standard_error is not None
+        to_start, reached = self._wave(active, failed) if target else ((), False)
         return _TrialView(
             n_chunks=active.n_chunks,
             done_chunks=frozenset(active.chunks),
-            failed_chunks=frozenset(f.chunk_index for f in failures),
+            failed_chunks=failed,
             running=running,
             import_failed=any(f.kind == "import" for f in failures),
             overdue=active.deadline is not None and self._clock() > active.deadline,
             prune=prune,
             retries_left=active.attempt < self._settings.trial_retry_attempts,
             fail_on_chunk_error=self._settings.fail_on_chunk_error,
+            started=frozenset(active.started) if target else None,
+            to_start=to_start,
+            target_reached=reached,
         )
+
+    def _wave(self, active: _ActiveTrial, failed: frozenset[int]) -> tuple[tuple[int, ...], bool]:
+        """The chunks the trial's standard error needs next, and whether it reached the target."""
+        target, plan = self._settings.target_standard_error, active.expected.plan
+        done = ChunkStats.pool([c.stats for c in active.chunks.values()]).loss if active.chunks else None
+        counted = len(active.started - failed)
+        to_start = _next_wave(plan, done, len(active.chunks), counted, active.started, target)
+        return to_start, _target_reached(plan, done, len(active.chunks), target)
 
     def _take_results(self, active: _ActiveTrial) -> bool:
         """The results that arrived since the last look; True if there were any."""
@@ -4349,6 +4451,8 @@ class _Controller:
         if action is _Next.PRUNE:
             self._executor.cancel([active.paths])
             self._prune(active)
+        elif action is _Next.START_MORE:
+            self._start_chunks(active, list(view.to_start))
         elif action is _Next.STOP_RUN:
             failure = next(f for f in _chunk_failures(active.paths) if f.kind == "import")
             raise LossError(failure.message)
@@ -4363,9 +4467,13 @@ class _Controller:
             )
             self._executor.cancel([active.paths])
             active.deadline = None
-        elif action in (_Next.COMPLETE, _Next.COMPLETE_PARTIAL):
-            partial_ok = action is _Next.COMPLETE_PARTIAL
-            self._complete(active, reduce_trial(self._run, active.trial.number, partial_ok, known=active.chunks))
+        elif action in (_Next.COMPLETE, _Next.COMPLETE_PARTIAL, _Next.AT_TARGET):
+            if action is _Next.AT_TARGET:
+                self._executor.cancel([active.paths])  # chunks queued past the target: not needed
+            ran = None if view.started is None else view.done_chunks | view.failed_chunks
+            partial_ok = action is _Next.COMPLETE_PARTIAL or bool(view.failed_chunks)
+            summary = reduce_trial(self._run, active.trial.number, partial_ok, known=active.chunks, ran=ran)
+            self._complete(active, summary)
         else:
             self._retry_or_fail(active, action, sorted(view.missing_chunks))
         return True

@@ -278,3 +278,12 @@ def fit_and_shape(params, seed):
     """Two components that pull apart: "fit" is best at x = 0.2, "shape" (maximized) at x = 0.8."""
     noise = math.sin(seed * 1.7) * 0.05
     return {"fit": (params["x"] - 0.2) ** 2 + noise + 0.1 * params["y"], "shape": 1 - (params["x"] - 0.8) ** 2 + noise}
+
+
+@loss(name="front_loaded_noise", parameter_space={"x": (0.0, 1.0)})
+def front_loaded_noise(params, seed):
+    """Noise +-2 on seeds 0-39 only: the first chunks overstate the std, so a trial's later chunks
+    run past what its standard error needs (and are cancelled); sleeps SLURPTUNA_TEST_SLEEP per seed."""
+    _record(params, seed)
+    time.sleep(float(os.environ.get("SLURPTUNA_TEST_SLEEP", "0")))
+    return (params["x"] - 0.3) ** 2 + ((2.0 if seed % 2 else -2.0) if seed < 40 else 0.0)
