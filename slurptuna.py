@@ -46,7 +46,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, make_dataclass, replace
 from datetime import datetime, timedelta, timezone
 from enum import Enum
@@ -64,6 +64,7 @@ if TYPE_CHECKING:  # types only: workers never import optuna (see below)
 
 __version__ = "0.1.0"
 __all__ = [
+    "BestSetTrial",
     "ConfigError",
     "ExecutionMode",
     "LossDefinition",
@@ -329,6 +330,19 @@ class OptimizeResult:
     study: optuna.Study | None = field(default=None, compare=False, repr=False)
     # Optuna's study.best_trials: with several objectives the Pareto set (best_value and best_params are None)
     best_trials: list[optuna.trial.FrozenTrial] = field(default_factory=list, compare=False, repr=False)
+    # the best, then the trials a one-sided paired test on shared chunks cannot tell from it (one objective)
+    best_set: list[BestSetTrial] = field(default_factory=list, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class BestSetTrial:
+    """A trial of the run's best set: the best, or one a paired test on shared chunks cannot tell from it."""
+
+    number: int
+    params: dict[str, ParamValue]
+    mean: float
+    standard_error: float
+    n_seeds: int
 
 
 @dataclass(frozen=True)
@@ -344,6 +358,7 @@ class MultiOptimizeResult:
     run_dir: str
     mode: ExecutionMode = ExecutionMode.SINGLE
     best_trials_by_entry: dict[str, list[optuna.trial.FrozenTrial]] = field(default_factory=dict, repr=False)
+    best_set_by_entry: dict[str, list[BestSetTrial]] = field(default_factory=dict, repr=False)
 
 
 def optimize_run(
@@ -415,6 +430,17 @@ def optimize_run(
     prune_report: Annotated[
         str, _Option("what the pruner is told: `'chunk'` means, `'running_mean'`, or `'auto'` (by pruner)", "report")
     ] = "auto",
+    target_standard_error: Annotated[
+        float | None,
+        _Option(
+            "a trial stops adding chunks once its standard error is at or below it, and races the best"
+            " (see Seeds where they decide the ranking); None: every trial runs all `n_seeds`",
+            "positive?",
+        ),
+    ] = None,
+    racing_level: Annotated[
+        float, _Option("the level of the one-sided paired t-test of a race and of the best set", "level")
+    ] = 0.05,
     enqueue: Annotated[
         Sequence[Mapping[str, ParamValue]] | None,
         _Option("param dicts evaluated first, in order; a resume skips those the study already has", "points"),
@@ -524,6 +550,7 @@ def optimize_entries(
         run_dir=str(parent),
         mode=execution_mode(options["mode"]),
         best_trials_by_entry={e: r.best_trials for e, r in results.items()},
+        best_set_by_entry={e: r.best_set for e, r in results.items()},
     )
 
 
@@ -591,7 +618,13 @@ def _optional(check: Callable[[str, Any], Any]) -> Callable[[str, Any], Any]:
 
 def _positive_number(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < math.inf:
-        raise ConfigError(f"{name} must be a number > 0, got {value!r}")
+        raise ConfigError(f"{name} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def _level(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < 1:
+        raise ConfigError(f"{name} must be a probability between 0 and 1 (exclusive), such as 0.05, got {value!r}")
     return float(value)
 
 
@@ -712,6 +745,7 @@ _KINDS: dict[str, Callable[[str, Any], Any]] = {
     "loss": _optional(_text),
     "positive": _positive_number,
     "positive?": _optional(_positive_number),
+    "level": _level,
     "memory": _memory,
     "duration": _duration,
     "flag": lambda name, value: bool(value),
@@ -845,6 +879,11 @@ def _check_objectives(values: Mapping[str, Any]) -> None:
         raise ConfigError(
             f"direction={values['direction']!r} and objectives={objectives!r}: with objectives, each component's "
             "direction is given there; leave direction at its default"
+        )
+    if values["target_standard_error"] is not None:
+        raise ConfigError(
+            f"target_standard_error={values['target_standard_error']!r} cannot be used with objectives={objectives!r}"
+            " (for now): its standard error and its races are those of the loss's mean, not of a component"
         )
     pruner = values["pruner"]
     if pruner is not None and type(pruner).__name__ != "NopPruner":
@@ -1322,6 +1361,8 @@ class TrialSummary:
     code_id: str = ""
     standard_error: float | None = None  # std / sqrt(n_seeds): how far the mean may be from the loss's
     component_standard_errors: dict[str, float] = field(default_factory=dict)  # the same, per component
+    # chunks of the plan it did not need (target_standard_error reached): not missing, never run
+    chunks_skipped: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "mean_total_loss": self.mean}  # the earlier package's name for the mean, too
@@ -2153,6 +2194,7 @@ def serve_pool(
             paths = RunPaths(Path(key[0])).trial(key[1])
             trials[key] = (paths, TrialParams.load(paths), _RecordFile(paths.worker_records(os.getpid())))
         paths, expected, records = trials[key]
+        records.follow()
         units = command["units"]
         for i, (chunk, lo, hi) in enumerate(units):
             answer = _evaluate_unit(definition, paths, expected, records, (chunk, lo, hi), processes, settings)
@@ -2215,6 +2257,11 @@ class _RecordFile:
         while view:
             view = view[os.write(self._fd, view) :]
 
+    def follow(self) -> None:
+        """Start a new file if this one was removed: the trial's records were merged, and a race runs it again."""
+        if self._fd is not None and not os.path.exists(self.path):
+            self.close()
+
     def close(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
@@ -2248,12 +2295,18 @@ class _MissingChunks(SlurptunaError):
 
 
 def reduce_trial(
-    run: RunPaths, trial_number: int, allow_missing: bool = False, known: Mapping[int, ChunkResult] | None = None
+    run: RunPaths,
+    trial_number: int,
+    allow_missing: bool = False,
+    known: Mapping[int, ChunkResult] | None = None,
+    ran: Collection[int] | None = None,
 ) -> TrialSummary:
     """Pool every chunk of a trial into ``summary.json``; refuse if one is missing or stale.
 
     ``known`` holds chunk results the caller just computed for this trial (single mode keeps
-    them in memory); every other chunk is read from its file and checked.
+    them in memory); every other chunk is read from its file and checked. ``ran``: the chunks
+    the trial ran when its standard error needed fewer than the plan's (None: all of them);
+    the others are counted as ``chunks_skipped``, not as missing.
     """
     trial = run.trial(trial_number)
     expected = TrialParams.load(trial)
@@ -2261,8 +2314,9 @@ def reduce_trial(
     n_chunks = expected.plan.n_chunks
     if len(known) < n_chunks:
         known = {**_read_valid_chunks(trial, expected), **known}
-    chunks = [known.get(i) for i in range(n_chunks)]
-    missing = [i for i, c in enumerate(chunks) if c is None]
+    needed = range(n_chunks) if ran is None else sorted(ran)
+    chunks = [known.get(i) for i in needed]
+    missing = [i for i, c in zip(needed, chunks, strict=True) if c is None]
     present = [c for c in chunks if c is not None]
     if (missing and not allow_missing) or not present:
         raise _MissingChunks(f"trial {trial_number}: chunks {_format_ranges(missing)} have no valid result")
@@ -2283,6 +2337,7 @@ def reduce_trial(
         code_id=expected.code_id,
         standard_error=stats.loss.standard_error,
         component_standard_errors={n: m.standard_error for n, m in stats.components.items()},
+        chunks_skipped=n_chunks - len(needed),
     )
     _write_json_atomic(trial.summary, summary.to_json())
     return summary
@@ -3930,7 +3985,9 @@ class _Next(Enum):
     STOP_RUN = "stop the run: the loss cannot be imported, every trial would fail alike"
     FAIL_LOSS = "fail: the loss failed in a chunk (fail_on_chunk_error)"
     COMPLETE = "complete: every chunk has its result; reduce them"
+    AT_TARGET = "complete: the standard error reached target_standard_error; cancel the chunks still queued"
     PRUNE = "prune: the pruner says the trial cannot win; cancel its chunk tasks"
+    START_MORE = "start the next chunks: the standard error is not at target_standard_error yet"
     CANCEL_OVERDUE = "cancel the attempt: over slurm_timeout_minutes"
     COMPLETE_PARTIAL = "reduce the chunks that worked (fail_on_chunk_error=False)"
     FAIL_ALL_CHUNKS = "fail: the loss failed in every chunk that has no result"
@@ -3951,10 +4008,14 @@ class _TrialView:
     prune: bool = False  # the pruner's answer to the chunks reported so far
     retries_left: bool = False
     fail_on_chunk_error: bool = True
+    started: frozenset[int] | None = None  # with target_standard_error: the chunks started so far; None: all
+    to_start: tuple[int, ...] = ()  # with target_standard_error: the next chunks it needs (_next_wave)
+    target_reached: bool = False
 
     @property
     def missing_chunks(self) -> frozenset[int]:
-        return frozenset(range(self.n_chunks)) - self.done_chunks
+        planned = frozenset(range(self.n_chunks)) if self.started is None else self.started
+        return planned - self.done_chunks
 
 
 def _decide(view: _TrialView) -> _Next:
@@ -3965,13 +4026,184 @@ def _decide(view: _TrialView) -> _Next:
         return _Next.FAIL_LOSS
     if len(view.done_chunks) == view.n_chunks:
         return _Next.COMPLETE  # no need to wait for anything else: the results are all there
+    if view.target_reached:
+        return _Next.AT_TARGET
+    if view.running and view.prune:
+        return _Next.PRUNE
+    if view.to_start:
+        return _Next.START_MORE
     if view.running:
-        if view.prune:
-            return _Next.PRUNE
         return _Next.CANCEL_OVERDUE if view.overdue else _Next.WAIT
     if view.failed_chunks and view.missing_chunks <= view.failed_chunks:
         return _Next.COMPLETE_PARTIAL if view.done_chunks else _Next.FAIL_ALL_CHUNKS
     return _Next.RETRY if view.retries_left else _Next.FAIL_NO_RESULT
+
+
+# ---- target_standard_error: a trial's chunks start in waves, as many as its standard error needs
+#
+# A trial starts its first _min_chunks chunks, then as many more as the estimate (std /
+# target)^2 seeds says it needs, in chunk index order (so chunk k holds the same seeds in
+# every trial and two trials stay paired), and stops once std / sqrt(seeds) <= target.
+# target_standard_error is not part of a run's identity: every trial records its own seeds
+# and standard error, and races compare trials on the chunks they share, so a resume may
+# tighten or loosen it (the trials told before keep the seeds they used).
+
+_MIN_TARGET_CHUNKS = 4  # a paired t-test on 4 chunks has 3 degrees of freedom (one-sided 5%: t > 2.35)
+_MIN_TARGET_SEEDS = 32  # std from 32 seeds is within about 25% (2 SE of it): a stop not made on a lucky std
+
+
+def _min_chunks(plan: SeedPlan) -> int:
+    """The chunks a trial runs before its standard error may stop it."""
+    return min(plan.n_chunks, max(_MIN_TARGET_CHUNKS, math.ceil(_MIN_TARGET_SEEDS / plan.chunk_size)))
+
+
+def _next_wave(
+    plan: SeedPlan, done: _Moments | None, n_done: int, counted: int, started: Collection[int], target: float
+) -> tuple[int, ...]:
+    """The chunks to start next: the first ones not started, up to what the estimate says the trial needs.
+
+    ``done``: the pooled losses of its ``n_done`` chunks with a result; ``counted``: the chunks
+    started that have a result or may still get one (failed ones do not count).
+    """
+    wanted = _min_chunks(plan)
+    if done is not None and n_done >= wanted:
+        wanted = max(wanted, math.ceil((done.std / target) ** 2 / plan.chunk_size))
+    more = min(plan.n_chunks, wanted) - counted
+    if more <= 0:
+        return ()
+    return tuple(itertools.islice((c for c in range(plan.n_chunks) if c not in started), more))
+
+
+def _target_reached(plan: SeedPlan, done: _Moments | None, n_done: int, target: float) -> bool:
+    return done is not None and n_done >= _min_chunks(plan) and done.standard_error <= target
+
+
+# ---- racing and the best set: one-sided paired t-tests on the chunks two trials share
+#
+# Chunk k holds the same seeds in every trial, so two trials' chunk means pair by chunk
+# index: a paired test sees through the seeds' common noise. A trial replaces the run's best
+# on fewer seeds only if the test says it is better (_race_step); the best set is the trials
+# the test cannot tell from the best. The t distribution is computed here (no scipy: workers
+# and controllers need only the standard library and optuna).
+
+
+def _incomplete_beta(a: float, b: float, x: float) -> float:
+    """The regularized incomplete beta function I_x(a, b), by its continued fraction (Lentz)."""
+    if x <= 0.0 or x >= 1.0:
+        return max(0.0, min(1.0, x))
+    if x > (a + 1) / (a + b + 2):
+        return 1.0 - _incomplete_beta(b, a, 1.0 - x)
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x))
+    f, c, d = 1.0, 1.0, 0.0
+    for i in range(400):
+        m = i // 2
+        if i == 0:
+            step = 1.0
+        elif i % 2 == 0:
+            step = m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m))
+        else:
+            step = -((a + m) * (a + b + m) * x) / ((a + 2 * m) * (a + 2 * m + 1))
+        d = 1.0 + step * d
+        d = 1.0 / (d if abs(d) > 1e-300 else 1e-300)
+        c = 1.0 + step / c
+        c = c if abs(c) > 1e-300 else 1e-300
+        f *= c * d
+        if abs(1.0 - c * d) < 1e-15:
+            break
+    return front * (f - 1.0) / a
+
+
+def _t_survival(t: float, df: int) -> float:
+    """P(T > t) for Student's t with ``df`` degrees of freedom."""
+    tail = 0.5 * _incomplete_beta(df / 2, 0.5, df / (df + t * t))
+    return tail if t > 0 else 1.0 - tail
+
+
+def _paired_p(better: Mapping[int, float], than: Mapping[int, float], direction: str) -> float:
+    """The p-value of a one-sided paired t-test that ``better`` has the better mean, on the chunks both have.
+
+    1.0 with fewer than two shared chunks (nothing to test on).
+    """
+    sign = 1.0 if direction == "minimize" else -1.0
+    gains = [sign * (than[k] - better[k]) for k in better.keys() & than.keys()]
+    if len(gains) < 2:
+        return 1.0
+    spread = _Moments.of(gains)
+    if spread.std == 0.0:
+        return 0.0 if spread.mean > 0 else 1.0
+    return _t_survival(spread.mean / spread.standard_error, len(gains) - 1)
+
+
+@dataclass(frozen=True)
+class _Racer:
+    """A complete trial as a race or the best set sees it: its chunks' losses by chunk index."""
+
+    number: int
+    chunks: Mapping[int, _Moments]
+    n_chunks: int  # the plan's
+    params: Mapping[str, ParamValue] = field(default_factory=dict)
+    stuck: bool = False  # chunks started for it ended without a result: it gets no more
+
+    @cached_property
+    def pooled(self) -> _Moments:
+        return _Moments.pool(list(self.chunks.values()))
+
+    @cached_property
+    def means(self) -> dict[int, float]:
+        return {k: m.mean for k, m in self.chunks.items()}
+
+    def record(self) -> BestSetTrial:
+        loss = self.pooled
+        return BestSetTrial(self.number, dict(self.params), loss.mean, loss.standard_error, loss.count)
+
+
+@dataclass(frozen=True)
+class _RaceStep:
+    """A race's next step: the trial ranked first once it is over (else None), and the chunks to add."""
+
+    first: int | None
+    add: dict[int, tuple[int, ...]] = field(default_factory=dict)
+    p_value: float = 1.0  # of the test that decided, or of the challenger being better
+
+
+def _race_step(best: _Racer, challenger: _Racer, direction: str, level: float) -> _RaceStep:
+    """One step of a race, as a pure function.
+
+    Separated (the one-sided paired test at ``level``, either way): the better one ranks
+    first. Else chunks go to the one with fewer seeds (both when equal), the next ones in
+    chunk order, doubling its chunks (not past the other's, when fewer); once those cannot get
+    more (n_seeds, or their chunks failed) the lower mean ranks first and both stay in the best set.
+    """
+    p_challenger = _paired_p(challenger.means, best.means, direction)
+    if p_challenger < level:
+        return _RaceStep(challenger.number, p_value=p_challenger)
+    p_best = _paired_p(best.means, challenger.means, direction)
+    if p_best < level:
+        return _RaceStep(best.number, p_value=p_best)
+    seeds = {r.number: r.pooled.count for r in (best, challenger)}
+    growing = [r for r in (best, challenger) if seeds[r.number] <= min(seeds.values())]
+    add = {}
+    for racer in growing:
+        other = challenger if racer is best else best
+        more = len(racer.chunks) if len(growing) == 2 else min(len(racer.chunks), len(other.chunks) - len(racer.chunks))
+        lacking = (k for k in range(racer.n_chunks) if k not in racer.chunks)
+        chunks = tuple(itertools.islice(lacking, max(1, more)))
+        if chunks and not racer.stuck:
+            add[racer.number] = chunks
+    if add:
+        return _RaceStep(None, add, p_challenger)
+    first = challenger if _better(challenger.pooled.mean, best.pooled.mean, direction) else best
+    return _RaceStep(first.number, p_value=p_challenger)
+
+
+def _best_set(best: _Racer, near: Iterable[_Racer], direction: str, level: float) -> list[_Racer]:
+    """The best, then the trials a one-sided paired test cannot tell from it, by mean."""
+    tied = [r for r in near if r.number != best.number and _paired_p(best.means, r.means, direction) >= level]
+    sign = 1.0 if direction == "minimize" else -1.0
+    return [best, *sorted(tied, key=lambda r: (sign * r.pooled.mean, r.number))]
+
+
+_NEAR_BEST = 3.0  # best-set candidates: within this many (unpaired) standard errors of the best's mean
 
 
 @dataclass
@@ -3986,10 +4218,30 @@ class _ActiveTrial:
     attempt: int = 0
     deadline: float | None = None
     reports: _TrialReports | None = None  # None without a pruner
+    started: set[int] = field(default_factory=set)  # chunks started (or found done, or adopted)
 
     @property
     def n_chunks(self) -> int:
         return self.expected.plan.n_chunks
+
+
+@dataclass
+class _RaceSide:
+    """A complete trial in a race: its chunks so far and those started for the race's current step."""
+
+    paths: TrialPaths
+    expected: TrialParams
+    chunks: dict[int, ChunkResult] = field(default_factory=dict)
+    started: set[int] = field(default_factory=set)
+    stuck: bool = False  # chunks started for it ended without a result: it gets no more
+
+    def racer(self) -> _Racer:
+        return _racer_of(self.expected, self.chunks, self.stuck)
+
+
+def _racer_of(expected: TrialParams, chunks: Mapping[int, ChunkResult], stuck: bool = False) -> _Racer:
+    losses = {k: c.stats.loss for k, c in chunks.items()}
+    return _Racer(expected.trial_number, losses, expected.plan.n_chunks, expected.params, stuck)
 
 
 @dataclass
@@ -4003,31 +4255,56 @@ class _Tally:
     seeds_saved: int = 0  # seeds that pruned trials did not use
     best: Any = None  # the best complete FrozenTrial (one objective)
     pareto: list[Any] = field(default_factory=list)  # the complete trials no other beats (several objectives)
+    # the loss's mean (no objectives): each complete trial's (mean, standard error, seeds), as races leave them
+    scores: dict[int, tuple[float, float, int]] = field(default_factory=dict)
+    racing: bool = False  # target_standard_error: a trial with fewer seeds than the best races it
+    challengers: list[Any] = field(default_factory=list)  # complete trials waiting to race the best, in turn
+    judged: int = 0  # complete trials judged against the best so far (their completion order)
+    direction: str = "minimize"
+    best_set: list[BestSetTrial] = field(default_factory=list)
 
     @classmethod
-    def of_study(cls, study: optuna.Study, settings: _RunSettings) -> _Tally:
-        """The trials a study already holds (a resumed run), read once."""
-        tally = cls()
-        for frozen in study.get_trials(deepcopy=False):
-            tally.count(frozen, settings)
+    def of_study(cls, study: optuna.Study, settings: _RunSettings, recorded: Mapping[str, Any] | None = None) -> _Tally:
+        """The trials a study already holds (a resumed run), read once.
+
+        With racing, the best and the challengers come from the run's ``summary.json``
+        (``recorded``): the trials judged since it was written, in completion order, are judged again.
+        """
+        tally = cls(racing=settings.target_standard_error is not None and not settings.objectives)
+        trials = study.get_trials(deepcopy=False)
+        for frozen in trials:
+            tally.count(frozen, settings, judge=not tally.racing)
         tally.seeds_done = 0
+        if tally.racing:
+            by_number = {t.number: t for t in trials if t.state.name == "COMPLETE"}
+            race = (recorded or {}).get("race") or {}
+            tally.best = by_number.get((recorded or {}).get("best_trial")) if race else None
+            tally.challengers = [by_number[n] for n in race.get("challengers", []) if n in by_number]
+            done = sorted(by_number.values(), key=lambda t: (t.datetime_complete or datetime.min, t.number))
+            tally.judged = race.get("judged", 0) if tally.best else 0
+            for frozen in done[tally.judged :]:
+                tally.judge(frozen)
         return tally
 
     @property
     def n_finished(self) -> int:
         return self.n_complete + self.n_failed + self.n_pruned
 
-    def count(self, frozen: optuna.trial.FrozenTrial, settings: _RunSettings) -> None:
+    def count(self, frozen: optuna.trial.FrozenTrial, settings: _RunSettings, judge: bool = True) -> None:
         """One more finished trial (COMPLETE, FAIL or PRUNED; others are not counted)."""
         state = frozen.state.name
         n_seeds = frozen.user_attrs.get("n_seeds", 0) if state != "FAIL" else 0
         if state == "COMPLETE":
             self.n_complete += 1
             directions = _directions(settings)
+            self.direction = directions[0]
+            if not settings.objectives:
+                error = _standard_error_of(frozen.user_attrs)
+                self.scores[frozen.number] = (frozen.value, math.nan if error is None else error, n_seeds)
             if len(directions) > 1:
                 self.pareto = _pareto_front([*self.pareto, frozen], directions)
-            elif self.best is None or _better(frozen.value, self.best.value, directions[0]):
-                self.best = frozen
+            elif judge:
+                self.judge(frozen)
         elif state == "FAIL":
             self.n_failed += 1
         elif state == "PRUNED":
@@ -4037,9 +4314,24 @@ class _Tally:
             return
         self.seeds_done += n_seeds
 
+    def judge(self, frozen: optuna.trial.FrozenTrial) -> None:
+        """A complete trial against the run's best: it replaces it, waits to race it (racing: a better
+        mean on fewer seeds), or neither."""
+        self.judged += 1
+        if self.best is not None and not _better(self.score(frozen)[0], self.score(self.best)[0], self.direction):
+            return
+        if self.best is not None and self.racing and self.score(frozen)[2] < self.score(self.best)[2]:
+            self.challengers.append(frozen)
+        else:
+            self.best = frozen
+
+    def score(self, frozen: optuna.trial.FrozenTrial) -> tuple[float, float, int]:
+        """The trial's (mean, standard error, seeds) as the run ranks it (races add seeds Optuna does not see)."""
+        return self.scores.get(frozen.number) or (frozen.value, math.nan, frozen.user_attrs.get("n_seeds", 0))
+
     @property
     def best_value(self) -> float | None:
-        return self.best.value if self.best else None
+        return self.score(self.best)[0] if self.best else None
 
     def best_trials(self) -> list[Any]:
         """As Optuna's ``study.best_trials``: the Pareto set, or the one best trial."""
@@ -4049,9 +4341,8 @@ class _Tally:
         attrs = self.best.user_attrs if self.best else {}
         if settings.objectives:  # one objective: the component's
             return attrs.get("component_standard_errors", {}).get(next(iter(settings.objectives)))
-        if "standard_error" in attrs or "std" not in attrs:
-            return attrs.get("standard_error")
-        return attrs["std"] / math.sqrt(attrs["n_seeds"])  # a trial told before standard errors were kept
+        error = self.score(self.best)[1] if self.best else math.nan
+        return None if math.isnan(error) else error
 
     def summary(self, settings: _RunSettings) -> dict[str, Any]:
         """The run's ``summary.json``; with several objectives, the Pareto set instead of one best."""
@@ -4075,8 +4366,14 @@ class _Tally:
             "best_params": self.best.params if self.best else {},
             "best_trial": self.best.number if self.best else None,
             **({"objectives": settings.objectives} if settings.objectives else {}),
+            **({"best_set": [asdict(t) for t in self.best_set]} if not settings.objectives else {}),
+            **({"race": self.race_record()} if self.racing else {}),
             **self._counts(settings),
         }
+
+    def race_record(self) -> dict[str, Any]:
+        """What a resume needs of the races (with best_trial): who waits to race, how many trials were judged."""
+        return {"challengers": [t.number for t in self.challengers], "judged": self.judged}
 
     def _counts(self, settings: _RunSettings) -> dict[str, Any]:
         return {
@@ -4209,8 +4506,14 @@ class _Controller:
         self._distributions = {
             name: _distribution(optuna, spec) for name, spec in _LOSSES[settings.loss_name].parameter_space.items()
         }
-        self.tally = _Tally.of_study(study, settings)
+        self.tally = _Tally.of_study(study, settings, _read_json(run.summary))
         self._active: list[_ActiveTrial] = []
+        self._race: dict[int, _RaceSide] = {}  # the best and its challenger while they race, by trial number
+        self._adopted_race: dict[int, frozenset[int]] = {}  # on resume: a race's chunks still queued
+        self._best_set_of: tuple[int, int] | None = None  # (the best, its seeds) the best set was computed against
+        self._racers: dict[int, _Racer] = {}  # complete trials read for the best set (the best set's members kept)
+        for frozen in [self.tally.best, *self.tally.challengers] if self.tally.racing and self.tally.best else []:
+            self._rescore(frozen.number, load_valid_summary(run.trial(frozen.number), self._expected(frozen.number)))
         # One line per finished trial, through Optuna's logger: its format, its verbosity, and a
         # controller's log file tells the story (Optuna's tell() says nothing itself)
         self._trial_log = optuna.logging.get_logger("optuna.slurptuna")
@@ -4233,21 +4536,22 @@ class _Controller:
             self._adopt_interrupted_trials()
             while True:
                 changed = self._start_new_trials()
-                if not self._active:
+                if not self._active and not self._race:
                     return
                 if self._executor.poll():
                     for active in list(self._active):
                         changed = self._advance(active) or changed
+                    changed = self._advance_race() or changed
                 t = self.tally
                 waiting = not self._executor.has_room()
                 self._progress.show(t.n_finished, len(self._active), t.n_failed, t.best_value, t.seeds_done, waiting)
-                # a free slot is filled at once, and the last trial's end ends the run
-                pause = 0.0 if self._free_slot() or not self._active else backoff.next(changed)
+                # a free slot is filled at once, and the last trial's (or race's) end ends the run
+                pause = 0.0 if self._free_slot() or not (self._active or self._race) else backoff.next(changed)
                 self._executor.wait(pause)
                 if self._stop.event.is_set():
                     raise _Interrupted(f"interrupted by signal {self._stop.signum}")
         except BaseException as exc:  # Ctrl-C, a loss that cannot be imported, Slurm refusing: leave no job
-            cancelled = self._executor.cancel([a.paths for a in self._active])
+            cancelled = self._executor.cancel([a.paths for a in self._active] + [r.paths for r in self._race.values()])
             if isinstance(exc, _Interrupted):
                 raise _Interrupted(f"{exc}; cancelled {cancelled} job(s)") from None
             raise
@@ -4261,12 +4565,12 @@ class _Controller:
         return (
             not self._study._stop_flag  # study.stop() from a callback: trials in flight finish, no new one
             and self.tally.n_finished + len(self._active) < self._settings.n_trials
-            and len(self._active) < self._settings.max_concurrent_trials
+            and len(self._active) + bool(self._race) < self._settings.max_concurrent_trials  # a race takes a slot
             and self._executor.has_room()  # under a submit limit: no new trial
         )
 
     def _start_new_trials(self) -> bool:
-        started = False
+        started = self._begin_race()
         while self._free_slot() and not self._stop.event.is_set():  # no new trial once Ctrl-C came (in sbatch)
             self._begin(self._study.ask(self._distributions))
             started = True
@@ -4275,7 +4579,9 @@ class _Controller:
     def _adopt_interrupted_trials(self) -> None:
         """Trials left RUNNING by a crash or Ctrl-C: same params, finished chunks kept, queued work adopted."""
         running = self._study.get_trials(deepcopy=False, states=(self._optuna.trial.TrialState.RUNNING,))
-        adopted = self._executor.adopt([self._run.trial(t.number) for t in running])
+        racing = [self.tally.best.number, self.tally.challengers[0].number] if self.tally.challengers else []
+        adopted = self._executor.adopt([self._run.trial(n) for n in [t.number for t in running] + racing])
+        self._adopted_race = {n: adopted[n] for n in racing if n in adopted}  # a race's chunks still queued
         for frozen in running:
             trial = self._optuna.trial.Trial(self._study, frozen._trial_id)
             attempt = frozen.user_attrs.get("attempts", 1) - 1
@@ -4302,11 +4608,16 @@ class _Controller:
         if summary is not None and not summary.missing_chunks:
             self._complete(active, summary)
             return
-        to_run = [c for c in range(active.n_chunks) if c not in active.chunks and c not in queued]
+        active.started = set(active.chunks) | queued
+        if self._settings.target_standard_error is not None:
+            to_run = list(self._wave(active, frozenset())[0])
+        else:
+            to_run = [c for c in range(active.n_chunks) if c not in active.started]
         if to_run:
             self._start_chunks(active, to_run)
 
     def _start_chunks(self, active: _ActiveTrial, chunks: list[int]) -> None:
+        active.started.update(chunks)
         for chunk in chunks:  # the one place stale chunk errors go: before their chunk runs again
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(active.paths.chunk_error(chunk))
@@ -4319,17 +4630,31 @@ class _Controller:
     def _view(self, active: _ActiveTrial, running: bool, prune: bool) -> _TrialView:
         """The decision's input, as frozen data."""
         failures = _chunk_failures(active.paths)
+        failed = frozenset(f.chunk_index for f in failures)
+        target = self._settings.target_standard_error is not None
+        to_start, reached = self._wave(active, failed) if target else ((), False)
         return _TrialView(
             n_chunks=active.n_chunks,
             done_chunks=frozenset(active.chunks),
-            failed_chunks=frozenset(f.chunk_index for f in failures),
+            failed_chunks=failed,
             running=running,
             import_failed=any(f.kind == "import" for f in failures),
             overdue=active.deadline is not None and self._clock() > active.deadline,
             prune=prune,
             retries_left=active.attempt < self._settings.trial_retry_attempts,
             fail_on_chunk_error=self._settings.fail_on_chunk_error,
+            started=frozenset(active.started) if target else None,
+            to_start=to_start,
+            target_reached=reached,
         )
+
+    def _wave(self, active: _ActiveTrial, failed: frozenset[int]) -> tuple[tuple[int, ...], bool]:
+        """The chunks the trial's standard error needs next, and whether it reached the target."""
+        target, plan = self._settings.target_standard_error, active.expected.plan
+        done = ChunkStats.pool([c.stats for c in active.chunks.values()]).loss if active.chunks else None
+        counted = len(active.started - failed)
+        to_start = _next_wave(plan, done, len(active.chunks), counted, active.started, target)
+        return to_start, _target_reached(plan, done, len(active.chunks), target)
 
     def _take_results(self, active: _ActiveTrial) -> bool:
         """The results that arrived since the last look; True if there were any."""
@@ -4357,6 +4682,8 @@ class _Controller:
         if action is _Next.PRUNE:
             self._executor.cancel([active.paths])
             self._prune(active)
+        elif action is _Next.START_MORE:
+            self._start_chunks(active, list(view.to_start))
         elif action is _Next.STOP_RUN:
             failure = next(f for f in _chunk_failures(active.paths) if f.kind == "import")
             raise LossError(failure.message)
@@ -4371,9 +4698,13 @@ class _Controller:
             )
             self._executor.cancel([active.paths])
             active.deadline = None
-        elif action in (_Next.COMPLETE, _Next.COMPLETE_PARTIAL):
-            partial_ok = action is _Next.COMPLETE_PARTIAL
-            self._complete(active, reduce_trial(self._run, active.trial.number, partial_ok, known=active.chunks))
+        elif action in (_Next.COMPLETE, _Next.COMPLETE_PARTIAL, _Next.AT_TARGET):
+            if action is _Next.AT_TARGET:
+                self._executor.cancel([active.paths])  # chunks queued past the target: not needed
+            ran = None if view.started is None else view.done_chunks | view.failed_chunks
+            partial_ok = action is _Next.COMPLETE_PARTIAL or bool(view.failed_chunks)
+            summary = reduce_trial(self._run, active.trial.number, partial_ok, known=active.chunks, ran=ran)
+            self._complete(active, summary)
         else:
             self._retry_or_fail(active, action, sorted(view.missing_chunks))
         return True
@@ -4418,6 +4749,9 @@ class _Controller:
         frozen = self._study.tell(active.trial, value, state=state)
         self._active.remove(active)
         self.tally.count(frozen, self._settings)
+        if frozen.state.name == "COMPLETE" and not self._settings.objectives:
+            self._racers[frozen.number] = _racer_of(active.expected, active.chunks)
+            self._update_best_set(frozen.number)
         _write_json_atomic(self._run.summary, self.tally.summary(self._settings))
         for callback in self._callbacks:
             try:
@@ -4515,6 +4849,130 @@ class _Controller:
             used.standard_error,
             trial.params,
         )
+
+    # ---- racing and the best set
+
+    def _begin_race(self) -> bool:
+        """The first challenger races the best; one no longer better, or no longer on fewer seeds, need not."""
+        t = self.tally
+        while not self._race and t.challengers:
+            challenger, best = t.challengers[0], t.best
+            (mean, _, seeds), (best_mean, _, best_seeds) = t.score(challenger), t.score(best)
+            if not _better(mean, best_mean, t.direction) or seeds >= best_seeds:
+                t.challengers.pop(0)
+                if _better(mean, best_mean, t.direction):
+                    t.best = challenger
+                self._update_best_set(challenger.number)
+                _write_json_atomic(self._run.summary, t.summary(self._settings))
+                continue
+            for number in (best.number, challenger.number):  # the best first
+                side = self._race[number] = _RaceSide(self._run.trial(number), self._expected(number))
+                side.chunks = _read_valid_chunks(side.paths, side.expected)  # a resume goes on from these
+                side.started = set(self._adopted_race.pop(number, ()))
+            self._trial_log.info(
+                "Trial %d (%r over %d seeds) races the best, trial %d (%r over %d seeds), on the chunks they share.",
+                *(challenger.number, mean, seeds, best.number, best_mean, best_seeds),
+            )
+            return True
+        return False
+
+    def _advance_race(self) -> bool:
+        """Take the race's new chunks; once none runs, decide (``_race_step``): add chunks, or end it."""
+        news = False
+        for side in self._race.values():
+            fresh = {k: c for k, c in self._executor.results(side.paths).items() if k not in side.chunks}
+            side.chunks.update(fresh)
+            news |= bool(fresh)
+        if not self._race or any(self._executor.running(side.paths) for side in self._race.values()):
+            return news
+        for number, side in self._race.items():
+            if side.started - side.chunks.keys():
+                logger.warning("trial %d: chunks started for its race ended without a result; it gets no more", number)
+                side.stuck = True
+            side.started = set()
+        best, challenger = (side.racer() for side in self._race.values())
+        step = _race_step(best, challenger, self.tally.direction, self._settings.racing_level)
+        if step.first is None:
+            for number, chunks in step.add.items():
+                side = self._race[number]
+                side.started.update(chunks)
+                for chunk in chunks:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(side.paths.chunk_error(chunk))
+                self._executor.start(side.paths, side.expected, chunks, 0)
+            return True
+        self._end_race(step, best, challenger)
+        return True
+
+    def _end_race(self, step: _RaceStep, best: _Racer, challenger: _Racer) -> None:
+        """Merge and reduce both trials again with their new chunks, rank them, rewrite the run's summary."""
+        t = self.tally
+        for number, side in self._race.items():
+            self._executor.finished(side.paths)
+            _merge_chunk_records(side.paths, side.chunks)
+            self._rescore(number, reduce_trial(self._run, number, True, known=side.chunks, ran=side.chunks.keys()))
+            self._racers.pop(number, None)
+        self._race = {}
+        frozen = t.challengers.pop(0)
+        if step.first == frozen.number:
+            t.best = frozen
+        self._trial_log.info(
+            "Trial %d ranks first after its race with trial %d (%s; one-sided paired t-test p=%.3g on %d shared "
+            "chunks): trial %d %r over %d seeds, trial %d %r over %d seeds.",
+            *(step.first, challenger.number if step.first == best.number else best.number),
+            "separated" if step.p_value < self._settings.racing_level else "not separated, lower mean first",
+            *(step.p_value, len(best.chunks.keys() & challenger.chunks.keys())),
+            *(best.number, best.pooled.mean, best.pooled.count),
+            *(challenger.number, challenger.pooled.mean, challenger.pooled.count),
+        )
+        self._update_best_set(frozen.number)
+        _write_json_atomic(self._run.summary, t.summary(self._settings))
+
+    def _update_best_set(self, new: int | None = None) -> None:
+        """The trials a paired test cannot tell from the best (``_best_set``), for the run's summary.json.
+
+        Candidates are prefiltered by their unpaired means and standard errors (within _NEAR_BEST
+        of the best's); while the best and its seeds stay, only the ``new`` trial can join.
+        """
+        t = self.tally
+        if t.best is None or self._settings.objectives:
+            return
+        best = self._racer(t.best.number)
+        sign = 1.0 if t.direction == "minimize" else -1.0
+
+        def near(number: int) -> bool:
+            mean, error, _ = t.scores[number]
+            gap = sign * (mean - best.pooled.mean)
+            return not gap > _NEAR_BEST * math.hypot(error, best.pooled.standard_error)
+
+        if new is not None and self._best_set_of == (best.number, best.pooled.count):
+            candidates = [m.number for m in t.best_set] + [new]
+        else:
+            candidates = list(t.scores)
+        members = _best_set(
+            best,
+            [self._racer(n) for n in candidates if n in t.scores and near(n)],
+            t.direction,
+            self._settings.racing_level,
+        )
+        self._racers = {r.number: r for r in members}
+        t.best_set = [r.record() for r in members]
+        self._best_set_of = (best.number, best.pooled.count)
+
+    def _racer(self, number: int) -> _Racer:
+        """A complete trial's chunks as the best set sees them: kept for its members, else read from its files."""
+        if number not in self._racers:
+            expected = self._expected(number)
+            self._racers[number] = _racer_of(expected, _read_valid_chunks(self._run.trial(number), expected))
+        return self._racers[number]
+
+    def _expected(self, number: int) -> TrialParams:
+        return TrialParams.load(self._run.trial(number))
+
+    def _rescore(self, number: int, summary: TrialSummary | None) -> None:
+        if summary is not None:
+            error = math.nan if summary.standard_error is None else summary.standard_error
+            self.tally.scores[number] = (summary.mean, error, summary.n_seeds)
 
     def run_summary(self) -> dict[str, Any]:
         """The run's ``summary.json``."""
@@ -4858,6 +5316,7 @@ def _run_study(
         n_pruned=summary["n_pruned"],
         best_standard_error=summary["best_standard_error"],
         best_trials=controller.tally.best_trials(),
+        best_set=list(controller.tally.best_set),
         study=study,
     )
 
@@ -4957,8 +5416,8 @@ def validate(
         run_root=str(run.dir),
         run_id="",
         progress=progress,
-        **{name: None for name in ("target_standard_error",) if name in _RunSettings.__dataclass_fields__},
-    )  # every candidate gets every seed: no early stop (issue 16's option, where the run has it)
+        target_standard_error=None,  # every candidate gets every seed: no early stop, no race
+    )
     child = replace(child, run_name=_validation_name(run, child))
     with _StopSignal() as stop:
         try:
@@ -5012,11 +5471,11 @@ def _best_set_candidates(run: RunPaths) -> list[ValidationCandidate]:
     best_set = record.get("best_set") if isinstance(record, dict) else None
     if not best_set:
         raise ConfigError(
-            f"{run.summary} has no best_set (runs with target_standard_error keep one): validate top=K instead"
+            f"{run.summary} has no best_set (a run of one objective keeps one once a trial is complete): "
+            "validate top=K instead"
         )
     return [
-        ValidationCandidate(r.get("trial", r.get("number")), r["params"], r["mean"], r.get("standard_error"))
-        for r in best_set
+        ValidationCandidate(t.number, t.params, t.mean, t.standard_error) for t in (BestSetTrial(**r) for r in best_set)
     ]
 
 
@@ -5279,6 +5738,7 @@ class RunStatus:
     objectives: dict[str, str] | None = None  # the run's objectives; None: the loss's mean
     best_trials: list[ParetoTrial] = field(default_factory=list)  # several objectives: the Pareto set, not one best
     validation: ValidationResult | None = None  # the latest `validate` of the run (validation.json)
+    best_set: list[BestSetTrial] = field(default_factory=list)  # from the run's summary.json (one objective)
 
     @property
     def trials_left(self) -> int:
@@ -5395,6 +5855,10 @@ def read_run_status(
     )
     n_ended = sum(len(by_state.get(s, [])) for s in ("COMPLETE", "FAILED", "PRUNED"))
     seeds_left = max(0.0, (settings.n_trials - n_ended) * per_trial - sum(r.seeds_done for r in running))
+    ranking = _read_json(run.summary) or {}
+    best_set = [BestSetTrial(**r) for r in ranking.get("best_set", [])]
+    if "race" in ranking and best_set:  # races rank trials on seeds Optuna's values do not have
+        best = next((t for t in by_state.get("COMPLETE", []) if t.number == ranking["best_trial"]), best)
     return RunStatus(
         run_dir=str(run.dir),
         run_name=settings.run_name or run.dir.name,
@@ -5407,7 +5871,9 @@ def read_run_status(
         n_failed=len(by_state.get("FAIL", [])),
         n_pruned=len(by_state.get("PRUNED", [])),
         best_trial=best.number if best else None,
-        best_value=best.value if best else None,
+        best_value=(best_set[0].mean if best_set and best_set[0].number == best.number else best.value)
+        if best
+        else None,
         best_standard_error=_best_standard_error(run.trial(best.number), best, settings.objectives) if best else None,
         best_params=dict(best.params) if best else {},
         running=running,
@@ -5424,6 +5890,7 @@ def read_run_status(
         objectives=settings.objectives,
         best_trials=[_pareto_trial(run.trial(t.number), t, settings.objectives) for t in pareto],
         validation=_read_validation(run),
+        best_set=best_set,
     )
 
 
@@ -5717,7 +6184,13 @@ def _plus_minus(error: float | None) -> str:
 def _format_best_lines(s: RunStatus) -> list[str]:
     """``best: ...``, or with several objectives the Pareto set, one line per trial."""
     if not s.objectives or len(s.objectives) < 2:
-        return [f"best: {_format_best(s)}"]
+        tied = [
+            f"  trial {t.number}: {t.mean:.6g}{_plus_minus(t.standard_error)} over {t.n_seeds:,} seeds; "
+            f"{_format_params(t.params)}"
+            for t in s.best_set[1 : _PARETO_LINES + 1]
+        ]
+        heading = f"best set: {len(s.best_set) - 1} more trial(s) a paired test cannot tell from the best:"
+        return [f"best: {_format_best(s)}", *([heading, *tied] if tied else [])]
     directions = ", ".join(f"{name} {direction}" for name, direction in s.objectives.items())
     lines = [f"Pareto set ({directions}): {_format_best(s)}"]
     for trial in s.best_trials[:_PARETO_LINES]:
@@ -5976,6 +6449,17 @@ def render_report(report: RunReport) -> str:
             parts.append(f'<figure class="plot">{plot}</figure>')
         parts.append("</section>")
     s = report.status
+    if s.best_set:
+        rows = "".join(
+            f"<tr><td>{t.number}</td><td>{t.mean:.6g}</td><td>{t.standard_error:.2g}</td><td>{t.n_seeds:,}</td>"
+            f"<td>{html.escape(_format_params(t.params))}</td></tr>"
+            for t in s.best_set
+        )
+        parts.append(
+            '<section><h2>Best set</h2><p class="note">the best, then the trials a one-sided paired t-test on '
+            'their shared chunks cannot tell from it</p><table class="trials best-set"><tr><th>trial</th><th>mean</th>'
+            f"<th>standard error</th><th>seeds</th><th>params</th></tr>{rows}</table></section>",
+        )
     return _REPORT_PAGE.format(
         title=html.escape(f"slurptuna report: {s.run_name}"),
         status=html.escape(format_run_status(s)),

@@ -278,3 +278,29 @@ def fit_and_shape(params, seed):
     """Two components that pull apart: "fit" is best at x = 0.2, "shape" (maximized) at x = 0.8."""
     noise = math.sin(seed * 1.7) * 0.05
     return {"fit": (params["x"] - 0.2) ** 2 + noise + 0.1 * params["y"], "shape": 1 - (params["x"] - 0.8) ** 2 + noise}
+
+
+@loss(name="front_loaded_noise", parameter_space={"x": (0.0, 1.0)})
+def front_loaded_noise(params, seed):
+    """Noise +-2 on seeds 0-39 only: the first chunks overstate the std, so a trial's later chunks
+    run past what its standard error needs (and are cancelled); sleeps SLURPTUNA_TEST_SLEEP per seed."""
+    _record(params, seed)
+    time.sleep(float(os.environ.get("SLURPTUNA_TEST_SLEEP", "0")))
+    return (params["x"] - 0.3) ** 2 + ((2.0 if seed % 2 else -2.0) if seed < 40 else 0.0)
+
+
+def _draw(seed: int, salt: float) -> float:
+    """A deterministic pseudo-random number in [-1, 1) per (seed, salt)."""
+    return (math.sin(seed * 12.9898 + salt * 78.233) * 43758.5453) % 2.0 - 1.0
+
+
+@loss(name="racing_model", parameter_space={"x": (0.0, 1.0), "noise": (0.0, 3.0), "luck": (-1.0, 0.0)})
+def racing_model(params, seed):
+    """(x - 0.3)^2, noise every trial shares by seed, noise of its own (``noise`` wide: how many seeds
+    its standard error needs), and ``luck`` added to seeds 0-39 only (a challenger that looks better
+    than it is); seeds 40 and up sleep SLURPTUNA_TEST_SLEEP (a race's chunks, for a test to kill)."""
+    _record(params, seed)
+    if seed >= 40:
+        time.sleep(float(os.environ.get("SLURPTUNA_TEST_SLEEP", "0")))
+    own = params["noise"] * _draw(seed, params["x"])
+    return (params["x"] - 0.3) ** 2 + 0.5 * _draw(seed, 0.0) + own + (params["luck"] if seed < 40 else 0.0)

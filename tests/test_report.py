@@ -119,6 +119,7 @@ def test_the_page_shows_each_plot_of_the_issue(mixed_run):
         "Parameter importances",
         "The mean against each parameter",
         "Seeds per second over the run",
+        "Best set",
         "Trials",
     ]
     assert "Best Value" in page  # optuna's best-so-far line in the optimization history

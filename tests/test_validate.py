@@ -96,12 +96,12 @@ def test_bad_arguments_are_one_error_line_naming_the_value_and_what_is_valid(run
         ([run.run_dir, "--top", "0"], "got 0", ">= 1"),
         ([run.run_dir, "--seeds", "0"], "n_seeds", ">= 1"),
         ([run.run_dir, "--seed-start", "5"], "at seeds 5-19", "seed_start >= 20"),
-        ([run.run_dir, "--best-set"], "no best_set", "top=K"),
     ]
     for args, *words in cases:
         assert_one_error_line(slurptuna_command("validate", *args), "validate", *words)
     failed = optimize_run(losses.raises_at_seed_7, n_trials=1, n_seeds=10, run_root=run_root, progress=False)
     assert_one_error_line(slurptuna_command("validate", failed.run_dir), "validate", "no complete trial")
+    assert_one_error_line(slurptuna_command("validate", failed.run_dir, "--best-set"), "validate", "no best_set")
 
 
 def test_a_run_of_several_objectives_is_refused(run_root):
@@ -121,7 +121,9 @@ def test_the_best_set_of_the_runs_summary_is_validated_when_asked(run_root):
     run = quadratic_run(run_root)
     summary_path = RunPaths(Path(run.run_dir)).summary
     chosen = [run.study.trials[4], run.study.trials[1], run.study.trials[4]]  # a point twice is validated once
-    best_set = [{"trial": t.number, "params": t.params, "mean": t.value, "standard_error": 0.01} for t in chosen]
+    best_set = [
+        {"number": t.number, "params": t.params, "mean": t.value, "standard_error": 0.01, "n_seeds": 20} for t in chosen
+    ]
     summary_path.write_text(json.dumps({**read_json(summary_path), "best_set": best_set}))
     result = validate(run.run_dir, top="best-set", n_seeds=10, progress=False)
     assert [c.trial for c in result.candidates] == [4, 1]
