@@ -44,6 +44,7 @@ import bench_kernels  # noqa: E402
 import bench_losses  # noqa: E402
 import bench_pruning  # noqa: E402
 import bench_scale  # noqa: E402
+import bench_seeds  # noqa: E402
 import bench_storage  # noqa: E402
 
 import slurptuna  # noqa: E402
@@ -1295,6 +1296,11 @@ def case_pruning(bench: Bench) -> Outcome:
     )
 
 
+def case_seeds(bench: Bench) -> Outcome:
+    title = "case 15: seeds where they decide the ranking (target SE, racing, validate), bench_seeds.py"
+    return rows_of(title, bench_seeds.case_seeds, "seeds", bench)
+
+
 def case_storage(bench: Bench) -> Outcome:
     title = "case 13: the study's storage at 10,000 trials, SQLite vs journal file (bench_storage.py)"
     return rows_of(title, bench_storage.case_storage, "storage", bench)
@@ -1482,6 +1488,7 @@ CASES: dict[int, Callable[[Bench], Outcome]] = {
     12: case_wide_slurm,
     13: case_storage,
     14: case_scale,  # up to 30 minutes: only when asked for (--cases 14), not by default
+    15: case_seeds,
 }
 DEFAULT_CASES = [n for n in CASES if n != 14]
 
@@ -1566,8 +1573,8 @@ def main() -> int:
     parser.add_argument(
         "--cases",
         default=",".join(map(str, DEFAULT_CASES)),
-        help="comma-separated case numbers (default: 1-13; 14, S1 simulated, takes up to 30 minutes: ask for it); "
-        "a subset writes benchmark/results/partial-RESULTS.md, not RESULTS.md or README's table",
+        help="comma-separated case numbers (default: all but 14; 14, S1 simulated, takes up to 30 minutes: ask "
+        "for it); a subset writes benchmark/results/partial-RESULTS.md, not RESULTS.md or README's table",
     )
     parser.add_argument("--keep", action="store_true", help="keep benchmark/results/tmp-PID/ (the runs) at the end")
     args = parser.parse_args()
