@@ -194,6 +194,7 @@ class RunFigures:
     chosen_se: float  # the chosen trial's final standard error
     chosen_seeds: int  # ... and its seeds (races add to them)
     paired_se: float  # the model's SE of the paired difference of the chosen and the truly best on n_seeds
+    best_set: int | None  # trials in result.best_set (those a paired test cannot tell from the best); None: no best set
     intervals: list[tuple[float, float, float, int]]  # per complete trial: mean, SE, true f, seeds
     validate_gap: float | None  # true f of validate's pick - true f of the best-by-mean; None: no validate
 
@@ -274,6 +275,7 @@ def _one_run(root: Path, config: Config, shape: Shape, repeat: int) -> RunFigure
         chosen_se=final[chosen.number][1],
         chosen_seeds=final[chosen.number][2],
         paired_se=_paired_se(chosen.params, truly_best.params, shape.n_seeds),
+        best_set=len(result.best_set) if hasattr(result, "best_set") else None,
         intervals=[(*final[n][:2], _f(t.params), final[n][2]) for n, t in complete.items() if n in final],
         validate_gap=_validated(run_dir, shape) - _f(chosen.params) if _validate_available() else None,
     )
@@ -337,6 +339,9 @@ def _config_row(config: Config, runs: list[RunFigures], fixed: list[RunFigures],
         f"the truly best of those evaluated chosen in {best}/{repeats}"
         + ("" if config.name == "fixed" else f" (fixed: {base_best}/{repeats})"),
     ]
+    sizes = [o.best_set for o in runs if o.best_set is not None]
+    if sizes:
+        measured.append(f"best set: median {statistics.median(sizes):g} trials (max {max(sizes)})")
     targets = []
     if config.race:
         target_se = race_target(shape)
