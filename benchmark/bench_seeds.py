@@ -34,7 +34,7 @@ build". Measured per configuration: the seeds evaluated (every chunk record: chu
 after a prune or a stop count too) and those in the trials' final statistics; the regret of the
 chosen params (true f of ``result.best_params`` minus the best true f among the params the run
 evaluated, pruned trials included); how often they are that truly best one; how often
-``slurptuna.validate`` (top 5, on fresh seeds) picks params at least as good (true f) as the run's
+``slurptuna.validate`` (top 5, on 10,000 fresh seeds each) picks params at least as good (true f) as the run's
 pick; and the share of complete trials whose reported 95% interval (mean +- 1.96 SE, the trial's
 final statistics) holds its true f, pooled over repeats.
 
@@ -67,7 +67,7 @@ SHARED = 0.6  # the part of the noise every trial shares on a seed: two trials' 
 SEED_STRIDE = 1_000_000  # repeat r evaluates seeds r * SEED_STRIDE ..
 TARGET_SHARE = 0.25  # the target standard error: what a trial at the optimum reaches on this share of n_seeds
 VALIDATE_TOP = 5
-VALIDATE_FACTOR = 2  # validate's fresh seeds per candidate, in multiples of fixed's n_seeds
+VALIDATE_SEEDS = 10_000  # validate's fresh seeds per candidate (the issue's `--seeds 10000`)
 
 _TABLE_SIZE = 1 << 16
 _M64 = (1 << 64) - 1
@@ -196,7 +196,8 @@ class RunFigures:
     paired_se: float  # the model's SE of the paired difference of the chosen and the truly best on n_seeds
     best_set: int | None  # trials in result.best_set (those a paired test cannot tell from the best); None: no best set
     intervals: list[tuple[float, float, float, int]]  # per complete trial: mean, SE, true f, seeds
-    validate_gap: float | None  # true f of validate's pick - true f of the best-by-mean; None: no validate
+    validate_gap: float | None  # true f of validate's pick - true f of the run's pick; None: no validate
+    validate_se: float | None  # the model's SE of the paired difference of those two on the validation's seeds
 
 
 def _f(params: dict) -> float:
@@ -266,6 +267,7 @@ def _one_run(root: Path, config: Config, shape: Shape, repeat: int) -> RunFigure
     complete = {t.number: t for t in evaluated if t.state == optuna.trial.TrialState.COMPLETE}
     used = sum(final[n][2] if n in final else t.user_attrs.get("n_seeds", 0) for n, t in complete.items())
     used += sum(t.user_attrs.get("n_seeds", 0) for t in evaluated if t.number not in complete)
+    picked = _validated(run_dir) if _validate_available() else None
     return RunFigures(
         wall=wall,
         seeds_evaluated=_seeds_evaluated(run_dir),
@@ -277,14 +279,15 @@ def _one_run(root: Path, config: Config, shape: Shape, repeat: int) -> RunFigure
         paired_se=_paired_se(chosen.params, truly_best.params, shape.n_seeds),
         best_set=len(result.best_set) if hasattr(result, "best_set") else None,
         intervals=[(*final[n][:2], _f(t.params), final[n][2]) for n, t in complete.items() if n in final],
-        validate_gap=_validated(run_dir, shape) - _f(chosen.params) if _validate_available() else None,
+        validate_gap=None if picked is None else _f(picked) - _f(chosen.params),
+        validate_se=None if picked is None else _paired_se(picked, chosen.params, VALIDATE_SEEDS),
     )
 
 
-def _validated(run_dir: Path, shape: Shape) -> float:
-    """The true f of ``validate``'s pick: the top ``VALIDATE_TOP`` by mean evaluated again on fresh seeds."""
-    validation = slurptuna.validate(run_dir, top=VALIDATE_TOP, n_seeds=VALIDATE_FACTOR * shape.n_seeds, progress=False)
-    return _f(next(c.params for c in validation.candidates if c.trial == validation.pick))
+def _validated(run_dir: Path) -> dict:
+    """The params ``validate`` picks: the top ``VALIDATE_TOP`` by mean evaluated again on fresh seeds."""
+    validation = slurptuna.validate(run_dir, top=VALIDATE_TOP, n_seeds=VALIDATE_SEEDS, progress=False)
+    return next(c.params for c in validation.candidates if c.trial == validation.pick)
 
 
 # ---------------------------------------------------------------- the rows
@@ -376,19 +379,24 @@ def _config_row(config: Config, runs: list[RunFigures], fixed: list[RunFigures],
                 f"{best} vs {base_best} of {repeats}",
             )
         )
-    gaps = [o.validate_gap for o in runs if o.validate_gap is not None]
-    if gaps:
-        as_good = sum(g <= 0 for g in gaps)
+    validated = [o for o in runs if o.validate_gap is not None]
+    if validated:
+        as_good = sum(o.validate_gap <= 0 for o in validated)
         measured.append(
-            f"validate(top={VALIDATE_TOP}, {VALIDATE_FACTOR * shape.n_seeds:,} fresh seeds)'s pick at least as good "
-            f"as the run's (the best by mean) in {as_good}/{len(gaps)}"
+            f"validate(top={VALIDATE_TOP}, {VALIDATE_SEEDS:,} fresh seeds)'s pick at least as good "
+            f"as the run's (the best by mean) in {as_good}/{len(validated)}"
         )
-        worse = [g for g in gaps if g > 0]
+        worse = [o for o in validated if o.validate_gap > 0]
+        why = (
+            f"where worse, the median true-f gap {statistics.median(o.validate_gap for o in worse):.1e} is "
+            f"{statistics.median(o.validate_gap / o.validate_se for o in worse):.2f} x the SE of the two's paired "
+            "difference on the validation's seeds (the model's)"
+            if worse
+            else ""
+        )
         targets.append(
             _target(
-                "validate >= 0.9",
-                as_good >= 0.9 * len(gaps),
-                f"{as_good}/{len(gaps)}; worse by a median {statistics.median(worse) if worse else 0:.1e}",
+                "validate's pick as good >= 0.9", as_good >= 0.9 * len(validated), f"{as_good}/{len(validated)}; {why}"
             )
         )
     else:
