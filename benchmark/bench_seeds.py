@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Seeds where they decide the ranking (issue 16): fixed seeds, pruning, a target standard error with racing.
 
-    python benchmark/bench_seeds.py            # 20 sampler seeds x 30 trials x 2,000 seeds (a few minutes)
-    python benchmark/bench_seeds.py --quick    # 4 sampler seeds x 15 trials
+    python benchmark/bench_seeds.py            # 20 sampler seeds x 30 trials x 2,000 seeds (about 2 minutes)
+    python benchmark/bench_seeds.py --quick    # 4 sampler seeds x 15 trials (under 30 s)
 
 The model, ``bench_noise_bowl`` on x, y in [0, 1], has a known true loss and seed noise whose
 standard deviation varies tenfold across the space (``z`` standard normal, drawn from a fixed
