@@ -1142,6 +1142,11 @@ class RunPaths:
         return self.dir / "optuna.journal"
 
     @property
+    def trials_index(self) -> Path:
+        """One line per finished trial (``FinishedTrial``), appended by the controller: what ``status`` reads."""
+        return self.dir / "trials.jsonl"
+
+    @property
     def lock(self) -> Path:
         return self.dir / ".controller.lock"
 
@@ -1321,6 +1326,62 @@ class TrialSummary:
     @classmethod
     def from_json(cls, record: Mapping[str, Any]) -> TrialSummary:
         return cls(**{k: v for k, v in record.items() if k != "mean_total_loss"})
+
+
+@dataclass(frozen=True)
+class FinishedTrial:
+    """One line of the run's ``trials.jsonl``: a finished trial as Optuna was told, and its chunks' totals.
+
+    ``status`` at 10,000 trials cannot replay the study and read every trial's records each
+    time (31.7 s): the controller appends this line once per finished trial, and status reads
+    these lines, summary.json and only the running trials' files. It reads like an Optuna
+    FrozenTrial where status needs one (``number``, ``value(s)``, ``params``, ``user_attrs``).
+    """
+
+    number: int
+    state: str  # COMPLETE, PRUNED or FAIL: Optuna's TrialState name
+    values: list[float] | None
+    params: dict[str, ParamValue]
+    user_attrs: dict[str, Any]  # slurptuna's attributes that status shows (_STATUS_ATTRS)
+    seeds: int  # over its valid chunks
+    core_seconds: float  # chunk compute: elapsed seconds x processes
+    spans: list[list[float]]  # [start, end] (Unix time) of its chunk work, pauses up to _ACTIVE_GAP_SECONDS joined
+
+    @property
+    def value(self) -> float | None:
+        return self.values[0] if self.values else None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, record: Mapping[str, Any]) -> FinishedTrial:
+        return cls(**record)
+
+    @classmethod
+    def of(cls, frozen: Any, chunks: Iterable[tuple[ChunkResult, float]]) -> FinishedTrial:
+        """The line of a finished Optuna trial whose valid chunks (each with when it ended) are ``chunks``."""
+        seeds, core_seconds, spans = _chunk_totals(chunks)
+        attrs = {k: v for k, v in frozen.user_attrs.items() if k in _STATUS_ATTRS}
+        if (
+            "fail_reason" in attrs
+        ):  # what status shows of it; its traceback (up to 20,000 characters) stays in the study
+            failed = _failed_trial(frozen)
+            attrs["fail_reason"] = failed.reason + (f"\nlog: {failed.log}" if failed.log else "")
+        values = list(frozen.values) if frozen.values is not None else None
+        return cls(frozen.number, frozen.state.name, values, dict(frozen.params), attrs, seeds, core_seconds, spans)
+
+
+_STATUS_ATTRS = ("n_seeds", "std", "standard_error", "component_standard_errors", "fail_reason")
+
+
+def _chunk_totals(chunks: Iterable[tuple[ChunkResult, float]]) -> tuple[int, float, list[list[float]]]:
+    """(seeds, core seconds, the spans they ran in) of chunks, each with when it ended."""
+    chunks = list(chunks)
+    seeds = sum(c.stats.loss.count for c, _ in chunks)
+    core_seconds = math.fsum(c.elapsed_seconds * c.processes for c, _ in chunks)
+    spans = _active_spans([(end - c.elapsed_seconds, end) for c, end in chunks], _ACTIVE_GAP_SECONDS)
+    return seeds, core_seconds, spans
 
 
 def _standard_error_of(*records: Mapping[str, Any] | None) -> float | None:
@@ -1894,8 +1955,11 @@ def _read_records(path: Path, offset: int = 0) -> tuple[list[Any], int]:
     except FileNotFoundError:
         return [], offset
     end = data.rfind(b"\n") + 1
+    lines = data[:end].splitlines()
+    with contextlib.suppress(ValueError):  # one parse for all (10,000 lines of trials.jsonl); else line by line
+        return json.loads(b"[" + b",".join(lines) + b"]"), offset + end
     records = []
-    for line in data[:end].splitlines():
+    for line in lines:
         try:
             records.append(json.loads(line))
         except ValueError:
@@ -4202,6 +4266,7 @@ class _Controller:
             name: _distribution(optuna, spec) for name, spec in _LOSSES[settings.loss_name].parameter_space.items()
         }
         self.tally = _Tally.of_study(study, settings)
+        self._index = _open_trial_index(run, study)
         self._active: list[_ActiveTrial] = []
         # One line per finished trial, through Optuna's logger: its format, its verbosity, and a
         # controller's log file tells the story (Optuna's tell() says nothing itself)
@@ -4246,6 +4311,8 @@ class _Controller:
         finally:
             self._study._thread_local.in_optimize_loop = False
             self._progress.close()
+            if self._index is not None:
+                self._index.close()
 
     # ---- starting and adopting trials
 
@@ -4410,6 +4477,8 @@ class _Controller:
         frozen = self._study.tell(active.trial, value, state=state)
         self._active.remove(active)
         self.tally.count(frozen, self._settings)
+        if self._index is not None:
+            self._index.append(FinishedTrial.of(frozen, ((c, c.finished_at) for c in active.chunks.values())).to_json())
         _write_json_atomic(self._run.summary, self.tally.summary(self._settings))
         for callback in self._callbacks:
             try:
@@ -4559,6 +4628,28 @@ def _merge_chunk_records(trial: TrialPaths, chunks: Mapping[int, ChunkResult]) -
                 os.unlink(entry.path)
     with contextlib.suppress(OSError):  # gone already, or a cancelled task wrote meanwhile
         os.rmdir(trial.chunks_dir)
+
+
+def _open_trial_index(run: RunPaths, study: optuna.Study) -> _RecordFile | None:
+    """The run's ``trials.jsonl`` to append to, with the finished trials it lacks; None for a run begun without it.
+
+    A controller killed between telling Optuna and appending leaves a trial out: it is added
+    here from the study and its records. A run whose study already had finished trials when
+    there was no index keeps none (status reads its study, as before).
+    """
+    finished = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
+    if run.trials_index.exists():
+        _cut_half_written_record(run.trials_index)
+        indexed = {r.get("number") for r in _read_records(run.trials_index)[0] if isinstance(r, dict)}
+        finished = [t for t in finished if t.number not in indexed]
+    elif finished:
+        return None
+    else:
+        run.trials_index.touch()
+    index = _RecordFile(run.trials_index)
+    for frozen in finished:
+        index.append(FinishedTrial.of(frozen, _ended_chunks(run.trial(frozen.number))).to_json())
+    return index
 
 
 def _chunk_failures(trial: TrialPaths) -> list[ChunkFailure]:
@@ -5028,17 +5119,20 @@ def _read_entry(entry: str, run: RunPaths, now: float) -> EntryStatus:
 def read_run_status(
     run: RunPaths, now: float, ask_queue: Callable[[Sequence[str]], dict[str, list[_QueueLine]]] | None
 ) -> RunStatus:
-    """Read meta.json, optuna.db, the lock and the trial files; ask Slurm once about running trials' jobs."""
+    """Read meta.json, the finished trials, the lock and the running trials' files; ask Slurm once about their jobs."""
     settings = _read_run_settings(run)
-    trials = _read_study_trials(run, settings.run_name or run.dir.name)
+    finished, running_params = _read_trials(run, settings.run_name or run.dir.name)
     held, pid = _controller_holds(run)
-    by_state: dict[str, list[Any]] = {}
-    for trial in trials:
-        by_state.setdefault(trial.state.name, []).append(trial)
-    chunk_files = {t.number: _ended_chunks(run.trial(t.number)) for t in trials}
-    started = run.journal.exists() or run.optuna_db.exists()
+    by_state: dict[str, list[FinishedTrial]] = {}
+    for trial in finished:
+        by_state.setdefault(trial.state, []).append(trial)
+    started = run.journal.exists() or run.optuna_db.exists() or run.trials_index.exists()
     notes = [] if started else ["no optuna.journal yet: the controller has not started a trial"]
-    running = [_running_trial(run, settings, t, chunk_files[t.number], now) for t in by_state.get("RUNNING", [])]
+    running_chunks = {number: _ended_chunks(run.trial(number)) for number in running_params}
+    running = [
+        _running_trial(run, settings, number, params, running_chunks[number], now)
+        for number, params in running_params.items()
+    ]
     if settings.mode == ExecutionMode.DISTRIBUTED.value and ask_queue is not None:
         running, queue_note = _with_slurm_jobs(run, running, ask_queue)
         notes += [queue_note] if queue_note else []
@@ -5046,20 +5140,16 @@ def read_run_status(
     several = len(directions) > 1
     best = None if several else _best_trial(by_state.get("COMPLETE", []), directions[0])
     pareto = _pareto_front(by_state.get("COMPLETE", []), directions) if several else []
-    all_chunks = [c for files in chunk_files.values() for c in files]
-    core_seconds = math.fsum(c.elapsed_seconds * c.processes for c, _ in all_chunks)
-    seeds_done = sum(c.stats.loss.count for c, _ in all_chunks)
-    intervals = [(mtime - c.elapsed_seconds, mtime) for c, mtime in all_chunks]
+    totals = [(t.seeds, t.core_seconds, t.spans) for t in finished]
+    totals += [_chunk_totals(chunks) for chunks in running_chunks.values()]
+    core_seconds = math.fsum(core for _, core, _ in totals)
+    seeds_done = sum(seeds for seeds, _, _ in totals)
+    intervals = [(start, end) for _, _, spans in totals for start, end in spans]
     active = _active_seconds(intervals, now if held else None, _ACTIVE_GAP_SECONDS)
     pace = seeds_done / active if seeds_done and active > 0 else None
-    finished = by_state.get("COMPLETE", []) + by_state.get("PRUNED", [])
-    per_trial = (
-        sum(c.stats.loss.count for t in finished for c, _ in chunk_files[t.number]) / len(finished)
-        if finished
-        else settings.seeds.count
-    )
-    n_ended = sum(len(by_state.get(s, [])) for s in ("COMPLETE", "FAILED", "PRUNED"))
-    seeds_left = max(0.0, (settings.n_trials - n_ended) * per_trial - sum(r.seeds_done for r in running))
+    used = by_state.get("COMPLETE", []) + by_state.get("PRUNED", [])
+    per_trial = sum(t.seeds for t in used) / len(used) if used else settings.seeds.count
+    seeds_left = max(0.0, (settings.n_trials - len(finished)) * per_trial - sum(r.seeds_done for r in running))
     return RunStatus(
         run_dir=str(run.dir),
         run_name=settings.run_name or run.dir.name,
@@ -5101,6 +5191,38 @@ def _read_run_settings(run: RunPaths) -> _RunSettings:
             f"{run.meta} has a format this slurptuna ({__version__}) cannot read (written by {written_by}): "
             f"{type(exc).__name__}: {exc}"
         ) from None
+
+
+def _read_trials(run: RunPaths, study_name: str) -> tuple[list[FinishedTrial], dict[int, dict[str, ParamValue]]]:
+    """The run's finished trials, and the running ones' params by number (empty before params.json is written).
+
+    From ``trials.jsonl`` (the last line of a trial wins) and the trial directories not in it;
+    a run begun without that index from its study, replayed, and every trial's records.
+    """
+    if not run.trials_index.exists():
+        trials = _read_study_trials(run, study_name)
+        finished = [FinishedTrial.of(t, _ended_chunks(run.trial(t.number))) for t in trials if t.state.is_finished()]
+        return finished, {t.number: dict(t.params) for t in trials if t.state.name == "RUNNING"}
+    indexed: dict[int, FinishedTrial] = {}
+    for record in _read_records(run.trials_index)[0]:
+        with contextlib.suppress(TypeError, AttributeError):
+            trial = FinishedTrial.from_json(record)
+            indexed[trial.number] = trial
+    running = [n for n in _trial_numbers(run) if n not in indexed]
+    return sorted(indexed.values(), key=lambda t: t.number), {n: {} for n in running}
+
+
+def _trial_numbers(run: RunPaths) -> list[int]:
+    """The numbers of the trials that have a directory (grouped 1,000 a directory, or not in older runs)."""
+    numbers = []
+    with contextlib.suppress(FileNotFoundError), os.scandir(run.dir / "trials") as entries:
+        for entry in entries:
+            if entry.name.startswith("trial_"):
+                numbers.append(int(entry.name[6:]))
+            elif entry.is_dir():
+                with os.scandir(entry.path) as group:
+                    numbers += [int(e.name[6:]) for e in group if e.name.startswith("trial_")]
+    return sorted(numbers)
 
 
 def _read_study_trials(run: RunPaths, study_name: str, attempts: int = 4) -> list[Any]:
@@ -5189,17 +5311,22 @@ def _ended_chunks(trial: TrialPaths) -> list[tuple[ChunkResult, float]]:
 
 
 def _running_trial(
-    run: RunPaths, settings: _RunSettings, trial: Any, done: list[tuple[ChunkResult, float]], now: float
+    run: RunPaths,
+    settings: _RunSettings,
+    number: int,
+    params: dict[str, ParamValue],
+    done: list[tuple[ChunkResult, float]],
+    now: float,
 ) -> RunningTrial:
-    expected = _trial_params(run.trial(trial.number))
+    expected = _trial_params(run.trial(number))
     plan = expected.plan if expected else settings.seeds
-    params = expected.params if expected else dict(trial.params)
+    params = expected.params if expected else params
     seeds = sum(c.stats.loss.count for c, _ in done)
     first_start = min((mtime - c.elapsed_seconds for c, mtime in done), default=None)
     last_end = max((mtime for _, mtime in done), default=now)
     until = max(now, last_end) if len(done) < plan.n_chunks else last_end  # a chunk may end while status reads
     rate = seeds / (until - first_start) if first_start is not None and until > first_start else None
-    return RunningTrial(trial.number, params, len(done), plan.n_chunks, seeds, rate, jobs=[])
+    return RunningTrial(number, params, len(done), plan.n_chunks, seeds, rate, jobs=[])
 
 
 def _with_slurm_jobs(
@@ -5289,22 +5416,27 @@ def _failed_trial(frozen: Any) -> FailedTrial:
     return FailedTrial(frozen.number, _first_line(reason), log.group(1) if log else None)
 
 
-def _active_seconds(intervals: list[tuple[float, float]], now: float | None, max_gap: float) -> float:
-    """The time chunks were being computed, with pauses up to ``max_gap`` counted; ``now`` if still going."""
-    total = 0.0
-    span: list[float] | None = None
+def _active_spans(intervals: Iterable[tuple[float, float]], max_gap: float) -> list[list[float]]:
+    """The intervals joined where they are at most ``max_gap`` apart: when work went on.
+
+    Joining the spans of several sets of intervals gives what joining them all gives: each
+    trial's spans are kept in ``trials.jsonl`` and status joins those.
+    """
+    spans: list[list[float]] = []
     for start, end in sorted(intervals):
-        if span is not None and start - span[1] <= max_gap:
-            span[1] = max(span[1], end)
-            continue
-        if span is not None:
-            total += span[1] - span[0]
-        span = [start, end]
-    if span is not None:
-        if now is not None and 0 <= now - span[1] <= max_gap:
-            span[1] = now
-        total += span[1] - span[0]
-    return total
+        if spans and start - spans[-1][1] <= max_gap:
+            spans[-1][1] = max(spans[-1][1], end)
+        else:
+            spans.append([start, end])
+    return spans
+
+
+def _active_seconds(intervals: Iterable[tuple[float, float]], now: float | None, max_gap: float) -> float:
+    """The time chunks were being computed, with pauses up to ``max_gap`` counted; ``now`` if still going."""
+    spans = _active_spans(intervals, max_gap)
+    if spans and now is not None and 0 <= now - spans[-1][1] <= max_gap:
+        spans[-1][1] = now
+    return sum(end - start for start, end in spans)
 
 
 # ---------------------------------------------------------------- drawing it
