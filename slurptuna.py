@@ -2884,6 +2884,7 @@ class _SlurmTrial:
     expected: TrialParams
     attempt: int = 0
     jobs: list[JobRef] = field(default_factory=list)  # its array jobs (and theirs reduce jobs), in order
+    ended: list[JobRef] = field(default_factory=list)  # its jobs that ended before a retry or this controller
     held: list[int] = field(default_factory=list)  # chunks for the next array: just started, or held by a limit
     cancelled: bool = False  # its tasks were cancelled since it last started chunks
     files: _ChunkFiles = field(default_factory=lambda: _ChunkFiles())  # its valid chunk records read so far
@@ -3002,7 +3003,8 @@ class _SlurmExecutor:
         """Hold the chunks for the array that the next ``poll`` submits (with other trials' chunks)."""
         state = self._trials.setdefault(trial.number, _SlurmTrial(trial, expected))
         state.attempt, state.cancelled = attempt, False
-        state.jobs = [j for j in state.jobs if self._is_active(j)]  # ended jobs were explained already
+        state.ended += [j for j in state.jobs if not self._is_active(j)]  # explained already; their logs fold later
+        state.jobs = [j for j in state.jobs if self._is_active(j)]
         state.held = sorted(set(state.held) | set(chunks))
 
     def poll(self) -> bool:
@@ -3117,13 +3119,14 @@ class _SlurmExecutor:
             active = self._ask_queue()
         self._active = active
         adopted: dict[int, frozenset[int]] = {}
-        for trial in trials:
+        for trial in trials:  # each kept, queued or not: its ended tasks' logs are folded when it finishes
             state = _SlurmTrial(trial, TrialParams.load(trial), recorded[trial.number].get("attempt", 0))
             state.jobs = [j for j in jobs[trial.number] if self._is_active(j)]
+            state.ended = [j for j in jobs[trial.number] if not self._is_active(j)]
+            self._trials[trial.number] = state
             queued = frozenset(chunk for job, task, chunk in state.tasks() if task in active.get(job.job_id, ()))
             if queued:
                 logger.info("trial %d: adopting queued chunks %s", trial.number, _format_ranges(queued))
-                self._trials[trial.number] = state
                 adopted[trial.number] = queued
         return adopted
 
@@ -3405,10 +3408,16 @@ def _fold_task_logs(run: RunPaths, state: _SlurmTrial) -> None:
     """The logs of a finished trial's tasks that succeeded: dropped when empty, else folded into one file.
 
     A site counts inodes: a task's own log stays only where it failed (its error names it).
+    The tasks are those of the array that last took each chunk, also arrays that ended
+    before a retry or before a resumed controller took the trial over (a trial the reduce
+    job completed meanwhile included: its records are read here if they were not yet).
     """
-    for job, task, chunk in state.tasks():
-        if job.kind != "tasks" or chunk not in state.files.chunks:
+    _read_new_chunks(state.paths, state.expected, state.files)
+    last = {chunk: job for job in [*state.ended, *state.jobs] if job.kind == "tasks" for chunk in job.chunks}
+    for chunk, job in last.items():
+        if chunk not in state.files.chunks:
             continue
+        task = job.task_of(chunk)
         log = job.task_log(run, task)
         try:
             text = log.read_text(errors="replace")

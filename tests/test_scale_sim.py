@@ -311,6 +311,29 @@ def test_a_killed_controller_resumes_on_the_saved_simulation_and_adopts_its_jobs
     assert tasks_after == 3 * 4  # the chunks of the three trials after the kill: those in flight were adopted
 
 
+def test_task_logs_of_trials_the_reduce_job_completed_while_no_controller_ran_are_folded_on_resume(run_root, tmp_path):
+    sim = SimSlurm(Site(task_seconds=30, controller_time="none"))
+
+    def sleep(seconds: float) -> bool:
+        if sim.queued_tasks() > 0 and sim.clock() > 5:
+            sim.save(tmp_path / "state.pickle")
+            raise KeyboardInterrupt  # killed with its trials' tasks queued
+        return sim.sleep(seconds)
+
+    options = {"n_trials": 5, "n_seeds": 40, "chunk_size": 10, "max_concurrent_trials": 3, "run_name": "r"}
+    with pytest.raises(KeyboardInterrupt):
+        simulate(sim, run_root, sleep=sleep, **options)
+    again = SimSlurm.load(tmp_path / "state.pickle")
+    again.sleep(600)  # no controller: the tasks run, and the reduce jobs write the trials' summaries
+    run = slurptuna.RunPaths(run_root / "r")
+    reduced = [n for n in range(3) if run.trial(n).summary.exists()]
+    logs = run.dir / "slurm_logs"
+    assert reduced and list(logs.rglob("task_*.log"))
+    result = simulate(again, run_root, **options)
+    assert result.n_complete == 5
+    assert not list(logs.rglob("task_*.log"))  # every task succeeded: each log folded (empty: dropped)
+
+
 # ---------------------------------------------------------------- the simulation agrees with fake_slurm
 #
 # The same run (trials, chunks, concurrency, poll interval) once on fake_slurm (real processes,
