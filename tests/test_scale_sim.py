@@ -240,6 +240,26 @@ def test_an_afterok_job_whose_array_failed_is_cancelled_by_kill_on_invalid_dep(s
     ]
 
 
+def test_the_simulations_catching_up_with_the_controllers_time_counts_as_its_own_cpu(monkeypatch):
+    sim = SimSlurm(Site(controller_time="cpu"))
+    advance = sim._advance
+
+    def busy_advance(until: float) -> None:  # the tasks falling due while the controller worked: 50 ms of CPU
+        if until > sim.now:
+            end = time.process_time() + 0.05
+            while time.process_time() < end:
+                pass
+        advance(until)
+
+    monkeypatch.setattr(sim, "_advance", busy_advance)
+    end = time.process_time() + 0.01
+    while time.process_time() < end:  # the controller's own work: the simulated clock moves on
+        pass
+    before = sim.own_seconds
+    assert sim(["squeue", "-h", "--me", "-o", "%i|%T"]).returncode == 0
+    assert sim.own_seconds - before >= 0.045  # not charged to the controller's CPU per trial
+
+
 def test_scancel_of_task_ids_cancels_only_those_tasks_of_a_shared_array(script):
     sim = SimSlurm(Site(cpus=2, task_seconds=10, controller_time="none"))
     job = sbatch(sim, script, "--array=0-9")
