@@ -1042,7 +1042,7 @@ def _check_writable(directory: Path) -> None:
         os.unlink(probe)
 
 
-def _read_json(path: Path) -> Any:
+def _read_json(path: Path | str) -> Any:
     """The file's content, or None when it is missing or unreadable (then it is recomputed)."""
     try:
         with open(path, "rb") as handle:  # bytes: json decodes UTF-8 itself, faster than a text file
@@ -1923,7 +1923,7 @@ def run_chunk(
 # ---------------------------------------------------------------- a chunk task, as a worker runs it
 
 
-def _valid_chunk(record: Any, expected: TrialParams, where: Path) -> ChunkResult | None:
+def _valid_chunk(record: Any, expected: TrialParams, where: Path | str) -> ChunkResult | None:
     """The record, if it was computed for these params, these seeds and this loss code; else None."""
     try:
         chunk = ChunkResult.from_json(record)
@@ -2002,27 +2002,35 @@ class _ChunkFiles:
 
 
 def _read_new_chunks(trial: TrialPaths, expected: TrialParams, files: _ChunkFiles) -> bool:
-    """Read the trial's chunk records written since the last look (validated, as everywhere); True if any."""
-    news = False
-    paths = [trial.merged_chunks]
+    """Read the trial's chunk records written since the last look (validated, as everywhere); True if any.
+
+    Looked at every poll for every trial in flight: a file already read costs its name only.
+    """
+    news = _read_appended(trial.merged_chunks, expected, files)
     with contextlib.suppress(FileNotFoundError), os.scandir(trial.chunks_dir) as entries:
-        paths += [trial.chunks_dir / e.name for e in entries]
-    for path in paths:
-        name = path.name
-        if name.endswith(".jsonl"):  # appended records (pool workers), or the merged ones
-            records, files.read[name] = _read_records(path, files.read.get(name, 0))
-            for record in records:
-                news |= files.add(_valid_chunk(record, expected, path), 0)
-            continue
-        found = _CHUNK_FILE_NAME.fullmatch(name)
-        if not found or int(found.group(1)) in files.chunks:
-            continue  # a valid chunk is never rewritten: only missing chunks are run again
-        with contextlib.suppress(FileNotFoundError):
-            mtime = os.stat(path).st_mtime_ns
-            if files.read.get(name) != mtime:  # an invalid file is read again only once rewritten
-                files.read[name] = mtime
-                record = _read_json(path)
-                news |= record is not None and files.add(_valid_chunk(record, expected, path), mtime)
+        for entry in entries:
+            name = entry.name
+            if name.endswith(".jsonl"):  # appended records (pool workers)
+                news |= _read_appended(Path(entry.path), expected, files)
+                continue
+            found = _CHUNK_FILE_NAME.fullmatch(name)
+            if not found or int(found.group(1)) in files.chunks:
+                continue  # a valid chunk is never rewritten: only missing chunks are run again
+            with contextlib.suppress(FileNotFoundError):
+                mtime = os.stat(entry.path).st_mtime_ns
+                if files.read.get(name) != mtime:  # an invalid file is read again only once rewritten
+                    files.read[name] = mtime
+                    record = _read_json(entry.path)  # a str: pathlib's parsing costs as much as the reading
+                    news |= record is not None and files.add(_valid_chunk(record, expected, entry.path), mtime)
+    return news
+
+
+def _read_appended(path: Path, expected: TrialParams, files: _ChunkFiles) -> bool:
+    """The records appended to a ``.jsonl`` file of chunk records since the last look (or the merged ones)."""
+    news = False
+    records, files.read[path.name] = _read_records(path, files.read.get(path.name, 0))
+    for record in records:
+        news |= files.add(_valid_chunk(record, expected, path), 0)
     return news
 
 
@@ -3412,15 +3420,17 @@ def _fold_task_logs(run: RunPaths, state: _SlurmTrial) -> None:
     before a retry or before a resumed controller took the trial over (a trial the reduce
     job completed meanwhile included: its records are read here if they were not yet).
     """
-    _read_new_chunks(state.paths, state.expected, state.files)
+    if len(state.files.chunks) < state.expected.plan.n_chunks:
+        _read_new_chunks(state.paths, state.expected, state.files)
     last = {chunk: job for job in [*state.ended, *state.jobs] if job.kind == "tasks" for chunk in job.chunks}
+    logs = {job.logs: run.dir / job.logs for job in last.values()}
     for chunk, job in last.items():
         if chunk not in state.files.chunks:
             continue
         task = job.task_of(chunk)
-        log = job.task_log(run, task)
+        log = RunPaths.task_log(logs[job.logs], task)
         try:
-            text = log.read_text(errors="replace")
+            text = log.read_text(errors="replace") if os.stat(log).st_size else ""  # most are empty: not opened
         except FileNotFoundError:
             continue
         if text.strip():
