@@ -4969,8 +4969,9 @@ def _run_study(
 # ============================================================================
 #
 # `python -m slurptuna status RUN_DIR` must never disturb a live run: every file it
-# reads was written atomically, optuna.db is opened read-only, and the controller's
-# lock is only tested (a shared, non-blocking flock released at once), never kept.
+# reads was written atomically or appended whole (trials.jsonl), an older run's study is
+# read without a lock (optuna.db read-only), and the controller's lock is only tested (a
+# shared, non-blocking flock released at once), never kept.
 # Reading (`read_status`) is kept apart from drawing (`format_status`, pure).
 
 _ACTIVE_GAP_SECONDS = 600  # a pause in chunk work longer than this (a dead controller) does not count in the pace
