@@ -1084,7 +1084,7 @@ def _check_writable(directory: Path) -> None:
         os.unlink(probe)
 
 
-def _read_json(path: Path) -> Any:
+def _read_json(path: Path | str) -> Any:
     """The file's content, or None when it is missing or unreadable (then it is recomputed)."""
     try:
         with open(path, "rb") as handle:  # bytes: json decodes UTF-8 itself, faster than a text file
@@ -1182,6 +1182,11 @@ class RunPaths:
     def journal(self) -> Path:
         """The study: Optuna's journal file (see ``_study_storage``)."""
         return self.dir / "optuna.journal"
+
+    @property
+    def trials_index(self) -> Path:
+        """One line per finished trial (``FinishedTrial``), appended by the controller: what ``status`` reads."""
+        return self.dir / "trials.jsonl"
 
     @property
     def lock(self) -> Path:
@@ -1370,6 +1375,62 @@ class TrialSummary:
     @classmethod
     def from_json(cls, record: Mapping[str, Any]) -> TrialSummary:
         return cls(**{k: v for k, v in record.items() if k != "mean_total_loss"})
+
+
+@dataclass(frozen=True)
+class FinishedTrial:
+    """One line of the run's ``trials.jsonl``: a finished trial as Optuna was told, and its chunks' totals.
+
+    ``status`` at 10,000 trials cannot replay the study and read every trial's records each
+    time (31.7 s): the controller appends this line once per finished trial, and status reads
+    these lines, summary.json and only the running trials' files. It reads like an Optuna
+    FrozenTrial where status needs one (``number``, ``value(s)``, ``params``, ``user_attrs``).
+    """
+
+    number: int
+    state: str  # COMPLETE, PRUNED or FAIL: Optuna's TrialState name
+    values: list[float] | None
+    params: dict[str, ParamValue]
+    user_attrs: dict[str, Any]  # slurptuna's attributes that status shows (_STATUS_ATTRS)
+    seeds: int  # over its valid chunks
+    core_seconds: float  # chunk compute: elapsed seconds x processes
+    spans: list[list[float]]  # [start, end] (Unix time) of its chunk work, pauses up to _ACTIVE_GAP_SECONDS joined
+
+    @property
+    def value(self) -> float | None:
+        return self.values[0] if self.values else None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, record: Mapping[str, Any]) -> FinishedTrial:
+        return cls(**record)
+
+    @classmethod
+    def of(cls, frozen: Any, chunks: Iterable[tuple[ChunkResult, float]]) -> FinishedTrial:
+        """The line of a finished Optuna trial whose valid chunks (each with when it ended) are ``chunks``."""
+        seeds, core_seconds, spans = _chunk_totals(chunks)
+        attrs = {k: v for k, v in frozen.user_attrs.items() if k in _STATUS_ATTRS}
+        if (
+            "fail_reason" in attrs
+        ):  # what status shows of it; its traceback (up to 20,000 characters) stays in the study
+            failed = _failed_trial(frozen)
+            attrs["fail_reason"] = failed.reason + (f"\nlog: {failed.log}" if failed.log else "")
+        values = list(frozen.values) if frozen.values is not None else None
+        return cls(frozen.number, frozen.state.name, values, dict(frozen.params), attrs, seeds, core_seconds, spans)
+
+
+_STATUS_ATTRS = ("n_seeds", "std", "standard_error", "component_standard_errors", "fail_reason")
+
+
+def _chunk_totals(chunks: Iterable[tuple[ChunkResult, float]]) -> tuple[int, float, list[list[float]]]:
+    """(seeds, core seconds, the spans they ran in) of chunks, each with when it ended."""
+    chunks = list(chunks)
+    seeds = sum(c.stats.loss.count for c, _ in chunks)
+    core_seconds = math.fsum(c.elapsed_seconds * c.processes for c, _ in chunks)
+    spans = _active_spans([(end - c.elapsed_seconds, end) for c, end in chunks], _ACTIVE_GAP_SECONDS)
+    return seeds, core_seconds, spans
 
 
 def _standard_error_of(*records: Mapping[str, Any] | None) -> float | None:
@@ -1911,7 +1972,7 @@ def run_chunk(
 # ---------------------------------------------------------------- a chunk task, as a worker runs it
 
 
-def _valid_chunk(record: Any, expected: TrialParams, where: Path) -> ChunkResult | None:
+def _valid_chunk(record: Any, expected: TrialParams, where: Path | str) -> ChunkResult | None:
     """The record, if it was computed for these params, these seeds and this loss code; else None."""
     try:
         chunk = ChunkResult.from_json(record)
@@ -1943,8 +2004,11 @@ def _read_records(path: Path, offset: int = 0) -> tuple[list[Any], int]:
     except FileNotFoundError:
         return [], offset
     end = data.rfind(b"\n") + 1
+    lines = data[:end].splitlines()
+    with contextlib.suppress(ValueError):  # one parse for all (10,000 lines of trials.jsonl); else line by line
+        return json.loads(b"[" + b",".join(lines) + b"]"), offset + end
     records = []
-    for line in data[:end].splitlines():
+    for line in lines:
         try:
             records.append(json.loads(line))
         except ValueError:
@@ -1987,27 +2051,35 @@ class _ChunkFiles:
 
 
 def _read_new_chunks(trial: TrialPaths, expected: TrialParams, files: _ChunkFiles) -> bool:
-    """Read the trial's chunk records written since the last look (validated, as everywhere); True if any."""
-    news = False
-    paths = [trial.merged_chunks]
+    """Read the trial's chunk records written since the last look (validated, as everywhere); True if any.
+
+    Looked at every poll for every trial in flight: a file already read costs its name only.
+    """
+    news = _read_appended(trial.merged_chunks, expected, files)
     with contextlib.suppress(FileNotFoundError), os.scandir(trial.chunks_dir) as entries:
-        paths += [trial.chunks_dir / e.name for e in entries]
-    for path in paths:
-        name = path.name
-        if name.endswith(".jsonl"):  # appended records (pool workers), or the merged ones
-            records, files.read[name] = _read_records(path, files.read.get(name, 0))
-            for record in records:
-                news |= files.add(_valid_chunk(record, expected, path), 0)
-            continue
-        found = _CHUNK_FILE_NAME.fullmatch(name)
-        if not found or int(found.group(1)) in files.chunks:
-            continue  # a valid chunk is never rewritten: only missing chunks are run again
-        with contextlib.suppress(FileNotFoundError):
-            mtime = os.stat(path).st_mtime_ns
-            if files.read.get(name) != mtime:  # an invalid file is read again only once rewritten
-                files.read[name] = mtime
-                record = _read_json(path)
-                news |= record is not None and files.add(_valid_chunk(record, expected, path), mtime)
+        for entry in entries:
+            name = entry.name
+            if name.endswith(".jsonl"):  # appended records (pool workers)
+                news |= _read_appended(Path(entry.path), expected, files)
+                continue
+            found = _CHUNK_FILE_NAME.fullmatch(name)
+            if not found or int(found.group(1)) in files.chunks:
+                continue  # a valid chunk is never rewritten: only missing chunks are run again
+            with contextlib.suppress(FileNotFoundError):
+                mtime = os.stat(entry.path).st_mtime_ns
+                if files.read.get(name) != mtime:  # an invalid file is read again only once rewritten
+                    files.read[name] = mtime
+                    record = _read_json(entry.path)  # a str: pathlib's parsing costs as much as the reading
+                    news |= record is not None and files.add(_valid_chunk(record, expected, entry.path), mtime)
+    return news
+
+
+def _read_appended(path: Path, expected: TrialParams, files: _ChunkFiles) -> bool:
+    """The records appended to a ``.jsonl`` file of chunk records since the last look (or the merged ones)."""
+    news = False
+    records, files.read[path.name] = _read_records(path, files.read.get(path.name, 0))
+    for record in records:
+        news |= files.add(_valid_chunk(record, expected, path), 0)
     return news
 
 
@@ -2883,6 +2955,7 @@ class _SlurmTrial:
     expected: TrialParams
     attempt: int = 0
     jobs: list[JobRef] = field(default_factory=list)  # its array jobs (and theirs reduce jobs), in order
+    ended: list[JobRef] = field(default_factory=list)  # its jobs that ended before a retry or this controller
     held: list[int] = field(default_factory=list)  # chunks for the next array: just started, or held by a limit
     cancelled: bool = False  # its tasks were cancelled since it last started chunks
     files: _ChunkFiles = field(default_factory=lambda: _ChunkFiles())  # its valid chunk records read so far
@@ -3001,7 +3074,8 @@ class _SlurmExecutor:
         """Hold the chunks for the array that the next ``poll`` submits (with other trials' chunks)."""
         state = self._trials.setdefault(trial.number, _SlurmTrial(trial, expected))
         state.attempt, state.cancelled = attempt, False
-        state.jobs = [j for j in state.jobs if self._is_active(j)]  # ended jobs were explained already
+        state.ended += [j for j in state.jobs if not self._is_active(j)]  # explained already; their logs fold later
+        state.jobs = [j for j in state.jobs if self._is_active(j)]
         state.held = sorted(set(state.held) | set(chunks))
 
     def poll(self) -> bool:
@@ -3116,13 +3190,14 @@ class _SlurmExecutor:
             active = self._ask_queue()
         self._active = active
         adopted: dict[int, frozenset[int]] = {}
-        for trial in trials:
+        for trial in trials:  # each kept, queued or not: its ended tasks' logs are folded when it finishes
             state = _SlurmTrial(trial, TrialParams.load(trial), recorded[trial.number].get("attempt", 0))
             state.jobs = [j for j in jobs[trial.number] if self._is_active(j)]
+            state.ended = [j for j in jobs[trial.number] if not self._is_active(j)]
+            self._trials[trial.number] = state
             queued = frozenset(chunk for job, task, chunk in state.tasks() if task in active.get(job.job_id, ()))
             if queued:
                 logger.info("trial %d: adopting queued chunks %s", trial.number, _format_ranges(queued))
-                self._trials[trial.number] = state
                 adopted[trial.number] = queued
         return adopted
 
@@ -3404,13 +3479,21 @@ def _fold_task_logs(run: RunPaths, state: _SlurmTrial) -> None:
     """The logs of a finished trial's tasks that succeeded: dropped when empty, else folded into one file.
 
     A site counts inodes: a task's own log stays only where it failed (its error names it).
+    The tasks are those of the array that last took each chunk, also arrays that ended
+    before a retry or before a resumed controller took the trial over (a trial the reduce
+    job completed meanwhile included: its records are read here if they were not yet).
     """
-    for job, task, chunk in state.tasks():
-        if job.kind != "tasks" or chunk not in state.files.chunks:
+    if len(state.files.chunks) < state.expected.plan.n_chunks:
+        _read_new_chunks(state.paths, state.expected, state.files)
+    last = {chunk: job for job in [*state.ended, *state.jobs] if job.kind == "tasks" for chunk in job.chunks}
+    logs = {job.logs: run.dir / job.logs for job in last.values()}
+    for chunk, job in last.items():
+        if chunk not in state.files.chunks:
             continue
-        log = job.task_log(run, task)
+        task = job.task_of(chunk)
+        log = RunPaths.task_log(logs[job.logs], task)
         try:
-            text = log.read_text(errors="replace")
+            text = log.read_text(errors="replace") if os.stat(log).st_size else ""  # most are empty: not opened
         except FileNotFoundError:
             continue
         if text.strip():
@@ -4507,6 +4590,7 @@ class _Controller:
             name: _distribution(optuna, spec) for name, spec in _LOSSES[settings.loss_name].parameter_space.items()
         }
         self.tally = _Tally.of_study(study, settings, _read_json(run.summary))
+        self._index = _open_trial_index(run, study)
         self._active: list[_ActiveTrial] = []
         self._race: dict[int, _RaceSide] = {}  # the best and its challenger while they race, by trial number
         self._adopted_race: dict[int, frozenset[int]] = {}  # on resume: a race's chunks still queued
@@ -4558,6 +4642,8 @@ class _Controller:
         finally:
             self._study._thread_local.in_optimize_loop = False
             self._progress.close()
+            if self._index is not None:
+                self._index.close()
 
     # ---- starting and adopting trials
 
@@ -4752,6 +4838,8 @@ class _Controller:
         if frozen.state.name == "COMPLETE" and not self._settings.objectives:
             self._racers[frozen.number] = _racer_of(active.expected, active.chunks)
             self._update_best_set(frozen.number)
+        if self._index is not None:
+            self._index.append(FinishedTrial.of(frozen, ((c, c.finished_at) for c in active.chunks.values())).to_json())
         _write_json_atomic(self._run.summary, self.tally.summary(self._settings))
         for callback in self._callbacks:
             try:
@@ -5025,6 +5113,28 @@ def _merge_chunk_records(trial: TrialPaths, chunks: Mapping[int, ChunkResult]) -
                 os.unlink(entry.path)
     with contextlib.suppress(OSError):  # gone already, or a cancelled task wrote meanwhile
         os.rmdir(trial.chunks_dir)
+
+
+def _open_trial_index(run: RunPaths, study: optuna.Study) -> _RecordFile | None:
+    """The run's ``trials.jsonl`` to append to, with the finished trials it lacks; None for a run begun without it.
+
+    A controller killed between telling Optuna and appending leaves a trial out: it is added
+    here from the study and its records. A run whose study already had finished trials when
+    there was no index keeps none (status reads its study, as before).
+    """
+    finished = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
+    if run.trials_index.exists():
+        _cut_half_written_record(run.trials_index)
+        indexed = {r.get("number") for r in _read_records(run.trials_index)[0] if isinstance(r, dict)}
+        finished = [t for t in finished if t.number not in indexed]
+    elif finished:
+        return None
+    else:
+        run.trials_index.touch()
+    index = _RecordFile(run.trials_index)
+    for frozen in finished:
+        index.append(FinishedTrial.of(frozen, _ended_chunks(run.trial(frozen.number))).to_json())
+    return index
 
 
 def _chunk_failures(trial: TrialPaths) -> list[ChunkFailure]:
@@ -5652,8 +5762,9 @@ def _validate_main(argv: Sequence[str]) -> int:
 # ============================================================================
 #
 # `python -m slurptuna status RUN_DIR` must never disturb a live run: every file it
-# reads was written atomically, optuna.db is opened read-only, and the controller's
-# lock is only tested (a shared, non-blocking flock released at once), never kept.
+# reads was written atomically or appended whole (trials.jsonl), an older run's study is
+# read without a lock (optuna.db read-only), and the controller's lock is only tested (a
+# shared, non-blocking flock released at once), never kept.
 # Reading (`read_status`) is kept apart from drawing (`format_status`, pure).
 
 _ACTIVE_GAP_SECONDS = 600  # a pause in chunk work longer than this (a dead controller) does not count in the pace
@@ -5823,17 +5934,20 @@ def _read_entry(entry: str, run: RunPaths, now: float) -> EntryStatus:
 def read_run_status(
     run: RunPaths, now: float, ask_queue: Callable[[Sequence[str]], dict[str, list[_QueueLine]]] | None
 ) -> RunStatus:
-    """Read meta.json, optuna.db, the lock and the trial files; ask Slurm once about running trials' jobs."""
+    """Read meta.json, the finished trials, the lock and the running trials' files; ask Slurm once about their jobs."""
     settings = _read_run_settings(run)
-    trials = _read_study_trials(run, settings.run_name or run.dir.name)
+    finished, running_params = _read_trials(run, settings.run_name or run.dir.name)
     held, pid = _controller_holds(run)
-    by_state: dict[str, list[Any]] = {}
-    for trial in trials:
-        by_state.setdefault(trial.state.name, []).append(trial)
-    chunk_files = {t.number: _ended_chunks(run.trial(t.number)) for t in trials}
-    started = run.journal.exists() or run.optuna_db.exists()
+    by_state: dict[str, list[FinishedTrial]] = {}
+    for trial in finished:
+        by_state.setdefault(trial.state, []).append(trial)
+    started = run.journal.exists() or run.optuna_db.exists() or run.trials_index.exists()
     notes = [] if started else ["no optuna.journal yet: the controller has not started a trial"]
-    running = [_running_trial(run, settings, t, chunk_files[t.number], now) for t in by_state.get("RUNNING", [])]
+    running_chunks = {number: _ended_chunks(run.trial(number)) for number in running_params}
+    running = [
+        _running_trial(run, settings, number, params, running_chunks[number], now)
+        for number, params in running_params.items()
+    ]
     if settings.mode == ExecutionMode.DISTRIBUTED.value and ask_queue is not None:
         running, queue_note = _with_slurm_jobs(run, running, ask_queue)
         notes += [queue_note] if queue_note else []
@@ -5841,20 +5955,16 @@ def read_run_status(
     several = len(directions) > 1
     best = None if several else _best_trial(by_state.get("COMPLETE", []), directions[0])
     pareto = _pareto_front(by_state.get("COMPLETE", []), directions) if several else []
-    all_chunks = [c for files in chunk_files.values() for c in files]
-    core_seconds = math.fsum(c.elapsed_seconds * c.processes for c, _ in all_chunks)
-    seeds_done = sum(c.stats.loss.count for c, _ in all_chunks)
-    intervals = [(mtime - c.elapsed_seconds, mtime) for c, mtime in all_chunks]
+    totals = [(t.seeds, t.core_seconds, t.spans) for t in finished]
+    totals += [_chunk_totals(chunks) for chunks in running_chunks.values()]
+    core_seconds = math.fsum(core for _, core, _ in totals)
+    seeds_done = sum(seeds for seeds, _, _ in totals)
+    intervals = [(start, end) for _, _, spans in totals for start, end in spans]
     active = _active_seconds(intervals, now if held else None, _ACTIVE_GAP_SECONDS)
     pace = seeds_done / active if seeds_done and active > 0 else None
-    finished = by_state.get("COMPLETE", []) + by_state.get("PRUNED", [])
-    per_trial = (
-        sum(c.stats.loss.count for t in finished for c, _ in chunk_files[t.number]) / len(finished)
-        if finished
-        else settings.seeds.count
-    )
-    n_ended = sum(len(by_state.get(s, [])) for s in ("COMPLETE", "FAILED", "PRUNED"))
-    seeds_left = max(0.0, (settings.n_trials - n_ended) * per_trial - sum(r.seeds_done for r in running))
+    used = by_state.get("COMPLETE", []) + by_state.get("PRUNED", [])
+    per_trial = sum(t.seeds for t in used) / len(used) if used else settings.seeds.count
+    seeds_left = max(0.0, (settings.n_trials - len(finished)) * per_trial - sum(r.seeds_done for r in running))
     ranking = _read_json(run.summary) or {}
     best_set = [BestSetTrial(**r) for r in ranking.get("best_set", [])]
     if "race" in ranking and best_set:  # races rank trials on seeds Optuna's values do not have
@@ -5911,6 +6021,38 @@ def _read_run_settings(run: RunPaths) -> _RunSettings:
             f"{run.meta} has a format this slurptuna ({__version__}) cannot read (written by {written_by}): "
             f"{type(exc).__name__}: {exc}"
         ) from None
+
+
+def _read_trials(run: RunPaths, study_name: str) -> tuple[list[FinishedTrial], dict[int, dict[str, ParamValue]]]:
+    """The run's finished trials, and the running ones' params by number (empty before params.json is written).
+
+    From ``trials.jsonl`` (the last line of a trial wins) and the trial directories not in it;
+    a run begun without that index from its study, replayed, and every trial's records.
+    """
+    if not run.trials_index.exists():
+        trials = _read_study_trials(run, study_name)
+        finished = [FinishedTrial.of(t, _ended_chunks(run.trial(t.number))) for t in trials if t.state.is_finished()]
+        return finished, {t.number: dict(t.params) for t in trials if t.state.name == "RUNNING"}
+    indexed: dict[int, FinishedTrial] = {}
+    for record in _read_records(run.trials_index)[0]:
+        with contextlib.suppress(TypeError, AttributeError):
+            trial = FinishedTrial.from_json(record)
+            indexed[trial.number] = trial
+    running = [n for n in _trial_numbers(run) if n not in indexed]
+    return sorted(indexed.values(), key=lambda t: t.number), {n: {} for n in running}
+
+
+def _trial_numbers(run: RunPaths) -> list[int]:
+    """The numbers of the trials that have a directory (grouped 1,000 a directory, or not in older runs)."""
+    numbers = []
+    with contextlib.suppress(FileNotFoundError), os.scandir(run.dir / "trials") as entries:
+        for entry in entries:
+            if entry.name.startswith("trial_"):
+                numbers.append(int(entry.name[6:]))
+            elif entry.is_dir():
+                with os.scandir(entry.path) as group:
+                    numbers += [int(e.name[6:]) for e in group if e.name.startswith("trial_")]
+    return sorted(numbers)
 
 
 def _read_study_trials(run: RunPaths, study_name: str, attempts: int = 4) -> list[Any]:
@@ -5999,17 +6141,22 @@ def _ended_chunks(trial: TrialPaths) -> list[tuple[ChunkResult, float]]:
 
 
 def _running_trial(
-    run: RunPaths, settings: _RunSettings, trial: Any, done: list[tuple[ChunkResult, float]], now: float
+    run: RunPaths,
+    settings: _RunSettings,
+    number: int,
+    params: dict[str, ParamValue],
+    done: list[tuple[ChunkResult, float]],
+    now: float,
 ) -> RunningTrial:
-    expected = _trial_params(run.trial(trial.number))
+    expected = _trial_params(run.trial(number))
     plan = expected.plan if expected else settings.seeds
-    params = expected.params if expected else dict(trial.params)
+    params = expected.params if expected else params
     seeds = sum(c.stats.loss.count for c, _ in done)
     first_start = min((mtime - c.elapsed_seconds for c, mtime in done), default=None)
     last_end = max((mtime for _, mtime in done), default=now)
     until = max(now, last_end) if len(done) < plan.n_chunks else last_end  # a chunk may end while status reads
     rate = seeds / (until - first_start) if first_start is not None and until > first_start else None
-    return RunningTrial(trial.number, params, len(done), plan.n_chunks, seeds, rate, jobs=[])
+    return RunningTrial(number, params, len(done), plan.n_chunks, seeds, rate, jobs=[])
 
 
 def _with_slurm_jobs(
@@ -6099,22 +6246,27 @@ def _failed_trial(frozen: Any) -> FailedTrial:
     return FailedTrial(frozen.number, _first_line(reason), log.group(1) if log else None)
 
 
-def _active_seconds(intervals: list[tuple[float, float]], now: float | None, max_gap: float) -> float:
-    """The time chunks were being computed, with pauses up to ``max_gap`` counted; ``now`` if still going."""
-    total = 0.0
-    span: list[float] | None = None
+def _active_spans(intervals: Iterable[tuple[float, float]], max_gap: float) -> list[list[float]]:
+    """The intervals joined where they are at most ``max_gap`` apart: when work went on.
+
+    Joining the spans of several sets of intervals gives what joining them all gives: each
+    trial's spans are kept in ``trials.jsonl`` and status joins those.
+    """
+    spans: list[list[float]] = []
     for start, end in sorted(intervals):
-        if span is not None and start - span[1] <= max_gap:
-            span[1] = max(span[1], end)
-            continue
-        if span is not None:
-            total += span[1] - span[0]
-        span = [start, end]
-    if span is not None:
-        if now is not None and 0 <= now - span[1] <= max_gap:
-            span[1] = now
-        total += span[1] - span[0]
-    return total
+        if spans and start - spans[-1][1] <= max_gap:
+            spans[-1][1] = max(spans[-1][1], end)
+        else:
+            spans.append([start, end])
+    return spans
+
+
+def _active_seconds(intervals: Iterable[tuple[float, float]], now: float | None, max_gap: float) -> float:
+    """The time chunks were being computed, with pauses up to ``max_gap`` counted; ``now`` if still going."""
+    spans = _active_spans(intervals, max_gap)
+    if spans and now is not None and 0 <= now - spans[-1][1] <= max_gap:
+        spans[-1][1] = now
+    return sum(end - start for start, end in spans)
 
 
 # ---------------------------------------------------------------- drawing it

@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """S1, a site's scale, SIMULATED: the real controller on a simulated Slurm and a simulated clock (issue 15).
 
-    python benchmark/bench_scale.py                 # 10,000 trials x 100 chunks (at most 30 minutes here)
+    python benchmark/bench_scale.py                 # 10,000 trials x 100 chunks, RandomSampler (case 14: ~8 min)
+    python benchmark/bench_scale.py --tpe           # the same with the default TPE sampler (~17 minutes here)
     python benchmark/bench_scale.py --quick         # 500 trials x 100 chunks (about a minute)
     python benchmark/bench_scale.py --trials 2000   # any size; the SIGKILL comes at half of it
 
@@ -24,7 +25,13 @@ at that moment, as slurmctld's would survive, and a new process resumes the run 
 
 * the controller's CPU per trial (``time.process_time()`` deltas minus the simulation's own CPU
   time, which it measures) over the 100 trials around trial 1,000 and the last 100 (to 10,000),
-  with the part spent in the sampler's ``ask`` (TPE's methods, timed) shown apart;
+  with the part spent in the sampler's ``ask`` (the sampler's methods, timed) shown apart;
+
+The sampler: case 14 of benchmark/run.py uses Optuna's RandomSampler, so that the case fits in
+the one benchmark run. The target leaves the sampler's own ``ask`` out, and TPE's is most of
+the full shape's time (63.5 ms a trial at trial 10,000, 5-6 of its 17 minutes); everything
+else (the controller, its files, its study, its Slurm calls) is the same. ``--tpe`` runs
+the full shape with slurptuna's default TPE sampler.
 * Slurm calls by command per trial; per simulated second, sustained (all calls / the run's
   simulated time) and the peak over any 60 s window; the simulated time the controller waited on
   the RPC bucket; submissions refused (by Slurm's reason);
@@ -113,9 +120,10 @@ def controller_child(spec: dict) -> None:
 
         return wrapper
 
-    tpe = optuna.samplers.TPESampler
+    sampler_class = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler}[spec["sampler"]]
     for name in ("infer_relative_search_space", "sample_relative", "sample_independent", "before_trial"):
-        setattr(tpe, name, timed(getattr(tpe, name)))
+        setattr(sampler_class, name, timed(getattr(sampler_class, name)))
+    options = {} if spec["sampler"] == "tpe" else {"sampler": sampler_class(seed=123)}  # tpe: slurptuna's default
 
     original_finish = slurptuna._Controller._finish
     original_adopt = slurptuna._Controller._adopt_interrupted_trials
@@ -166,6 +174,7 @@ def controller_child(spec: dict) -> None:
         run_root=spec["run_root"],
         run_name="s1",
         progress=False,
+        **options,
     )
     marks["run_dir"] = result.run_dir
     marks["n_complete"] = result.n_complete
@@ -221,13 +230,14 @@ def _tree(run_dir: Path) -> tuple[int, int, str]:
     return total, largest, where
 
 
-def run_s1(tmp: Path, n_trials: int, site: dict | None = None) -> dict:
+def run_s1(tmp: Path, n_trials: int, site: dict | None = None, sampler: str = "random") -> dict:
     """S1 at ``n_trials``: a controller killed at half, a resume to the end, the figures."""
     import sim_slurm
 
     tmp.mkdir(parents=True, exist_ok=True)
     site = {**SITE, **(site or {})}
     base = {"n_trials": n_trials, "run_root": str(tmp / "runs"), "state": str(tmp / "sim_state.pickle"), "site": site}
+    base["sampler"] = sampler
     kill_at = n_trials // 2
     real_started = time.perf_counter()
     first, code, _ = _child({**base, "resume": False, "kill_at": kill_at, "out": str(tmp / "first.json")})
@@ -262,6 +272,7 @@ def run_s1(tmp: Path, n_trials: int, site: dict | None = None) -> dict:
     sim_seconds = times[-1] - times[0] if len(times) > 1 else 0.0
     return {
         "n_trials": n_trials,
+        "sampler": sampler,
         "site": site,
         "real_seconds": real_seconds,
         "sim_seconds": sim_seconds,
@@ -304,7 +315,14 @@ def rows_of(m: dict) -> list[dict[str, str]]:
     site = m["site"]
     shape = (
         f"SIMULATED Slurm and clock (benchmark/sim_slurm.py), real controller: {n:,} trials x {N_CHUNKS} chunks "
-        f"of {CHUNK_SIZE} seeds, no-op loss, {CONCURRENT} at once, poll <= {POLL_SECONDS} s; site: "
+        f"of {CHUNK_SIZE} seeds, no-op loss, {CONCURRENT} at once, poll <= {POLL_SECONDS} s; "
+        + (
+            "slurptuna's default TPE sampler; "
+            if m["sampler"] == "tpe"
+            else "Optuna's RandomSampler, to fit the one benchmark run (the target leaves the sampler's own ask out; "
+            "TPE's is 63.5 ms a trial at trial 10,000: bench_scale.py --tpe, benchmark/SCALE.md); "
+        )
+        + "site: "
         f"{site['cpus']:,} CPUs, tasks of {site['task_seconds']:g} s, MaxArraySize {site['max_array_size']:,}, "
         f"MaxSubmitJobs {site['max_submit_jobs']:,}, RPC bucket {site['rpc_bucket']} refilled "
         f"{site['rpc_refill']}/s, jobs start {site['start_delay']:g} s after they may; SIGKILL at trial "
@@ -419,7 +437,7 @@ def _scratch(fallback: Path) -> Path:
 
 
 def case_scale(tmp: Path, quick: bool) -> list[dict[str, str]]:
-    """S1's rows: 10,000 trials (quick: 500), run in /dev/shm when it has room (see ``_scratch``)."""
+    """S1's rows: 10,000 trials (quick: 500) with RandomSampler, run in /dev/shm when it has room (``_scratch``)."""
     with tempfile.TemporaryDirectory(prefix="slurptuna_s1_", dir=_scratch(Path(tmp))) as scratch:
         return rows_of(run_s1(Path(scratch) / "s1", 500 if quick else 10_000))
 
@@ -431,6 +449,7 @@ def main() -> int:
     parser.add_argument("--keep", metavar="DIR", help="run in DIR and keep it (the run, the simulation's state)")
     parser.add_argument("--child", metavar="JSON", help=argparse.SUPPRESS)
     parser.add_argument("--json", action="store_true", help="also print the figures as JSON")
+    parser.add_argument("--tpe", action="store_true", help="slurptuna's default TPE sampler, not RandomSampler")
     args = parser.parse_args()
     if args.child:
         controller_child(json.loads(args.child))
@@ -439,7 +458,7 @@ def main() -> int:
     print(f"S1 (a SIMULATION of Slurm and of time; the controller is real): {n_trials:,} trials", flush=True)
     (BENCH / "results").mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="slurptuna_s1_", dir=_scratch(BENCH / "results")) as tmp:
-        figures = run_s1(Path(args.keep or tmp) / "s1", n_trials)
+        figures = run_s1(Path(args.keep or tmp) / "s1", n_trials, sampler="tpe" if args.tpe else "random")
         rows = rows_of(figures)
     print("| " + " | ".join(rows[0]) + " |")
     print("|" + "---|" * len(rows[0]))

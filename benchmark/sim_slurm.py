@@ -486,9 +486,9 @@ class SimSlurm:
             self._leave()
 
     def _enter(self) -> None:
+        self._entered = time.process_time()  # catching up with the controller's time is the simulation's work too
         if self.site.controller_time != "none":
             self._advance(self.now + max(0.0, self._controller_clock() - self._mark))
-        self._entered = time.process_time()
 
     def _leave(self) -> None:
         self.own_seconds += time.process_time() - self._entered

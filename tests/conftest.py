@@ -199,6 +199,7 @@ def as_sqlite(run) -> None:
         to_study_name=name,
     )
     run.journal.unlink()
+    run.trials_index.unlink(missing_ok=True)  # such runs had no index either: status reads their study
 
 
 class Points(optuna.samplers.BaseSampler):

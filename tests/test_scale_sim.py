@@ -240,6 +240,26 @@ def test_an_afterok_job_whose_array_failed_is_cancelled_by_kill_on_invalid_dep(s
     ]
 
 
+def test_the_simulations_catching_up_with_the_controllers_time_counts_as_its_own_cpu(monkeypatch):
+    sim = SimSlurm(Site(controller_time="cpu"))
+    advance = sim._advance
+
+    def busy_advance(until: float) -> None:  # the tasks falling due while the controller worked: 50 ms of CPU
+        if until > sim.now:
+            end = time.process_time() + 0.05
+            while time.process_time() < end:
+                pass
+        advance(until)
+
+    monkeypatch.setattr(sim, "_advance", busy_advance)
+    end = time.process_time() + 0.01
+    while time.process_time() < end:  # the controller's own work: the simulated clock moves on
+        pass
+    before = sim.own_seconds
+    assert sim(["squeue", "-h", "--me", "-o", "%i|%T"]).returncode == 0
+    assert sim.own_seconds - before >= 0.045  # not charged to the controller's CPU per trial
+
+
 def test_scancel_of_task_ids_cancels_only_those_tasks_of_a_shared_array(script):
     sim = SimSlurm(Site(cpus=2, task_seconds=10, controller_time="none"))
     job = sbatch(sim, script, "--array=0-9")
@@ -309,6 +329,29 @@ def test_a_killed_controller_resumes_on_the_saved_simulation_and_adopts_its_jobs
     assert result.n_complete == 6 and queued > 0
     tasks_after = sum(n for when, _, n, array in again.submitted if array and when > stop_after[0])
     assert tasks_after == 3 * 4  # the chunks of the three trials after the kill: those in flight were adopted
+
+
+def test_task_logs_of_trials_the_reduce_job_completed_while_no_controller_ran_are_folded_on_resume(run_root, tmp_path):
+    sim = SimSlurm(Site(task_seconds=30, controller_time="none"))
+
+    def sleep(seconds: float) -> bool:
+        if sim.queued_tasks() > 0 and sim.clock() > 5:
+            sim.save(tmp_path / "state.pickle")
+            raise KeyboardInterrupt  # killed with its trials' tasks queued
+        return sim.sleep(seconds)
+
+    options = {"n_trials": 5, "n_seeds": 40, "chunk_size": 10, "max_concurrent_trials": 3, "run_name": "r"}
+    with pytest.raises(KeyboardInterrupt):
+        simulate(sim, run_root, sleep=sleep, **options)
+    again = SimSlurm.load(tmp_path / "state.pickle")
+    again.sleep(600)  # no controller: the tasks run, and the reduce jobs write the trials' summaries
+    run = slurptuna.RunPaths(run_root / "r")
+    reduced = [n for n in range(3) if run.trial(n).summary.exists()]
+    logs = run.dir / "slurm_logs"
+    assert reduced and list(logs.rglob("task_*.log"))
+    result = simulate(again, run_root, **options)
+    assert result.n_complete == 5
+    assert not list(logs.rglob("task_*.log"))  # every task succeeded: each log folded (empty: dropped)
 
 
 # ---------------------------------------------------------------- the simulation agrees with fake_slurm

@@ -14,6 +14,7 @@ from pathlib import Path
 import losses
 import pytest
 from conftest import (
+    Points,
     as_sqlite,
     assert_one_error_line,
     chunk_records,
@@ -105,6 +106,7 @@ def test_chunks_computed_by_other_loss_code_are_not_counted_and_not_warned_of(ru
     trial = RunPaths(Path(result.run_dir)).trial(0)
     record = chunk_records(trial)[1]
     rewrite_chunk_record(trial, 1, code_id="another loss")  # as the controller would, it is skipped
+    RunPaths(Path(result.run_dir)).trials_index.unlink()  # status reads every record (a run begun without it)
     done = status(result.run_dir, "--json")
     assert done.returncode == 0 and done.stderr == ""
     assert json.loads(done.stdout)["seeds_done"] == 60 - record["stats"]["count"]
@@ -275,3 +277,48 @@ def test_the_pace_counts_pauses_up_to_the_gap_and_not_longer_ones():
     assert slurptuna._active_seconds(intervals, now=None, max_gap=10) == 30 + 10
     assert slurptuna._active_seconds(intervals, now=1015.0, max_gap=10) == 30 + 15
     assert slurptuna._active_seconds([], now=5.0, max_gap=10) == 0
+
+
+# ---------------------------------------------------------------- trials.jsonl: what status reads at 10,000 trials
+
+
+def status_json(run_dir) -> dict:
+    shown = slurptuna.read_status(Path(run_dir), now=2e9).to_json()
+    return {k: v for k, v in shown.items() if k != "checked_at"}
+
+
+def test_status_from_the_trials_index_shows_what_replaying_the_study_and_every_record_shows(run_root):
+    result = single_run(losses.nan_when_x_high, run_root, n_trials=4, sampler=Points([0.2, 0.9, 0.5, 0.1]))
+    run = RunPaths(Path(result.run_dir))
+    assert sorted(json.loads(line)["number"] for line in run.trials_index.read_text().splitlines()) == [0, 1, 2, 3]
+    from_index = status_json(run.dir)
+    run.trials_index.unlink()
+    replayed = status_json(run.dir)
+    assert (replayed["n_complete"], replayed["n_failed"]) == (3, 1)
+    assert replayed["seeds_done"] == 60 and "returned nan" in replayed["failed"][0]["reason"]
+    sums = ("core_hours", "seeds_per_second", "hours_left", "core_hours_left")  # summed in another order
+    assert {k: from_index.pop(k) for k in sums} == pytest.approx({k: replayed.pop(k) for k in sums}, rel=1e-9)
+    assert from_index == replayed
+
+
+def test_a_trial_told_to_optuna_but_left_out_of_the_index_is_added_on_resume_and_a_cut_line_ignored(run_root):
+    result = single_run(losses.quadratic, run_root, n_trials=2, run_name="cut")
+    run = RunPaths(Path(result.run_dir))
+    first = run.trials_index.read_text().splitlines()[0]
+    run.trials_index.write_text(first + '\n{"number": 1, "state": "COMP')  # killed mid-append of trial 1
+    assert status_json(run.dir)["n_complete"] == 1  # the cut line is no trial
+    single_run(losses.quadratic, run_root, n_trials=3, run_name="cut")
+    numbers = [json.loads(line)["number"] for line in run.trials_index.read_text().splitlines()]
+    assert sorted(numbers) == [0, 1, 2]
+    shown = status_json(run.dir)
+    assert (shown["n_complete"], shown["n_running"], shown["seeds_done"]) == (3, 0, 60)
+
+
+def test_a_run_begun_without_the_index_keeps_reading_its_study_after_a_resume(run_root):
+    result = single_run(losses.quadratic, run_root, n_trials=2, run_name="old")
+    run = RunPaths(Path(result.run_dir))
+    run.trials_index.unlink()  # as a run made before trials.jsonl
+    single_run(losses.quadratic, run_root, n_trials=3, run_name="old")
+    assert not run.trials_index.exists()
+    shown = status_json(run.dir)
+    assert (shown["n_complete"], shown["seeds_done"], shown["trials_left"]) == (3, 60, 0)
