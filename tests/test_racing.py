@@ -287,6 +287,40 @@ def test_a_lucky_challenger_does_not_replace_the_best_and_the_run_s_best_differs
     assert [t.number for t in result.best_set] == [0]  # separated: not in the best set
 
 
+def assert_race_ran_on_slurm(result, seed_counter) -> None:
+    """The lucky challenger lost as in single mode; its race's seeds were evaluated (by Slurm's tasks:
+    the controller evaluates none), each once."""
+    assert result.best_params == INCUMBENT and result.study.best_trial.number == 1
+    told, now = seeds_of(result, 1)
+    assert now > told  # the race added chunks after Optuna was told
+    assert len(chunk_records(RunPaths(Path(result.run_dir)).trial(1))) == now // 10
+    lucky = [n for (x, _), n in seed_counter.evaluations().items() if x == LUCKY["x"]]
+    assert len(lucky) == now and set(lucky) == {1}
+
+
+def test_on_fake_slurm_a_race_runs_its_chunks_as_arrays_and_keeps_the_better_incumbent(
+    fake_slurm, run_root, seed_counter
+):
+    result = race(run_root, [INCUMBENT, LUCKY], mode="distributed", slurm_poll_seconds=0.2)
+    arrays = [s for s in fake_slurm.submissions() if s.get("job_id") and "--tasks" in s["argv"]]
+    assert len(arrays) >= 3  # trial 0, trial 1, then at least one array of the race's chunks
+    assert_race_ran_on_slurm(result, seed_counter)
+
+
+def test_real_slurm_a_race_runs_its_chunks_as_arrays_and_keeps_the_better_incumbent(
+    real_slurm_run, run_root, seed_counter
+):
+    result = race(
+        run_root,
+        [INCUMBENT, LUCKY],
+        mode="distributed",
+        run_name=real_slurm_run,
+        slurm_poll_seconds=0.3,
+        slurm_qos=None,
+    )
+    assert_race_ran_on_slurm(result, seed_counter)
+
+
 def test_the_best_set_is_in_summary_json_status_json_and_the_result(run_root):
     result = race(run_root, [{"x": 0.3, "noise": 2.0, "luck": 0.0}, {"x": 0.7, "noise": 0.3, "luck": -0.45}])
     assert len(result.best_set) == 2 and all(isinstance(t, BestSetTrial) for t in result.best_set)
