@@ -2849,9 +2849,10 @@ class _CallBudget:
     tokens: float = 0.0
     updated: float | None = None
 
-    def available(self, now: float) -> bool:
-        """A call may be made now without waiting (nothing is taken)."""
-        return self.updated is None or self.tokens + (now - self.updated) * self.rate >= 1
+    def available(self, now: float, keep: float = 0.0) -> bool:
+        """A call may be made now without waiting, leaving ``keep`` calls for others (nothing is taken)."""
+        tokens = self.burst if self.updated is None else self.tokens + (now - self.updated) * self.rate
+        return tokens >= 1 + keep
 
     def take(self, now: float) -> float:
         """Take a call's token; the seconds to wait before making the call (0: at once)."""
@@ -2864,8 +2865,13 @@ class _CallBudget:
         return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
 
 
-_SLURM_CALLS_PER_SECOND = 1.0
+_SLURM_CALLS_PER_SECOND = 2.0  # Slurm's own default refill; the spec's bound on a run's sustained calls
 _SLURM_CALL_BURST = 10.0
+# The calls a poll's squeue leaves in the budget: a trial's turn (scancel of the last one's reduce
+# job, sbatch of the array and of its reduce job) never waits behind polls. The queue is still
+# asked every slurm_poll_seconds, but at most at half the budget's rate; polls in between come
+# from the surplus.
+_SLURM_CALLS_KEPT_FROM_POLLS = 3.0
 
 
 class _SlurmExecutor:
@@ -2919,6 +2925,7 @@ class _SlurmExecutor:
         self.max_poll_seconds = settings.slurm_poll_seconds
         self._trials: dict[int, _SlurmTrial] = {}
         self._active: dict[str, set[int | None]] = {}  # the user's queued or running tasks at the last poll, by job
+        self._asked_at: float | None = None  # when poll last asked squeue
         self._to_cancel: set[str] = set()  # job or task ids no longer needed: they go with the next scancel
         self._learned_cap: int | None = None  # the user's queued tasks a refusal showed to be too many
         self._under_limit = False  # chunks wait for room under a limit (said once per episode)
@@ -2945,15 +2952,19 @@ class _SlurmExecutor:
         """Cancel what is no longer needed, submit the chunks held as room allows, then ask ``squeue`` once.
 
         Within the call budget: submissions first (room is judged on the last answer, which
-        can only overstate the queue), then the queue; when the budget has no call left, the
-        queue keeps its last answer (the controller still reads the chunk files that arrived).
+        can only overstate the queue), then the queue, from the budget's surplus unless its
+        last answer is due (``_SLURM_CALLS_KEPT_FROM_POLLS``); when the queue is not asked, it
+        keeps its last answer (the controller still reads the chunk files that arrived).
         """
         if self._to_cancel:
             self._scancel(sorted(self._to_cancel))
             self._to_cancel.clear()
         if any(s.held for s in self._trials.values()) and self._budget.available(self._clock()):
             self._submit_held()
-        if self._budget.available(self._clock()):
+        now = self._clock()
+        due = self._asked_at is None or now - self._asked_at >= max(self.max_poll_seconds, 2 / self._budget.rate)
+        if self._budget.available(now, keep=0 if due else _SLURM_CALLS_KEPT_FROM_POLLS):
+            self._asked_at = now
             active = self._ask_queue()
             if active is None:
                 return False
