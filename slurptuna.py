@@ -2869,8 +2869,8 @@ _SLURM_CALLS_PER_SECOND = 2.0  # Slurm's own default refill; the spec's bound on
 _SLURM_CALL_BURST = 10.0
 # The calls a poll's squeue leaves in the budget: a trial's turn (scancel of the last one's reduce
 # job, sbatch of the array and of its reduce job) never waits behind polls. The queue is still
-# asked every slurm_poll_seconds, but at most at half the budget's rate; polls in between come
-# from the surplus.
+# asked every slurm_poll_seconds, but no more often than the budget refills a turn's calls;
+# polls in between come from the surplus.
 _SLURM_CALLS_KEPT_FROM_POLLS = 3.0
 
 
@@ -2925,7 +2925,7 @@ class _SlurmExecutor:
         self.max_poll_seconds = settings.slurm_poll_seconds
         self._trials: dict[int, _SlurmTrial] = {}
         self._active: dict[str, set[int | None]] = {}  # the user's queued or running tasks at the last poll, by job
-        self._asked_at: float | None = None  # when poll last asked squeue
+        self._asked_at: float | None = None  # when squeue last answered a poll
         self._to_cancel: set[str] = set()  # job or task ids no longer needed: they go with the next scancel
         self._learned_cap: int | None = None  # the user's queued tasks a refusal showed to be too many
         self._under_limit = False  # chunks wait for room under a limit (said once per episode)
@@ -2951,24 +2951,23 @@ class _SlurmExecutor:
     def poll(self) -> bool:
         """Cancel what is no longer needed, submit the chunks held as room allows, then ask ``squeue`` once.
 
-        Within the call budget: submissions first (room is judged on the last answer, which
-        can only overstate the queue), then the queue, from the budget's surplus unless its
-        last answer is due (``_SLURM_CALLS_KEPT_FROM_POLLS``); when the queue is not asked, it
-        keeps its last answer (the controller still reads the chunk files that arrived).
+        Within the call budget (``_SLURM_CALLS_KEPT_FROM_POLLS``): a queue whose last answer
+        is due is asked first; then submissions (room is judged on the last answer, which can
+        only overstate the queue); then, from the budget's surplus only, the queue. When the
+        queue is not asked, it keeps its last answer (the controller still reads the chunk
+        files that arrived).
         """
         if self._to_cancel:
             self._scancel(sorted(self._to_cancel))
             self._to_cancel.clear()
+        every = max(self.max_poll_seconds, _SLURM_CALLS_KEPT_FROM_POLLS / self._budget.rate)
+        due = self._asked_at is None or self._clock() - self._asked_at >= every
+        if due and self._budget.available(self._clock()) and not self._poll_queue():
+            return False
         if any(s.held for s in self._trials.values()) and self._budget.available(self._clock()):
             self._submit_held()
-        now = self._clock()
-        due = self._asked_at is None or now - self._asked_at >= max(self.max_poll_seconds, 2 / self._budget.rate)
-        if self._budget.available(now, keep=0 if due else _SLURM_CALLS_KEPT_FROM_POLLS):
-            self._asked_at = now
-            active = self._ask_queue()
-            if active is None:
-                return False
-            self._active = active
+        if not due and self._budget.available(self._clock(), keep=_SLURM_CALLS_KEPT_FROM_POLLS):
+            return self._poll_queue()
         return True
 
     def running(self, trial: TrialPaths) -> bool:
@@ -3304,6 +3303,17 @@ class _SlurmExecutor:
             return None
         self._slurm_answered()
         return _parse_active_tasks(process.stdout)
+
+    def _poll_queue(self) -> bool:
+        """Ask ``squeue`` for the user's queued tasks and keep the answer; False if Slurm did not answer.
+
+        Without an answer the queue stays due: the next poll asks again before submitting.
+        """
+        asked = self._clock()
+        active = self._ask_queue()
+        if active is not None:
+            self._active, self._asked_at = active, asked
+        return active is not None
 
     def _unrecorded(self, recorded: set[str]) -> list[str]:
         """Queued jobs of this run that no ``jobs.json`` knows: sbatch answered after a crash."""
