@@ -2874,8 +2874,9 @@ _SLURM_CALLS_PER_SECOND = 2.0  # Slurm's own default refill; the spec's bound on
 _SLURM_CALL_BURST = 10.0
 # The calls a poll's squeue leaves in the budget: a trial's turn (scancel of the last one's reduce
 # job, sbatch of the array and of its reduce job) never waits behind polls. The queue is still
-# asked every slurm_poll_seconds, but no more often than the budget refills a turn's calls;
-# polls in between come from the surplus.
+# asked every slurm_poll_seconds; polls in between come from the surplus. Either way, no more
+# often than the budget refills a turn's calls: polls never take the budget that trials need,
+# and a busy run does not spend its whole budget (nor its CPU) on squeue.
 _SLURM_CALLS_KEPT_FROM_POLLS = 3.0
 
 
@@ -2965,13 +2966,14 @@ class _SlurmExecutor:
         if self._to_cancel:
             self._scancel(sorted(self._to_cancel))
             self._to_cancel.clear()
-        every = max(self.max_poll_seconds, _SLURM_CALLS_KEPT_FROM_POLLS / self._budget.rate)
-        due = self._asked_at is None or self._clock() - self._asked_at >= every
+        gap = _SLURM_CALLS_KEPT_FROM_POLLS / self._budget.rate  # polls take at most a third of the budget
+        since = math.inf if self._asked_at is None else self._clock() - self._asked_at
+        due = since >= max(self.max_poll_seconds, gap)
         if due and self._budget.available(self._clock()) and not self._poll_queue():
             return False
         if any(s.held for s in self._trials.values()) and self._budget.available(self._clock()):
             self._submit_held()
-        if not due and self._budget.available(self._clock(), keep=_SLURM_CALLS_KEPT_FROM_POLLS):
+        if not due and since >= gap and self._budget.available(self._clock(), keep=_SLURM_CALLS_KEPT_FROM_POLLS):
             return self._poll_queue()
         return True
 
