@@ -2900,7 +2900,7 @@ class _SlurmExecutor:
     a long run simulated, without waiting.
     """
 
-    first_poll_seconds = 0.25
+    first_poll_seconds = 0.1  # a cycle reads the chunk files; squeue comes at most every 1.5 s whatever it is
 
     def __init__(
         self,
