@@ -2543,17 +2543,22 @@ def _worker_env(settings: _RunSettings) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": os.pathsep.join(dict.fromkeys(paths))}
 
 
-def _compile_for_workers() -> None:
-    """Leave this file's bytecode in ``__pycache__`` for the workers.
+def _compile_for_workers(settings: _RunSettings) -> None:
+    """Leave the bytecode of this file and of the loss's file in ``__pycache__`` for the workers.
 
-    With PYTHONDONTWRITEBYTECODE set (common in containers), every worker would compile
-    this file again; Python still reads a cached ``.pyc`` that is there.
+    Python reads a cached ``.pyc`` whose source has not changed since, but writes none with
+    PYTHONDONTWRITEBYTECODE set (common in containers), nor for a script run as ``__main__``:
+    every worker would compile them again at every start (this file: ~70 ms). A ``.pyc``
+    newer than its source is kept; one left by an older copy of the file is replaced.
     """
     import py_compile
 
-    with contextlib.suppress(OSError, py_compile.PyCompileError):
-        if sys.dont_write_bytecode:
-            py_compile.compile(__file__, doraise=True)
+    loss = _LOSSES.get(settings.loss_name)
+    for source in filter(None, [__file__ if sys.dont_write_bytecode else None, loss and loss.source_file]):
+        with contextlib.suppress(OSError, ValueError, py_compile.PyCompileError):
+            cached = importlib.util.cache_from_source(source)
+            if not os.path.exists(cached) or os.path.getmtime(cached) < os.path.getmtime(source):
+                py_compile.compile(source, cfile=cached, doraise=True)
 
 
 def _tail(path: Path, max_lines: int = 15, max_bytes: int = 4000) -> str:
@@ -2985,9 +2990,10 @@ class _CallBudget:
     tokens: float = 0.0
     updated: float | None = None
 
-    def available(self, now: float) -> bool:
-        """A call may be made now without waiting (nothing is taken)."""
-        return self.updated is None or self.tokens + (now - self.updated) * self.rate >= 1
+    def available(self, now: float, keep: float = 0.0) -> bool:
+        """A call may be made now without waiting, leaving ``keep`` calls for others (nothing is taken)."""
+        tokens = self.burst if self.updated is None else self.tokens + (now - self.updated) * self.rate
+        return tokens >= 1 + keep
 
     def take(self, now: float) -> float:
         """Take a call's token; the seconds to wait before making the call (0: at once)."""
@@ -3000,8 +3006,14 @@ class _CallBudget:
         return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
 
 
-_SLURM_CALLS_PER_SECOND = 1.0
+_SLURM_CALLS_PER_SECOND = 2.0  # Slurm's own default refill; the spec's bound on a run's sustained calls
 _SLURM_CALL_BURST = 10.0
+# The calls a poll's squeue leaves in the budget: a trial's turn (scancel of the last one's reduce
+# job, sbatch of the array and of its reduce job) never waits behind polls. The queue is still
+# asked every slurm_poll_seconds; polls in between come from the surplus. Either way, no more
+# often than the budget refills a turn's calls: polls never take the budget that trials need,
+# and a busy run does not spend its whole budget (nor its CPU) on squeue.
+_SLURM_CALLS_KEPT_FROM_POLLS = 3.0
 
 
 class _SlurmExecutor:
@@ -3024,7 +3036,7 @@ class _SlurmExecutor:
     a long run simulated, without waiting.
     """
 
-    first_poll_seconds = 0.25
+    first_poll_seconds = 0.1  # a cycle reads the chunk files; squeue comes at most every 1.5 s whatever it is
 
     def __init__(
         self,
@@ -3055,13 +3067,14 @@ class _SlurmExecutor:
         self.max_poll_seconds = settings.slurm_poll_seconds
         self._trials: dict[int, _SlurmTrial] = {}
         self._active: dict[str, set[int | None]] = {}  # the user's queued or running tasks at the last poll, by job
+        self._asked_at: float | None = None  # when squeue last answered a poll
         self._to_cancel: set[str] = set()  # job or task ids no longer needed: they go with the next scancel
         self._learned_cap: int | None = None  # the user's queued tasks a refusal showed to be too many
         self._under_limit = False  # chunks wait for room under a limit (said once per episode)
         self._arrays_made: int | None = None
         self._script = run.batch_script
+        _compile_for_workers(settings)  # also on resume: this file or the loss's may have changed since
         if not self._script.exists():
-            _compile_for_workers()
             self._script.parent.mkdir(parents=True, exist_ok=True)
             tmp = self._script.with_suffix(".tmp")
             tmp.write_text(_BATCH_SCRIPT)
@@ -3081,20 +3094,24 @@ class _SlurmExecutor:
     def poll(self) -> bool:
         """Cancel what is no longer needed, submit the chunks held as room allows, then ask ``squeue`` once.
 
-        Within the call budget: submissions first (room is judged on the last answer, which
-        can only overstate the queue), then the queue; when the budget has no call left, the
-        queue keeps its last answer (the controller still reads the chunk files that arrived).
+        Within the call budget (``_SLURM_CALLS_KEPT_FROM_POLLS``): a queue whose last answer
+        is due is asked first; then submissions (room is judged on the last answer, which can
+        only overstate the queue); then, from the budget's surplus only, the queue. When the
+        queue is not asked, it keeps its last answer (the controller still reads the chunk
+        files that arrived).
         """
         if self._to_cancel:
             self._scancel(sorted(self._to_cancel))
             self._to_cancel.clear()
+        gap = _SLURM_CALLS_KEPT_FROM_POLLS / self._budget.rate  # polls take at most a third of the budget
+        since = math.inf if self._asked_at is None else self._clock() - self._asked_at
+        due = since >= max(self.max_poll_seconds, gap)
+        if due and self._budget.available(self._clock()) and not self._poll_queue():
+            return False
         if any(s.held for s in self._trials.values()) and self._budget.available(self._clock()):
             self._submit_held()
-        if self._budget.available(self._clock()):
-            active = self._ask_queue()
-            if active is None:
-                return False
-            self._active = active
+        if not due and since >= gap and self._budget.available(self._clock(), keep=_SLURM_CALLS_KEPT_FROM_POLLS):
+            return self._poll_queue()
         return True
 
     def running(self, trial: TrialPaths) -> bool:
@@ -3432,6 +3449,17 @@ class _SlurmExecutor:
         self._slurm_answered()
         return _parse_active_tasks(process.stdout)
 
+    def _poll_queue(self) -> bool:
+        """Ask ``squeue`` for the user's queued tasks and keep the answer; False if Slurm did not answer.
+
+        Without an answer the queue stays due: the next poll asks again before submitting.
+        """
+        asked = self._clock()
+        active = self._ask_queue()
+        if active is not None:
+            self._active, self._asked_at = active, asked
+        return active is not None
+
     def _unrecorded(self, recorded: set[str]) -> list[str]:
         """Queued jobs of this run that no ``jobs.json`` knows: sbatch answered after a crash."""
         process = self._call(["squeue", "-h", "--me", "-o", "%F|%k"], timeout=60)
@@ -3555,7 +3583,7 @@ class _Pool:
         self._run = run
         self._fork = _uses_fork(settings)
         if not self._fork:
-            _compile_for_workers()
+            _compile_for_workers(settings)
         if not self._fork and settings.loss_ref.get("interactive"):
             raise ConfigError(
                 f"loss {settings.loss_name!r} was defined interactively and this platform starts worker "

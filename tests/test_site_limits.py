@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import threading
 from collections import Counter
@@ -60,9 +61,76 @@ def test_polls_as_fast_as_the_controller_likes_make_no_more_slurm_calls_than_the
         now[0] += 0.01
     squeues = [t for t, command in calls if command == "squeue"]
     burst, rate = slurptuna._SLURM_CALL_BURST, slurptuna._SLURM_CALLS_PER_SECOND
-    assert len(squeues) <= burst + 20 * rate + 1
-    assert len(squeues) >= 20 * rate - 1  # paced, not stopped
-    assert max(sum(1 for t in squeues if s <= t < s + 5) for s in squeues) <= burst + 5 * rate + 1
+    polls_rate = rate / slurptuna._SLURM_CALLS_KEPT_FROM_POLLS  # polls leave the rest of the pace to trials
+    assert len(squeues) <= min(burst + 20 * rate, 20 * polls_rate) + 1
+    assert len(squeues) >= 20 * polls_rate - 1  # paced, not stopped
+    assert max(sum(1 for t in squeues if s <= t < s + 5) for s in squeues) <= 5 * polls_rate + 1
+
+
+def test_a_new_trials_sbatch_calls_wait_for_no_poll_however_fast_the_controller_polled(tmp_path):
+    settings, _ = slurptuna._resolve_settings(losses.quadratic, {"mode": "distributed", "slurm_poll_seconds": 5})
+    calls: list[tuple[float, str]] = []
+    now, waited = [0.0], []
+
+    def slurm(argv, env=None, timeout=120):
+        calls.append((now[0], argv[0]))
+        return subprocess.CompletedProcess(argv, 0, f"{len(calls)}\n" if argv[0] == "sbatch" else "", "")
+
+    def sleep(seconds):
+        waited.append(seconds)
+        now[0] += seconds
+        return False
+
+    run = slurptuna.RunPaths(tmp_path)
+    executor = slurptuna._SlurmExecutor(
+        settings, run, threading.Event(), clock=lambda: now[0], sleep=sleep, slurm=slurm
+    )  # fmt: skip
+
+    def start_trial(number: int) -> list[str]:
+        """Start two chunks of a trial and poll once: the commands that poll called."""
+        trial = run.trial(number)
+        trial.dir.mkdir(parents=True)
+        executor.start(trial, slurptuna.TrialParams(number, {"x": 0.5}, settings.seeds.to_json()), [0, 1], 0)
+        asked = len(calls)
+        assert executor.poll()
+        return [command for _, command in calls[asked:]]
+
+    assert start_trial(0).count("sbatch") == 2  # the first trial also reads the site's limits
+    for _ in range(1000):  # 10 simulated seconds of a poll every 10 ms: as many squeue calls as the budget allows
+        assert executor.poll()
+        now[0] += 0.01
+    squeues = [t for t, command in calls if command == "squeue"]
+    assert len(squeues) >= 10 * slurptuna._SLURM_CALLS_PER_SECOND / slurptuna._SLURM_CALLS_KEPT_FROM_POLLS - 1
+    assert start_trial(1).count("sbatch") == 2  # the array and its reduce job, at once
+    assert waited == []
+
+
+def test_the_queue_is_asked_every_slurm_poll_seconds_while_new_trials_want_every_call(tmp_path):
+    settings, _ = slurptuna._resolve_settings(losses.quadratic, {"mode": "distributed", "slurm_poll_seconds": 2})
+    calls: list[tuple[float, str]] = []
+    now = [0.0]
+
+    def slurm(argv, env=None, timeout=120):
+        calls.append((now[0], argv[0]))
+        return subprocess.CompletedProcess(argv, 0, f"{len(calls)}\n" if argv[0] == "sbatch" else "", "")
+
+    def sleep(seconds):
+        now[0] += seconds
+        return False
+
+    run = slurptuna.RunPaths(tmp_path)
+    executor = slurptuna._SlurmExecutor(
+        settings, run, threading.Event(), clock=lambda: now[0], sleep=sleep, slurm=slurm
+    )  # fmt: skip
+    for number in range(300):  # a new trial every 50 ms: its array and reduce job want more calls than the pace
+        trial = run.trial(number)
+        trial.dir.mkdir(parents=True)
+        executor.start(trial, slurptuna.TrialParams(number, {"x": 0.5}, settings.seeds.to_json()), [0], 0)
+        assert executor.poll()
+        now[0] += 0.05
+    squeues = [t for t, command in calls if command == "squeue"]
+    assert len(squeues) >= now[0] / 3  # the controller's submissions starve no poll
+    assert max(b - a for a, b in itertools.pairwise(squeues)) <= 2 + 1  # a poll interval, and at most a call's wait
 
 
 def test_the_call_budget_allows_a_burst_then_the_rate():

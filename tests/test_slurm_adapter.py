@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -397,3 +398,21 @@ def test_job_limits_read_from_the_fake_slurm_are_those_of_its_settings(fake_slur
     qos = subprocess.run(_sacctmgr_qos_argv(), capture_output=True, text=True, env=env, check=True)
     assert _parse_sacctmgr_job_limits(assoc.stdout, qos.stdout, qos="capped") == _SlurmJobLimits(5, 3)
     assert _parse_sacctmgr_job_limits(assoc.stdout, qos.stdout) == _SlurmJobLimits(8, 4)
+
+
+def test_the_loss_scripts_bytecode_is_left_for_the_workers_and_renewed_once_the_script_changed(tmp_path):
+    script = tmp_path / "fit_for_bytecode.py"
+    script.write_text(
+        "from slurptuna import loss\n\n"
+        "@loss(name='bytecode_probe', parameter_space={'x': (0.0, 1.0)})\n"
+        "def bytecode_probe(params, seed):\n    return params['x']\n"
+    )
+    slurptuna._import_file(str(script))  # as a launched script's loss is found: by its file
+    settings, _ = slurptuna._resolve_settings("bytecode_probe", {"mode": "distributed"})
+    cached = Path(importlib.util.cache_from_source(str(script)))
+    slurptuna._compile_for_workers(settings)
+    assert cached.exists()  # the workers' import reads it instead of compiling the script
+    stale = script.stat().st_mtime - 10
+    os.utime(cached, (stale, stale))  # as if compiled from an older version of the script
+    slurptuna._compile_for_workers(settings)
+    assert cached.stat().st_mtime >= script.stat().st_mtime
