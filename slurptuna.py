@@ -4308,10 +4308,17 @@ def _race_step(best: _Racer, challenger: _Racer, direction: str, level: float) -
 
 
 def _best_set(best: _Racer, near: Iterable[_Racer], direction: str, level: float) -> list[_Racer]:
-    """The best, then the trials a one-sided paired test cannot tell from it, by mean."""
+    """The best, then the trials a one-sided paired test cannot tell from it, by mean: at most _BEST_SET_MAX.
+
+    The cap keeps a trial's end O(1) where the loss is flat (every trial tied with the best: a
+    set of thousands tested and written at every trial was quadratic in the run's length).
+    """
     tied = [r for r in near if r.number != best.number and _paired_p(best.means, r.means, direction) >= level]
     sign = 1.0 if direction == "minimize" else -1.0
-    return [best, *sorted(tied, key=lambda r: (sign * r.pooled.mean, r.number))]
+    return [best, *sorted(tied, key=lambda r: (sign * r.pooled.mean, r.number))[: _BEST_SET_MAX - 1]]
+
+
+_BEST_SET_MAX = 50  # the best set's members listed: the best means among the trials tied with the best
 
 
 _NEAR_BEST = 3.0  # best-set candidates: within this many (unpaired) standard errors of the best's mean

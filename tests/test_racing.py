@@ -17,6 +17,7 @@ from conftest import Points, chunk_records, read_json, slurptuna_command, start_
 from real_slurm import require_real_slurm
 
 from slurptuna import (
+    _BEST_SET_MAX,
     BestSetTrial,
     ConfigError,
     RunPaths,
@@ -240,6 +241,15 @@ def test_the_best_set_holds_the_trials_the_paired_test_cannot_tell_from_the_best
     tied = racer(1, [1.01 + n + 0.05 * (-1) ** k for k, n in enumerate(NOISE[:10])])
     beaten = racer(2, [1.2 + n + 0.01 * (-1) ** k for k, n in enumerate(NOISE[:10])])
     assert [r.number for r in _best_set(best, [beaten, tied, best], "minimize", 0.05)] == [0, 1]
+
+
+@pytest.mark.compat
+def test_a_flat_loss_s_best_set_lists_the_best_means_up_to_its_cap():
+    best = racer(0, [1.0] * 10)
+    # each a little worse on average, but with differences the paired test cannot separate
+    tied = [racer(n, [1.0 + 0.0001 * n + 0.05 * (-1) ** k for k in range(10)]) for n in range(1, 3 * _BEST_SET_MAX)]
+    members = _best_set(best, reversed(tied), "minimize", 0.05)
+    assert [r.number for r in members] == list(range(_BEST_SET_MAX))
 
 
 # ---------------------------------------------------------------- races, real runs
