@@ -55,7 +55,6 @@ ENV = {**os.environ, "PYTHONPATH": PYTHONPATH}
 PARAMS = {"x": 0.5}
 CONTEXT = {"entry_id": None, "trial_number": 0, "chunk_index": 0, "run_dir": ""}
 EARLIER_SEEDS_PER_S = 1191  # the earlier package, 1 worker process (its own README)
-EARLIER_SHAPE = (100, 4, 40_000_000)  # tasks, processes per task, seeds per trial: 84x on 400 cores (21%)
 
 COLUMNS = ["Case", "Mode", "Seeds", "Wall time", "Seeds/s", "Measured", "Target"]
 
@@ -1040,21 +1039,6 @@ def case_real_slurm(bench: Bench) -> Outcome:
         f"wall beyond compute / CPUs: {overhead:.2f} s (study, sbatch, job starts, reduce job, polling)",
         "-",
     )
-    compute = EARLIER_SHAPE[2] / (EARLIER_SHAPE[0] * EARLIER_SHAPE[1] * EARLIER_SEEDS_PER_S)
-    model = compute / (compute + overhead)
-    out.row(
-        "8 real Slurm",
-        "MODEL, not measured: the earlier package's shape (100 tasks x 4 processes, 40e6 seeds per trial at "
-        f"{EARLIER_SEEDS_PER_S:,} seeds/s per process = {compute:.1f} s of compute per trial)",
-        "-",
-        None,
-        None,
-        f"model {compute:.1f} / ({compute:.1f} + {overhead:.2f}) = {model:.1%}, assuming the per-trial overhead "
-        f"measured in the row above ({overhead:.2f} s) also holds for 100 tasks on a real cluster (it does not "
-        "include queue wait for free nodes)",
-        target(">= 90% (earlier package: 21%, 84x on 400 cores)", model >= 0.9),
-    )
-    out.measured["overhead"] = overhead
     return out
 
 
