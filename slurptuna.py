@@ -5291,8 +5291,9 @@ def _cut_half_written_record(path: Path) -> None:
             size = handle.tell()
             handle.seek(max(0, size - (1 << 20)))
             tail = handle.read()
-            if b"\n" in tail and not tail.endswith(b"\n"):
-                handle.truncate(size - len(tail) + tail.rfind(b"\n") + 1)
+            cut = tail.rfind(b"\n") + 1  # 0: no whole record in the tail
+            if tail and not tail.endswith(b"\n") and (cut or len(tail) == size):  # a cut first record goes too
+                handle.truncate(size - len(tail) + cut)
     except FileNotFoundError:
         pass
 

@@ -314,6 +314,15 @@ def test_a_trial_told_to_optuna_but_left_out_of_the_index_is_added_on_resume_and
     assert (shown["n_complete"], shown["n_running"], shown["seeds_done"]) == (3, 0, 60)
 
 
+def test_a_cut_first_line_of_the_index_is_dropped_before_the_next_append(run_root):
+    result = single_run(losses.quadratic, run_root, n_trials=1, run_name="cut_first")
+    run = RunPaths(Path(result.run_dir))
+    run.trials_index.write_text('{"number": 0, "state": "COMP')  # killed mid-append of the run's first trial
+    single_run(losses.quadratic, run_root, n_trials=2, run_name="cut_first")
+    numbers = [json.loads(line)["number"] for line in run.trials_index.read_text().splitlines()]
+    assert sorted(numbers) == [0, 1]  # trial 0 again from the study, whole, and no line glued to the cut one
+
+
 def test_a_run_begun_without_the_index_keeps_reading_its_study_after_a_resume(run_root):
     result = single_run(losses.quadratic, run_root, n_trials=2, run_name="old")
     run = RunPaths(Path(result.run_dir))
