@@ -72,6 +72,7 @@ from typing import Any
 import slurptuna
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "fake_slurm"))
+from _fakeslurm import HEADERS as _HEADERS  # squeue's column names, as fake_slurm prints them
 from _fakeslurm import parse_time as _fake_slurm_minutes  # one parser of --time for both fakes
 
 SUBMIT_FAILED = "sbatch: error: Batch job submission failed: "
@@ -1270,26 +1271,6 @@ class SimSlurm:
 _ELIGIBLE = -1  # an event's task: the job becomes eligible to start
 _NOOP = slurptuna.LossDefinition("sim_noop", "every seed gives 0.0", {}, lambda params, seed: 0.0)
 _END_REASONS = {"FAILED": "NonZeroExitCode", "TIMEOUT": "TimeLimit", "CANCELLED": "None"}
-_HEADERS = {
-    "i": "JOBID",
-    "A": "JOBID",
-    "F": "ARRAY_JOB_ID",
-    "K": "ARRAY_TASK_ID",
-    "j": "NAME",
-    "T": "STATE",
-    "t": "ST",
-    "r": "REASON",
-    "R": "NODELIST(REASON)",
-    "P": "PARTITION",
-    "u": "USER",
-    "q": "QOS",
-    "a": "ACCOUNT",
-    "M": "TIME",
-    "D": "NODES",
-    "C": "CPUS",
-    "E": "DEPENDENCY",
-    "k": "COMMENT",
-}
 
 
 def _parse_format(fmt: str) -> list[tuple[str, str, bool, int]]:
