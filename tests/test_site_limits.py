@@ -6,6 +6,7 @@ import itertools
 import subprocess
 import threading
 from collections import Counter
+from types import SimpleNamespace
 
 import losses
 import pytest
@@ -43,32 +44,10 @@ def test_a_limit_the_run_cannot_read_holds_work_back_once_sbatch_refuses(fake_sl
     assert sum(c for t in result.study.trials for c in [t.user_attrs["n_seeds"]]) == 24
 
 
-def test_polls_as_fast_as_the_controller_likes_make_no_more_slurm_calls_than_the_pace(tmp_path):
-    settings, _ = slurptuna._resolve_settings(losses.quadratic, {"mode": "distributed"})
-    calls: list[tuple[float, str]] = []
-    now = [0.0]
-
-    def slurm(argv, env=None, timeout=120):
-        calls.append((now[0], argv[0]))
-        return subprocess.CompletedProcess(argv, 0, "", "")
-
-    executor = slurptuna._SlurmExecutor(
-        settings, slurptuna.RunPaths(tmp_path), threading.Event(), clock=lambda: now[0], sleep=lambda s: False,
-        slurm=slurm,
-    )  # fmt: skip
-    for _ in range(2000):  # 20 simulated seconds of a poll every 10 ms
-        assert executor.poll()
-        now[0] += 0.01
-    squeues = [t for t, command in calls if command == "squeue"]
-    burst, rate = slurptuna._SLURM_CALL_BURST, slurptuna._SLURM_CALLS_PER_SECOND
-    polls_rate = rate / slurptuna._SLURM_CALLS_KEPT_FROM_POLLS  # polls leave the rest of the pace to trials
-    assert len(squeues) <= min(burst + 20 * rate, 20 * polls_rate) + 1
-    assert len(squeues) >= 20 * polls_rate - 1  # paced, not stopped
-    assert max(sum(1 for t in squeues if s <= t < s + 5) for s in squeues) <= 5 * polls_rate + 1
-
-
-def test_a_new_trials_sbatch_calls_wait_for_no_poll_however_fast_the_controller_polled(tmp_path):
-    settings, _ = slurptuna._resolve_settings(losses.quadratic, {"mode": "distributed", "slurm_poll_seconds": 5})
+def paced_executor(tmp_path, **options) -> SimpleNamespace:
+    """A _SlurmExecutor on a simulated clock: its Slurm calls recorded as (time, command), its waits as
+    seconds the clock moves on; sbatch answers a new job id."""
+    settings, _ = slurptuna._resolve_settings(losses.quadratic, {"mode": "distributed", **options})
     calls: list[tuple[float, str]] = []
     now, waited = [0.0], []
 
@@ -84,6 +63,28 @@ def test_a_new_trials_sbatch_calls_wait_for_no_poll_however_fast_the_controller_
     run = slurptuna.RunPaths(tmp_path)
     executor = slurptuna._SlurmExecutor(
         settings, run, threading.Event(), clock=lambda: now[0], sleep=sleep, slurm=slurm
+    )  # fmt: skip
+    return SimpleNamespace(executor=executor, run=run, settings=settings, calls=calls, now=now, waited=waited)
+
+
+def test_polls_as_fast_as_the_controller_likes_make_no_more_slurm_calls_than_the_pace(tmp_path):
+    paced = paced_executor(tmp_path)
+    executor, calls, now = paced.executor, paced.calls, paced.now
+    for _ in range(2000):  # 20 simulated seconds of a poll every 10 ms
+        assert executor.poll()
+        now[0] += 0.01
+    squeues = [t for t, command in calls if command == "squeue"]
+    burst, rate = slurptuna._SLURM_CALL_BURST, slurptuna._SLURM_CALLS_PER_SECOND
+    polls_rate = rate / slurptuna._SLURM_CALLS_KEPT_FROM_POLLS  # polls leave the rest of the pace to trials
+    assert len(squeues) <= min(burst + 20 * rate, 20 * polls_rate) + 1
+    assert len(squeues) >= 20 * polls_rate - 1  # paced, not stopped
+    assert max(sum(1 for t in squeues if s <= t < s + 5) for s in squeues) <= 5 * polls_rate + 1
+
+
+def test_a_new_trials_sbatch_calls_wait_for_no_poll_however_fast_the_controller_polled(tmp_path):
+    paced = paced_executor(tmp_path, slurm_poll_seconds=5)
+    executor, run, settings, calls, now, waited = (
+        paced.executor, paced.run, paced.settings, paced.calls, paced.now, paced.waited
     )  # fmt: skip
 
     def start_trial(number: int) -> list[str]:
@@ -106,22 +107,8 @@ def test_a_new_trials_sbatch_calls_wait_for_no_poll_however_fast_the_controller_
 
 
 def test_the_queue_is_asked_every_slurm_poll_seconds_while_new_trials_want_every_call(tmp_path):
-    settings, _ = slurptuna._resolve_settings(losses.quadratic, {"mode": "distributed", "slurm_poll_seconds": 2})
-    calls: list[tuple[float, str]] = []
-    now = [0.0]
-
-    def slurm(argv, env=None, timeout=120):
-        calls.append((now[0], argv[0]))
-        return subprocess.CompletedProcess(argv, 0, f"{len(calls)}\n" if argv[0] == "sbatch" else "", "")
-
-    def sleep(seconds):
-        now[0] += seconds
-        return False
-
-    run = slurptuna.RunPaths(tmp_path)
-    executor = slurptuna._SlurmExecutor(
-        settings, run, threading.Event(), clock=lambda: now[0], sleep=sleep, slurm=slurm
-    )  # fmt: skip
+    paced = paced_executor(tmp_path, slurm_poll_seconds=2)
+    executor, run, settings, calls, now = paced.executor, paced.run, paced.settings, paced.calls, paced.now
     for number in range(300):  # a new trial every 50 ms: its array and reduce job want more calls than the pace
         trial = run.trial(number)
         trial.dir.mkdir(parents=True)
