@@ -4739,12 +4739,18 @@ class _Controller:
 
     def _start_chunks(self, active: _ActiveTrial, chunks: list[int]) -> None:
         active.started.update(chunks)
-        for chunk in chunks:  # the one place stale chunk errors go: before their chunk runs again
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(active.paths.chunk_error(chunk))
-        self._executor.start(active.paths, active.expected, chunks, active.attempt)
+        self._clear_errors_and_start(active.paths, active.expected, chunks, active.attempt)
         if self._settings.slurm_timeout_minutes:
             active.deadline = self._clock() + 60 * self._settings.slurm_timeout_minutes
+
+    def _clear_errors_and_start(
+        self, paths: TrialPaths, expected: TrialParams, chunks: Sequence[int], attempt: int
+    ) -> None:
+        """Start the chunks on the executor, their stale error files removed first: the one place those go."""
+        for chunk in chunks:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(paths.chunk_error(chunk))
+        self._executor.start(paths, expected, chunks, attempt)
 
     # ---- following a trial
 
@@ -5019,10 +5025,7 @@ class _Controller:
             for number, chunks in step.add.items():
                 side = self._race[number]
                 side.started.update(chunks)
-                for chunk in chunks:
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(side.paths.chunk_error(chunk))
-                self._executor.start(side.paths, side.expected, chunks, 0)
+                self._clear_errors_and_start(side.paths, side.expected, chunks, 0)
             return True
         self._end_race(step, best, challenger)
         return True
