@@ -5918,19 +5918,8 @@ class EntriesStatus:
     entries: list[EntryStatus]
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "kind": "entries",
-            "dir": self.dir,
-            "entries": [
-                {
-                    "entry": e.entry,
-                    "run_dir": e.run_dir,
-                    "run": e.run.to_json() if e.run else None,
-                    "problem": e.problem,
-                }
-                for e in self.entries
-            ],
-        }
+        entries = [{**asdict(e), "run": e.run.to_json() if e.run else None} for e in self.entries]
+        return {"kind": "entries", "dir": self.dir, "entries": entries}
 
 
 # ---------------------------------------------------------------- reading a run without disturbing it
@@ -5971,22 +5960,23 @@ def _read_entry(entry: str, run: RunPaths, now: float) -> EntryStatus:
 
 
 def read_run_status(
-    run: RunPaths, now: float, ask_queue: Callable[[Sequence[str]], dict[str, list[_QueueLine]]] | None
+    run: RunPaths,
+    now: float,
+    ask_queue: Callable[[Sequence[str]], dict[str, list[_QueueLine]]] | None,
+    trials: tuple[list[FinishedTrial], list[int]] | None = None,
 ) -> RunStatus:
-    """Read meta.json, the finished trials, the lock and the running trials' files; ask Slurm once about their jobs."""
+    """Read meta.json, the trials (unless given, as ``_read_trials`` reads them), the lock and the running
+    trials' files; ask Slurm once about their jobs."""
     settings = _read_run_settings(run)
-    finished, running_params = _read_trials(run, settings.run_name or run.dir.name)
+    finished, running_numbers = trials or _read_trials(run, settings.run_name or run.dir.name)
     held, pid = _controller_holds(run)
     by_state: dict[str, list[FinishedTrial]] = {}
     for trial in finished:
         by_state.setdefault(trial.state, []).append(trial)
     started = run.journal.exists() or run.optuna_db.exists() or run.trials_index.exists()
     notes = [] if started else ["no optuna.journal yet: the controller has not started a trial"]
-    running_chunks = {number: _ended_chunks(run.trial(number)) for number in running_params}
-    running = [
-        _running_trial(run, settings, number, params, running_chunks[number], now)
-        for number, params in running_params.items()
-    ]
+    running_chunks = {number: _ended_chunks(run.trial(number)) for number in running_numbers}
+    running = [_running_trial(run.trial(n), settings, chunks, now) for n, chunks in running_chunks.items()]
     if settings.mode == ExecutionMode.DISTRIBUTED.value and ask_queue is not None:
         running, queue_note = _with_slurm_jobs(run, running, ask_queue)
         notes += [queue_note] if queue_note else []
@@ -6062,23 +6052,24 @@ def _read_run_settings(run: RunPaths) -> _RunSettings:
         ) from None
 
 
-def _read_trials(run: RunPaths, study_name: str) -> tuple[list[FinishedTrial], dict[int, dict[str, ParamValue]]]:
-    """The run's finished trials, and the running ones' params by number (empty before params.json is written).
+def _read_trials(run: RunPaths, study_name: str) -> tuple[list[FinishedTrial], list[int]]:
+    """The run's finished trials, and the numbers of the running ones: the trial directories not finished.
 
-    From ``trials.jsonl`` (the last line of a trial wins) and the trial directories not in it;
-    a run begun without that index from its study, replayed, and every trial's records.
+    From ``trials.jsonl`` (the last line of a trial wins); a run begun without that index from
+    its study, replayed, and every trial's records, as the controller catches up its index.
     """
     if not run.trials_index.exists():
         trials = _read_study_trials(run, study_name)
         finished = [FinishedTrial.of(t, _ended_chunks(run.trial(t.number))) for t in trials if t.state.is_finished()]
-        return finished, {t.number: dict(t.params) for t in trials if t.state.name == "RUNNING"}
-    indexed: dict[int, FinishedTrial] = {}
-    for record in _read_records(run.trials_index)[0]:
-        with contextlib.suppress(TypeError, AttributeError):
-            trial = FinishedTrial.from_json(record)
-            indexed[trial.number] = trial
-    running = [n for n in _trial_numbers(run) if n not in indexed]
-    return sorted(indexed.values(), key=lambda t: t.number), {n: {} for n in running}
+    else:
+        indexed: dict[int, FinishedTrial] = {}
+        for record in _read_records(run.trials_index)[0]:
+            with contextlib.suppress(TypeError, AttributeError):
+                trial = FinishedTrial.from_json(record)
+                indexed[trial.number] = trial
+        finished = sorted(indexed.values(), key=lambda t: t.number)
+    numbers = {t.number for t in finished}
+    return finished, [n for n in _trial_numbers(run) if n not in numbers]
 
 
 def _trial_numbers(run: RunPaths) -> list[int]:
@@ -6180,22 +6171,17 @@ def _ended_chunks(trial: TrialPaths) -> list[tuple[ChunkResult, float]]:
 
 
 def _running_trial(
-    run: RunPaths,
-    settings: _RunSettings,
-    number: int,
-    params: dict[str, ParamValue],
-    done: list[tuple[ChunkResult, float]],
-    now: float,
+    trial: TrialPaths, settings: _RunSettings, done: list[tuple[ChunkResult, float]], now: float
 ) -> RunningTrial:
-    expected = _trial_params(run.trial(number))
+    expected = _trial_params(trial)  # None before the controller wrote params.json
     plan = expected.plan if expected else settings.seeds
-    params = expected.params if expected else params
     seeds = sum(c.stats.loss.count for c, _ in done)
     first_start = min((mtime - c.elapsed_seconds for c, mtime in done), default=None)
     last_end = max((mtime for _, mtime in done), default=now)
     until = max(now, last_end) if len(done) < plan.n_chunks else last_end  # a chunk may end while status reads
     rate = seeds / (until - first_start) if first_start is not None and until > first_start else None
-    return RunningTrial(number, params, len(done), plan.n_chunks, seeds, rate, jobs=[])
+    params = expected.params if expected else {}
+    return RunningTrial(trial.number, params, len(done), plan.n_chunks, seeds, rate, jobs=[])
 
 
 def _with_slurm_jobs(
@@ -6249,11 +6235,9 @@ def _ask_squeue(job_ids: Sequence[str]) -> dict[str, list[_QueueLine]]:
     return _parse_squeue(process.stdout)
 
 
-def _best_trial(complete: list[Any], direction: str) -> Any:
-    valued = [t for t in complete if t.value is not None]
-    if not valued:
-        return None
-    return min(valued, key=lambda t: t.value) if direction == "minimize" else max(valued, key=lambda t: t.value)
+def _best_trial(complete: list[FinishedTrial], direction: str) -> FinishedTrial | None:
+    sign = 1 if direction == "minimize" else -1
+    return min((t for t in complete if t.value is not None), key=lambda t: sign * t.value, default=None)
 
 
 def _best_standard_error(trial: TrialPaths, frozen: Any, objectives: Mapping[str, str] | None) -> float | None:
@@ -6372,6 +6356,11 @@ def _plus_minus(error: float | None) -> str:
     return "" if error is None else f" ± {error:.2g}"
 
 
+def _format_values(values: Mapping[str, float], errors: Mapping[str, float | None]) -> str:
+    """Each objective's mean ± its standard error."""
+    return ", ".join(f"{name} {value:.6g}{_plus_minus(errors.get(name))}" for name, value in values.items())
+
+
 def _format_best_lines(s: RunStatus) -> list[str]:
     """``best: ...``, or with several objectives the Pareto set, one line per trial."""
     if not s.objectives or len(s.objectives) < 2:
@@ -6384,9 +6373,8 @@ def _format_best_lines(s: RunStatus) -> list[str]:
         return [f"best: {_format_best(s)}", *([heading, *tied] if tied else [])]
     directions = ", ".join(f"{name} {direction}" for name, direction in s.objectives.items())
     lines = [f"Pareto set ({directions}): {_format_best(s)}"]
-    for trial in s.best_trials[:_PARETO_LINES]:
-        values = ", ".join(f"{n} {v:.6g}{_plus_minus(trial.standard_errors[n])}" for n, v in trial.values.items())
-        lines.append(f"  trial {trial.number}: {values}; {_format_params(trial.params)}")
+    for t in s.best_trials[:_PARETO_LINES]:
+        lines.append(f"  trial {t.number}: {_format_values(t.values, t.standard_errors)}; {_format_params(t.params)}")
     if len(s.best_trials) > _PARETO_LINES:
         lines.append(f"  ... {len(s.best_trials) - _PARETO_LINES} more (status --json lists them all)")
     return lines
@@ -6401,8 +6389,9 @@ def _format_best(s: RunStatus) -> str:
         return f"{len(s.best_trials)} trial(s) no other beats in every objective ({numbers})" if numbers else "-"
     if s.best_value is None:
         return "-"
-    error = f" ± {s.best_standard_error:.2g}" if s.best_standard_error is not None else ""
-    return f"{s.best_value:.6g}{error} (trial {s.best_trial}) {_format_params(s.best_params)}"
+    return (
+        f"{s.best_value:.6g}{_plus_minus(s.best_standard_error)} (trial {s.best_trial}) {_format_params(s.best_params)}"
+    )
 
 
 def _format_controller(s: RunStatus) -> str:
@@ -6551,15 +6540,19 @@ def read_report(path: Path, now: float | None = None) -> RunReport:
             read_status(path, now)  # raises the status command's error: not a directory, not a run
         examples = " ".join(str(entry_run.dir) for _, entry_run in entries[:2])
         raise StatusError(f"{path} holds one run per entry: make a report of one of them, e.g. {examples}")
-    status = read_run_status(run, now, ask_queue=None)
     settings = _read_run_settings(run)
-    study_trials = _read_study_trials(run, status.run_name)
-    chunks = [c for t in study_trials for c in _ended_chunks(run.trial(t.number))]
+    trials = _read_trials(run, settings.run_name or run.dir.name)
+    status = read_run_status(run, now, ask_queue=None, trials=trials)
+    study_trials = _read_study_trials(run, status.run_name)  # for Optuna's plots, and its trials' durations
+    durations = {t.number: t.duration for t in study_trials}
+    rows = [_trial_row(run.trial(t.number), t, settings.objectives, durations.get(t.number)) for t in trials[0]]
+    rows += [TrialRow(r.number, "RUNNING", None, None, r.params, None, None, "") for r in status.running]
+    chunks = [c for row in rows for c in _ended_chunks(run.trial(row.number))]
     return RunReport(
         status=status,
         direction=_directions(settings)[0],
         objectives=settings.objectives,
-        trials=[_trial_row(run.trial(t.number), t, settings.objectives) for t in study_trials],
+        trials=sorted(rows, key=lambda row: row.number),
         study_trials=study_trials,
         seeds_per_second=_seeds_per_second_series(
             [(mtime - c.elapsed_seconds, mtime, c.stats.loss.count) for c, mtime in chunks], _RATE_BINS
@@ -6567,25 +6560,27 @@ def read_report(path: Path, now: float | None = None) -> RunReport:
     )
 
 
-def _trial_row(trial: TrialPaths, frozen: Any, objectives: Mapping[str, str] | None = None) -> TrialRow:
-    state = frozen.state.name
-    summary = _read_json(trial.summary) if state == "COMPLETE" else None
-    several = state == "COMPLETE" and objectives is not None and len(objectives) > 1
-    n_seeds = frozen.user_attrs.get("n_seeds")
-    if n_seeds is None and isinstance(summary, dict):
-        n_seeds = summary.get("n_seeds")
-    ended = frozen.datetime_complete
+def _trial_row(
+    trial: TrialPaths, finished: FinishedTrial, objectives: Mapping[str, str] | None, duration: timedelta | None
+) -> TrialRow:
+    """A finished trial's row: its value(s) and standard error(s) as status reads them (summary.json first)."""
+    complete = finished.state == "COMPLETE"
+    several = objectives is not None and len(objectives) > 1
+    n_seeds = finished.user_attrs.get("n_seeds")
+    if n_seeds is None and complete:
+        n_seeds = (_read_json(trial.summary) or {}).get("n_seeds")
+    pareto = _pareto_trial(trial, finished, objectives) if complete and several else None
     return TrialRow(
-        number=frozen.number,
-        state=state,
-        value=frozen.value if state == "COMPLETE" and not several else None,
-        standard_error=_best_standard_error(trial, frozen, objectives) if state == "COMPLETE" and not several else None,
-        params=dict(frozen.params) or (_read_json(trial.params) or {}).get("params", {}),
+        number=finished.number,
+        state=finished.state,
+        value=finished.value if complete and not several else None,
+        standard_error=_best_standard_error(trial, finished, objectives) if complete and not several else None,
+        params=finished.params,
         n_seeds=n_seeds,
-        seconds=(ended - frozen.datetime_start).total_seconds() if ended and frozen.datetime_start else None,
-        fail_reason=_failed_trial(frozen).reason if state == "FAIL" else "",
-        values=_pareto_trial(trial, frozen, objectives).values if several else {},
-        standard_errors=_pareto_trial(trial, frozen, objectives).standard_errors if several else {},
+        seconds=duration.total_seconds() if duration else None,
+        fail_reason=_failed_trial(finished).reason if finished.state == "FAIL" else "",
+        values=pareto.values if pareto else {},
+        standard_errors=pareto.standard_errors if pareto else {},
     )
 
 
@@ -6641,15 +6636,17 @@ def render_report(report: RunReport) -> str:
         parts.append("</section>")
     s = report.status
     if s.best_set:
-        rows = "".join(
-            f"<tr><td>{t.number}</td><td>{t.mean:.6g}</td><td>{t.standard_error:.2g}</td><td>{t.n_seeds:,}</td>"
-            f"<td>{html.escape(_format_params(t.params))}</td></tr>"
+        rows = [
+            (
+                "",
+                [str(t.number), f"{t.mean:.6g}", f"{t.standard_error:.2g}", f"{t.n_seeds:,}", _format_params(t.params)],
+            )
             for t in s.best_set
-        )
+        ]
+        head = ["trial", "mean", "standard error", "seeds", "params"]
         parts.append(
             '<section><h2>Best set</h2><p class="note">the best, then the trials a one-sided paired t-test on '
-            'their shared chunks cannot tell from it</p><table class="trials best-set"><tr><th>trial</th><th>mean</th>'
-            f"<th>standard error</th><th>seeds</th><th>params</th></tr>{rows}</table></section>",
+            f"their shared chunks cannot tell from it</p>{_html_table('trials best-set', head, rows)}</section>",
         )
     return _REPORT_PAGE.format(
         title=html.escape(f"slurptuna report: {s.run_name}"),
@@ -6757,27 +6754,20 @@ def _rate_figure(series: Sequence[tuple[float, float]]) -> tuple[Any, str]:
 
 
 def _trials_table(trials: Sequence[TrialRow]) -> str:
-    import html
-
     rows = []
     for t in trials:
-        value = "" if t.value is None else f"{t.value:.6g}"
-        if t.value is not None and t.standard_error is not None:
-            value += f" ± {t.standard_error:.2g}"
-        if t.values:
-            value = ", ".join(f"{n} {v:.6g}{_plus_minus(t.standard_errors.get(n))}" for n, v in t.values.items())
+        value = "" if t.value is None else f"{t.value:.6g}{_plus_minus(t.standard_error)}"
         cells = [
             str(t.number),
             t.state,
-            value,
+            _format_values(t.values, t.standard_errors) if t.values else value,
             _format_params(t.params),
             "" if t.n_seeds is None else f"{t.n_seeds:,}",
             "" if t.seconds is None else f"{t.seconds:.1f}",
             t.fail_reason,
         ]
-        rows.append(f'<tr class="{t.state.lower()}">' + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
-    head = "".join(f"<th>{h}</th>" for h in ("trial", "state", "value ± SE", "params", "seeds", "seconds", "reason"))
-    return f'<table class="trials"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+        rows.append((t.state.lower(), cells))
+    return _html_table("trials", ("trial", "state", "value ± SE", "params", "seeds", "seconds", "reason"), rows)
 
 
 def _validation_table(v: ValidationResult) -> str:
@@ -6785,17 +6775,22 @@ def _validation_table(v: ValidationResult) -> str:
     import html
 
     caption, *_ = format_validation(v)
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in _VALIDATION_COLUMNS)
-    rows = "".join(
-        f'<tr class="{"pick" if c.trial == v.pick else "candidate"}">'
-        + "".join(f"<td>{html.escape(cell)}</td>" for cell in _validation_cells(v, c))
-        + "</tr>"
-        for c in v.candidates
-    )
+    rows = [("pick" if c.trial == v.pick else "candidate", _validation_cells(v, c)) for c in v.candidates]
     return (
         f'<section><h2>Validation on fresh seeds</h2><p class="note">{html.escape(caption)}</p>'
-        f'<table class="validation"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table></section>'
+        f"{_html_table('validation', _VALIDATION_COLUMNS, rows)}</section>"
     )
+
+
+def _html_table(kind: str, head: Sequence[str], rows: Iterable[tuple[str, Sequence[str]]]) -> str:
+    """A table of escaped cells; each row is (its class, its cells)."""
+    import html
+
+    def cells(tag: str, texts: Sequence[str]) -> str:
+        return "".join(f"<{tag}>{html.escape(text)}</{tag}>" for text in texts)
+
+    body = "".join(f'<tr class="{row_class}">{cells("td", texts)}</tr>' for row_class, texts in rows)
+    return f'<table class="{kind}"><thead><tr>{cells("th", head)}</tr></thead><tbody>{body}</tbody></table>'
 
 
 _REPORT_PAGE = """<!DOCTYPE html>
