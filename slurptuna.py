@@ -6616,26 +6616,23 @@ def render_report(report: RunReport) -> str:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # optuna's experimental-feature warnings are not the reader's business
-        sections = _report_figures(report)
-    parts = []
+        figures = _report_figures(report)
+    sections = []
     plotly_embedded = False
-    for title, figure, note in sections:
-        parts.append(f"<section><h2>{html.escape(title)}</h2>")
-        if note:
-            parts.append(f'<p class="note">{html.escape(note)}</p>')
+    for title, figure, note in figures:
+        plot = ""
         if figure is not None:
             figure.update_layout(title=None, margin={"t": 30})
+            config = {"displaylogo": False, "responsive": True}
             plot = figure.to_html(
-                full_html=False,
-                include_plotlyjs=not plotly_embedded,
-                config={"displaylogo": False, "responsive": True},
-                default_height="420px",
+                full_html=False, include_plotlyjs=not plotly_embedded, config=config, default_height="420px"
             )
+            plot = f'<figure class="plot">{plot}</figure>'
             plotly_embedded = True
-            parts.append(f'<figure class="plot">{plot}</figure>')
-        parts.append("</section>")
+        sections.append(_section(title, note, plot))
     s = report.status
     if s.best_set:
+        head = ["trial", "mean", "standard error", "seeds", "params"]
         rows = [
             (
                 "",
@@ -6643,17 +6640,15 @@ def render_report(report: RunReport) -> str:
             )
             for t in s.best_set
         ]
-        head = ["trial", "mean", "standard error", "seeds", "params"]
-        parts.append(
-            '<section><h2>Best set</h2><p class="note">the best, then the trials a one-sided paired t-test on '
-            f"their shared chunks cannot tell from it</p>{_html_table('trials best-set', head, rows)}</section>",
-        )
+        note = "the best, then the trials a one-sided paired t-test on their shared chunks cannot tell from it"
+        sections.append(_section("Best set", note, _html_table("trials best-set", head, rows)))
+    if s.validation:
+        sections.append(_validation_section(s.validation))
+    sections.append(_section("Trials", "", _trials_table(report.trials)))
     return _REPORT_PAGE.format(
         title=html.escape(f"slurptuna report: {s.run_name}"),
         status=html.escape(format_run_status(s)),
-        sections="\n".join(parts),
-        table=_trials_table(report.trials),
-        validation=_validation_table(s.validation) if s.validation else "",
+        sections="\n".join(sections),
         generated=html.escape(f"slurptuna {__version__}, {s.checked_at}"),
     )
 
@@ -6770,16 +6765,18 @@ def _trials_table(trials: Sequence[TrialRow]) -> str:
     return _html_table("trials", ("trial", "state", "value ± SE", "params", "seeds", "seconds", "reason"), rows)
 
 
-def _validation_table(v: ValidationResult) -> str:
+def _validation_section(v: ValidationResult) -> str:
     """The latest validation as a small table, the rows ``format_validation`` prints."""
-    import html
-
     caption, *_ = format_validation(v)
     rows = [("pick" if c.trial == v.pick else "candidate", _validation_cells(v, c)) for c in v.candidates]
-    return (
-        f'<section><h2>Validation on fresh seeds</h2><p class="note">{html.escape(caption)}</p>'
-        f"{_html_table('validation', _VALIDATION_COLUMNS, rows)}</section>"
-    )
+    return _section("Validation on fresh seeds", caption, _html_table("validation", _VALIDATION_COLUMNS, rows))
+
+
+def _section(title: str, note: str, content: str) -> str:
+    import html
+
+    note = f'<p class="note">{html.escape(note)}</p>' if note else ""
+    return f"<section><h2>{html.escape(title)}</h2>{note}{content}</section>"
 
 
 def _html_table(kind: str, head: Sequence[str], rows: Iterable[tuple[str, Sequence[str]]]) -> str:
@@ -6817,10 +6814,6 @@ footer {{ color: #888; font-size: 0.8em; margin-top: 2em; }}
 <h1>{title}</h1>
 <pre class="status">{status}</pre>
 {sections}
-{validation}
-<section><h2>Trials</h2>
-{table}
-</section>
 <footer>made by {generated}; this page needs no network</footer>
 </body>
 </html>
