@@ -6339,10 +6339,7 @@ def format_entries_status(s: EntriesStatus) -> str:
             lines.append(f"  {e.entry:<{width}}  {e.problem}")
             continue
         r = e.run
-        if r.controller_holds_run:
-            state = f"running (pid {r.controller_pid if r.controller_pid is not None else '?'})"
-        else:
-            state = "needs resume" if r.trials_left else "finished"
+        state = _format_controller(r) if r.controller_holds_run else "needs resume" if r.trials_left else "finished"
         lines.append(
             f"  {e.entry:<{width}}  {state}: {r.n_complete}/{r.n_trials} complete, {r.n_running} running, "
             f"{r.n_failed} failed, {r.n_pruned} pruned; best {_format_best(r)}"
@@ -6454,20 +6451,23 @@ def _status_main(argv: Sequence[str]) -> int:
     if args.watch is not None and args.watch <= 0:
         parser.error("--watch SECONDS must be > 0")
     try:
-        if args.watch is None:
-            _show_status(args.run_dir, args.json, redraw=False)
-            return 0
-        while True:
-            _show_status(args.run_dir, args.json, redraw=True)
+        _show_status(args.run_dir, args.json, redraw=args.watch is not None)
+        while args.watch is not None:
             time.sleep(args.watch)
+            _show_status(args.run_dir, args.json, redraw=True)
     except KeyboardInterrupt:
-        return 0
+        pass
     except BrokenPipeError:  # `status ... | head`: the reader has seen enough
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
     except (StatusError, OSError) as exc:
-        print(f"slurptuna status: {_first_line(str(exc))}", file=sys.stderr)
-        return 2
+        return _command_failed("status", exc)
+    return 0
+
+
+def _command_failed(command: str, exc: BaseException) -> int:
+    """A reader's error as one line on stderr, and its exit code."""
+    print(f"slurptuna {command}: {_first_line(str(exc))}", file=sys.stderr)
+    return 2
 
 
 def _show_status(run_dir: Path, as_json: bool, redraw: bool) -> None:
@@ -6840,8 +6840,7 @@ def _report_main(argv: Sequence[str]) -> int:
         output = args.output or args.run_dir / "report.html"
         _write_atomic(output, page.encode())
     except (StatusError, OSError) as exc:
-        print(f"slurptuna report: {_first_line(str(exc))}", file=sys.stderr)
-        return 2
+        return _command_failed("report", exc)
     print(f"wrote {output}")
     return 0
 
@@ -7026,12 +7025,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
     if argv[:1] in (["status"], ["report"]):
         logger.setLevel(logging.ERROR)  # stale chunk files are the controller's to warn of; readers skip them
-    if argv[:1] == ["status"]:
-        return _status_main(argv[1:])
-    if argv[:1] == ["report"]:
-        return _report_main(argv[1:])
-    if argv[:1] == ["validate"]:
-        return _validate_main(argv[1:])
+    commands = {"status": _status_main, "report": _report_main, "validate": _validate_main}
+    if argv and argv[0] in commands:
+        return commands[argv[0]](argv[1:])
     if argv[:1] == ["options"]:
         print(_options_table())
         return 0
