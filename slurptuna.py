@@ -6960,6 +6960,7 @@ def selftest() -> int:
 
     import tempfile
 
+    close = partial(math.isclose, rel_tol=1e-12, abs_tol=1e-15)
     with tempfile.TemporaryDirectory(prefix="slurptuna-selftest-") as tmp:
         module_file = Path(tmp) / "selftest_loss.py"
         module_file.write_text(_SELFTEST_LOSS)
@@ -6986,21 +6987,13 @@ def selftest() -> int:
             chunks = [found[i] for i in sorted(found)]
             covered = [s for c in chunks for s in range(c.seeds["start"], c.seeds["stop"])]
             direct = [definition(frozen.params, s, {}) for s in range(37)]
-            means = [math.fsum(d.values()) / 2 for d in direct]
+            mean = math.fsum(math.fsum(d.values()) / 2 for d in direct) / 37
+            fit = math.fsum(d["fit"] for d in direct) / 37
             check(f"trial {frozen.number}: 5 chunks cover seeds 0..36 exactly once", covered == list(range(37)))
             check(
-                f"trial {frozen.number}: reduced mean equals the direct mean over 37 seeds",
-                math.isclose(frozen.value, math.fsum(means) / 37, rel_tol=1e-12, abs_tol=1e-15),
+                f"trial {frozen.number}: reduced mean equals the direct mean over 37 seeds", close(frozen.value, mean)
             )
-            check(
-                f"trial {frozen.number}: component 'fit' kept",
-                math.isclose(
-                    frozen.user_attrs["components"]["fit"],
-                    math.fsum(d["fit"] for d in direct) / 37,
-                    rel_tol=1e-12,
-                    abs_tol=1e-15,
-                ),
-            )
+            check(f"trial {frozen.number}: component 'fit' kept", close(frozen.user_attrs["components"]["fit"], fit))
         resumed = optimize_run(definition, n_trials=4, run_name=run.dir.name, **options)
         values = [t.value for t in resumed.study.trials]
         check(
