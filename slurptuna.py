@@ -2480,25 +2480,15 @@ class Executor(Protocol):
     max_poll_seconds: float
 
     def start(self, trial: TrialPaths, expected: TrialParams, chunks: Sequence[int], attempt: int) -> None: ...
-
     def poll(self) -> bool: ...
-
     def running(self, trial: TrialPaths) -> bool: ...
-
     def results(self, trial: TrialPaths) -> Mapping[int, ChunkResult]: ...
-
     def cancel(self, trials: Iterable[TrialPaths]) -> int: ...
-
     def finished(self, trial: TrialPaths) -> None: ...
-
     def explain(self, trial: TrialPaths, chunks: Sequence[int]) -> str: ...
-
     def has_room(self) -> bool: ...
-
     def adopt(self, trials: Sequence[TrialPaths]) -> dict[int, frozenset[int]]: ...
-
     def wait(self, seconds: float) -> None: ...
-
     def close(self) -> None: ...
 
 
@@ -2514,21 +2504,8 @@ class _ChunkState(Enum):
 
 
 _ACTIVE_STATES = frozenset(
-    {
-        "PENDING",
-        "RUNNING",
-        "CONFIGURING",
-        "COMPLETING",
-        "REQUEUED",
-        "REQUEUE_HOLD",
-        "REQUEUE_FED",
-        "RESIZING",
-        "SUSPENDED",
-        "STOPPED",
-        "SIGNALING",
-        "STAGE_OUT",
-        "RESV_DEL_HOLD",
-    }
+    {"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD", "SUSPENDED", "STOPPED"}
+    | {"RUNNING", "COMPLETING", "RESIZING", "SIGNALING", "STAGE_OUT"}
 )
 
 
@@ -2614,15 +2591,6 @@ def _slurm_time(seconds: int) -> str:
     return f"{days}-{rest // 3600:02d}:{rest % 3600 // 60:02d}:{rest % 60:02d}"
 
 
-def _array_groups(chunks: Sequence[int], max_array_size: int) -> list[tuple[int, list[int]]]:
-    """Split chunk indices into arrays whose task ids stay below MaxArraySize: (offset, task ids)."""
-    groups: dict[int, list[int]] = {}
-    for chunk in sorted(chunks):
-        offset = chunk // max_array_size * max_array_size
-        groups.setdefault(offset, []).append(chunk - offset)
-    return sorted(groups.items())
-
-
 def _array_spec(task_ids: Sequence[int], limit: int | None) -> str:
     return _format_ranges(task_ids) + (f"%{limit}" if limit else "")
 
@@ -2642,10 +2610,6 @@ class _QueueLine:
     state: str  # PENDING, RUNNING, COMPLETING, ... (%T)
     reason: str  # why it pends (%r): Dependency, JobArrayTaskLimit, ...; "" when not asked for
     task_ids: tuple[int | None, ...]  # the array tasks the line stands for; (None,) for a job that is no array
-
-    @property
-    def tasks(self) -> int:
-        return len(self.task_ids)
 
     @property
     def queued(self) -> bool:
@@ -2845,36 +2809,19 @@ def _parse_slurm_config(stdout: str) -> dict[str, str]:
 
 
 _SACCTMGR_QOS_FIELDS = (
-    "Name",
-    "MaxSubmitJobsPerUser",
-    "MaxJobsPerUser",
-    "MaxSubmitJobsPerAccount",
-    "MaxJobsPerAccount",
-    "GrpSubmitJobs",
-    "GrpJobs",
+    "Name,MaxSubmitJobsPerUser,MaxJobsPerUser,MaxSubmitJobsPerAccount,MaxJobsPerAccount,GrpSubmitJobs,GrpJobs"
 )
-_SACCTMGR_ASSOC_FIELDS = (
-    "Cluster",
-    "Account",
-    "User",
-    "Partition",
-    "QOS",
-    "DefaultQOS",
-    "MaxSubmitJobs",
-    "MaxJobs",
-    "GrpSubmitJobs",
-    "GrpJobs",
-)
+_SACCTMGR_ASSOC_FIELDS = "Cluster,Account,User,Partition,QOS,DefaultQOS,MaxSubmitJobs,MaxJobs,GrpSubmitJobs,GrpJobs"
 
 
 def _sacctmgr_qos_argv() -> list[str]:
     """The sacctmgr call whose answer `_parse_sacctmgr_job_limits` reads as ``qos_stdout`` (every QoS)."""
-    return ["sacctmgr", "-n", "-P", "show", "qos", "format=" + ",".join(_SACCTMGR_QOS_FIELDS)]
+    return ["sacctmgr", "-n", "-P", "show", "qos", "format=" + _SACCTMGR_QOS_FIELDS]
 
 
 def _sacctmgr_assoc_argv(user: str) -> list[str]:
     """The sacctmgr call whose answer `_parse_sacctmgr_job_limits` reads as ``assoc_stdout``: the user's rows."""
-    return ["sacctmgr", "-n", "-P", "show", "assoc", f"user={user}", "format=" + ",".join(_SACCTMGR_ASSOC_FIELDS)]
+    return ["sacctmgr", "-n", "-P", "show", "assoc", f"user={user}", "format=" + _SACCTMGR_ASSOC_FIELDS]
 
 
 @dataclass(frozen=True)
@@ -2885,17 +2832,14 @@ class _SlurmJobLimits:
     max_jobs: int | None  # running: more waits in the queue (AssocMaxJobsLimit, QOSMaxJobsPerUserLimit)
 
 
-def _sacctmgr_rows(stdout: str, fields: Sequence[str]) -> list[dict[str, str]]:
-    rows = []
-    for line in stdout.splitlines():
-        values = line.strip().split("|")
-        if len(values) == len(fields):
-            rows.append(dict(zip(fields, (v.strip() for v in values), strict=True)))
-    return rows
+def _sacctmgr_rows(stdout: str, fields: str) -> list[dict[str, str]]:
+    names = fields.split(",")
+    rows = [line.strip().split("|") for line in stdout.splitlines()]
+    return [dict(zip(names, (v.strip() for v in row), strict=True)) for row in rows if len(row) == len(names)]
 
 
-def _sacctmgr_limit(text: str) -> int | None:
-    return int(text) if text.isdigit() else None  # blank (or -1): no limit
+def _smallest_limit(texts: Iterable[str]) -> int | None:
+    return min((int(text) for text in texts if text.isdigit()), default=None)  # blank (or -1): no limit
 
 
 def _parse_sacctmgr_job_limits(
@@ -2904,33 +2848,26 @@ def _parse_sacctmgr_job_limits(
     """The user's effective MaxSubmitJobs and MaxJobs: the smallest limit that applies to the run's jobs.
 
     Reads the answers of `_sacctmgr_assoc_argv` and `_sacctmgr_qos_argv`. What applies: the
-    association's own limits (a parent account's MaxSubmitJobs/MaxJobs is shown on the user's
-    row when the user has none, recorded in slurm_texts/sacctmgr_show_assoc_inherited.json)
-    and those of the QoS the jobs run under: ``qos`` (the run's ``slurm_qos``), else the
-    association's DefaultQOS, else its only QoS, else ``normal``, as slurmctld picks it. The
-    Grp* limits and the per-account ones count other users' jobs too: they bound ours all the
-    same, so they are taken as limits. Under ``account`` only that account's associations
-    count; without it, the smallest over all the user's associations (never ask for more).
-    No association or QoS row (no accounting, a failed call): the limits are unknown, None.
-    Partition QoSes are not read.
+    association's own limits (a parent account's is shown on the user's row when the user has
+    none: slurm_texts/sacctmgr_show_assoc_inherited.json) and those of the QoS the jobs run
+    under: ``qos`` (the run's ``slurm_qos``), else the association's DefaultQOS, else its only
+    QoS, else ``normal``, as slurmctld picks it. Grp* and per-account limits count other users'
+    jobs too: they bound ours all the same. Under ``account`` only that account's associations
+    count; without it, the smallest over all (never ask for more). No row (no accounting, a
+    failed call): None, unknown. Partition QoSes are not read.
     """
     qos_rows = {row["Name"]: row for row in _sacctmgr_rows(qos_stdout, _SACCTMGR_QOS_FIELDS)}
-    submit: list[int | None] = []
-    running: list[int | None] = []
+    submit: list[str] = []
+    running: list[str] = []
     for row in _sacctmgr_rows(assoc_stdout, _SACCTMGR_ASSOC_FIELDS):
         if account is not None and row["Account"] != account:
             continue
         granted = [name for name in row["QOS"].split(",") if name]
-        job_qos = qos or row["DefaultQOS"] or (granted[0] if len(granted) == 1 else "normal")
-        limits = qos_rows.get(job_qos, {})
-        submit += [_sacctmgr_limit(row["MaxSubmitJobs"]), _sacctmgr_limit(row["GrpSubmitJobs"])]
-        running += [_sacctmgr_limit(row["MaxJobs"]), _sacctmgr_limit(row["GrpJobs"])]
-        submit += [_sacctmgr_limit(limits.get(key, "")) for key in _SACCTMGR_QOS_FIELDS if "Submit" in key]
-        running += [_sacctmgr_limit(limits.get(key, "")) for key in ("MaxJobsPerUser", "MaxJobsPerAccount", "GrpJobs")]
-    return _SlurmJobLimits(
-        max_submit_jobs=min((n for n in submit if n is not None), default=None),
-        max_jobs=min((n for n in running if n is not None), default=None),
-    )
+        job_qos = qos_rows.get(qos or row["DefaultQOS"] or (granted[0] if len(granted) == 1 else "normal"), {})
+        for key, value in [*row.items(), *job_qos.items()]:  # every *Jobs* field is a limit: *Submit* on queued jobs
+            if "Jobs" in key:
+                (submit if "Submit" in key else running).append(value)
+    return _SlurmJobLimits(max_submit_jobs=_smallest_limit(submit), max_jobs=_smallest_limit(running))
 
 
 def _tasks_spec(trials: Sequence[tuple[int, Sequence[int]]]) -> str:

@@ -18,7 +18,6 @@ from slurptuna import (
     SlurmBusy,
     SlurmError,
     SlurmFailure,
-    _array_groups,
     _array_spec,
     _format_ranges,
     _parse_job_id,
@@ -65,7 +64,7 @@ def test_squeue_lines_recorded_from_the_real_slurm_give_states_reasons_and_task_
 
     def shown(name: str) -> dict[str, list[tuple[str, str, int]]]:
         parsed = _parse_squeue(as_status_asks(name))
-        return {job: [(line.state, line.reason, line.tasks) for line in lines] for job, lines in parsed.items()}
+        return {job: [(line.state, line.reason, len(line.task_ids)) for line in lines] for job, lines in parsed.items()}
 
     assert shown("squeue_pending_array") == {"2": [("PENDING", "JobHeldUser", 8)]}
     assert _parse_squeue(as_status_asks("squeue_pending_array"))["2"][0].task_ids == tuple(range(8))
@@ -310,11 +309,6 @@ def test_array_specs_compress_ranges_and_carry_the_throttle():
     assert _format_ranges([0, 1, 2, 5, 7, 8]) == "0-2,5,7-8"
     assert _array_spec([3, 4, 9], 80) == "3-4,9%80"
     assert _array_spec([0], None) == "0"
-
-
-def test_arrays_are_split_below_max_array_size_with_renumbered_task_ids():
-    assert _array_groups([0, 1, 999, 1000, 1001, 2500], 1001) == [(0, [0, 1, 999, 1000]), (1001, [0]), (2002, [498])]
-    assert _array_groups(range(10), 4) == [(0, [0, 1, 2, 3]), (4, [0, 1, 2, 3]), (8, [0, 1])]
 
 
 @pytest.mark.parametrize(("seconds", "text"), [(60, "0-00:01:00"), (7200, "0-02:00:00"), (90061, "1-01:01:01")])
