@@ -2743,11 +2743,6 @@ def _command_error(process: subprocess.CompletedProcess[str]) -> SlurmError:
 _INVALID_JOB_ID = "Invalid job id"  # squeue or scancel of a job id Slurm has already forgotten
 
 
-def _parse_job_comments(stdout: str) -> list[tuple[str, str]]:
-    """``%F|%k`` lines (job id, comment) -> pairs: how a run finds its own jobs by their ``--comment`` tag."""
-    return [(job, comment) for job, _, comment in (line.partition("|") for line in stdout.splitlines())]
-
-
 @dataclass
 class _Outage:
     """When to ask Slurm again while it does not answer: after 1 s, doubling up to 60 s, for ``limit`` s.
@@ -2927,19 +2922,16 @@ class _CallBudget:
     tokens: float = 0.0
     updated: float | None = None
 
+    def _refilled(self, now: float) -> float:
+        return self.burst if self.updated is None else min(self.burst, self.tokens + (now - self.updated) * self.rate)
+
     def available(self, now: float, keep: float = 0.0) -> bool:
         """A call may be made now without waiting, leaving ``keep`` calls for others (nothing is taken)."""
-        tokens = self.burst if self.updated is None else self.tokens + (now - self.updated) * self.rate
-        return tokens >= 1 + keep
+        return self._refilled(now) >= 1 + keep
 
     def take(self, now: float) -> float:
         """Take a call's token; the seconds to wait before making the call (0: at once)."""
-        if self.updated is None:
-            self.tokens = self.burst
-        else:
-            self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
-        self.updated = now
-        self.tokens -= 1
+        self.tokens, self.updated = self._refilled(now) - 1, now
         return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
 
 
@@ -3012,11 +3004,8 @@ class _SlurmExecutor:
         self._script = run.batch_script
         _compile_for_workers(settings)  # also on resume: this file or the loss's may have changed since
         if not self._script.exists():
-            self._script.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self._script.with_suffix(".tmp")
-            tmp.write_text(_BATCH_SCRIPT)
-            tmp.chmod(0o755)
-            os.replace(tmp, self._script)
+            _write_atomic(self._script, _BATCH_SCRIPT.encode())
+            self._script.chmod(0o755)
 
     # ---- the interface the controller uses
 
@@ -3033,13 +3022,9 @@ class _SlurmExecutor:
 
         Within the call budget (``_SLURM_CALLS_KEPT_FROM_POLLS``): a queue whose last answer
         is due is asked first; then submissions (room is judged on the last answer, which can
-        only overstate the queue); then, from the budget's surplus only, the queue. When the
-        queue is not asked, it keeps its last answer (the controller still reads the chunk
-        files that arrived).
+        only overstate the queue); then, from the budget's surplus only, the queue.
         """
-        if self._to_cancel:
-            self._scancel(sorted(self._to_cancel))
-            self._to_cancel.clear()
+        self._cancel_unneeded()
         gap = _SLURM_CALLS_KEPT_FROM_POLLS / self._budget.rate  # polls take at most a third of the budget
         since = math.inf if self._asked_at is None else self._clock() - self._asked_at
         due = since >= max(self.max_poll_seconds, gap)
@@ -3077,10 +3062,7 @@ class _SlurmExecutor:
                     by_job.setdefault(job.job_id, []).append(task)
         self._to_cancel |= {f"{job_id}_[{_format_ranges(tasks)}]" for job_id, tasks in by_job.items()}
         self._to_cancel |= self._unneeded_reduce_jobs(numbers)
-        ids = sorted(self._to_cancel)
-        self._to_cancel.clear()
-        self._scancel(ids)
-        return len(ids)
+        return self._cancel_unneeded()
 
     def finished(self, trial: TrialPaths) -> None:
         """Fold the logs of its tasks that succeeded, forget the trial; a reduce job no trial needs goes next.
@@ -3132,24 +3114,23 @@ class _SlurmExecutor:
             return {}
         recorded = {t.number: _read_json(t.jobs) or {} for t in trials}
         jobs = {n: [JobRef.from_json(j) for j in r.get("jobs", [])] for n, r in recorded.items()}
-        known = {j.job_id for listed in jobs.values() for j in listed}
-        strays = self._unrecorded(known)
+        process, ours = self._jobs_tagged(self._tag)
+        if process.returncode != 0:
+            logger.warning("squeue failed, cannot look for unrecorded jobs: %s", _command_error(process))
+        strays = sorted(set(ours) - {j.job_id for listed in jobs.values() for j in listed})
         if strays:
             logger.warning("cancelling job(s) %s of this run that a crash left out of jobs.json", ", ".join(strays))
             self._scancel(strays)
-        active = self._ask_queue()
-        while active is None:
+        while not self._poll_queue():
             if self._sleep(self.max_poll_seconds):
                 raise _Interrupted("interrupted while waiting for Slurm to answer")
-            active = self._ask_queue()
-        self._active = active
         adopted: dict[int, frozenset[int]] = {}
         for trial in trials:  # each kept, queued or not: its ended tasks' logs are folded when it finishes
             state = _SlurmTrial(trial, TrialParams.load(trial), recorded[trial.number].get("attempt", 0))
             state.jobs = [j for j in jobs[trial.number] if self._is_active(j)]
             state.ended = [j for j in jobs[trial.number] if not self._is_active(j)]
             self._trials[trial.number] = state
-            queued = frozenset(chunk for job, task, chunk in state.tasks() if task in active.get(job.job_id, ()))
+            queued = frozenset(chunk for job, task, chunk in state.tasks() if task in self._active.get(job.job_id, ()))
             if queued:
                 logger.info("trial %d: adopting queued chunks %s", trial.number, _format_ranges(queued))
                 adopted[trial.number] = queued
@@ -3160,9 +3141,7 @@ class _SlurmExecutor:
 
     def close(self) -> None:
         """Queued chunk tasks belong to the run (a resume adopts them); reduce jobs no longer needed go."""
-        if self._to_cancel:
-            self._scancel(sorted(self._to_cancel))
-            self._to_cancel.clear()
+        self._cancel_unneeded()
 
     # ---- submitting
 
@@ -3315,11 +3294,7 @@ class _SlurmExecutor:
                 return _parse_job_id(process.stdout)
             kind = classify_slurm_failure(process.returncode, process.stderr)
             if kind is SlurmFailure.BAD_QOS and qos:
-                logger.warning(
-                    "sbatch refused --qos=%s (%s); submitting without a QoS from now on",
-                    self._qos,
-                    process.stderr.strip(),
-                )
+                logger.warning("sbatch refused --qos=%s (%s); no QoS from now on", self._qos, process.stderr.strip())
                 self._qos = None
             elif kind is SlurmFailure.LIMIT:
                 self._slurm_answered()
@@ -3342,14 +3317,14 @@ class _SlurmExecutor:
         """
         answered = False
         while True:
-            process = self._call(["squeue", "-h", "--me", "-t", "all", "-o", "%F|%k"], timeout=60)
-            found = [job for job, tag in _parse_job_comments(process.stdout) if tag == comment]
-            if process.returncode == 0 and found:
+            process, found = self._jobs_tagged(comment, "-t", "all")
+            if found:
                 return found[0]
             if process.returncode == 0 and answered:
                 return None
             answered = process.returncode == 0
-            self._wait_out_outage(failed if answered else process)
+            if self._sleep(self._outage_delay(failed if answered else process)):
+                raise _Interrupted("interrupted while waiting for Slurm to answer")
 
     # ---- asking and cancelling
 
@@ -3363,61 +3338,45 @@ class _SlurmExecutor:
         self.call_counts[argv[0]] += 1
         return self._slurm(argv, **options)
 
-    def _ask_queue(self) -> dict[str, set[int | None]] | None:
-        """The user's queued or running tasks, by job, from one ``squeue``; None if Slurm did not answer.
+    def _poll_queue(self) -> bool:
+        """Keep the user's queued or running tasks, by job, from one ``squeue``; False if Slurm did not answer.
 
         All the user's jobs, not only the run's: each array task counts toward a site's
-        MaxSubmitJobs, whichever run queued it.
-        """
-        process = self._call(["squeue", "-h", "--me", "-o", "%i|%T"], timeout=60)
-        if process.returncode != 0:
-            if classify_slurm_failure(process.returncode, process.stderr) is not SlurmFailure.TRANSIENT:
-                logger.warning("squeue failed, will ask again: %s", _command_error(process))
-                return None
-            first = self._outage.started is None
-            if self._outage.next_delay(self._clock()) is None:
-                raise SlurmError(
-                    f"Slurm has not answered squeue for {self._settings.slurm_unavailable_minutes:g} minutes "
-                    f"(slurm_unavailable_minutes): {_command_error(process)}"
-                )
-            if first:
-                logger.warning("Slurm does not answer squeue (%s); asking again", process.stderr.strip())
-            return None
-        self._slurm_answered()
-        return _parse_active_tasks(process.stdout)
-
-    def _poll_queue(self) -> bool:
-        """Ask ``squeue`` for the user's queued tasks and keep the answer; False if Slurm did not answer.
-
-        Without an answer the queue stays due: the next poll asks again before submitting.
+        MaxSubmitJobs, whichever run queued it. Without an answer the queue keeps its last one
+        and stays due: the next poll asks again before submitting.
         """
         asked = self._clock()
-        active = self._ask_queue()
-        if active is not None:
-            self._active, self._asked_at = active, asked
-        return active is not None
+        process = self._call(["squeue", "-h", "--me", "-o", "%i|%T"], timeout=60)
+        if process.returncode == 0:
+            self._slurm_answered()
+            self._active, self._asked_at = _parse_active_tasks(process.stdout), asked
+        elif classify_slurm_failure(process.returncode, process.stderr) is SlurmFailure.TRANSIENT:
+            self._outage_delay(process)  # the controller waits its poll interval; this raises once Slurm is gone
+        else:
+            logger.warning("squeue failed, will ask again: %s", _command_error(process))
+        return process.returncode == 0
 
-    def _unrecorded(self, recorded: set[str]) -> list[str]:
-        """Queued jobs of this run that no ``jobs.json`` knows: sbatch answered after a crash."""
-        process = self._call(["squeue", "-h", "--me", "-o", "%F|%k"], timeout=60)
-        if process.returncode != 0:
-            logger.warning("squeue failed, cannot look for unrecorded jobs: %s", _command_error(process))
-            return []
-        found = {
-            job
-            for job, comment in _parse_job_comments(process.stdout)
-            if comment == self._tag or comment.startswith(self._tag + ".")
-        }
-        return sorted(found - recorded)
+    def _jobs_tagged(self, tag: str, *options: str) -> tuple[subprocess.CompletedProcess[str], list[str]]:
+        """One ``squeue``, and the jobs whose ``--comment`` is ``tag`` or ``tag.*``: how a run finds its own."""
+        process = self._call(["squeue", "-h", "--me", *options, "-o", "%F|%k"], timeout=60)
+        shown = (line.partition("|") for line in process.stdout.splitlines() if process.returncode == 0)
+        return process, [job for job, _, comment in shown if comment == tag or comment.startswith(tag + ".")]
 
-    def _scancel(self, job_ids: Sequence[str]) -> None:
-        if job_ids:
-            process = self._call(["scancel", *job_ids], urgent=True, timeout=60)
+    def _cancel_unneeded(self) -> int:
+        ids, self._to_cancel = self._to_cancel, set()
+        return self._scancel(ids)
+
+    def _scancel(self, job_ids: Iterable[str]) -> int:
+        """One scancel of these job or task ids (never held back by the call budget); how many."""
+        ids = sorted(job_ids)
+        if ids:
+            process = self._call(["scancel", *ids], urgent=True, timeout=60)
             if process.returncode != 0 and _INVALID_JOB_ID not in process.stderr:
                 logger.warning("%s", _command_error(process))
+        return len(ids)
 
-    def _wait_out_outage(self, failed: subprocess.CompletedProcess[str]) -> None:
-        """Slurm did not answer: wait before the next try, or give up after slurm_unavailable_minutes."""
+    def _outage_delay(self, failed: subprocess.CompletedProcess[str]) -> float:
+        """Slurm did not answer: the wait before the next try; SlurmError after slurm_unavailable_minutes."""
         first = self._outage.started is None
         delay = self._outage.next_delay(self._clock())
         if delay is None:
@@ -3427,12 +3386,12 @@ class _SlurmExecutor:
             )
         if first:
             logger.warning(
-                "Slurm does not answer (%s); asking again with backoff for up to %g minutes",
+                "Slurm does not answer %s (%s); asking again with backoff for up to %g minutes",
+                failed.args[0],
                 (failed.stderr.strip() or "no output").splitlines()[-1],
                 self._settings.slurm_unavailable_minutes,
             )
-        if self._sleep(delay):
-            raise _Interrupted("interrupted while waiting for Slurm to answer")
+        return delay
 
     def _slurm_answered(self) -> None:
         lasted = self._outage.end(self._clock())
