@@ -2552,11 +2552,6 @@ def _tail(path: Path, max_lines: int = 15, max_bytes: int = 4000) -> str:
     return ("[... truncated ...]\n" if cut else "") + "\n".join(lines[-max_lines:])
 
 
-def _job_of_chunk(jobs: Sequence[JobRef], chunk: int) -> JobRef | None:
-    """The array job that last took chunk ``chunk`` (a retry's array wins over the first attempt's)."""
-    return next((j for j in reversed(jobs) if j.kind != "reduce" and chunk in j.chunks), None)
-
-
 def _explain_missing(chunks: Sequence[int], describe: Callable[[int], tuple[str, Path | None]]) -> str:
     """One line per distinct end state of the missing chunks, with the first log's tail.
 
@@ -2571,14 +2566,11 @@ def _explain_missing(chunks: Sequence[int], describe: Callable[[int], tuple[str,
             first_log.setdefault(state, log)
     lines = []
     for state, listed in by_state.items():
-        line = f"chunks {_format_ranges(listed)}: {state}"
-        if state in first_log:
-            log = first_log[state]
-            line += f" (log {log})"
-            tail = _tail(log)
-            if tail:
-                line += "\n    " + tail.replace("\n", "\n    ")
-        lines.append(line)
+        log = first_log.get(state)
+        lines.append(f"chunks {_format_ranges(listed)}: {state}" + (f" (log {log})" if log else ""))
+        tail = _tail(log) if log else ""
+        if tail:
+            lines.append("    " + tail.replace("\n", "\n    "))
     return "\n".join(lines)
 
 
@@ -2653,15 +2645,10 @@ def _parse_active_tasks(stdout: str) -> dict[str, set[int | None]]:
 
 
 def _parse_sacct(stdout: str) -> dict[tuple[str, int | None], str]:
-    """``sacct -X -n -P -o jobid,state`` lines -> (job id, array task or None) -> state."""
-    states: dict[tuple[str, int | None], str] = {}
-    for line in stdout.splitlines():
-        if "|" not in line:
-            continue
-        job, state = line.split("|")[:2]
-        base, _, task = job.partition("_")
-        states[(base, int(task) if task.isdigit() else None)] = state.split()[0] if state.strip() else ""
-    return states
+    """``sacct -X -n -P -o jobid,state`` lines -> (job id, array task or None) -> state (read as squeue's are)."""
+    return {
+        (job, t): line.state for job, lines in _parse_squeue(stdout).items() for line in lines for t in line.task_ids
+    }
 
 
 class SlurmFailure(Enum):
@@ -2783,18 +2770,12 @@ exec "$@"
 # toward MaxJobCount and toward the submit limits (recorded in tests/slurm_texts/: an array
 # that would pass one is refused whole; pending tasks count one each although squeue shows
 # them as one line), so a run that knows them can split and throttle its arrays instead of
-# being refused. The argv and the parsers share one list of fields, so they cannot drift.
+# being refused. MaxArraySize bounds an array's task ids; MaxJobCount the tasks of all users
+# in slurmctld's table, ended ones included until MinJobAge (it holds MaxJobCount - 1).
 
 
 def _parse_slurm_config(stdout: str) -> dict[str, str]:
-    """``scontrol show config`` -> every ``Key = value`` it prints, as text (``{"MaxArraySize": "1001", ...}``).
-
-    MaxArraySize bounds an array's task ids (arrays are split below it) and MaxJobCount the
-    tasks of all users in slurmctld's table, ended ones included until MinJobAge (the table
-    holds at most MaxJobCount - 1). Values stay text (``"300 sec"``, ``"(null)"``): the caller
-    converts the few it uses. The header and the ``Slurmctld(primary) at ... is UP`` lines are
-    skipped.
-    """
+    """``scontrol show config`` -> every ``Key = value`` it prints, as text (``"300 sec"``, ``"(null)"``)."""
     config: dict[str, str] = {}
     for line in stdout.splitlines():
         key, equals, value = line.partition("=")
@@ -2955,14 +2936,10 @@ class _SlurmExecutor:
     whose chunks are all there, even when the controller died; the controller does not wait
     for it and cancels it once it has reduced those trials itself.
 
-    A site's limits are read once (``scontrol show config``, ``sacctmgr``): arrays are split
-    below MaxArraySize and the user's queued tasks (every array task counts, all the user's
-    jobs) stay under MaxSubmitJobs and MaxJobCount; chunks that do not fit are held back, the
-    controller sees them as running and starts no new trial meanwhile. A limit the run could
-    not read holds work back the same way once sbatch refuses with it. The run's calls stay
-    under ``_SLURM_CALLS_PER_SECOND``. Time comes from ``clock``, waits go through ``sleep``
-    (True once the run is stopped), Slurm's answers from ``slurm``: the rules are tested, and
-    a long run simulated, without waiting.
+    Chunks that a site's limits leave no room for are held back (``_submit_held``), the calls
+    are paced (``_call``). Time comes from ``clock``, waits go through ``sleep`` (True once
+    the run is stopped), Slurm's answers from ``slurm``: the rules are tested, and a long run
+    simulated, without waiting.
     """
 
     first_poll_seconds = 0.1  # a cycle reads the chunk files; squeue comes at most every 1.5 s whatever it is
@@ -3090,7 +3067,7 @@ class _SlurmExecutor:
             states = _parse_sacct(process.stdout) if process.returncode == 0 else {}
 
         def describe(chunk: int) -> tuple[str, Path | None]:
-            job = _job_of_chunk(jobs, chunk)
+            job = next((j for j in reversed(jobs) if chunk in j.chunks), None)  # a retry's array wins
             if job is None:
                 return "never submitted", None
             task = job.task_of(chunk)
