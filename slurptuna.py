@@ -2661,11 +2661,9 @@ class SlurmFailure(Enum):
 
 
 class SlurmBusy(SlurmError):
-    """Slurm refused for now (``kind`` is LIMIT or TRANSIENT): waiting and asking again can succeed."""
+    """A limit refused the job for now: waiting for room and asking again can succeed."""
 
-    def __init__(self, message: str, kind: SlurmFailure) -> None:
-        super().__init__(message)
-        self.kind = kind
+    kind = SlurmFailure.LIMIT
 
 
 _TIMED_OUT = 124  # `_run_slurm`'s exit code for a command it had to kill, as timeout(1) gives
@@ -3199,43 +3197,33 @@ class _SlurmExecutor:
         number = self._next_array_number()
         logs = self._run.array_logs(number)
         logs.mkdir(parents=True, exist_ok=True)
+        relative = str(logs.relative_to(self._run.dir))
         n_tasks = sum(len(chunks) for _, chunks in batch)
         throttle = s.array_parallelism_limit * len(batch) if s.array_parallelism_limit else None  # per trial
-        options = [
-            *self._options(f"a{number:05d}.chunks"),
-            f"--array={_array_spec(range(n_tasks), throttle)}",
-            f"--cpus-per-task={s.cpus_per_task}",
-            f"--time={_slurm_time(s.worker_time_limit)}",
-            f"--output={RunPaths.task_log(logs, '%a')}",
-        ]
+        options = self._options(
+            f"a{number:05d}.chunks", s.cpus_per_task, s.worker_time_limit, RunPaths.task_log(logs, "%a")
+        )
         spec = _tasks_spec([(state.paths.number, chunks) for state, chunks in batch])
-        relative = str(logs.relative_to(self._run.dir))
-        command = _worker_command(s, "chunk", self._run, "--tasks", spec, "--logs", relative)
-        array = self._sbatch(options, command)
+        array = self._sbatch(
+            [*options, f"--array={_array_spec(range(n_tasks), throttle)}"],
+            _worker_command(s, "chunk", self._run, "--tasks", spec, "--logs", relative),
+        )
         self._active[array] = set(range(n_tasks))  # queued: a failure from here on cancels its tasks
         offset = 0
         for state, chunks in batch:
             state.jobs.append(JobRef(array, "tasks", tuple(chunks), offset, state.attempt, relative))
             state.held = state.held[len(chunks) :]
             offset += len(chunks)
-        for state, _ in batch:
             state.save_jobs()  # before the reduce's sbatch: a crash then leaves the array known, to adopt
-        try:
-            options = [
-                *self._options(f"a{number:05d}.reduce"),
-                "--cpus-per-task=1",
-                "--time=0-00:10:00",
-                f"--output={RunPaths.reduce_log(logs, '%j')}",
-                f"--dependency=afterany:{array}",
-            ]
-            trials = ",".join(str(state.paths.number) for state, _ in batch)
-            reduce = self._sbatch(options, _worker_command(s, "reduce", self._run, "--trials", trials))
-            self._active[reduce] = {None}
-            for state, _ in batch:
-                state.jobs.append(JobRef(reduce, "reduce", attempt=state.attempt, logs=relative))
-        finally:
-            for state, _ in batch:
-                state.save_jobs()
+        options = self._options(f"a{number:05d}.reduce", 1, 600, RunPaths.reduce_log(logs, "%j"))
+        trials = ",".join(str(state.paths.number) for state, _ in batch)
+        reduce = self._sbatch(
+            [*options, f"--dependency=afterany:{array}"], _worker_command(s, "reduce", self._run, "--trials", trials)
+        )
+        self._active[reduce] = {None}
+        for state, _ in batch:
+            state.jobs.append(JobRef(reduce, "reduce", attempt=state.attempt, logs=relative))
+            state.save_jobs()
 
     def _next_array_number(self) -> int:
         """The run's arrays are numbered (their log directories): the next number, found once per controller."""
@@ -3245,12 +3233,14 @@ class _SlurmExecutor:
         self._arrays_made += 1
         return self._arrays_made
 
-    def _options(self, name: str) -> list[str]:
+    def _options(self, name: str, cpus: int, seconds: int, output: Path) -> list[str]:
+        """One job's sbatch options: the user's ``sbatch_args`` come before those each job sets."""
         s = self._settings
         options = [f"--job-name={s.run_name}.{name}", f"--mem-per-cpu={s.mem_per_cpu}"]
         options += [f"--partition={s.slurm_partition}"] if s.slurm_partition else []
         options += [f"--account={s.slurm_account}"] if s.slurm_account else []
-        return options + list(s.sbatch_args)
+        options += s.sbatch_args
+        return [*options, f"--cpus-per-task={cpus}", f"--time={_slurm_time(seconds)}", f"--output={output}"]
 
     def _sbatch(self, options: list[str], command: list[str]) -> str:
         """Submit one job; its id.
@@ -3275,7 +3265,7 @@ class _SlurmExecutor:
                 self._qos = None
             elif kind is SlurmFailure.LIMIT:
                 self._slurm_answered()
-                raise SlurmBusy(str(_command_error(process)), kind)
+                raise SlurmBusy(str(_command_error(process)))
             elif kind is SlurmFailure.TRANSIENT:
                 queued = self._queued_all_the_same(comment, process)
                 if queued:
