@@ -2880,11 +2880,12 @@ class _SlurmTrial:
         jobs = [j.to_json() for j in self.jobs]
         _write_json_atomic(self.paths.jobs, {"attempt": self.attempt, "jobs": jobs}, indent=None)
 
-    def tasks(self) -> Iterable[tuple[JobRef, int, int]]:
-        """(array job, task id, chunk) of each chunk it submitted."""
+    def queued(self, active: Mapping[str, set[int | None]]) -> Iterable[tuple[str, int, int]]:
+        """(job id, task id, chunk) of each chunk whose task is queued or running in ``active`` (squeue's answer)."""
         for job in self.jobs:
             for chunk in job.chunks:
-                yield job, job.task_of(chunk), chunk
+                if job.task_of(chunk) in active.get(job.job_id, ()):
+                    yield job.job_id, job.task_of(chunk), chunk
 
 
 @dataclass
@@ -3013,9 +3014,7 @@ class _SlurmExecutor:
 
     def running(self, trial: TrialPaths) -> bool:
         state = self._trials.get(trial.number)
-        return state is not None and (
-            bool(state.held) or any(task in self._active.get(job.job_id, ()) for job, task, _ in state.tasks())
-        )
+        return state is not None and (bool(state.held) or any(state.queued(self._active)))
 
     def results(self, trial: TrialPaths) -> Mapping[int, ChunkResult]:
         """The trial's valid chunk records, reading only those written since the last look."""
@@ -3032,9 +3031,8 @@ class _SlurmExecutor:
         for number in numbers & self._trials.keys():
             state = self._trials[number]
             state.held, state.cancelled = [], True
-            for job, task, _ in state.tasks():
-                if task in self._active.get(job.job_id, ()):
-                    by_job.setdefault(job.job_id, []).append(task)
+            for job_id, task, _ in state.queued(self._active):
+                by_job.setdefault(job_id, []).append(task)
         self._to_cancel |= {f"{job_id}_[{_format_ranges(tasks)}]" for job_id, tasks in by_job.items()}
         self._to_cancel |= self._unneeded_reduce_jobs(numbers)
         return self._cancel_unneeded()
@@ -3058,10 +3056,8 @@ class _SlurmExecutor:
         jobs = [j for j in state.jobs if j.kind != "reduce"] if state else []
         states: dict[tuple[str, int | None], str] = {}
         if jobs:
-            process = self._call(
-                ["sacct", "-X", "-n", "-P", "-j", ",".join(j.job_id for j in jobs), "-o", "jobid,state,exitcode"],
-                timeout=60,
-            )
+            argv = ["sacct", "-X", "-n", "-P", "-j", ",".join(j.job_id for j in jobs), "-o", "jobid,state,exitcode"]
+            process = self._call(argv, timeout=60)
             states = _parse_sacct(process.stdout) if process.returncode == 0 else {}
 
         def describe(chunk: int) -> tuple[str, Path | None]:
@@ -3105,7 +3101,7 @@ class _SlurmExecutor:
             state.jobs = [j for j in jobs[trial.number] if self._is_active(j)]
             state.ended = [j for j in jobs[trial.number] if not self._is_active(j)]
             self._trials[trial.number] = state
-            queued = frozenset(chunk for job, task, chunk in state.tasks() if task in self._active.get(job.job_id, ()))
+            queued = frozenset(chunk for _, _, chunk in state.queued(self._active))
             if queued:
                 logger.info("trial %d: adopting queued chunks %s", trial.number, _format_ranges(queued))
                 adopted[trial.number] = queued
