@@ -2583,10 +2583,6 @@ def _slurm_time(seconds: int) -> str:
     return f"{days}-{rest // 3600:02d}:{rest % 3600 // 60:02d}:{rest % 60:02d}"
 
 
-def _array_spec(task_ids: Sequence[int], limit: int | None) -> str:
-    return _format_ranges(task_ids) + (f"%{limit}" if limit else "")
-
-
 def _parse_job_id(stdout: str) -> str:
     """``sbatch --parsable`` prints ``jobid`` or ``jobid;cluster``."""
     job_id = stdout.strip().splitlines()[-1].split(";")[0].strip() if stdout.strip() else ""
@@ -3195,13 +3191,14 @@ class _SlurmExecutor:
         logs.mkdir(parents=True, exist_ok=True)
         relative = str(logs.relative_to(self._run.dir))
         n_tasks = sum(len(chunks) for _, chunks in batch)
-        throttle = s.array_parallelism_limit * len(batch) if s.array_parallelism_limit else None  # per trial
+        limit = s.array_parallelism_limit  # the %throttle is per trial
+        tasks = _format_ranges(range(n_tasks)) + (f"%{limit * len(batch)}" if limit else "")
         options = self._options(
             f"a{number:05d}.chunks", s.cpus_per_task, s.worker_time_limit, RunPaths.task_log(logs, "%a")
         )
         spec = _tasks_spec([(state.paths.number, chunks) for state, chunks in batch])
         array = self._sbatch(
-            [*options, f"--array={_array_spec(range(n_tasks), throttle)}"],
+            [*options, f"--array={tasks}"],
             _worker_command(s, "chunk", self._run, "--tasks", spec, "--logs", relative),
         )
         self._active[array] = set(range(n_tasks))  # queued: a failure from here on cancels its tasks

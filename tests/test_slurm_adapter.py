@@ -18,7 +18,6 @@ from slurptuna import (
     SlurmBusy,
     SlurmError,
     SlurmFailure,
-    _array_spec,
     _format_ranges,
     _parse_job_id,
     _parse_sacct,
@@ -305,10 +304,8 @@ def test_any_other_refusal_raises_a_plain_slurm_error_with_sbatchs_message(execu
     assert not isinstance(raised.value, SlurmBusy)
 
 
-def test_array_specs_compress_ranges_and_carry_the_throttle():
+def test_ranges_are_compressed():  # the --array throttle: test_distributed_fake's sbatch options
     assert _format_ranges([0, 1, 2, 5, 7, 8]) == "0-2,5,7-8"
-    assert _array_spec([3, 4, 9], 80) == "3-4,9%80"
-    assert _array_spec([0], None) == "0"
 
 
 @pytest.mark.parametrize(("seconds", "text"), [(60, "0-00:01:00"), (7200, "0-02:00:00"), (90061, "1-01:01:01")])
