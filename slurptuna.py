@@ -2794,14 +2794,6 @@ def _sacctmgr_assoc_argv(user: str) -> list[str]:
     return ["sacctmgr", "-n", "-P", "show", "assoc", f"user={user}", "format=" + _SACCTMGR_ASSOC_FIELDS]
 
 
-@dataclass(frozen=True)
-class _SlurmJobLimits:
-    """The most jobs the user may have at once, every array task counting as one; None: no limit set."""
-
-    max_submit_jobs: int | None  # queued (pending or running): more is refused at sbatch
-    max_jobs: int | None  # running: more waits in the queue (AssocMaxJobsLimit, QOSMaxJobsPerUserLimit)
-
-
 def _sacctmgr_rows(stdout: str, fields: str) -> list[dict[str, str]]:
     names = fields.split(",")
     rows = [line.strip().split("|") for line in stdout.splitlines()]
@@ -2814,8 +2806,11 @@ def _smallest_limit(texts: Iterable[str]) -> int | None:
 
 def _parse_sacctmgr_job_limits(
     assoc_stdout: str, qos_stdout: str, qos: str | None = None, account: str | None = None
-) -> _SlurmJobLimits:
-    """The user's effective MaxSubmitJobs and MaxJobs: the smallest limit that applies to the run's jobs.
+) -> int | None:
+    """The user's effective MaxSubmitJobs: the most tasks the run's jobs may have queued, None: no limit.
+
+    The limits on running jobs (MaxJobs, MaxJobsPerUser, ...) are not read: over them, tasks
+    only wait in the queue (AssocMaxJobsLimit), while sbatch refuses a job over a submit limit.
 
     Reads the answers of `_sacctmgr_assoc_argv` and `_sacctmgr_qos_argv`. What applies: the
     association's own limits (a parent account's is shown on the user's row when the user has
@@ -2828,16 +2823,13 @@ def _parse_sacctmgr_job_limits(
     """
     qos_rows = {row["Name"]: row for row in _sacctmgr_rows(qos_stdout, _SACCTMGR_QOS_FIELDS)}
     submit: list[str] = []
-    running: list[str] = []
     for row in _sacctmgr_rows(assoc_stdout, _SACCTMGR_ASSOC_FIELDS):
         if account is not None and row["Account"] != account:
             continue
         granted = [name for name in row["QOS"].split(",") if name]
         job_qos = qos_rows.get(qos or row["DefaultQOS"] or (granted[0] if len(granted) == 1 else "normal"), {})
-        for key, value in [*row.items(), *job_qos.items()]:  # every *Jobs* field is a limit: *Submit* on queued jobs
-            if "Jobs" in key:
-                (submit if "Submit" in key else running).append(value)
-    return _SlurmJobLimits(max_submit_jobs=_smallest_limit(submit), max_jobs=_smallest_limit(running))
+        submit += [value for key, value in [*row.items(), *job_qos.items()] if "Submit" in key]
+    return _smallest_limit(submit)
 
 
 def _tasks_spec(trials: Sequence[tuple[int, Sequence[int]]]) -> str:
@@ -3131,19 +3123,17 @@ class _SlurmExecutor:
         Read once. sacctmgr answers only where accounting runs; elsewhere only a refusal tells.
         """
         if self._limits is None:
-            config = _parse_slurm_config(self._call(["scontrol", "show", "config"], timeout=30).stdout)
-            max_array_size = int(config.get("MaxArraySize", "1001").split()[0])
-            job_count = config.get("MaxJobCount", "").split()
-            caps = [int(job_count[0]) - 1] if job_count and job_count[0].isdigit() else []
             import pwd
 
-            user = pwd.getpwuid(os.getuid()).pw_name
-            assoc = self._call(_sacctmgr_assoc_argv(user), timeout=30)
+            config = _parse_slurm_config(self._call(["scontrol", "show", "config"], timeout=30).stdout)
+            job_count = config.get("MaxJobCount", "").split()
+            caps = [int(job_count[0]) - 1] if job_count and job_count[0].isdigit() else []
+            assoc = self._call(_sacctmgr_assoc_argv(pwd.getpwuid(os.getuid()).pw_name), timeout=30)
             qos = self._call(_sacctmgr_qos_argv(), timeout=30)
-            if assoc.returncode == 0 and qos.returncode == 0:
-                limits = _parse_sacctmgr_job_limits(assoc.stdout, qos.stdout, self._qos, self._settings.slurm_account)
-                caps += [limits.max_submit_jobs] if limits.max_submit_jobs is not None else []
-            self._limits = (max_array_size, min(caps, default=None))
+            if assoc.returncode == qos.returncode == 0:
+                caps += [_parse_sacctmgr_job_limits(assoc.stdout, qos.stdout, self._qos, self._settings.slurm_account)]
+            max_array_size = int(config.get("MaxArraySize", "1001").split()[0])
+            self._limits = (max_array_size, min((cap for cap in caps if cap is not None), default=None))
         return self._limits
 
     def _submit_held(self) -> None:

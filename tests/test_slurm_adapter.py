@@ -26,7 +26,6 @@ from slurptuna import (
     _parse_squeue,
     _sacctmgr_assoc_argv,
     _sacctmgr_qos_argv,
-    _SlurmJobLimits,
     _slurm_time,
     classify_slurm_failure,
 )
@@ -336,45 +335,45 @@ def test_the_sacctmgr_calls_are_those_recorded():
     assert _sacctmgr_assoc_argv("root") == recorded("sacctmgr_show_assoc")["command"]
 
 
-def limits_recorded(assoc: str, qos: str | None = None, account: str | None = None) -> _SlurmJobLimits:
+def limits_recorded(assoc: str, qos: str | None = None, account: str | None = None) -> int | None:
     qos_stdout = recorded("sacctmgr_show_qos")["stdout"]  # normal: no limits; capped: 5 queued, 3 running
     return _parse_sacctmgr_job_limits(recorded(assoc)["stdout"], qos_stdout, qos=qos, account=account)
 
 
 def test_job_limits_are_the_smallest_of_the_association_and_the_qos_the_jobs_run_under():
     # association MaxSubmitJobs=8 MaxJobs=4, QoS capped MaxSubmitJobsPerUser=5 MaxJobsPerUser=3
-    assert limits_recorded("sacctmgr_show_assoc", qos="capped") == _SlurmJobLimits(max_submit_jobs=5, max_jobs=3)
-    assert limits_recorded("sacctmgr_show_assoc", qos="normal") == _SlurmJobLimits(max_submit_jobs=8, max_jobs=4)
+    assert limits_recorded("sacctmgr_show_assoc", qos="capped") == 5
+    assert limits_recorded("sacctmgr_show_assoc", qos="normal") == 8
     # no --qos, no default QoS and two granted: slurmctld uses normal
-    assert limits_recorded("sacctmgr_show_assoc") == _SlurmJobLimits(max_submit_jobs=8, max_jobs=4)
+    assert limits_recorded("sacctmgr_show_assoc") == 8
 
 
 def test_an_accounts_limit_shown_on_the_users_row_applies_and_blank_means_unlimited():
-    assert limits_recorded("sacctmgr_show_assoc_inherited") == _SlurmJobLimits(max_submit_jobs=20, max_jobs=None)
-    assert limits_recorded("sacctmgr_show_assoc_unlimited") == _SlurmJobLimits(max_submit_jobs=None, max_jobs=None)
-    assert limits_recorded("sacctmgr_show_assoc_unlimited", qos="capped") == _SlurmJobLimits(5, 3)
+    assert limits_recorded("sacctmgr_show_assoc_inherited") == 20
+    assert limits_recorded("sacctmgr_show_assoc_unlimited") is None
+    assert limits_recorded("sacctmgr_show_assoc_unlimited", qos="capped") == 5
 
 
 def test_without_accounting_the_limits_are_unknown():
     assoc, qos = recorded("sacctmgr_show_assoc_no_accounting"), recorded("sacctmgr_show_qos_no_accounting")
     assert (assoc["returncode"], qos["returncode"]) == (1, 1)
-    assert _parse_sacctmgr_job_limits(assoc["stdout"], qos["stdout"]) == _SlurmJobLimits(None, None)
+    assert _parse_sacctmgr_job_limits(assoc["stdout"], qos["stdout"]) is None
 
 
 def test_the_default_qos_or_the_only_granted_qos_is_the_one_jobs_run_under():
     qos = "normal||||||\ncapped|5|3||||\nshort|50|||||\n"
     default_capped = "c|root|u||capped,normal,short|capped||||\n"
     only_short = "c|root|u||short|||||\n"
-    assert _parse_sacctmgr_job_limits(default_capped, qos) == _SlurmJobLimits(5, 3)
-    assert _parse_sacctmgr_job_limits(only_short, qos) == _SlurmJobLimits(50, None)
-    assert _parse_sacctmgr_job_limits(default_capped, qos, qos="short") == _SlurmJobLimits(50, None)
+    assert _parse_sacctmgr_job_limits(default_capped, qos) == 5
+    assert _parse_sacctmgr_job_limits(only_short, qos) == 50
+    assert _parse_sacctmgr_job_limits(default_capped, qos, qos="short") == 50
 
 
 def test_group_limits_bound_the_users_jobs_and_an_account_narrows_the_associations():
     qos = "normal|||||100|40\n"
     two_accounts = "c|lab|u||normal||||30|\nc|other|u||normal||10|2||\n"
-    assert _parse_sacctmgr_job_limits(two_accounts, qos) == _SlurmJobLimits(10, 2)  # never ask for more
-    assert _parse_sacctmgr_job_limits(two_accounts, qos, account="lab") == _SlurmJobLimits(30, 40)
+    assert _parse_sacctmgr_job_limits(two_accounts, qos) == 10  # never ask for more
+    assert _parse_sacctmgr_job_limits(two_accounts, qos, account="lab") == 30
 
 
 def test_job_limits_read_from_the_fake_slurm_are_those_of_its_settings(fake_slurm):
@@ -387,8 +386,8 @@ def test_job_limits_read_from_the_fake_slurm_are_those_of_its_settings(fake_slur
     user = os.environ.get("USER", "root")
     assoc = subprocess.run(_sacctmgr_assoc_argv(user), capture_output=True, text=True, env=env, check=True)
     qos = subprocess.run(_sacctmgr_qos_argv(), capture_output=True, text=True, env=env, check=True)
-    assert _parse_sacctmgr_job_limits(assoc.stdout, qos.stdout, qos="capped") == _SlurmJobLimits(5, 3)
-    assert _parse_sacctmgr_job_limits(assoc.stdout, qos.stdout) == _SlurmJobLimits(8, 4)
+    assert _parse_sacctmgr_job_limits(assoc.stdout, qos.stdout, qos="capped") == 5
+    assert _parse_sacctmgr_job_limits(assoc.stdout, qos.stdout) == 8
 
 
 def test_the_loss_scripts_bytecode_is_left_for_the_workers_and_renewed_once_the_script_changed(tmp_path):
