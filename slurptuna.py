@@ -2553,10 +2553,7 @@ def _tail(path: Path, max_lines: int = 15, max_bytes: int = 4000) -> str:
 
 
 def _explain_missing(chunks: Sequence[int], describe: Callable[[int], tuple[str, Path | None]]) -> str:
-    """One line per distinct end state of the missing chunks, with the first log's tail.
-
-    ``describe(chunk)`` says how the chunk's task ended and where its log is.
-    """
+    """One line per end state of the missing chunks (``describe``: a chunk's state and log), with a log's tail."""
     by_state: dict[str, list[int]] = {}
     first_log: dict[str, Path] = {}
     for chunk in chunks:
@@ -2728,8 +2725,7 @@ _INVALID_JOB_ID = "Invalid job id"  # squeue or scancel of a job id Slurm has al
 class _Outage:
     """When to ask Slurm again while it does not answer: after 1 s, doubling up to 60 s, for ``limit`` s.
 
-    Time is passed in (``now``), so the rule is tested without waiting. One outage is the
-    time from the first failed command to the next answer; it is logged once.
+    One outage lasts from the first failed command to the next answer. Time is passed in.
     """
 
     limit: float
@@ -2977,18 +2973,17 @@ class _SlurmExecutor:
         """Hold the chunks for the array that the next ``poll`` submits (with other trials' chunks)."""
         state = self._trials.setdefault(trial.number, _SlurmTrial(trial, expected))
         state.attempt, state.cancelled = attempt, False
-        state.ended += [j for j in state.jobs if not self._is_active(j)]  # explained already; their logs fold later
-        state.jobs = [j for j in state.jobs if self._is_active(j)]
+        state.ended += [j for j in state.jobs if j.job_id not in self._active]  # explained; their logs fold later
+        state.jobs = [j for j in state.jobs if j.job_id in self._active]
         state.held = sorted(set(state.held) | set(chunks))
 
     def poll(self) -> bool:
-        """Cancel what is no longer needed, submit the chunks held as room allows, then ask ``squeue`` once.
+        """Cancel what is no longer needed, ask ``squeue`` if due, submit the chunks held as room allows.
 
-        Within the call budget (``_SLURM_CALLS_KEPT_FROM_POLLS``): a queue whose last answer
-        is due is asked first; then submissions (room is judged on the last answer, which can
-        only overstate the queue); then, from the budget's surplus only, the queue.
+        Room is judged on squeue's last answer, which can only overstate the queue. A queue not
+        yet due is asked only from the call budget's surplus (``_SLURM_CALLS_KEPT_FROM_POLLS``).
         """
-        self._cancel_unneeded()
+        self._scancel()
         gap = _SLURM_CALLS_KEPT_FROM_POLLS / self._budget.rate  # polls take at most a third of the budget
         since = math.inf if self._asked_at is None else self._clock() - self._asked_at
         due = since >= max(self.max_poll_seconds, gap)
@@ -3023,14 +3018,10 @@ class _SlurmExecutor:
                 by_job.setdefault(job_id, []).append(task)
         self._to_cancel |= {f"{job_id}_[{_format_ranges(tasks)}]" for job_id, tasks in by_job.items()}
         self._to_cancel |= self._unneeded_reduce_jobs(numbers)
-        return self._cancel_unneeded()
+        return self._scancel()
 
     def finished(self, trial: TrialPaths) -> None:
-        """Fold the logs of its tasks that succeeded, forget the trial; a reduce job no trial needs goes next.
-
-        Array tasks that wrote their chunk end by themselves (cancelled, accounting would
-        call them CANCELLED).
-        """
+        """Fold the logs of its tasks that succeeded, forget the trial; a reduce job no trial needs goes next."""
         state = self._trials.get(trial.number)
         if state is None:
             return
@@ -3086,8 +3077,8 @@ class _SlurmExecutor:
         adopted: dict[int, frozenset[int]] = {}
         for trial in trials:  # each kept, queued or not: its ended tasks' logs are folded when it finishes
             state = _SlurmTrial(trial, TrialParams.load(trial), recorded[trial.number].get("attempt", 0))
-            state.jobs = [j for j in jobs[trial.number] if self._is_active(j)]
-            state.ended = [j for j in jobs[trial.number] if not self._is_active(j)]
+            state.jobs = [j for j in jobs[trial.number] if j.job_id in self._active]
+            state.ended = [j for j in jobs[trial.number] if j.job_id not in self._active]
             self._trials[trial.number] = state
             queued = frozenset(chunk for _, _, chunk in state.queued(self._active))
             if queued:
@@ -3100,12 +3091,9 @@ class _SlurmExecutor:
 
     def close(self) -> None:
         """Queued chunk tasks belong to the run (a resume adopts them); reduce jobs no longer needed go."""
-        self._cancel_unneeded()
+        self._scancel()
 
     # ---- submitting
-
-    def _is_active(self, job: JobRef) -> bool:
-        return job.job_id in self._active
 
     def _unneeded_reduce_jobs(self, leaving: set[int]) -> set[str]:
         """Reduce jobs whose arrays hold no chunk of a trial that stays (the ``leaving`` trials excepted)."""
@@ -3114,7 +3102,7 @@ class _SlurmExecutor:
             job.job_id
             for n in leaving & self._trials.keys()
             for job in self._trials[n].jobs
-            if job.kind == "reduce" and job.logs not in staying and self._is_active(job)
+            if job.kind == "reduce" and job.logs not in staying and job.job_id in self._active
         }
 
     def _site_limits(self) -> tuple[int, int | None]:
@@ -3291,9 +3279,8 @@ class _SlurmExecutor:
     def _poll_queue(self) -> bool:
         """Keep the user's queued or running tasks, by job, from one ``squeue``; False if Slurm did not answer.
 
-        All the user's jobs, not only the run's: each array task counts toward a site's
-        MaxSubmitJobs, whichever run queued it. Without an answer the queue keeps its last one
-        and stays due: the next poll asks again before submitting.
+        All the user's jobs: each array task counts toward MaxSubmitJobs, whichever run queued
+        it. Without an answer the queue keeps its last one and stays due.
         """
         asked = self._clock()
         process = self._call(["squeue", "-h", "--me", "-o", "%i|%T"], timeout=60)
@@ -3312,13 +3299,9 @@ class _SlurmExecutor:
         shown = (line.partition("|") for line in process.stdout.splitlines() if process.returncode == 0)
         return process, [job for job, _, comment in shown if comment == tag or comment.startswith(tag + ".")]
 
-    def _cancel_unneeded(self) -> int:
-        ids, self._to_cancel = self._to_cancel, set()
-        return self._scancel(ids)
-
-    def _scancel(self, job_ids: Iterable[str]) -> int:
-        """One scancel of these job or task ids (never held back by the call budget); how many."""
-        ids = sorted(job_ids)
+    def _scancel(self, more: Iterable[str] = ()) -> int:
+        """One scancel of the ids no longer needed and ``more`` (never held back by the call budget); how many."""
+        ids, self._to_cancel = sorted(self._to_cancel.union(more)), set()
         if ids:
             process = self._call(["scancel", *ids], urgent=True, timeout=60)
             if process.returncode != 0 and _INVALID_JOB_ID not in process.stderr:
