@@ -2796,26 +2796,18 @@ def _sacctmgr_rows(stdout: str, fields: str) -> list[dict[str, str]]:
     return [dict(zip(names, (v.strip() for v in row), strict=True)) for row in rows if len(row) == len(names)]
 
 
-def _smallest_limit(texts: Iterable[str]) -> int | None:
-    return min((int(text) for text in texts if text.isdigit()), default=None)  # blank (or -1): no limit
-
-
 def _parse_sacctmgr_job_limits(
     assoc_stdout: str, qos_stdout: str, qos: str | None = None, account: str | None = None
 ) -> int | None:
-    """The user's effective MaxSubmitJobs: the most tasks the run's jobs may have queued, None: no limit.
+    """The user's effective MaxSubmitJobs: the smallest submit limit on the run's jobs; None: none, or unknown.
 
-    The limits on running jobs (MaxJobs, MaxJobsPerUser, ...) are not read: over them, tasks
-    only wait in the queue (AssocMaxJobsLimit), while sbatch refuses a job over a submit limit.
-
-    Reads the answers of `_sacctmgr_assoc_argv` and `_sacctmgr_qos_argv`. What applies: the
-    association's own limits (a parent account's is shown on the user's row when the user has
-    none: slurm_texts/sacctmgr_show_assoc_inherited.json) and those of the QoS the jobs run
-    under: ``qos`` (the run's ``slurm_qos``), else the association's DefaultQOS, else its only
-    QoS, else ``normal``, as slurmctld picks it. Grp* and per-account limits count other users'
-    jobs too: they bound ours all the same. Under ``account`` only that account's associations
-    count; without it, the smallest over all (never ask for more). No row (no accounting, a
-    failed call): None, unknown. Partition QoSes are not read.
+    What applies: the association's own limits (a parent account's is shown on the user's row
+    when the user has none: slurm_texts/sacctmgr_show_assoc_inherited.json) and those of the
+    QoS the jobs run under: ``qos`` (the run's ``slurm_qos``), else the association's
+    DefaultQOS, else its only QoS, else ``normal``, as slurmctld picks it. Grp* and per-account
+    limits count other users' jobs too: they bound ours all the same. Under ``account`` only
+    that account's associations count; without it, the smallest over all (never ask for
+    more). Not read: partition QoSes, and limits on running jobs (over them tasks only pend).
     """
     qos_rows = {row["Name"]: row for row in _sacctmgr_rows(qos_stdout, _SACCTMGR_QOS_FIELDS)}
     submit: list[str] = []
@@ -2825,7 +2817,7 @@ def _parse_sacctmgr_job_limits(
         granted = [name for name in row["QOS"].split(",") if name]
         job_qos = qos_rows.get(qos or row["DefaultQOS"] or (granted[0] if len(granted) == 1 else "normal"), {})
         submit += [value for key, value in [*row.items(), *job_qos.items()] if "Submit" in key]
-    return _smallest_limit(submit)
+    return min((int(limit) for limit in submit if limit.isdigit()), default=None)  # blank (or -1): no limit
 
 
 def _tasks_spec(trials: Sequence[tuple[int, Sequence[int]]]) -> str:
@@ -2878,7 +2870,6 @@ class _CallBudget:
 
     Slurm 23.02+ can answer a busy user with "telling to back off" (a token bucket, by default
     30 calls refilled at 2 a second); a run stays under it whatever its trials in flight.
-    Time is passed in.
     """
 
     rate: float
@@ -3017,8 +3008,7 @@ class _SlurmExecutor:
             for job_id, task, _ in state.queued(self._active):
                 by_job.setdefault(job_id, []).append(task)
         self._to_cancel |= {f"{job_id}_[{_format_ranges(tasks)}]" for job_id, tasks in by_job.items()}
-        self._to_cancel |= self._unneeded_reduce_jobs(numbers)
-        return self._scancel()
+        return self._scancel(self._unneeded_reduce_jobs(numbers))
 
     def finished(self, trial: TrialPaths) -> None:
         """Fold the logs of its tasks that succeeded, forget the trial; a reduce job no trial needs goes next."""
@@ -3336,9 +3326,8 @@ def _fold_task_logs(run: RunPaths, state: _SlurmTrial) -> None:
     """The logs of a finished trial's tasks that succeeded: dropped when empty, else folded into one file.
 
     A site counts inodes: a task's own log stays only where it failed (its error names it).
-    The tasks are those of the array that last took each chunk, also arrays that ended
-    before a retry or before a resumed controller took the trial over (a trial the reduce
-    job completed meanwhile included: its records are read here if they were not yet).
+    The tasks: those of the array that last took each chunk, also of arrays that ended before
+    a retry or a resume (the records of a trial the reduce job completed are read here).
     """
     if len(state.files.chunks) < state.expected.plan.n_chunks:
         _read_new_chunks(state.paths, state.expected, state.files)
