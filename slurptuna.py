@@ -3023,11 +3023,9 @@ class _SlurmExecutor:
     def explain(self, trial: TrialPaths, chunks: Sequence[int]) -> str:
         state = self._trials.get(trial.number)
         jobs = [j for j in state.jobs if j.kind != "reduce"] if state else []
-        states: dict[tuple[str, int | None], str] = {}
-        if jobs:
-            argv = ["sacct", "-X", "-n", "-P", "-j", ",".join(j.job_id for j in jobs), "-o", "jobid,state,exitcode"]
-            process = self._call(argv, timeout=60)
-            states = _parse_sacct(process.stdout) if process.returncode == 0 else {}
+        argv = ["sacct", "-X", "-n", "-P", "-j", ",".join(j.job_id for j in jobs), "-o", "jobid,state,exitcode"]
+        process = self._call(argv, timeout=60) if jobs else None
+        states = _parse_sacct(process.stdout) if process and process.returncode == 0 else {}
 
         def describe(chunk: int) -> tuple[str, Path | None]:
             job = next((j for j in reversed(jobs) if chunk in j.chunks), None)  # a retry's array wins
