@@ -3146,9 +3146,7 @@ class _SlurmExecutor:
     def _say_under_limit(self, why: str) -> None:
         if not self._under_limit:  # one line per episode, not per poll
             self._under_limit = True
-            logger.warning(
-                "waiting for room under a Slurm limit (keeping the QoS); no new trial starts meanwhile:\n%s", why
-            )
+            logger.warning("waiting for room under a Slurm limit (QoS kept); no new trial meanwhile:\n%s", why)
 
     def _submit_array(self, batch: list[tuple[_SlurmTrial, list[int]]]) -> None:
         s = self._settings
