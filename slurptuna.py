@@ -3113,10 +3113,7 @@ class _SlurmExecutor:
         return self._limits
 
     def _submit_held(self) -> None:
-        """Arrays for the chunks held (several trials' in task-id order), as far as the limits leave room.
-
-        Each array holds at most MaxArraySize tasks, and its reduce job counts as one more.
-        """
+        """Arrays of the chunks held, as the limits leave room: MaxArraySize tasks each, its reduce job one more."""
         max_array_size, cap = self._site_limits()
         cap = min(cap or math.inf, self._learned_cap or math.inf)
         queued = sum(len(tasks) for tasks in self._active.values())
