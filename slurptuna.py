@@ -2480,25 +2480,15 @@ class Executor(Protocol):
     max_poll_seconds: float
 
     def start(self, trial: TrialPaths, expected: TrialParams, chunks: Sequence[int], attempt: int) -> None: ...
-
     def poll(self) -> bool: ...
-
     def running(self, trial: TrialPaths) -> bool: ...
-
     def results(self, trial: TrialPaths) -> Mapping[int, ChunkResult]: ...
-
     def cancel(self, trials: Iterable[TrialPaths]) -> int: ...
-
     def finished(self, trial: TrialPaths) -> None: ...
-
     def explain(self, trial: TrialPaths, chunks: Sequence[int]) -> str: ...
-
     def has_room(self) -> bool: ...
-
     def adopt(self, trials: Sequence[TrialPaths]) -> dict[int, frozenset[int]]: ...
-
     def wait(self, seconds: float) -> None: ...
-
     def close(self) -> None: ...
 
 
@@ -2514,21 +2504,8 @@ class _ChunkState(Enum):
 
 
 _ACTIVE_STATES = frozenset(
-    {
-        "PENDING",
-        "RUNNING",
-        "CONFIGURING",
-        "COMPLETING",
-        "REQUEUED",
-        "REQUEUE_HOLD",
-        "REQUEUE_FED",
-        "RESIZING",
-        "SUSPENDED",
-        "STOPPED",
-        "SIGNALING",
-        "STAGE_OUT",
-        "RESV_DEL_HOLD",
-    }
+    {"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD", "SUSPENDED", "STOPPED"}
+    | {"RUNNING", "COMPLETING", "RESIZING", "SIGNALING", "STAGE_OUT"}
 )
 
 
@@ -2575,16 +2552,8 @@ def _tail(path: Path, max_lines: int = 15, max_bytes: int = 4000) -> str:
     return ("[... truncated ...]\n" if cut else "") + "\n".join(lines[-max_lines:])
 
 
-def _job_of_chunk(jobs: Sequence[JobRef], chunk: int) -> JobRef | None:
-    """The array job that last took chunk ``chunk`` (a retry's array wins over the first attempt's)."""
-    return next((j for j in reversed(jobs) if j.kind != "reduce" and chunk in j.chunks), None)
-
-
 def _explain_missing(chunks: Sequence[int], describe: Callable[[int], tuple[str, Path | None]]) -> str:
-    """One line per distinct end state of the missing chunks, with the first log's tail.
-
-    ``describe(chunk)`` says how the chunk's task ended and where its log is.
-    """
+    """One line per end state of the missing chunks (``describe``: a chunk's state and log), with a log's tail."""
     by_state: dict[str, list[int]] = {}
     first_log: dict[str, Path] = {}
     for chunk in chunks:
@@ -2594,14 +2563,11 @@ def _explain_missing(chunks: Sequence[int], describe: Callable[[int], tuple[str,
             first_log.setdefault(state, log)
     lines = []
     for state, listed in by_state.items():
-        line = f"chunks {_format_ranges(listed)}: {state}"
-        if state in first_log:
-            log = first_log[state]
-            line += f" (log {log})"
-            tail = _tail(log)
-            if tail:
-                line += "\n    " + tail.replace("\n", "\n    ")
-        lines.append(line)
+        log = first_log.get(state)
+        lines.append(f"chunks {_format_ranges(listed)}: {state}" + (f" (log {log})" if log else ""))
+        tail = _tail(log) if log else ""
+        if tail:
+            lines.append("    " + tail.replace("\n", "\n    "))
     return "\n".join(lines)
 
 
@@ -2612,19 +2578,6 @@ def _slurm_time(seconds: int) -> str:
     """Seconds -> Slurm's ``D-HH:MM:SS``."""
     days, rest = divmod(int(seconds), 86400)
     return f"{days}-{rest // 3600:02d}:{rest % 3600 // 60:02d}:{rest % 60:02d}"
-
-
-def _array_groups(chunks: Sequence[int], max_array_size: int) -> list[tuple[int, list[int]]]:
-    """Split chunk indices into arrays whose task ids stay below MaxArraySize: (offset, task ids)."""
-    groups: dict[int, list[int]] = {}
-    for chunk in sorted(chunks):
-        offset = chunk // max_array_size * max_array_size
-        groups.setdefault(offset, []).append(chunk - offset)
-    return sorted(groups.items())
-
-
-def _array_spec(task_ids: Sequence[int], limit: int | None) -> str:
-    return _format_ranges(task_ids) + (f"%{limit}" if limit else "")
 
 
 def _parse_job_id(stdout: str) -> str:
@@ -2642,10 +2595,6 @@ class _QueueLine:
     state: str  # PENDING, RUNNING, COMPLETING, ... (%T)
     reason: str  # why it pends (%r): Dependency, JobArrayTaskLimit, ...; "" when not asked for
     task_ids: tuple[int | None, ...]  # the array tasks the line stands for; (None,) for a job that is no array
-
-    @property
-    def tasks(self) -> int:
-        return len(self.task_ids)
 
     @property
     def queued(self) -> bool:
@@ -2689,15 +2638,10 @@ def _parse_active_tasks(stdout: str) -> dict[str, set[int | None]]:
 
 
 def _parse_sacct(stdout: str) -> dict[tuple[str, int | None], str]:
-    """``sacct -X -n -P -o jobid,state`` lines -> (job id, array task or None) -> state."""
-    states: dict[tuple[str, int | None], str] = {}
-    for line in stdout.splitlines():
-        if "|" not in line:
-            continue
-        job, state = line.split("|")[:2]
-        base, _, task = job.partition("_")
-        states[(base, int(task) if task.isdigit() else None)] = state.split()[0] if state.strip() else ""
-    return states
+    """``sacct -X -n -P -o jobid,state`` lines -> (job id, array task or None) -> state (read as squeue's are)."""
+    return {
+        (job, t): line.state for job, lines in _parse_squeue(stdout).items() for line in lines for t in line.task_ids
+    }
 
 
 class SlurmFailure(Enum):
@@ -2710,11 +2654,9 @@ class SlurmFailure(Enum):
 
 
 class SlurmBusy(SlurmError):
-    """Slurm refused for now (``kind`` is LIMIT or TRANSIENT): waiting and asking again can succeed."""
+    """A limit refused the job for now: waiting for room and asking again can succeed."""
 
-    def __init__(self, message: str, kind: SlurmFailure) -> None:
-        super().__init__(message)
-        self.kind = kind
+    kind = SlurmFailure.LIMIT
 
 
 _TIMED_OUT = 124  # `_run_slurm`'s exit code for a command it had to kill, as timeout(1) gives
@@ -2779,17 +2721,11 @@ def _command_error(process: subprocess.CompletedProcess[str]) -> SlurmError:
 _INVALID_JOB_ID = "Invalid job id"  # squeue or scancel of a job id Slurm has already forgotten
 
 
-def _parse_job_comments(stdout: str) -> list[tuple[str, str]]:
-    """``%F|%k`` lines (job id, comment) -> pairs: how a run finds its own jobs by their ``--comment`` tag."""
-    return [(job, comment) for job, _, comment in (line.partition("|") for line in stdout.splitlines())]
-
-
 @dataclass
 class _Outage:
     """When to ask Slurm again while it does not answer: after 1 s, doubling up to 60 s, for ``limit`` s.
 
-    Time is passed in (``now``), so the rule is tested without waiting. One outage is the
-    time from the first failed command to the next answer; it is logged once.
+    One outage lasts from the first failed command to the next answer. Time is passed in.
     """
 
     limit: float
@@ -2824,18 +2760,12 @@ exec "$@"
 # toward MaxJobCount and toward the submit limits (recorded in tests/slurm_texts/: an array
 # that would pass one is refused whole; pending tasks count one each although squeue shows
 # them as one line), so a run that knows them can split and throttle its arrays instead of
-# being refused. The argv and the parsers share one list of fields, so they cannot drift.
+# being refused. MaxArraySize bounds an array's task ids; MaxJobCount the tasks of all users
+# in slurmctld's table, ended ones included until MinJobAge (it holds MaxJobCount - 1).
 
 
 def _parse_slurm_config(stdout: str) -> dict[str, str]:
-    """``scontrol show config`` -> every ``Key = value`` it prints, as text (``{"MaxArraySize": "1001", ...}``).
-
-    MaxArraySize bounds an array's task ids (arrays are split below it) and MaxJobCount the
-    tasks of all users in slurmctld's table, ended ones included until MinJobAge (the table
-    holds at most MaxJobCount - 1). Values stay text (``"300 sec"``, ``"(null)"``): the caller
-    converts the few it uses. The header and the ``Slurmctld(primary) at ... is UP`` lines are
-    skipped.
-    """
+    """``scontrol show config`` -> every ``Key = value`` it prints, as text (``"300 sec"``, ``"(null)"``)."""
     config: dict[str, str] = {}
     for line in stdout.splitlines():
         key, equals, value = line.partition("=")
@@ -2845,92 +2775,49 @@ def _parse_slurm_config(stdout: str) -> dict[str, str]:
 
 
 _SACCTMGR_QOS_FIELDS = (
-    "Name",
-    "MaxSubmitJobsPerUser",
-    "MaxJobsPerUser",
-    "MaxSubmitJobsPerAccount",
-    "MaxJobsPerAccount",
-    "GrpSubmitJobs",
-    "GrpJobs",
+    "Name,MaxSubmitJobsPerUser,MaxJobsPerUser,MaxSubmitJobsPerAccount,MaxJobsPerAccount,GrpSubmitJobs,GrpJobs"
 )
-_SACCTMGR_ASSOC_FIELDS = (
-    "Cluster",
-    "Account",
-    "User",
-    "Partition",
-    "QOS",
-    "DefaultQOS",
-    "MaxSubmitJobs",
-    "MaxJobs",
-    "GrpSubmitJobs",
-    "GrpJobs",
-)
+_SACCTMGR_ASSOC_FIELDS = "Cluster,Account,User,Partition,QOS,DefaultQOS,MaxSubmitJobs,MaxJobs,GrpSubmitJobs,GrpJobs"
 
 
 def _sacctmgr_qos_argv() -> list[str]:
     """The sacctmgr call whose answer `_parse_sacctmgr_job_limits` reads as ``qos_stdout`` (every QoS)."""
-    return ["sacctmgr", "-n", "-P", "show", "qos", "format=" + ",".join(_SACCTMGR_QOS_FIELDS)]
+    return ["sacctmgr", "-n", "-P", "show", "qos", "format=" + _SACCTMGR_QOS_FIELDS]
 
 
 def _sacctmgr_assoc_argv(user: str) -> list[str]:
     """The sacctmgr call whose answer `_parse_sacctmgr_job_limits` reads as ``assoc_stdout``: the user's rows."""
-    return ["sacctmgr", "-n", "-P", "show", "assoc", f"user={user}", "format=" + ",".join(_SACCTMGR_ASSOC_FIELDS)]
+    return ["sacctmgr", "-n", "-P", "show", "assoc", f"user={user}", "format=" + _SACCTMGR_ASSOC_FIELDS]
 
 
-@dataclass(frozen=True)
-class _SlurmJobLimits:
-    """The most jobs the user may have at once, every array task counting as one; None: no limit set."""
-
-    max_submit_jobs: int | None  # queued (pending or running): more is refused at sbatch
-    max_jobs: int | None  # running: more waits in the queue (AssocMaxJobsLimit, QOSMaxJobsPerUserLimit)
-
-
-def _sacctmgr_rows(stdout: str, fields: Sequence[str]) -> list[dict[str, str]]:
-    rows = []
-    for line in stdout.splitlines():
-        values = line.strip().split("|")
-        if len(values) == len(fields):
-            rows.append(dict(zip(fields, (v.strip() for v in values), strict=True)))
-    return rows
-
-
-def _sacctmgr_limit(text: str) -> int | None:
-    return int(text) if text.isdigit() else None  # blank (or -1): no limit
+def _sacctmgr_rows(stdout: str, fields: str) -> list[dict[str, str]]:
+    names = fields.split(",")
+    rows = [line.strip().split("|") for line in stdout.splitlines()]
+    return [dict(zip(names, (v.strip() for v in row), strict=True)) for row in rows if len(row) == len(names)]
 
 
 def _parse_sacctmgr_job_limits(
     assoc_stdout: str, qos_stdout: str, qos: str | None = None, account: str | None = None
-) -> _SlurmJobLimits:
-    """The user's effective MaxSubmitJobs and MaxJobs: the smallest limit that applies to the run's jobs.
+) -> int | None:
+    """The user's effective MaxSubmitJobs: the smallest submit limit on the run's jobs; None: none, or unknown.
 
-    Reads the answers of `_sacctmgr_assoc_argv` and `_sacctmgr_qos_argv`. What applies: the
-    association's own limits (a parent account's MaxSubmitJobs/MaxJobs is shown on the user's
-    row when the user has none, recorded in slurm_texts/sacctmgr_show_assoc_inherited.json)
-    and those of the QoS the jobs run under: ``qos`` (the run's ``slurm_qos``), else the
-    association's DefaultQOS, else its only QoS, else ``normal``, as slurmctld picks it. The
-    Grp* limits and the per-account ones count other users' jobs too: they bound ours all the
-    same, so they are taken as limits. Under ``account`` only that account's associations
-    count; without it, the smallest over all the user's associations (never ask for more).
-    No association or QoS row (no accounting, a failed call): the limits are unknown, None.
-    Partition QoSes are not read.
+    What applies: the association's own limits (a parent account's is shown on the user's row
+    when the user has none: slurm_texts/sacctmgr_show_assoc_inherited.json) and those of the
+    QoS the jobs run under: ``qos`` (the run's ``slurm_qos``), else the association's
+    DefaultQOS, else its only QoS, else ``normal``, as slurmctld picks it. Grp* and per-account
+    limits count other users' jobs too: they bound ours all the same. Under ``account`` only
+    that account's associations count; without it, the smallest over all (never ask for
+    more). Not read: partition QoSes, and limits on running jobs (over them tasks only pend).
     """
     qos_rows = {row["Name"]: row for row in _sacctmgr_rows(qos_stdout, _SACCTMGR_QOS_FIELDS)}
-    submit: list[int | None] = []
-    running: list[int | None] = []
+    submit: list[str] = []
     for row in _sacctmgr_rows(assoc_stdout, _SACCTMGR_ASSOC_FIELDS):
         if account is not None and row["Account"] != account:
             continue
         granted = [name for name in row["QOS"].split(",") if name]
-        job_qos = qos or row["DefaultQOS"] or (granted[0] if len(granted) == 1 else "normal")
-        limits = qos_rows.get(job_qos, {})
-        submit += [_sacctmgr_limit(row["MaxSubmitJobs"]), _sacctmgr_limit(row["GrpSubmitJobs"])]
-        running += [_sacctmgr_limit(row["MaxJobs"]), _sacctmgr_limit(row["GrpJobs"])]
-        submit += [_sacctmgr_limit(limits.get(key, "")) for key in _SACCTMGR_QOS_FIELDS if "Submit" in key]
-        running += [_sacctmgr_limit(limits.get(key, "")) for key in ("MaxJobsPerUser", "MaxJobsPerAccount", "GrpJobs")]
-    return _SlurmJobLimits(
-        max_submit_jobs=min((n for n in submit if n is not None), default=None),
-        max_jobs=min((n for n in running if n is not None), default=None),
-    )
+        job_qos = qos_rows.get(qos or row["DefaultQOS"] or (granted[0] if len(granted) == 1 else "normal"), {})
+        submit += [value for key, value in [*row.items(), *job_qos.items()] if "Submit" in key]
+    return min((int(limit) for limit in submit if limit.isdigit()), default=None)  # blank (or -1): no limit
 
 
 def _tasks_spec(trials: Sequence[tuple[int, Sequence[int]]]) -> str:
@@ -2969,11 +2856,12 @@ class _SlurmTrial:
         jobs = [j.to_json() for j in self.jobs]
         _write_json_atomic(self.paths.jobs, {"attempt": self.attempt, "jobs": jobs}, indent=None)
 
-    def tasks(self) -> Iterable[tuple[JobRef, int, int]]:
-        """(array job, task id, chunk) of each chunk it submitted."""
+    def queued(self, active: Mapping[str, set[int | None]]) -> Iterable[tuple[str, int, int]]:
+        """(job id, task id, chunk) of each chunk whose task is queued or running in ``active`` (squeue's answer)."""
         for job in self.jobs:
             for chunk in job.chunks:
-                yield job, job.task_of(chunk), chunk
+                if job.task_of(chunk) in active.get(job.job_id, ()):
+                    yield job.job_id, job.task_of(chunk), chunk
 
 
 @dataclass
@@ -2982,7 +2870,6 @@ class _CallBudget:
 
     Slurm 23.02+ can answer a busy user with "telling to back off" (a token bucket, by default
     30 calls refilled at 2 a second); a run stays under it whatever its trials in flight.
-    Time is passed in.
     """
 
     rate: float
@@ -2990,19 +2877,16 @@ class _CallBudget:
     tokens: float = 0.0
     updated: float | None = None
 
+    def _refilled(self, now: float) -> float:
+        return self.burst if self.updated is None else min(self.burst, self.tokens + (now - self.updated) * self.rate)
+
     def available(self, now: float, keep: float = 0.0) -> bool:
         """A call may be made now without waiting, leaving ``keep`` calls for others (nothing is taken)."""
-        tokens = self.burst if self.updated is None else self.tokens + (now - self.updated) * self.rate
-        return tokens >= 1 + keep
+        return self._refilled(now) >= 1 + keep
 
     def take(self, now: float) -> float:
         """Take a call's token; the seconds to wait before making the call (0: at once)."""
-        if self.updated is None:
-            self.tokens = self.burst
-        else:
-            self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
-        self.updated = now
-        self.tokens -= 1
+        self.tokens, self.updated = self._refilled(now) - 1, now
         return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
 
 
@@ -3026,14 +2910,10 @@ class _SlurmExecutor:
     whose chunks are all there, even when the controller died; the controller does not wait
     for it and cancels it once it has reduced those trials itself.
 
-    A site's limits are read once (``scontrol show config``, ``sacctmgr``): arrays are split
-    below MaxArraySize and the user's queued tasks (every array task counts, all the user's
-    jobs) stay under MaxSubmitJobs and MaxJobCount; chunks that do not fit are held back, the
-    controller sees them as running and starts no new trial meanwhile. A limit the run could
-    not read holds work back the same way once sbatch refuses with it. The run's calls stay
-    under ``_SLURM_CALLS_PER_SECOND``. Time comes from ``clock``, waits go through ``sleep``
-    (True once the run is stopped), Slurm's answers from ``slurm``: the rules are tested, and
-    a long run simulated, without waiting.
+    Chunks that a site's limits leave no room for are held back (``_submit_held``), the calls
+    are paced (``_call``). Time comes from ``clock``, waits go through ``sleep`` (True once
+    the run is stopped), Slurm's answers from ``slurm``: the rules are tested, and a long run
+    simulated, without waiting.
     """
 
     first_poll_seconds = 0.1  # a cycle reads the chunk files; squeue comes at most every 1.5 s whatever it is
@@ -3075,11 +2955,8 @@ class _SlurmExecutor:
         self._script = run.batch_script
         _compile_for_workers(settings)  # also on resume: this file or the loss's may have changed since
         if not self._script.exists():
-            self._script.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self._script.with_suffix(".tmp")
-            tmp.write_text(_BATCH_SCRIPT)
-            tmp.chmod(0o755)
-            os.replace(tmp, self._script)
+            _write_atomic(self._script, _BATCH_SCRIPT.encode())
+            self._script.chmod(0o755)
 
     # ---- the interface the controller uses
 
@@ -3087,22 +2964,17 @@ class _SlurmExecutor:
         """Hold the chunks for the array that the next ``poll`` submits (with other trials' chunks)."""
         state = self._trials.setdefault(trial.number, _SlurmTrial(trial, expected))
         state.attempt, state.cancelled = attempt, False
-        state.ended += [j for j in state.jobs if not self._is_active(j)]  # explained already; their logs fold later
-        state.jobs = [j for j in state.jobs if self._is_active(j)]
+        state.ended += [j for j in state.jobs if j.job_id not in self._active]  # explained; their logs fold later
+        state.jobs = [j for j in state.jobs if j.job_id in self._active]
         state.held = sorted(set(state.held) | set(chunks))
 
     def poll(self) -> bool:
-        """Cancel what is no longer needed, submit the chunks held as room allows, then ask ``squeue`` once.
+        """Cancel what is no longer needed, ask ``squeue`` if due, submit the chunks held as room allows.
 
-        Within the call budget (``_SLURM_CALLS_KEPT_FROM_POLLS``): a queue whose last answer
-        is due is asked first; then submissions (room is judged on the last answer, which can
-        only overstate the queue); then, from the budget's surplus only, the queue. When the
-        queue is not asked, it keeps its last answer (the controller still reads the chunk
-        files that arrived).
+        Room is judged on squeue's last answer, which can only overstate the queue. A queue not
+        yet due is asked only from the call budget's surplus (``_SLURM_CALLS_KEPT_FROM_POLLS``).
         """
-        if self._to_cancel:
-            self._scancel(sorted(self._to_cancel))
-            self._to_cancel.clear()
+        self._scancel()
         gap = _SLURM_CALLS_KEPT_FROM_POLLS / self._budget.rate  # polls take at most a third of the budget
         since = math.inf if self._asked_at is None else self._clock() - self._asked_at
         due = since >= max(self.max_poll_seconds, gap)
@@ -3116,9 +2988,7 @@ class _SlurmExecutor:
 
     def running(self, trial: TrialPaths) -> bool:
         state = self._trials.get(trial.number)
-        return state is not None and (
-            bool(state.held) or any(task in self._active.get(job.job_id, ()) for job, task, _ in state.tasks())
-        )
+        return state is not None and (bool(state.held) or any(state.queued(self._active)))
 
     def results(self, trial: TrialPaths) -> Mapping[int, ChunkResult]:
         """The trial's valid chunk records, reading only those written since the last look."""
@@ -3135,22 +3005,13 @@ class _SlurmExecutor:
         for number in numbers & self._trials.keys():
             state = self._trials[number]
             state.held, state.cancelled = [], True
-            for job, task, _ in state.tasks():
-                if task in self._active.get(job.job_id, ()):
-                    by_job.setdefault(job.job_id, []).append(task)
+            for job_id, task, _ in state.queued(self._active):
+                by_job.setdefault(job_id, []).append(task)
         self._to_cancel |= {f"{job_id}_[{_format_ranges(tasks)}]" for job_id, tasks in by_job.items()}
-        self._to_cancel |= self._unneeded_reduce_jobs(numbers)
-        ids = sorted(self._to_cancel)
-        self._to_cancel.clear()
-        self._scancel(ids)
-        return len(ids)
+        return self._scancel(self._unneeded_reduce_jobs(numbers))
 
     def finished(self, trial: TrialPaths) -> None:
-        """Fold the logs of its tasks that succeeded, forget the trial; a reduce job no trial needs goes next.
-
-        Array tasks that wrote their chunk end by themselves (cancelled, accounting would
-        call them CANCELLED).
-        """
+        """Fold the logs of its tasks that succeeded, forget the trial; a reduce job no trial needs goes next."""
         state = self._trials.get(trial.number)
         if state is None:
             return
@@ -3162,16 +3023,12 @@ class _SlurmExecutor:
     def explain(self, trial: TrialPaths, chunks: Sequence[int]) -> str:
         state = self._trials.get(trial.number)
         jobs = [j for j in state.jobs if j.kind != "reduce"] if state else []
-        states: dict[tuple[str, int | None], str] = {}
-        if jobs:
-            process = self._call(
-                ["sacct", "-X", "-n", "-P", "-j", ",".join(j.job_id for j in jobs), "-o", "jobid,state,exitcode"],
-                timeout=60,
-            )
-            states = _parse_sacct(process.stdout) if process.returncode == 0 else {}
+        argv = ["sacct", "-X", "-n", "-P", "-j", ",".join(j.job_id for j in jobs), "-o", "jobid,state,exitcode"]
+        process = self._call(argv, timeout=60) if jobs else None
+        states = _parse_sacct(process.stdout) if process and process.returncode == 0 else {}
 
         def describe(chunk: int) -> tuple[str, Path | None]:
-            job = _job_of_chunk(jobs, chunk)
+            job = next((j for j in reversed(jobs) if chunk in j.chunks), None)  # a retry's array wins
             if job is None:
                 return "never submitted", None
             task = job.task_of(chunk)
@@ -3195,24 +3052,23 @@ class _SlurmExecutor:
             return {}
         recorded = {t.number: _read_json(t.jobs) or {} for t in trials}
         jobs = {n: [JobRef.from_json(j) for j in r.get("jobs", [])] for n, r in recorded.items()}
-        known = {j.job_id for listed in jobs.values() for j in listed}
-        strays = self._unrecorded(known)
+        process, ours = self._jobs_tagged(self._tag)
+        if process.returncode != 0:
+            logger.warning("squeue failed, cannot look for unrecorded jobs: %s", _command_error(process))
+        strays = sorted(set(ours) - {j.job_id for listed in jobs.values() for j in listed})
         if strays:
             logger.warning("cancelling job(s) %s of this run that a crash left out of jobs.json", ", ".join(strays))
             self._scancel(strays)
-        active = self._ask_queue()
-        while active is None:
+        while not self._poll_queue():
             if self._sleep(self.max_poll_seconds):
                 raise _Interrupted("interrupted while waiting for Slurm to answer")
-            active = self._ask_queue()
-        self._active = active
         adopted: dict[int, frozenset[int]] = {}
         for trial in trials:  # each kept, queued or not: its ended tasks' logs are folded when it finishes
             state = _SlurmTrial(trial, TrialParams.load(trial), recorded[trial.number].get("attempt", 0))
-            state.jobs = [j for j in jobs[trial.number] if self._is_active(j)]
-            state.ended = [j for j in jobs[trial.number] if not self._is_active(j)]
+            state.jobs = [j for j in jobs[trial.number] if j.job_id in self._active]
+            state.ended = [j for j in jobs[trial.number] if j.job_id not in self._active]
             self._trials[trial.number] = state
-            queued = frozenset(chunk for job, task, chunk in state.tasks() if task in active.get(job.job_id, ()))
+            queued = frozenset(chunk for _, _, chunk in state.queued(self._active))
             if queued:
                 logger.info("trial %d: adopting queued chunks %s", trial.number, _format_ranges(queued))
                 adopted[trial.number] = queued
@@ -3223,14 +3079,9 @@ class _SlurmExecutor:
 
     def close(self) -> None:
         """Queued chunk tasks belong to the run (a resume adopts them); reduce jobs no longer needed go."""
-        if self._to_cancel:
-            self._scancel(sorted(self._to_cancel))
-            self._to_cancel.clear()
+        self._scancel()
 
     # ---- submitting
-
-    def _is_active(self, job: JobRef) -> bool:
-        return job.job_id in self._active
 
     def _unneeded_reduce_jobs(self, leaving: set[int]) -> set[str]:
         """Reduce jobs whose arrays hold no chunk of a trial that stays (the ``leaving`` trials excepted)."""
@@ -3239,7 +3090,7 @@ class _SlurmExecutor:
             job.job_id
             for n in leaving & self._trials.keys()
             for job in self._trials[n].jobs
-            if job.kind == "reduce" and job.logs not in staying and self._is_active(job)
+            if job.kind == "reduce" and job.logs not in staying and job.job_id in self._active
         }
 
     def _site_limits(self) -> tuple[int, int | None]:
@@ -3248,26 +3099,21 @@ class _SlurmExecutor:
         Read once. sacctmgr answers only where accounting runs; elsewhere only a refusal tells.
         """
         if self._limits is None:
-            config = _parse_slurm_config(self._call(["scontrol", "show", "config"], timeout=30).stdout)
-            max_array_size = int(config.get("MaxArraySize", "1001").split()[0])
-            job_count = config.get("MaxJobCount", "").split()
-            caps = [int(job_count[0]) - 1] if job_count and job_count[0].isdigit() else []
             import pwd
 
-            user = pwd.getpwuid(os.getuid()).pw_name
-            assoc = self._call(_sacctmgr_assoc_argv(user), timeout=30)
+            config = _parse_slurm_config(self._call(["scontrol", "show", "config"], timeout=30).stdout)
+            job_count = config.get("MaxJobCount", "").split()
+            caps = [int(job_count[0]) - 1] if job_count and job_count[0].isdigit() else []
+            assoc = self._call(_sacctmgr_assoc_argv(pwd.getpwuid(os.getuid()).pw_name), timeout=30)
             qos = self._call(_sacctmgr_qos_argv(), timeout=30)
-            if assoc.returncode == 0 and qos.returncode == 0:
-                limits = _parse_sacctmgr_job_limits(assoc.stdout, qos.stdout, self._qos, self._settings.slurm_account)
-                caps += [limits.max_submit_jobs] if limits.max_submit_jobs is not None else []
-            self._limits = (max_array_size, min(caps, default=None))
+            if assoc.returncode == qos.returncode == 0:
+                caps += [_parse_sacctmgr_job_limits(assoc.stdout, qos.stdout, self._qos, self._settings.slurm_account)]
+            max_array_size = int(config.get("MaxArraySize", "1001").split()[0])
+            self._limits = (max_array_size, min((cap for cap in caps if cap is not None), default=None))
         return self._limits
 
     def _submit_held(self) -> None:
-        """Arrays for the chunks held (several trials' in task-id order), as far as the limits leave room.
-
-        Each array holds at most MaxArraySize tasks, and its reduce job counts as one more.
-        """
+        """Arrays of the chunks held, as the limits leave room: MaxArraySize tasks each, its reduce job one more."""
         max_array_size, cap = self._site_limits()
         cap = min(cap or math.inf, self._learned_cap or math.inf)
         queued = sum(len(tasks) for tasks in self._active.values())
@@ -3297,52 +3143,41 @@ class _SlurmExecutor:
     def _say_under_limit(self, why: str) -> None:
         if not self._under_limit:  # one line per episode, not per poll
             self._under_limit = True
-            logger.warning(
-                "waiting for room under a Slurm limit (keeping the QoS); no new trial starts meanwhile:\n%s", why
-            )
+            logger.warning("waiting for room under a Slurm limit (QoS kept); no new trial meanwhile:\n%s", why)
 
     def _submit_array(self, batch: list[tuple[_SlurmTrial, list[int]]]) -> None:
         s = self._settings
         number = self._next_array_number()
         logs = self._run.array_logs(number)
         logs.mkdir(parents=True, exist_ok=True)
-        n_tasks = sum(len(chunks) for _, chunks in batch)
-        throttle = s.array_parallelism_limit * len(batch) if s.array_parallelism_limit else None  # per trial
-        options = [
-            *self._options(f"a{number:05d}.chunks"),
-            f"--array={_array_spec(range(n_tasks), throttle)}",
-            f"--cpus-per-task={s.cpus_per_task}",
-            f"--time={_slurm_time(s.worker_time_limit)}",
-            f"--output={RunPaths.task_log(logs, '%a')}",
-        ]
-        spec = _tasks_spec([(state.paths.number, chunks) for state, chunks in batch])
         relative = str(logs.relative_to(self._run.dir))
-        command = _worker_command(s, "chunk", self._run, "--tasks", spec, "--logs", relative)
-        array = self._sbatch(options, command)
+        n_tasks = sum(len(chunks) for _, chunks in batch)
+        limit = s.array_parallelism_limit  # the %throttle is per trial
+        tasks = _format_ranges(range(n_tasks)) + (f"%{limit * len(batch)}" if limit else "")
+        options = self._options(
+            f"a{number:05d}.chunks", s.cpus_per_task, s.worker_time_limit, RunPaths.task_log(logs, "%a")
+        )
+        spec = _tasks_spec([(state.paths.number, chunks) for state, chunks in batch])
+        array = self._sbatch(
+            [*options, f"--array={tasks}"],
+            _worker_command(s, "chunk", self._run, "--tasks", spec, "--logs", relative),
+        )
         self._active[array] = set(range(n_tasks))  # queued: a failure from here on cancels its tasks
         offset = 0
         for state, chunks in batch:
             state.jobs.append(JobRef(array, "tasks", tuple(chunks), offset, state.attempt, relative))
             state.held = state.held[len(chunks) :]
             offset += len(chunks)
-        for state, _ in batch:
             state.save_jobs()  # before the reduce's sbatch: a crash then leaves the array known, to adopt
-        try:
-            options = [
-                *self._options(f"a{number:05d}.reduce"),
-                "--cpus-per-task=1",
-                "--time=0-00:10:00",
-                f"--output={RunPaths.reduce_log(logs, '%j')}",
-                f"--dependency=afterany:{array}",
-            ]
-            trials = ",".join(str(state.paths.number) for state, _ in batch)
-            reduce = self._sbatch(options, _worker_command(s, "reduce", self._run, "--trials", trials))
-            self._active[reduce] = {None}
-            for state, _ in batch:
-                state.jobs.append(JobRef(reduce, "reduce", attempt=state.attempt, logs=relative))
-        finally:
-            for state, _ in batch:
-                state.save_jobs()
+        options = self._options(f"a{number:05d}.reduce", 1, 600, RunPaths.reduce_log(logs, "%j"))
+        trials = ",".join(str(state.paths.number) for state, _ in batch)
+        reduce = self._sbatch(
+            [*options, f"--dependency=afterany:{array}"], _worker_command(s, "reduce", self._run, "--trials", trials)
+        )
+        self._active[reduce] = {None}
+        for state, _ in batch:
+            state.jobs.append(JobRef(reduce, "reduce", attempt=state.attempt, logs=relative))
+            state.save_jobs()
 
     def _next_array_number(self) -> int:
         """The run's arrays are numbered (their log directories): the next number, found once per controller."""
@@ -3352,12 +3187,14 @@ class _SlurmExecutor:
         self._arrays_made += 1
         return self._arrays_made
 
-    def _options(self, name: str) -> list[str]:
+    def _options(self, name: str, cpus: int, seconds: int, output: Path) -> list[str]:
+        """One job's sbatch options: the user's ``sbatch_args`` come before those each job sets."""
         s = self._settings
         options = [f"--job-name={s.run_name}.{name}", f"--mem-per-cpu={s.mem_per_cpu}"]
         options += [f"--partition={s.slurm_partition}"] if s.slurm_partition else []
         options += [f"--account={s.slurm_account}"] if s.slurm_account else []
-        return options + list(s.sbatch_args)
+        options += s.sbatch_args
+        return [*options, f"--cpus-per-task={cpus}", f"--time={_slurm_time(seconds)}", f"--output={output}"]
 
     def _sbatch(self, options: list[str], command: list[str]) -> str:
         """Submit one job; its id.
@@ -3378,15 +3215,11 @@ class _SlurmExecutor:
                 return _parse_job_id(process.stdout)
             kind = classify_slurm_failure(process.returncode, process.stderr)
             if kind is SlurmFailure.BAD_QOS and qos:
-                logger.warning(
-                    "sbatch refused --qos=%s (%s); submitting without a QoS from now on",
-                    self._qos,
-                    process.stderr.strip(),
-                )
+                logger.warning("sbatch refused --qos=%s (%s); no QoS from now on", self._qos, process.stderr.strip())
                 self._qos = None
             elif kind is SlurmFailure.LIMIT:
                 self._slurm_answered()
-                raise SlurmBusy(str(_command_error(process)), kind)
+                raise SlurmBusy(str(_command_error(process)))
             elif kind is SlurmFailure.TRANSIENT:
                 queued = self._queued_all_the_same(comment, process)
                 if queued:
@@ -3405,14 +3238,14 @@ class _SlurmExecutor:
         """
         answered = False
         while True:
-            process = self._call(["squeue", "-h", "--me", "-t", "all", "-o", "%F|%k"], timeout=60)
-            found = [job for job, tag in _parse_job_comments(process.stdout) if tag == comment]
-            if process.returncode == 0 and found:
+            process, found = self._jobs_tagged(comment, "-t", "all")
+            if found:
                 return found[0]
             if process.returncode == 0 and answered:
                 return None
             answered = process.returncode == 0
-            self._wait_out_outage(failed if answered else process)
+            if self._sleep(self._outage_delay(failed if answered else process)):
+                raise _Interrupted("interrupted while waiting for Slurm to answer")
 
     # ---- asking and cancelling
 
@@ -3426,61 +3259,40 @@ class _SlurmExecutor:
         self.call_counts[argv[0]] += 1
         return self._slurm(argv, **options)
 
-    def _ask_queue(self) -> dict[str, set[int | None]] | None:
-        """The user's queued or running tasks, by job, from one ``squeue``; None if Slurm did not answer.
-
-        All the user's jobs, not only the run's: each array task counts toward a site's
-        MaxSubmitJobs, whichever run queued it.
-        """
-        process = self._call(["squeue", "-h", "--me", "-o", "%i|%T"], timeout=60)
-        if process.returncode != 0:
-            if classify_slurm_failure(process.returncode, process.stderr) is not SlurmFailure.TRANSIENT:
-                logger.warning("squeue failed, will ask again: %s", _command_error(process))
-                return None
-            first = self._outage.started is None
-            if self._outage.next_delay(self._clock()) is None:
-                raise SlurmError(
-                    f"Slurm has not answered squeue for {self._settings.slurm_unavailable_minutes:g} minutes "
-                    f"(slurm_unavailable_minutes): {_command_error(process)}"
-                )
-            if first:
-                logger.warning("Slurm does not answer squeue (%s); asking again", process.stderr.strip())
-            return None
-        self._slurm_answered()
-        return _parse_active_tasks(process.stdout)
-
     def _poll_queue(self) -> bool:
-        """Ask ``squeue`` for the user's queued tasks and keep the answer; False if Slurm did not answer.
+        """Keep the user's queued or running tasks, by job, from one ``squeue``; False if Slurm did not answer.
 
-        Without an answer the queue stays due: the next poll asks again before submitting.
+        All the user's jobs: each array task counts toward MaxSubmitJobs, whichever run queued
+        it. Without an answer the queue keeps its last one and stays due.
         """
         asked = self._clock()
-        active = self._ask_queue()
-        if active is not None:
-            self._active, self._asked_at = active, asked
-        return active is not None
+        process = self._call(["squeue", "-h", "--me", "-o", "%i|%T"], timeout=60)
+        if process.returncode == 0:
+            self._slurm_answered()
+            self._active, self._asked_at = _parse_active_tasks(process.stdout), asked
+        elif classify_slurm_failure(process.returncode, process.stderr) is SlurmFailure.TRANSIENT:
+            self._outage_delay(process)  # the controller waits its poll interval; this raises once Slurm is gone
+        else:
+            logger.warning("squeue failed, will ask again: %s", _command_error(process))
+        return process.returncode == 0
 
-    def _unrecorded(self, recorded: set[str]) -> list[str]:
-        """Queued jobs of this run that no ``jobs.json`` knows: sbatch answered after a crash."""
-        process = self._call(["squeue", "-h", "--me", "-o", "%F|%k"], timeout=60)
-        if process.returncode != 0:
-            logger.warning("squeue failed, cannot look for unrecorded jobs: %s", _command_error(process))
-            return []
-        found = {
-            job
-            for job, comment in _parse_job_comments(process.stdout)
-            if comment == self._tag or comment.startswith(self._tag + ".")
-        }
-        return sorted(found - recorded)
+    def _jobs_tagged(self, tag: str, *options: str) -> tuple[subprocess.CompletedProcess[str], list[str]]:
+        """One ``squeue``, and the jobs whose ``--comment`` is ``tag`` or ``tag.*``: how a run finds its own."""
+        process = self._call(["squeue", "-h", "--me", *options, "-o", "%F|%k"], timeout=60)
+        shown = (line.partition("|") for line in process.stdout.splitlines() if process.returncode == 0)
+        return process, [job for job, _, comment in shown if comment == tag or comment.startswith(tag + ".")]
 
-    def _scancel(self, job_ids: Sequence[str]) -> None:
-        if job_ids:
-            process = self._call(["scancel", *job_ids], urgent=True, timeout=60)
+    def _scancel(self, more: Iterable[str] = ()) -> int:
+        """One scancel of the ids no longer needed and ``more`` (never held back by the call budget); how many."""
+        ids, self._to_cancel = sorted(self._to_cancel.union(more)), set()
+        if ids:
+            process = self._call(["scancel", *ids], urgent=True, timeout=60)
             if process.returncode != 0 and _INVALID_JOB_ID not in process.stderr:
                 logger.warning("%s", _command_error(process))
+        return len(ids)
 
-    def _wait_out_outage(self, failed: subprocess.CompletedProcess[str]) -> None:
-        """Slurm did not answer: wait before the next try, or give up after slurm_unavailable_minutes."""
+    def _outage_delay(self, failed: subprocess.CompletedProcess[str]) -> float:
+        """Slurm did not answer: the wait before the next try; SlurmError after slurm_unavailable_minutes."""
         first = self._outage.started is None
         delay = self._outage.next_delay(self._clock())
         if delay is None:
@@ -3490,12 +3302,12 @@ class _SlurmExecutor:
             )
         if first:
             logger.warning(
-                "Slurm does not answer (%s); asking again with backoff for up to %g minutes",
+                "Slurm does not answer %s (%s); asking again with backoff for up to %g minutes",
+                failed.args[0],
                 (failed.stderr.strip() or "no output").splitlines()[-1],
                 self._settings.slurm_unavailable_minutes,
             )
-        if self._sleep(delay):
-            raise _Interrupted("interrupted while waiting for Slurm to answer")
+        return delay
 
     def _slurm_answered(self) -> None:
         lasted = self._outage.end(self._clock())
@@ -3507,9 +3319,8 @@ def _fold_task_logs(run: RunPaths, state: _SlurmTrial) -> None:
     """The logs of a finished trial's tasks that succeeded: dropped when empty, else folded into one file.
 
     A site counts inodes: a task's own log stays only where it failed (its error names it).
-    The tasks are those of the array that last took each chunk, also arrays that ended
-    before a retry or before a resumed controller took the trial over (a trial the reduce
-    job completed meanwhile included: its records are read here if they were not yet).
+    The tasks: those of the array that last took each chunk, also of arrays that ended before
+    a retry or a resume (the records of a trial the reduce job completed are read here).
     """
     if len(state.files.chunks) < state.expected.plan.n_chunks:
         _read_new_chunks(state.paths, state.expected, state.files)

@@ -131,6 +131,7 @@ def test_arrays_longer_than_max_array_size_are_split_each_with_its_reduce_job(fa
     result = distributed(losses.quadratic, run_root, n_trials=1, n_seeds=10, chunk_size=1)
     arrays = chunk_submissions(fake_slurm)
     assert [a["array_tasks"] for a in arrays] == [[0, 1, 2, 3], [0, 1, 2, 3], [0, 1]]
+    assert [o for a in arrays for o in a["argv"] if o.startswith("--array")] == ["--array=0-3"] * 2 + ["--array=0-1"]
     assert [chunks_of(a) for a in arrays] == [
         [(0, c) for c in range(4)],
         [(0, c) for c in range(4, 8)],

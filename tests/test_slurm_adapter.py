@@ -18,8 +18,6 @@ from slurptuna import (
     SlurmBusy,
     SlurmError,
     SlurmFailure,
-    _array_groups,
-    _array_spec,
     _format_ranges,
     _parse_job_id,
     _parse_sacct,
@@ -28,7 +26,6 @@ from slurptuna import (
     _parse_squeue,
     _sacctmgr_assoc_argv,
     _sacctmgr_qos_argv,
-    _SlurmJobLimits,
     _slurm_time,
     classify_slurm_failure,
 )
@@ -65,7 +62,7 @@ def test_squeue_lines_recorded_from_the_real_slurm_give_states_reasons_and_task_
 
     def shown(name: str) -> dict[str, list[tuple[str, str, int]]]:
         parsed = _parse_squeue(as_status_asks(name))
-        return {job: [(line.state, line.reason, line.tasks) for line in lines] for job, lines in parsed.items()}
+        return {job: [(line.state, line.reason, len(line.task_ids)) for line in lines] for job, lines in parsed.items()}
 
     assert shown("squeue_pending_array") == {"2": [("PENDING", "JobHeldUser", 8)]}
     assert _parse_squeue(as_status_asks("squeue_pending_array"))["2"][0].task_ids == tuple(range(8))
@@ -306,15 +303,8 @@ def test_any_other_refusal_raises_a_plain_slurm_error_with_sbatchs_message(execu
     assert not isinstance(raised.value, SlurmBusy)
 
 
-def test_array_specs_compress_ranges_and_carry_the_throttle():
+def test_ranges_are_compressed():  # the --array throttle: test_distributed_fake's sbatch options
     assert _format_ranges([0, 1, 2, 5, 7, 8]) == "0-2,5,7-8"
-    assert _array_spec([3, 4, 9], 80) == "3-4,9%80"
-    assert _array_spec([0], None) == "0"
-
-
-def test_arrays_are_split_below_max_array_size_with_renumbered_task_ids():
-    assert _array_groups([0, 1, 999, 1000, 1001, 2500], 1001) == [(0, [0, 1, 999, 1000]), (1001, [0]), (2002, [498])]
-    assert _array_groups(range(10), 4) == [(0, [0, 1, 2, 3]), (4, [0, 1, 2, 3]), (8, [0, 1])]
 
 
 @pytest.mark.parametrize(("seconds", "text"), [(60, "0-00:01:00"), (7200, "0-02:00:00"), (90061, "1-01:01:01")])
@@ -345,45 +335,45 @@ def test_the_sacctmgr_calls_are_those_recorded():
     assert _sacctmgr_assoc_argv("root") == recorded("sacctmgr_show_assoc")["command"]
 
 
-def limits_recorded(assoc: str, qos: str | None = None, account: str | None = None) -> _SlurmJobLimits:
+def limits_recorded(assoc: str, qos: str | None = None, account: str | None = None) -> int | None:
     qos_stdout = recorded("sacctmgr_show_qos")["stdout"]  # normal: no limits; capped: 5 queued, 3 running
     return _parse_sacctmgr_job_limits(recorded(assoc)["stdout"], qos_stdout, qos=qos, account=account)
 
 
 def test_job_limits_are_the_smallest_of_the_association_and_the_qos_the_jobs_run_under():
     # association MaxSubmitJobs=8 MaxJobs=4, QoS capped MaxSubmitJobsPerUser=5 MaxJobsPerUser=3
-    assert limits_recorded("sacctmgr_show_assoc", qos="capped") == _SlurmJobLimits(max_submit_jobs=5, max_jobs=3)
-    assert limits_recorded("sacctmgr_show_assoc", qos="normal") == _SlurmJobLimits(max_submit_jobs=8, max_jobs=4)
+    assert limits_recorded("sacctmgr_show_assoc", qos="capped") == 5
+    assert limits_recorded("sacctmgr_show_assoc", qos="normal") == 8
     # no --qos, no default QoS and two granted: slurmctld uses normal
-    assert limits_recorded("sacctmgr_show_assoc") == _SlurmJobLimits(max_submit_jobs=8, max_jobs=4)
+    assert limits_recorded("sacctmgr_show_assoc") == 8
 
 
 def test_an_accounts_limit_shown_on_the_users_row_applies_and_blank_means_unlimited():
-    assert limits_recorded("sacctmgr_show_assoc_inherited") == _SlurmJobLimits(max_submit_jobs=20, max_jobs=None)
-    assert limits_recorded("sacctmgr_show_assoc_unlimited") == _SlurmJobLimits(max_submit_jobs=None, max_jobs=None)
-    assert limits_recorded("sacctmgr_show_assoc_unlimited", qos="capped") == _SlurmJobLimits(5, 3)
+    assert limits_recorded("sacctmgr_show_assoc_inherited") == 20
+    assert limits_recorded("sacctmgr_show_assoc_unlimited") is None
+    assert limits_recorded("sacctmgr_show_assoc_unlimited", qos="capped") == 5
 
 
 def test_without_accounting_the_limits_are_unknown():
     assoc, qos = recorded("sacctmgr_show_assoc_no_accounting"), recorded("sacctmgr_show_qos_no_accounting")
     assert (assoc["returncode"], qos["returncode"]) == (1, 1)
-    assert _parse_sacctmgr_job_limits(assoc["stdout"], qos["stdout"]) == _SlurmJobLimits(None, None)
+    assert _parse_sacctmgr_job_limits(assoc["stdout"], qos["stdout"]) is None
 
 
 def test_the_default_qos_or_the_only_granted_qos_is_the_one_jobs_run_under():
     qos = "normal||||||\ncapped|5|3||||\nshort|50|||||\n"
     default_capped = "c|root|u||capped,normal,short|capped||||\n"
     only_short = "c|root|u||short|||||\n"
-    assert _parse_sacctmgr_job_limits(default_capped, qos) == _SlurmJobLimits(5, 3)
-    assert _parse_sacctmgr_job_limits(only_short, qos) == _SlurmJobLimits(50, None)
-    assert _parse_sacctmgr_job_limits(default_capped, qos, qos="short") == _SlurmJobLimits(50, None)
+    assert _parse_sacctmgr_job_limits(default_capped, qos) == 5
+    assert _parse_sacctmgr_job_limits(only_short, qos) == 50
+    assert _parse_sacctmgr_job_limits(default_capped, qos, qos="short") == 50
 
 
 def test_group_limits_bound_the_users_jobs_and_an_account_narrows_the_associations():
     qos = "normal|||||100|40\n"
     two_accounts = "c|lab|u||normal||||30|\nc|other|u||normal||10|2||\n"
-    assert _parse_sacctmgr_job_limits(two_accounts, qos) == _SlurmJobLimits(10, 2)  # never ask for more
-    assert _parse_sacctmgr_job_limits(two_accounts, qos, account="lab") == _SlurmJobLimits(30, 40)
+    assert _parse_sacctmgr_job_limits(two_accounts, qos) == 10  # never ask for more
+    assert _parse_sacctmgr_job_limits(two_accounts, qos, account="lab") == 30
 
 
 def test_job_limits_read_from_the_fake_slurm_are_those_of_its_settings(fake_slurm):
@@ -396,8 +386,8 @@ def test_job_limits_read_from_the_fake_slurm_are_those_of_its_settings(fake_slur
     user = os.environ.get("USER", "root")
     assoc = subprocess.run(_sacctmgr_assoc_argv(user), capture_output=True, text=True, env=env, check=True)
     qos = subprocess.run(_sacctmgr_qos_argv(), capture_output=True, text=True, env=env, check=True)
-    assert _parse_sacctmgr_job_limits(assoc.stdout, qos.stdout, qos="capped") == _SlurmJobLimits(5, 3)
-    assert _parse_sacctmgr_job_limits(assoc.stdout, qos.stdout) == _SlurmJobLimits(8, 4)
+    assert _parse_sacctmgr_job_limits(assoc.stdout, qos.stdout, qos="capped") == 5
+    assert _parse_sacctmgr_job_limits(assoc.stdout, qos.stdout) == 8
 
 
 def test_the_loss_scripts_bytecode_is_left_for_the_workers_and_renewed_once_the_script_changed(tmp_path):
