@@ -56,6 +56,7 @@ from typing import IO, TYPE_CHECKING, Annotated, Any, NoReturn, Protocol
 
 if TYPE_CHECKING:  # types only: workers never import optuna (see below)
     import subprocess
+    from typing import Self
 
     import optuna
 
@@ -1099,6 +1100,17 @@ def _read_json(path: Path | str) -> Any:
 _TRIALS_PER_DIR = 1000
 
 
+def _group(number: int) -> str:
+    """``00000-00999``: the directory of trial (or array) ``number``, at most 1,000 in one (Lustre, GPFS, NFS)."""
+    first = number // _TRIALS_PER_DIR * _TRIALS_PER_DIR
+    return f"{first:05d}-{first + _TRIALS_PER_DIR - 1:05d}"
+
+
+def _file(name: str) -> property:
+    """A file of the record's ``dir``."""
+    return property(lambda self: self.dir / name)
+
+
 @dataclass(frozen=True)
 class TrialPaths:
     """Every file of one trial; the only place their names are built."""
@@ -1112,27 +1124,15 @@ class TrialPaths:
 
     @cached_property
     def dir(self) -> Path:
-        """``trials/00000-00999/trial_00042``: a directory holds at most 1,000 trials (Lustre, GPFS, NFS).
-
-        A run started before trials were grouped keeps ``trials/trial_00042`` for those it has.
-        """
+        """``trials/00000-00999/trial_00042``; a run started before trials were grouped keeps ``trials/trial_00042``."""
         flat = self.run_dir / "trials" / self.name
-        if flat.is_dir():
-            return flat
-        first = self.number // _TRIALS_PER_DIR * _TRIALS_PER_DIR
-        return self.run_dir / "trials" / f"{first:05d}-{first + _TRIALS_PER_DIR - 1:05d}" / self.name
+        return flat if flat.is_dir() else self.run_dir / "trials" / _group(self.number) / self.name
 
-    @property
-    def params(self) -> Path:
-        return self.dir / "params.json"
-
-    @property
-    def summary(self) -> Path:
-        return self.dir / "summary.json"
-
-    @property
-    def jobs(self) -> Path:
-        return self.dir / "jobs.json"
+    params = _file("params.json")
+    summary = _file("summary.json")
+    jobs = _file("jobs.json")
+    # every chunk record of a finished trial, one JSON line each: one file instead of one per chunk
+    merged_chunks = _file("chunks.jsonl")
 
     @cached_property
     def chunks_dir(self) -> Path:
@@ -1141,11 +1141,6 @@ class TrialPaths:
     @cached_property
     def errors_dir(self) -> Path:
         return self.dir / "errors"
-
-    @property
-    def merged_chunks(self) -> Path:
-        """Every chunk record of a finished trial, one JSON line each: one file instead of one per chunk."""
-        return self.dir / "chunks.jsonl"
 
     def chunk(self, index: int) -> Path:
         """What a Slurm chunk task writes (one file per running task)."""
@@ -1165,53 +1160,23 @@ class RunPaths:
 
     dir: Path
 
-    @property
-    def meta(self) -> Path:
-        return self.dir / "meta.json"
-
-    @property
-    def summary(self) -> Path:
-        return self.dir / "summary.json"
-
-    @property
-    def optuna_db(self) -> Path:
-        """The study of runs made before ``optuna.journal`` (SQLite); such a run keeps it."""
-        return self.dir / "optuna.db"
-
-    @property
-    def journal(self) -> Path:
-        """The study: Optuna's journal file (see ``_study_storage``)."""
-        return self.dir / "optuna.journal"
-
-    @property
-    def trials_index(self) -> Path:
-        """One line per finished trial (``FinishedTrial``), appended by the controller: what ``status`` reads."""
-        return self.dir / "trials.jsonl"
-
-    @property
-    def lock(self) -> Path:
-        return self.dir / ".controller.lock"
-
-    @property
-    def validation(self) -> Path:
-        """The latest ``validate`` result (each ``validation_v%04d/`` child run keeps its own)."""
-        return self.dir / "validation.json"
-
-    @property
-    def batch_script(self) -> Path:
-        return self.dir / "slurm_logs" / "slurptuna_task.sh"
+    meta = _file("meta.json")
+    summary = _file("summary.json")
+    journal = _file("optuna.journal")  # the study (see _study_storage)
+    optuna_db = _file("optuna.db")  # the study of runs made before optuna.journal (SQLite); such a run keeps it
+    trials_index = _file("trials.jsonl")  # a FinishedTrial line per finished trial: what status reads
+    lock = _file(".controller.lock")
+    validation = _file("validation.json")  # the latest validate result (validation_v%04d/ child runs keep theirs)
+    batch_script = _file("slurm_logs/slurptuna_task.sh")
 
     def worker_log(self, name: str) -> Path:
         """The stdout and stderr of one single-mode pool process (it runs chunks of many trials)."""
         return self.dir / "slurm_logs" / f"local_worker_{name}.log"
 
     def array_logs(self, number: int) -> Path:
-        """``slurm_logs/arrays_00000-00999/array_00042``: the logs of the run's array ``number`` and its reduce job.
-
-        An array's tasks may hold chunks of several trials; at most 1,000 arrays a directory.
-        """
-        first = number // _TRIALS_PER_DIR * _TRIALS_PER_DIR
-        return self.dir / "slurm_logs" / f"arrays_{first:05d}-{first + _TRIALS_PER_DIR - 1:05d}" / f"array_{number:05d}"
+        """``slurm_logs/arrays_00000-00999/array_00042``: the logs of array ``number`` (chunks of one or several
+        trials) and its reduce job."""
+        return self.dir / "slurm_logs" / f"arrays_{_group(number)}" / f"array_{number:05d}"
 
     @staticmethod
     def task_log(logs: Path, task: str | int) -> Path:
@@ -1238,8 +1203,19 @@ class RunPaths:
 # computed for; a chunk file or summary that does not match it is never trusted.
 
 
+class _Record:
+    """A record saved as one JSON object of its fields; a record with other fields overrides both methods."""
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_json(cls, record: Mapping[str, Any]) -> Self:
+        return cls(**record)
+
+
 @dataclass(frozen=True)
-class TrialParams:
+class TrialParams(_Record):
     """``params.json``: what every chunk and the summary of a trial must have been computed for."""
 
     trial_number: int
@@ -1261,13 +1237,6 @@ class TrialParams:
             "run_dir": str(run_dir),
         }
 
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, record: Mapping[str, Any]) -> TrialParams:
-        return cls(**record)
-
     @classmethod
     def load(cls, trial: TrialPaths) -> TrialParams:
         record = _read_json(trial.params)
@@ -1277,7 +1246,7 @@ class TrialParams:
 
 
 @dataclass(frozen=True)
-class ChunkResult:
+class ChunkResult(_Record):
     """One chunk file: which seeds and params it was computed for, and their statistics."""
 
     trial_number: int
@@ -1291,17 +1260,7 @@ class ChunkResult:
     finished_at: float = 0.0  # Unix time; 0 in chunks of runs made before it was kept (their file's mtime tells)
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "code_id": self.code_id,
-            "trial_number": self.trial_number,
-            "chunk_index": self.chunk_index,
-            "seeds": self.seeds,
-            "params": self.params,
-            "stats": self.stats.to_json(),
-            "elapsed_seconds": self.elapsed_seconds,
-            "processes": self.processes,
-            "finished_at": self.finished_at,
-        }
+        return {**vars(self), "stats": self.stats.to_json()}  # not asdict: no deep copy, for every chunk
 
     @classmethod
     def from_json(cls, record: Mapping[str, Any]) -> ChunkResult:
@@ -1318,7 +1277,7 @@ class ChunkResult:
 
 
 @dataclass(frozen=True)
-class ChunkFailure:
+class ChunkFailure(_Record):
     """Why a chunk has no result: the loss raised, returned a non-number, or could not be imported."""
 
     trial_number: int
@@ -1331,13 +1290,6 @@ class ChunkFailure:
     traceback: str = ""
     log: str = ""  # the log of the process that ran the chunk, when the worker knows it
 
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, record: Mapping[str, Any]) -> ChunkFailure:
-        return cls(**record)
-
     def describe(self) -> str:
         where = f" at seed {self.seed}" if self.seed is not None else ""
         text = (
@@ -1348,7 +1300,7 @@ class ChunkFailure:
 
 
 @dataclass(frozen=True)
-class TrialSummary:
+class TrialSummary(_Record):
     """A trial's ``summary.json``: the pooled statistics of all its chunks."""
 
     trial_number: int
@@ -1378,7 +1330,7 @@ class TrialSummary:
 
 
 @dataclass(frozen=True)
-class FinishedTrial:
+class FinishedTrial(_Record):
     """One line of the run's ``trials.jsonl``: a finished trial as Optuna was told, and its chunks' totals.
 
     ``status`` at 10,000 trials cannot replay the study and read every trial's records each
@@ -1400,21 +1352,12 @@ class FinishedTrial:
     def value(self) -> float | None:
         return self.values[0] if self.values else None
 
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, record: Mapping[str, Any]) -> FinishedTrial:
-        return cls(**record)
-
     @classmethod
     def of(cls, frozen: Any, chunks: Iterable[tuple[ChunkResult, float]]) -> FinishedTrial:
         """The line of a finished Optuna trial whose valid chunks (each with when it ended) are ``chunks``."""
         seeds, core_seconds, spans = _chunk_totals(chunks)
         attrs = {k: v for k, v in frozen.user_attrs.items() if k in _STATUS_ATTRS}
-        if (
-            "fail_reason" in attrs
-        ):  # what status shows of it; its traceback (up to 20,000 characters) stays in the study
+        if "fail_reason" in attrs:  # status shows this; the traceback (up to 20,000 characters) stays in the study
             failed = _failed_trial(frozen)
             attrs["fail_reason"] = failed.reason + (f"\nlog: {failed.log}" if failed.log else "")
         values = list(frozen.values) if frozen.values is not None else None
@@ -1452,7 +1395,7 @@ def _standard_error_of(*records: Mapping[str, Any] | None) -> float | None:
 
 
 @dataclass(frozen=True)
-class JobRef:
+class JobRef(_Record):
     """A submitted job of a trial, as recorded in ``jobs.json``."""
 
     job_id: str
@@ -1649,7 +1592,7 @@ def _describe_seeds(seeds: Sequence[int]) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
-class _Moments:
+class _Moments(_Record):
     """Count, mean, M2 (sum of squared deviations), min and max of some losses."""
 
     count: int
@@ -1687,9 +1630,6 @@ class _Moments:
         """std / sqrt(count): how far the mean may be from the loss's expectation over all seeds."""
         return self.std / math.sqrt(self.count)
 
-    def to_json(self) -> dict[str, Any]:
-        return {"count": self.count, "mean": self.mean, "m2": self.m2, "min": self.min, "max": self.max}
-
 
 @dataclass(frozen=True)
 class ChunkStats:
@@ -1712,8 +1652,8 @@ class ChunkStats:
     @classmethod
     def from_json(cls, record: Mapping[str, Any]) -> ChunkStats:
         return cls(
-            _Moments(**{k: record[k] for k in ("count", "mean", "m2", "min", "max")}),
-            {n: _Moments(**m) for n, m in record.get("components", {}).items()},
+            _Moments(record["count"], record["mean"], record["m2"], record["min"], record["max"]),
+            {n: _Moments.from_json(m) for n, m in record.get("components", {}).items()},
         )
 
 
