@@ -500,17 +500,15 @@ def optimize_entries(
     labels = [_check_name("entry id (as a directory name)", _safe_label(e)) for e in entries]
     if len(set(labels)) != len(labels):
         raise ConfigError(f"entry_ids must stay distinct as directory names, got {labels}")
-    if max_concurrent_entries is not None and max_concurrent_entries < 1:
-        raise ConfigError(f"max_concurrent_entries must be >= 1 or None, got {max_concurrent_entries}")
+    _optional(_at_least(1))("max_concurrent_entries", max_concurrent_entries)
+    _optional(_check_name)("run_name_prefix", run_name_prefix)
     for bad in ("entry_id", "run_name", "storage"):
         if bad in run_options:
             raise ConfigError(f"optimize_entries sets {bad} itself (one run per entry, named by entry_ids)")
-    if run_name_prefix is not None:
-        _check_name("run_name_prefix", run_name_prefix)
-    options = {name: option.default for name, option in _options().items()} | run_options
-    unknown = set(options) - set(_options())
+    unknown = run_options.keys() - _options().keys()
     if unknown:
         raise ConfigError(f"unknown option(s) {sorted(unknown)}; optimize_run takes: {', '.join(_options())}")
+    options = {name: option.default for name, option in _options().items()} | run_options
     definition = _lookup_loss(loss)
     resolved = [
         _resolve_settings(
@@ -525,7 +523,11 @@ def optimize_entries(
         )
         for i, (entry, label) in enumerate(zip(entries, labels, strict=True))
     ]  # every entry's arguments are checked before the first one starts
-    parent = _open_parent_dir(Path(options["run_root"]), f"{definition.name}_entries", run_name_prefix)
+    if run_name_prefix is None:
+        parent = _create_versioned_dir(Path(options["run_root"]), f"{definition.name}_entries")
+    else:
+        parent = Path(options["run_root"]) / run_name_prefix
+        parent.mkdir(parents=True, exist_ok=True)
     results: dict[str, OptimizeResult] = {}
 
     at_once = min(max_concurrent_entries or len(entries), len(entries))
@@ -763,29 +765,13 @@ _HANDED_TO_CONTROLLER = frozenset({"object", "callbacks"})  # passed to _run_stu
 
 @functools.cache
 def _options() -> dict[str, _Option]:
-    """optimize_run's options, in order, read from its signature and annotations."""
-    import typing
-
-    hints = typing.get_type_hints(optimize_run, include_extras=True)
-    options = {}
-    for name, parameter in inspect.signature(optimize_run).parameters.items():
-        if parameter.kind is inspect.Parameter.KEYWORD_ONLY:
-            options[name] = replace(_annotated_option(hints[name]), name=name, default=parameter.default)
-    return options
-
-
-def _annotated_option(hint: Any) -> _Option:
-    """The ``_Option`` in an option's annotation. Python 3.10 wraps ``Annotated[X | None, ...] = None``
-    in one more ``Optional[...]``, so the search goes through the hint's arguments."""
-    import typing
-
-    for meta in getattr(hint, "__metadata__", ()):
-        if isinstance(meta, _Option):
-            return meta
-    for arg in typing.get_args(hint):
-        with contextlib.suppress(LookupError):
-            return _annotated_option(arg)
-    raise LookupError(f"no _Option in {hint!r}")
+    """optimize_run's options, in order, read from its signature and annotations (``Annotated[type, _Option]``)."""
+    parameters = inspect.signature(optimize_run, eval_str=True).parameters.values()
+    return {
+        p.name: replace(p.annotation.__metadata__[0], name=p.name, default=p.default)
+        for p in parameters
+        if p.kind is inspect.Parameter.KEYWORD_ONLY
+    }
 
 
 def _options_table() -> str:
@@ -1433,14 +1419,6 @@ def _create_versioned_dir(root: Path, prefix: str) -> Path:
             return candidate
         except FileExistsError:
             version += 1
-
-
-def _open_parent_dir(root: Path, prefix: str, name: str | None) -> Path:
-    if name is None:
-        return _create_versioned_dir(root, prefix)
-    path = root / name
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def _open_run(settings: _RunSettings) -> tuple[RunPaths, _RunSettings]:
