@@ -1491,43 +1491,26 @@ class SeedPlan:
         chunk_size: int | None,
         num_chunks: int | None,
     ) -> SeedPlan:
-        if chunk_size is not None:
-            chunk_size = _at_least(1)("chunk_size", chunk_size)
-        if num_chunks is not None:
-            num_chunks = _at_least(1)("num_chunks", num_chunks)
+        """Explicit ``seeds``, else ``n_seeds`` from the loss's ``seed_start``, else ``chunk_size * num_chunks``."""
+        chunk_size = _optional(_at_least(1))("chunk_size", chunk_size)
+        num_chunks = _optional(_at_least(1))("num_chunks", num_chunks)
         if seeds is not None:
-            seed_list = list(seeds)
-            if not seed_list:
-                raise ConfigError("seeds must not be empty: give a list of ints, or n_seeds=N")
-            if not all(isinstance(s, numbers.Integral) and not isinstance(s, bool) for s in seed_list):
-                raise ConfigError("seeds must be a list of ints")
-            seed_list = [int(s) for s in seed_list]
-            if len(set(seed_list)) != len(seed_list):
-                raise ConfigError("seeds must not repeat: a repeated seed would count twice in the mean")
-            if n_seeds is not None and n_seeds != len(seed_list):
-                raise ConfigError(f"n_seeds={n_seeds} contradicts the {len(seed_list)} seeds given")
-            total = len(seed_list)
+            explicit = _check_seeds(seeds, n_seeds)
+            total = len(explicit)
         elif n_seeds is not None:
             total = _at_least(1)("n_seeds", n_seeds)
-            seed_list = None
         else:
             total = (chunk_size or definition.default_chunk_size) * (num_chunks or definition.default_num_chunks)
-            seed_list = None
         if chunk_size is None:
             chunk_size = math.ceil(total / num_chunks) if num_chunks else definition.default_chunk_size
         elif num_chunks is not None and num_chunks != math.ceil(total / chunk_size):
-            logger.warning(
-                "num_chunks=%d ignored: %d seeds in chunks of %d make %d chunks",
-                num_chunks,
-                total,
-                chunk_size,
-                math.ceil(total / chunk_size),
-            )
-        if seed_list is None:
+            n = math.ceil(total / chunk_size)
+            logger.warning(f"num_chunks={num_chunks} ignored: {total} seeds in chunks of {chunk_size} make {n} chunks")
+        if seeds is None:
             return cls(chunk_size=chunk_size, start=definition.seed_start, count=total)
-        if seed_list == list(range(seed_list[0], seed_list[0] + total)):
-            return cls(chunk_size=chunk_size, start=seed_list[0], count=total)
-        return cls(chunk_size=chunk_size, count=total, explicit=tuple(seed_list))
+        if explicit == list(range(explicit[0], explicit[0] + total)):
+            return cls(chunk_size=chunk_size, start=explicit[0], count=total)
+        return cls(chunk_size=chunk_size, count=total, explicit=tuple(explicit))
 
     @property
     def n_chunks(self) -> int:
@@ -1560,6 +1543,20 @@ class SeedPlan:
             else f"an explicit list of {self.count} seeds"
         )
         return f"{where} in {self.n_chunks} chunks of {self.chunk_size}"
+
+
+def _check_seeds(seeds: Iterable[int], n_seeds: int | None) -> list[int]:
+    seed_list = list(seeds)
+    if not seed_list:
+        raise ConfigError("seeds must not be empty: give a list of ints, or n_seeds=N")
+    if not all(isinstance(s, numbers.Integral) and not isinstance(s, bool) for s in seed_list):
+        raise ConfigError("seeds must be a list of ints")
+    seed_list = [int(s) for s in seed_list]
+    if len(set(seed_list)) != len(seed_list):
+        raise ConfigError("seeds must not repeat: a repeated seed would count twice in the mean")
+    if n_seeds is not None and n_seeds != len(seed_list):
+        raise ConfigError(f"n_seeds={n_seeds} contradicts the {len(seed_list)} seeds given")
+    return seed_list
 
 
 def _describe_seeds(seeds: Sequence[int]) -> dict[str, Any]:
@@ -1596,12 +1593,8 @@ class _Moments(_Record):
         return cls(count, mean, m2, min(p.min for p in parts), max(p.max for p in parts))
 
     @property
-    def variance(self) -> float:
-        return self.m2 / (self.count - 1) if self.count > 1 else 0.0
-
-    @property
     def std(self) -> float:
-        return math.sqrt(self.variance)
+        return math.sqrt(self.m2 / (self.count - 1)) if self.count > 1 else 0.0
 
     @property
     def standard_error(self) -> float:
@@ -1819,47 +1812,38 @@ def _evaluate_slices_in_children(
         read_fd, write_fd = os.pipe()
         pid = os.fork()
         if pid == 0:
-
-            def evaluate_and_write(
-                read_fd: int = read_fd, write_fd: int = write_fd, lo: int = lo, hi: int = hi
-            ) -> None:
-                os.close(read_fd)
-                _die_with_parent(parent)
-                try:
-                    record = {"stats": _evaluate_seeds(definition, params, seeds[lo:hi], context).to_json()}
-                except _SeedError as exc:
-                    record = {"error": list(exc.args)}
-                with os.fdopen(write_fd, "wb") as out:
-                    out.write(json.dumps(record).encode())
-
-            _leave_forked_child(evaluate_and_write)
+            os.close(read_fd)
+            evaluate = partial(_evaluate_seeds, definition, params, seeds[lo:hi], context)
+            _leave_forked_child(partial(_send_stats, write_fd, parent, evaluate))
         os.close(write_fd)
         children.append((pid, read_fd, seeds[lo:hi]))
     parts: list[ChunkStats] = []
     errors: list[list[Any]] = []
     for pid, read_fd, part in children:
         with os.fdopen(read_fd, "rb") as handle:
-            text = handle.read()
+            record = json.loads(handle.read() or b"null")
         code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
-        record = (
-            json.loads(text)
-            if text
-            else {
-                "error": [
-                    part[0],
-                    "crashed",
-                    f"the process evaluating {_describe_seed_range(part)} died ({_describe_exit(code)})",
-                    "",
-                ]
-            }
-        )
-        if "error" in record:
+        if record is None:
+            died = f"the process evaluating {_describe_seed_range(part)} died ({_describe_exit(code)})"
+            errors.append([part[0], "crashed", died, ""])
+        elif "error" in record:
             errors.append(record["error"])
         else:
             parts.append(ChunkStats.from_json(record["stats"]))
     if errors:
         raise _SeedError(*errors[0])
     return parts
+
+
+def _send_stats(write_fd: int, parent: int, evaluate: Callable[[], ChunkStats]) -> None:
+    """A forked child's work: evaluate its slice, write the statistics (or the failing seed) to the pipe."""
+    _die_with_parent(parent)
+    try:
+        record = {"stats": evaluate().to_json()}
+    except _SeedError as exc:
+        record = {"error": list(exc.args)}
+    with os.fdopen(write_fd, "wb") as out:
+        out.write(json.dumps(record).encode())
 
 
 def run_chunk(
