@@ -138,9 +138,8 @@ def execution_mode(mode: str | ExecutionMode) -> ExecutionMode:
     """Turn ``"single"`` or ``"distributed"`` into an ``ExecutionMode``."""
     if isinstance(mode, ExecutionMode):
         return mode
-    for candidate in ExecutionMode:
-        if str(mode).strip().lower() == candidate.value:
-            return candidate
+    with contextlib.suppress(ValueError):
+        return ExecutionMode(str(mode).strip().lower())
     raise ConfigError(f"unknown mode {mode!r}: mode must be one of: single, distributed")
 
 
@@ -619,16 +618,16 @@ def _optional(check: Callable[[str, Any], Any]) -> Callable[[str, Any], Any]:
     return lambda name, value: None if value is None else check(name, value)
 
 
-def _positive_number(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < math.inf:
-        raise ConfigError(f"{name} must be a finite number > 0, got {value!r}")
-    return float(value)
+def _between(low: float, high: float, what: str) -> Callable[[str, Any], float]:
+    def check(name: str, value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not low < value < high:
+            raise ConfigError(f"{name} must be {what}, got {value!r}")
+        return float(value)
+
+    return check
 
 
-def _level(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < 1:
-        raise ConfigError(f"{name} must be a probability between 0 and 1 (exclusive), such as 0.05, got {value!r}")
-    return float(value)
+_positive_number = _between(0, math.inf, "a finite number > 0")
 
 
 def _text(name: str, value: Any) -> str:
@@ -676,21 +675,12 @@ _NAME_LIMIT = 200
 
 def _check_name(name: str, value: Any) -> str:
     """A name that becomes one directory under run_root: it never leads outside."""
-    if (
-        not isinstance(value, str)
-        or not value.strip()
-        or value in (".", "..")
-        or any(c in value for c in "/\\\0")
-        or len(value) > _NAME_LIMIT
-    ):
+    plain = isinstance(value, str) and value.strip() and value not in (".", "..") and len(value) <= _NAME_LIMIT
+    if not plain or any(c in value for c in "/\\\0"):
         raise ConfigError(
             f"{name} must be a plain directory name (1 to {_NAME_LIMIT} characters, no '/' or '\\', "
             f"not '.' or '..'), got {value!r}"
         )
-    return value
-
-
-def _as_is(name: str, value: Any) -> Any:
     return value
 
 
@@ -707,9 +697,7 @@ def _points(name: str, value: Any) -> list[dict[str, Any]]:
     return [dict(point) for point in points]
 
 
-def _objectives(name: str, value: Any) -> dict[str, str] | None:
-    if value is None:
-        return None
+def _objectives(name: str, value: Any) -> dict[str, str]:
     if (
         not isinstance(value, Mapping)
         or not value
@@ -738,7 +726,7 @@ _KINDS: dict[str, Callable[[str, Any], Any]] = {
     "count?": _optional(_at_least(1)),
     "count0": _at_least(0),
     "integer": _at_least(-(2**63)),
-    "seeds": _as_is,  # checked by SeedPlan.resolve, which sees them together
+    "seeds": lambda name, value: value,  # checked by SeedPlan.resolve, which sees them together
     "text?": _optional(_text),
     "texts": _texts,
     "direction": _choice("minimize", "maximize"),
@@ -748,14 +736,14 @@ _KINDS: dict[str, Callable[[str, Any], Any]] = {
     "loss": _optional(_text),
     "positive": _positive_number,
     "positive?": _optional(_positive_number),
-    "level": _level,
+    "level": _between(0, 1, "a probability between 0 and 1 (exclusive), such as 0.05"),
     "memory": _memory,
     "duration": _duration,
     "flag": lambda name, value: bool(value),
-    "object": _as_is,
+    "object": lambda name, value: value,
     "callbacks": _callables,
     "points": _points,
-    "objectives": _objectives,
+    "objectives": _optional(_objectives),
     "report": _choice("auto", "chunk", "running_mean"),
     "executable?": _optional(_executable),
 }
@@ -1701,10 +1689,9 @@ def _evaluate_seeds(
     definition: LossDefinition, params: dict[str, ParamValue], seeds: Sequence[int], context: dict[str, Any]
 ) -> ChunkStats:
     """Evaluate in blocks, so a chunk of millions of seeds needs the memory of one block."""
-    function = definition.seed_loss_fn
-    call = function
+    function = call = definition.seed_loss_fn
     if definition.context_by_keyword:
-        call = lambda p, s: function(p, s, context=context)  # noqa: E731
+        call = partial(function, context=context)
     elif definition.takes_context:
         call = lambda p, s: function(p, s, context)  # noqa: E731
     return ChunkStats.pool(
