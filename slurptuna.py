@@ -2276,9 +2276,8 @@ def reduce_trial(
     if len(known) < n_chunks:
         known = {**_read_valid_chunks(trial, expected), **known}
     needed = range(n_chunks) if ran is None else sorted(ran)
-    chunks = [known.get(i) for i in needed]
-    missing = [i for i, c in zip(needed, chunks, strict=True) if c is None]
-    present = [c for c in chunks if c is not None]
+    missing = [i for i in needed if i not in known]
+    present = [known[i] for i in needed if i in known]
     if (missing and not allow_missing) or not present:
         raise _MissingChunks(f"trial {trial_number}: chunks {_format_ranges(missing)} have no valid result")
     stats = ChunkStats.pool([c.stats for c in present])
