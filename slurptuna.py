@@ -509,19 +509,13 @@ def optimize_entries(
         raise ConfigError(f"unknown option(s) {sorted(unknown)}; optimize_run takes: {', '.join(_options())}")
     options = {name: option.default for name, option in _options().items()} | run_options
     definition = _lookup_loss(loss)
-    resolved = [
+    resolved = [  # every entry's arguments are checked before the first one starts
         _resolve_settings(
             definition,
-            {
-                **options,
-                "entry_id": entry,
-                "random_seed": options["random_seed"] + i,
-                "run_root": ".",
-                "run_name": label,
-            },
+            {**options, "entry_id": e, "random_seed": options["random_seed"] + i, "run_root": ".", "run_name": label},
         )
-        for i, (entry, label) in enumerate(zip(entries, labels, strict=True))
-    ]  # every entry's arguments are checked before the first one starts
+        for i, (e, label) in enumerate(zip(entries, labels, strict=True))
+    ]
     if run_name_prefix is None:
         parent = _create_versioned_dir(Path(options["run_root"]), f"{definition.name}_entries")
     else:
