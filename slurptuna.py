@@ -1381,7 +1381,7 @@ class JobRef(_Record):
         return RunPaths.task_log(run.dir / self.logs, task)
 
     def to_json(self) -> dict[str, Any]:
-        return {**asdict(replace(self, chunks=())), "chunks": list(self.chunks)}  # a long tuple, not deep-copied
+        return {**vars(self), "chunks": list(self.chunks)}  # not asdict: a long tuple, not deep-copied
 
     @classmethod
     def from_json(cls, record: Mapping[str, Any]) -> JobRef:
