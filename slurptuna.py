@@ -56,6 +56,7 @@ from typing import IO, TYPE_CHECKING, Annotated, Any, NoReturn, Protocol
 
 if TYPE_CHECKING:  # types only: workers never import optuna (see below)
     import subprocess
+    from typing import Self
 
     import optuna
 
@@ -137,9 +138,8 @@ def execution_mode(mode: str | ExecutionMode) -> ExecutionMode:
     """Turn ``"single"`` or ``"distributed"`` into an ``ExecutionMode``."""
     if isinstance(mode, ExecutionMode):
         return mode
-    for candidate in ExecutionMode:
-        if str(mode).strip().lower() == candidate.value:
-            return candidate
+    with contextlib.suppress(ValueError):
+        return ExecutionMode(str(mode).strip().lower())
     raise ConfigError(f"unknown mode {mode!r}: mode must be one of: single, distributed")
 
 
@@ -499,32 +499,28 @@ def optimize_entries(
     labels = [_check_name("entry id (as a directory name)", _safe_label(e)) for e in entries]
     if len(set(labels)) != len(labels):
         raise ConfigError(f"entry_ids must stay distinct as directory names, got {labels}")
-    if max_concurrent_entries is not None and max_concurrent_entries < 1:
-        raise ConfigError(f"max_concurrent_entries must be >= 1 or None, got {max_concurrent_entries}")
+    _optional(_at_least(1))("max_concurrent_entries", max_concurrent_entries)
+    _optional(_check_name)("run_name_prefix", run_name_prefix)
     for bad in ("entry_id", "run_name", "storage"):
         if bad in run_options:
             raise ConfigError(f"optimize_entries sets {bad} itself (one run per entry, named by entry_ids)")
-    if run_name_prefix is not None:
-        _check_name("run_name_prefix", run_name_prefix)
-    options = {name: option.default for name, option in _options().items()} | run_options
-    unknown = set(options) - set(_options())
+    unknown = run_options.keys() - _options().keys()
     if unknown:
         raise ConfigError(f"unknown option(s) {sorted(unknown)}; optimize_run takes: {', '.join(_options())}")
+    options = {name: option.default for name, option in _options().items()} | run_options
     definition = _lookup_loss(loss)
-    resolved = [
+    resolved = [  # every entry's arguments are checked before the first one starts
         _resolve_settings(
             definition,
-            {
-                **options,
-                "entry_id": entry,
-                "random_seed": options["random_seed"] + i,
-                "run_root": ".",
-                "run_name": label,
-            },
+            {**options, "entry_id": e, "random_seed": options["random_seed"] + i, "run_root": ".", "run_name": label},
         )
-        for i, (entry, label) in enumerate(zip(entries, labels, strict=True))
-    ]  # every entry's arguments are checked before the first one starts
-    parent = _open_parent_dir(Path(options["run_root"]), f"{definition.name}_entries", run_name_prefix)
+        for i, (e, label) in enumerate(zip(entries, labels, strict=True))
+    ]
+    if run_name_prefix is None:
+        parent = _create_versioned_dir(Path(options["run_root"]), f"{definition.name}_entries")
+    else:
+        parent = Path(options["run_root"]) / run_name_prefix
+        parent.mkdir(parents=True, exist_ok=True)
     results: dict[str, OptimizeResult] = {}
 
     at_once = min(max_concurrent_entries or len(entries), len(entries))
@@ -616,16 +612,16 @@ def _optional(check: Callable[[str, Any], Any]) -> Callable[[str, Any], Any]:
     return lambda name, value: None if value is None else check(name, value)
 
 
-def _positive_number(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < math.inf:
-        raise ConfigError(f"{name} must be a finite number > 0, got {value!r}")
-    return float(value)
+def _between(low: float, high: float, what: str) -> Callable[[str, Any], float]:
+    def check(name: str, value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not low < value < high:
+            raise ConfigError(f"{name} must be {what}, got {value!r}")
+        return float(value)
+
+    return check
 
 
-def _level(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < 1:
-        raise ConfigError(f"{name} must be a probability between 0 and 1 (exclusive), such as 0.05, got {value!r}")
-    return float(value)
+_positive_number = _between(0, math.inf, "a finite number > 0")
 
 
 def _text(name: str, value: Any) -> str:
@@ -673,21 +669,12 @@ _NAME_LIMIT = 200
 
 def _check_name(name: str, value: Any) -> str:
     """A name that becomes one directory under run_root: it never leads outside."""
-    if (
-        not isinstance(value, str)
-        or not value.strip()
-        or value in (".", "..")
-        or any(c in value for c in "/\\\0")
-        or len(value) > _NAME_LIMIT
-    ):
+    plain = isinstance(value, str) and value.strip() and value not in (".", "..") and len(value) <= _NAME_LIMIT
+    if not plain or any(c in value for c in "/\\\0"):
         raise ConfigError(
             f"{name} must be a plain directory name (1 to {_NAME_LIMIT} characters, no '/' or '\\', "
             f"not '.' or '..'), got {value!r}"
         )
-    return value
-
-
-def _as_is(name: str, value: Any) -> Any:
     return value
 
 
@@ -704,9 +691,7 @@ def _points(name: str, value: Any) -> list[dict[str, Any]]:
     return [dict(point) for point in points]
 
 
-def _objectives(name: str, value: Any) -> dict[str, str] | None:
-    if value is None:
-        return None
+def _objectives(name: str, value: Any) -> dict[str, str]:
     if (
         not isinstance(value, Mapping)
         or not value
@@ -735,7 +720,7 @@ _KINDS: dict[str, Callable[[str, Any], Any]] = {
     "count?": _optional(_at_least(1)),
     "count0": _at_least(0),
     "integer": _at_least(-(2**63)),
-    "seeds": _as_is,  # checked by SeedPlan.resolve, which sees them together
+    "seeds": lambda name, value: value,  # checked by SeedPlan.resolve, which sees them together
     "text?": _optional(_text),
     "texts": _texts,
     "direction": _choice("minimize", "maximize"),
@@ -745,14 +730,14 @@ _KINDS: dict[str, Callable[[str, Any], Any]] = {
     "loss": _optional(_text),
     "positive": _positive_number,
     "positive?": _optional(_positive_number),
-    "level": _level,
+    "level": _between(0, 1, "a probability between 0 and 1 (exclusive), such as 0.05"),
     "memory": _memory,
     "duration": _duration,
     "flag": lambda name, value: bool(value),
-    "object": _as_is,
+    "object": lambda name, value: value,
     "callbacks": _callables,
     "points": _points,
-    "objectives": _objectives,
+    "objectives": _optional(_objectives),
     "report": _choice("auto", "chunk", "running_mean"),
     "executable?": _optional(_executable),
 }
@@ -762,29 +747,13 @@ _HANDED_TO_CONTROLLER = frozenset({"object", "callbacks"})  # passed to _run_stu
 
 @functools.cache
 def _options() -> dict[str, _Option]:
-    """optimize_run's options, in order, read from its signature and annotations."""
-    import typing
-
-    hints = typing.get_type_hints(optimize_run, include_extras=True)
-    options = {}
-    for name, parameter in inspect.signature(optimize_run).parameters.items():
-        if parameter.kind is inspect.Parameter.KEYWORD_ONLY:
-            options[name] = replace(_annotated_option(hints[name]), name=name, default=parameter.default)
-    return options
-
-
-def _annotated_option(hint: Any) -> _Option:
-    """The ``_Option`` in an option's annotation. Python 3.10 wraps ``Annotated[X | None, ...] = None``
-    in one more ``Optional[...]``, so the search goes through the hint's arguments."""
-    import typing
-
-    for meta in getattr(hint, "__metadata__", ()):
-        if isinstance(meta, _Option):
-            return meta
-    for arg in typing.get_args(hint):
-        with contextlib.suppress(LookupError):
-            return _annotated_option(arg)
-    raise LookupError(f"no _Option in {hint!r}")
+    """optimize_run's options, in order, read from its signature and annotations (``Annotated[type, _Option]``)."""
+    parameters = inspect.signature(optimize_run, eval_str=True).parameters.values()
+    return {
+        p.name: replace(p.annotation.__metadata__[0], name=p.name, default=p.default)
+        for p in parameters
+        if p.kind is inspect.Parameter.KEYWORD_ONLY
+    }
 
 
 def _options_table() -> str:
@@ -1099,6 +1068,17 @@ def _read_json(path: Path | str) -> Any:
 _TRIALS_PER_DIR = 1000
 
 
+def _group(number: int) -> str:
+    """``00000-00999``: the directory of trial (or array) ``number``, at most 1,000 in one (Lustre, GPFS, NFS)."""
+    first = number // _TRIALS_PER_DIR * _TRIALS_PER_DIR
+    return f"{first:05d}-{first + _TRIALS_PER_DIR - 1:05d}"
+
+
+def _file(name: str) -> property:
+    """A file of the record's ``dir``."""
+    return property(lambda self: self.dir / name)
+
+
 @dataclass(frozen=True)
 class TrialPaths:
     """Every file of one trial; the only place their names are built."""
@@ -1112,27 +1092,15 @@ class TrialPaths:
 
     @cached_property
     def dir(self) -> Path:
-        """``trials/00000-00999/trial_00042``: a directory holds at most 1,000 trials (Lustre, GPFS, NFS).
-
-        A run started before trials were grouped keeps ``trials/trial_00042`` for those it has.
-        """
+        """``trials/00000-00999/trial_00042``; a run started before trials were grouped keeps ``trials/trial_00042``."""
         flat = self.run_dir / "trials" / self.name
-        if flat.is_dir():
-            return flat
-        first = self.number // _TRIALS_PER_DIR * _TRIALS_PER_DIR
-        return self.run_dir / "trials" / f"{first:05d}-{first + _TRIALS_PER_DIR - 1:05d}" / self.name
+        return flat if flat.is_dir() else self.run_dir / "trials" / _group(self.number) / self.name
 
-    @property
-    def params(self) -> Path:
-        return self.dir / "params.json"
-
-    @property
-    def summary(self) -> Path:
-        return self.dir / "summary.json"
-
-    @property
-    def jobs(self) -> Path:
-        return self.dir / "jobs.json"
+    params = _file("params.json")
+    summary = _file("summary.json")
+    jobs = _file("jobs.json")
+    # every chunk record of a finished trial, one JSON line each: one file instead of one per chunk
+    merged_chunks = _file("chunks.jsonl")
 
     @cached_property
     def chunks_dir(self) -> Path:
@@ -1141,11 +1109,6 @@ class TrialPaths:
     @cached_property
     def errors_dir(self) -> Path:
         return self.dir / "errors"
-
-    @property
-    def merged_chunks(self) -> Path:
-        """Every chunk record of a finished trial, one JSON line each: one file instead of one per chunk."""
-        return self.dir / "chunks.jsonl"
 
     def chunk(self, index: int) -> Path:
         """What a Slurm chunk task writes (one file per running task)."""
@@ -1165,53 +1128,23 @@ class RunPaths:
 
     dir: Path
 
-    @property
-    def meta(self) -> Path:
-        return self.dir / "meta.json"
-
-    @property
-    def summary(self) -> Path:
-        return self.dir / "summary.json"
-
-    @property
-    def optuna_db(self) -> Path:
-        """The study of runs made before ``optuna.journal`` (SQLite); such a run keeps it."""
-        return self.dir / "optuna.db"
-
-    @property
-    def journal(self) -> Path:
-        """The study: Optuna's journal file (see ``_study_storage``)."""
-        return self.dir / "optuna.journal"
-
-    @property
-    def trials_index(self) -> Path:
-        """One line per finished trial (``FinishedTrial``), appended by the controller: what ``status`` reads."""
-        return self.dir / "trials.jsonl"
-
-    @property
-    def lock(self) -> Path:
-        return self.dir / ".controller.lock"
-
-    @property
-    def validation(self) -> Path:
-        """The latest ``validate`` result (each ``validation_v%04d/`` child run keeps its own)."""
-        return self.dir / "validation.json"
-
-    @property
-    def batch_script(self) -> Path:
-        return self.dir / "slurm_logs" / "slurptuna_task.sh"
+    meta = _file("meta.json")
+    summary = _file("summary.json")
+    journal = _file("optuna.journal")  # the study (see _study_storage)
+    optuna_db = _file("optuna.db")  # the study of runs made before optuna.journal (SQLite); such a run keeps it
+    trials_index = _file("trials.jsonl")  # a FinishedTrial line per finished trial: what status reads
+    lock = _file(".controller.lock")
+    validation = _file("validation.json")  # the latest validate result (validation_v%04d/ child runs keep theirs)
+    batch_script = _file("slurm_logs/slurptuna_task.sh")
 
     def worker_log(self, name: str) -> Path:
         """The stdout and stderr of one single-mode pool process (it runs chunks of many trials)."""
         return self.dir / "slurm_logs" / f"local_worker_{name}.log"
 
     def array_logs(self, number: int) -> Path:
-        """``slurm_logs/arrays_00000-00999/array_00042``: the logs of the run's array ``number`` and its reduce job.
-
-        An array's tasks may hold chunks of several trials; at most 1,000 arrays a directory.
-        """
-        first = number // _TRIALS_PER_DIR * _TRIALS_PER_DIR
-        return self.dir / "slurm_logs" / f"arrays_{first:05d}-{first + _TRIALS_PER_DIR - 1:05d}" / f"array_{number:05d}"
+        """``slurm_logs/arrays_00000-00999/array_00042``: the logs of array ``number`` (chunks of one or several
+        trials) and its reduce job."""
+        return self.dir / "slurm_logs" / f"arrays_{_group(number)}" / f"array_{number:05d}"
 
     @staticmethod
     def task_log(logs: Path, task: str | int) -> Path:
@@ -1238,8 +1171,19 @@ class RunPaths:
 # computed for; a chunk file or summary that does not match it is never trusted.
 
 
+class _Record:
+    """A record saved as one JSON object of its fields; a record with other fields overrides both methods."""
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_json(cls, record: Mapping[str, Any]) -> Self:
+        return cls(**record)
+
+
 @dataclass(frozen=True)
-class TrialParams:
+class TrialParams(_Record):
     """``params.json``: what every chunk and the summary of a trial must have been computed for."""
 
     trial_number: int
@@ -1261,13 +1205,6 @@ class TrialParams:
             "run_dir": str(run_dir),
         }
 
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, record: Mapping[str, Any]) -> TrialParams:
-        return cls(**record)
-
     @classmethod
     def load(cls, trial: TrialPaths) -> TrialParams:
         record = _read_json(trial.params)
@@ -1277,7 +1214,7 @@ class TrialParams:
 
 
 @dataclass(frozen=True)
-class ChunkResult:
+class ChunkResult(_Record):
     """One chunk file: which seeds and params it was computed for, and their statistics."""
 
     trial_number: int
@@ -1291,17 +1228,7 @@ class ChunkResult:
     finished_at: float = 0.0  # Unix time; 0 in chunks of runs made before it was kept (their file's mtime tells)
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "code_id": self.code_id,
-            "trial_number": self.trial_number,
-            "chunk_index": self.chunk_index,
-            "seeds": self.seeds,
-            "params": self.params,
-            "stats": self.stats.to_json(),
-            "elapsed_seconds": self.elapsed_seconds,
-            "processes": self.processes,
-            "finished_at": self.finished_at,
-        }
+        return {**vars(self), "stats": self.stats.to_json()}  # not asdict: no deep copy, for every chunk
 
     @classmethod
     def from_json(cls, record: Mapping[str, Any]) -> ChunkResult:
@@ -1318,7 +1245,7 @@ class ChunkResult:
 
 
 @dataclass(frozen=True)
-class ChunkFailure:
+class ChunkFailure(_Record):
     """Why a chunk has no result: the loss raised, returned a non-number, or could not be imported."""
 
     trial_number: int
@@ -1331,13 +1258,6 @@ class ChunkFailure:
     traceback: str = ""
     log: str = ""  # the log of the process that ran the chunk, when the worker knows it
 
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, record: Mapping[str, Any]) -> ChunkFailure:
-        return cls(**record)
-
     def describe(self) -> str:
         where = f" at seed {self.seed}" if self.seed is not None else ""
         text = (
@@ -1348,7 +1268,7 @@ class ChunkFailure:
 
 
 @dataclass(frozen=True)
-class TrialSummary:
+class TrialSummary(_Record):
     """A trial's ``summary.json``: the pooled statistics of all its chunks."""
 
     trial_number: int
@@ -1378,7 +1298,7 @@ class TrialSummary:
 
 
 @dataclass(frozen=True)
-class FinishedTrial:
+class FinishedTrial(_Record):
     """One line of the run's ``trials.jsonl``: a finished trial as Optuna was told, and its chunks' totals.
 
     ``status`` at 10,000 trials cannot replay the study and read every trial's records each
@@ -1400,21 +1320,12 @@ class FinishedTrial:
     def value(self) -> float | None:
         return self.values[0] if self.values else None
 
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, record: Mapping[str, Any]) -> FinishedTrial:
-        return cls(**record)
-
     @classmethod
     def of(cls, frozen: Any, chunks: Iterable[tuple[ChunkResult, float]]) -> FinishedTrial:
         """The line of a finished Optuna trial whose valid chunks (each with when it ended) are ``chunks``."""
         seeds, core_seconds, spans = _chunk_totals(chunks)
         attrs = {k: v for k, v in frozen.user_attrs.items() if k in _STATUS_ATTRS}
-        if (
-            "fail_reason" in attrs
-        ):  # what status shows of it; its traceback (up to 20,000 characters) stays in the study
+        if "fail_reason" in attrs:  # status shows this; the traceback (up to 20,000 characters) stays in the study
             failed = _failed_trial(frozen)
             attrs["fail_reason"] = failed.reason + (f"\nlog: {failed.log}" if failed.log else "")
         values = list(frozen.values) if frozen.values is not None else None
@@ -1452,7 +1363,7 @@ def _standard_error_of(*records: Mapping[str, Any] | None) -> float | None:
 
 
 @dataclass(frozen=True)
-class JobRef:
+class JobRef(_Record):
     """A submitted job of a trial, as recorded in ``jobs.json``."""
 
     job_id: str
@@ -1470,7 +1381,7 @@ class JobRef:
         return RunPaths.task_log(run.dir / self.logs, task)
 
     def to_json(self) -> dict[str, Any]:
-        return {**asdict(replace(self, chunks=())), "chunks": list(self.chunks)}  # a long tuple, not deep-copied
+        return {**vars(self), "chunks": list(self.chunks)}  # not asdict: a long tuple, not deep-copied
 
     @classmethod
     def from_json(cls, record: Mapping[str, Any]) -> JobRef:
@@ -1490,14 +1401,6 @@ def _create_versioned_dir(root: Path, prefix: str) -> Path:
             return candidate
         except FileExistsError:
             version += 1
-
-
-def _open_parent_dir(root: Path, prefix: str, name: str | None) -> Path:
-    if name is None:
-        return _create_versioned_dir(root, prefix)
-    path = root / name
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def _open_run(settings: _RunSettings) -> tuple[RunPaths, _RunSettings]:
@@ -1570,43 +1473,26 @@ class SeedPlan:
         chunk_size: int | None,
         num_chunks: int | None,
     ) -> SeedPlan:
-        if chunk_size is not None:
-            chunk_size = _at_least(1)("chunk_size", chunk_size)
-        if num_chunks is not None:
-            num_chunks = _at_least(1)("num_chunks", num_chunks)
+        """Explicit ``seeds``, else ``n_seeds`` from the loss's ``seed_start``, else ``chunk_size * num_chunks``."""
+        chunk_size = _optional(_at_least(1))("chunk_size", chunk_size)
+        num_chunks = _optional(_at_least(1))("num_chunks", num_chunks)
         if seeds is not None:
-            seed_list = list(seeds)
-            if not seed_list:
-                raise ConfigError("seeds must not be empty: give a list of ints, or n_seeds=N")
-            if not all(isinstance(s, numbers.Integral) and not isinstance(s, bool) for s in seed_list):
-                raise ConfigError("seeds must be a list of ints")
-            seed_list = [int(s) for s in seed_list]
-            if len(set(seed_list)) != len(seed_list):
-                raise ConfigError("seeds must not repeat: a repeated seed would count twice in the mean")
-            if n_seeds is not None and n_seeds != len(seed_list):
-                raise ConfigError(f"n_seeds={n_seeds} contradicts the {len(seed_list)} seeds given")
-            total = len(seed_list)
+            explicit = _check_seeds(seeds, n_seeds)
+            total = len(explicit)
         elif n_seeds is not None:
             total = _at_least(1)("n_seeds", n_seeds)
-            seed_list = None
         else:
             total = (chunk_size or definition.default_chunk_size) * (num_chunks or definition.default_num_chunks)
-            seed_list = None
         if chunk_size is None:
             chunk_size = math.ceil(total / num_chunks) if num_chunks else definition.default_chunk_size
         elif num_chunks is not None and num_chunks != math.ceil(total / chunk_size):
-            logger.warning(
-                "num_chunks=%d ignored: %d seeds in chunks of %d make %d chunks",
-                num_chunks,
-                total,
-                chunk_size,
-                math.ceil(total / chunk_size),
-            )
-        if seed_list is None:
+            n = math.ceil(total / chunk_size)
+            logger.warning(f"num_chunks={num_chunks} ignored: {total} seeds in chunks of {chunk_size} make {n} chunks")
+        if seeds is None:
             return cls(chunk_size=chunk_size, start=definition.seed_start, count=total)
-        if seed_list == list(range(seed_list[0], seed_list[0] + total)):
-            return cls(chunk_size=chunk_size, start=seed_list[0], count=total)
-        return cls(chunk_size=chunk_size, count=total, explicit=tuple(seed_list))
+        if explicit == list(range(explicit[0], explicit[0] + total)):
+            return cls(chunk_size=chunk_size, start=explicit[0], count=total)
+        return cls(chunk_size=chunk_size, count=total, explicit=tuple(explicit))
 
     @property
     def n_chunks(self) -> int:
@@ -1641,6 +1527,20 @@ class SeedPlan:
         return f"{where} in {self.n_chunks} chunks of {self.chunk_size}"
 
 
+def _check_seeds(seeds: Iterable[int], n_seeds: int | None) -> list[int]:
+    seed_list = list(seeds)
+    if not seed_list:
+        raise ConfigError("seeds must not be empty: give a list of ints, or n_seeds=N")
+    if not all(isinstance(s, numbers.Integral) and not isinstance(s, bool) for s in seed_list):
+        raise ConfigError("seeds must be a list of ints")
+    seed_list = [int(s) for s in seed_list]
+    if len(set(seed_list)) != len(seed_list):
+        raise ConfigError("seeds must not repeat: a repeated seed would count twice in the mean")
+    if n_seeds is not None and n_seeds != len(seed_list):
+        raise ConfigError(f"n_seeds={n_seeds} contradicts the {len(seed_list)} seeds given")
+    return seed_list
+
+
 def _describe_seeds(seeds: Sequence[int]) -> dict[str, Any]:
     """What a chunk file records of its seeds: a range, or the list itself."""
     if isinstance(seeds, range) and seeds.step == 1:
@@ -1649,7 +1549,7 @@ def _describe_seeds(seeds: Sequence[int]) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
-class _Moments:
+class _Moments(_Record):
     """Count, mean, M2 (sum of squared deviations), min and max of some losses."""
 
     count: int
@@ -1675,20 +1575,13 @@ class _Moments:
         return cls(count, mean, m2, min(p.min for p in parts), max(p.max for p in parts))
 
     @property
-    def variance(self) -> float:
-        return self.m2 / (self.count - 1) if self.count > 1 else 0.0
-
-    @property
     def std(self) -> float:
-        return math.sqrt(self.variance)
+        return math.sqrt(self.m2 / (self.count - 1)) if self.count > 1 else 0.0
 
     @property
     def standard_error(self) -> float:
         """std / sqrt(count): how far the mean may be from the loss's expectation over all seeds."""
         return self.std / math.sqrt(self.count)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"count": self.count, "mean": self.mean, "m2": self.m2, "min": self.min, "max": self.max}
 
 
 @dataclass(frozen=True)
@@ -1712,8 +1605,8 @@ class ChunkStats:
     @classmethod
     def from_json(cls, record: Mapping[str, Any]) -> ChunkStats:
         return cls(
-            _Moments(**{k: record[k] for k in ("count", "mean", "m2", "min", "max")}),
-            {n: _Moments(**m) for n, m in record.get("components", {}).items()},
+            _Moments(record["count"], record["mean"], record["m2"], record["min"], record["max"]),
+            {n: _Moments.from_json(m) for n, m in record.get("components", {}).items()},
         )
 
 
@@ -1790,10 +1683,9 @@ def _evaluate_seeds(
     definition: LossDefinition, params: dict[str, ParamValue], seeds: Sequence[int], context: dict[str, Any]
 ) -> ChunkStats:
     """Evaluate in blocks, so a chunk of millions of seeds needs the memory of one block."""
-    function = definition.seed_loss_fn
-    call = function
+    function = call = definition.seed_loss_fn
     if definition.context_by_keyword:
-        call = lambda p, s: function(p, s, context=context)  # noqa: E731
+        call = partial(function, context=context)
     elif definition.takes_context:
         call = lambda p, s: function(p, s, context)  # noqa: E731
     return ChunkStats.pool(
@@ -1901,47 +1793,38 @@ def _evaluate_slices_in_children(
         read_fd, write_fd = os.pipe()
         pid = os.fork()
         if pid == 0:
-
-            def evaluate_and_write(
-                read_fd: int = read_fd, write_fd: int = write_fd, lo: int = lo, hi: int = hi
-            ) -> None:
-                os.close(read_fd)
-                _die_with_parent(parent)
-                try:
-                    record = {"stats": _evaluate_seeds(definition, params, seeds[lo:hi], context).to_json()}
-                except _SeedError as exc:
-                    record = {"error": list(exc.args)}
-                with os.fdopen(write_fd, "wb") as out:
-                    out.write(json.dumps(record).encode())
-
-            _leave_forked_child(evaluate_and_write)
+            os.close(read_fd)
+            evaluate = partial(_evaluate_seeds, definition, params, seeds[lo:hi], context)
+            _leave_forked_child(partial(_send_stats, write_fd, parent, evaluate))
         os.close(write_fd)
         children.append((pid, read_fd, seeds[lo:hi]))
     parts: list[ChunkStats] = []
     errors: list[list[Any]] = []
     for pid, read_fd, part in children:
         with os.fdopen(read_fd, "rb") as handle:
-            text = handle.read()
+            record = json.loads(handle.read() or b"null")
         code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
-        record = (
-            json.loads(text)
-            if text
-            else {
-                "error": [
-                    part[0],
-                    "crashed",
-                    f"the process evaluating {_describe_seed_range(part)} died ({_describe_exit(code)})",
-                    "",
-                ]
-            }
-        )
-        if "error" in record:
+        if record is None:
+            died = f"the process evaluating {_describe_seed_range(part)} died ({_describe_exit(code)})"
+            errors.append([part[0], "crashed", died, ""])
+        elif "error" in record:
             errors.append(record["error"])
         else:
             parts.append(ChunkStats.from_json(record["stats"]))
     if errors:
         raise _SeedError(*errors[0])
     return parts
+
+
+def _send_stats(write_fd: int, parent: int, evaluate: Callable[[], ChunkStats]) -> None:
+    """A forked child's work: evaluate its slice, write the statistics (or the failing seed) to the pipe."""
+    _die_with_parent(parent)
+    try:
+        record = {"stats": evaluate().to_json()}
+    except _SeedError as exc:
+        record = {"error": list(exc.args)}
+    with os.fdopen(write_fd, "wb") as out:
+        out.write(json.dumps(record).encode())
 
 
 def run_chunk(
@@ -2387,9 +2270,8 @@ def reduce_trial(
     if len(known) < n_chunks:
         known = {**_read_valid_chunks(trial, expected), **known}
     needed = range(n_chunks) if ran is None else sorted(ran)
-    chunks = [known.get(i) for i in needed]
-    missing = [i for i, c in zip(needed, chunks, strict=True) if c is None]
-    present = [c for c in chunks if c is not None]
+    missing = [i for i in needed if i not in known]
+    present = [known[i] for i in needed if i in known]
     if (missing and not allow_missing) or not present:
         raise _MissingChunks(f"trial {trial_number}: chunks {_format_ranges(missing)} have no valid result")
     stats = ChunkStats.pool([c.stats for c in present])
