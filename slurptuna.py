@@ -4326,9 +4326,12 @@ _NEAR_BEST = 3.0  # best-set candidates: within this many (unpaired) standard er
 
 @dataclass
 class _ActiveTrial:
-    """A trial the controller is waiting for: its results so far, its attempt, its reports to the pruner."""
+    """A trial the controller is waiting for: its results so far, its attempt, its reports to the pruner.
 
-    trial: optuna.trial.Trial
+    A complete trial racing the best is one too, with no Optuna trial (Optuna was told already).
+    """
+
+    trial: optuna.trial.Trial | None
     paths: TrialPaths
     expected: TrialParams
     chunks: dict[int, ChunkResult] = field(default_factory=dict)  # valid results so far
@@ -4337,21 +4340,11 @@ class _ActiveTrial:
     deadline: float | None = None
     reports: _TrialReports | None = None  # None without a pruner
     started: set[int] = field(default_factory=set)  # chunks started (or found done, or adopted)
+    stuck: bool = False  # racing: chunks started for it ended without a result, it gets no more
 
     @property
     def n_chunks(self) -> int:
         return self.expected.plan.n_chunks
-
-
-@dataclass
-class _RaceSide:
-    """A complete trial in a race: its chunks so far and those started for the race's current step."""
-
-    paths: TrialPaths
-    expected: TrialParams
-    chunks: dict[int, ChunkResult] = field(default_factory=dict)
-    started: set[int] = field(default_factory=set)
-    stuck: bool = False  # chunks started for it ended without a result: it gets no more
 
     def racer(self) -> _Racer:
         return _racer_of(self.expected, self.chunks, self.stuck)
@@ -4627,7 +4620,7 @@ class _Controller:
         self.tally = _Tally.of_study(study, settings, _read_json(run.summary))
         self._index = _open_trial_index(run, study)
         self._active: list[_ActiveTrial] = []
-        self._race: dict[int, _RaceSide] = {}  # the best and its challenger while they race, by trial number
+        self._race: dict[int, _ActiveTrial] = {}  # the best and its challenger while they race, by trial number
         self._adopted_race: dict[int, frozenset[int]] = {}  # on resume: a race's chunks still queued
         self._best_set_of: tuple[int, int] | None = None  # (the best, its seeds) the best set was computed against
         self._racers: dict[int, _Racer] = {}  # complete trials read for the best set (the best set's members kept)
@@ -4670,7 +4663,7 @@ class _Controller:
                 if self._stop.event.is_set():
                     raise _Interrupted(f"interrupted by signal {self._stop.signum}")
         except BaseException as exc:  # Ctrl-C, a loss that cannot be imported, Slurm refusing: leave no job
-            cancelled = self._executor.cancel([a.paths for a in self._active] + [r.paths for r in self._race.values()])
+            cancelled = self._executor.cancel([a.paths for a in [*self._active, *self._race.values()]])
             if isinstance(exc, _Interrupted):
                 raise _Interrupted(f"{exc}; cancelled {cancelled} job(s)") from None
             raise
@@ -4737,20 +4730,15 @@ class _Controller:
         if to_run:
             self._start_chunks(active, to_run)
 
-    def _start_chunks(self, active: _ActiveTrial, chunks: list[int]) -> None:
-        active.started.update(chunks)
-        self._clear_errors_and_start(active.paths, active.expected, chunks, active.attempt)
-        if self._settings.slurm_timeout_minutes:
-            active.deadline = self._clock() + 60 * self._settings.slurm_timeout_minutes
-
-    def _clear_errors_and_start(
-        self, paths: TrialPaths, expected: TrialParams, chunks: Sequence[int], attempt: int
-    ) -> None:
+    def _start_chunks(self, active: _ActiveTrial, chunks: Sequence[int]) -> None:
         """Start the chunks on the executor, their stale error files removed first: the one place those go."""
+        active.started.update(chunks)
         for chunk in chunks:
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(paths.chunk_error(chunk))
-        self._executor.start(paths, expected, chunks, attempt)
+                os.unlink(active.paths.chunk_error(chunk))
+        self._executor.start(active.paths, active.expected, chunks, active.attempt)
+        if self._settings.slurm_timeout_minutes:
+            active.deadline = self._clock() + 60 * self._settings.slurm_timeout_minutes
 
     # ---- following a trial
 
@@ -4988,16 +4976,13 @@ class _Controller:
             challenger, best = t.challengers[0], t.best
             (mean, _, seeds), (best_mean, _, best_seeds) = t.score(challenger), t.score(best)
             if not _better(mean, best_mean, t.direction) or seeds >= best_seeds:
-                t.challengers.pop(0)
-                if _better(mean, best_mean, t.direction):
-                    t.best = challenger
-                self._update_best_set(challenger.number)
-                _write_json_atomic(self._run.summary, t.summary(self._settings))
+                self._end_turn(_better(mean, best_mean, t.direction))
                 continue
             for number in (best.number, challenger.number):  # the best first
-                side = self._race[number] = _RaceSide(self._run.trial(number), self._expected(number))
-                side.chunks = _read_valid_chunks(side.paths, side.expected)  # a resume goes on from these
+                paths, expected = self._run.trial(number), self._expected(number)
+                side = _ActiveTrial(None, paths, expected, _read_valid_chunks(paths, expected))  # a resume goes on
                 side.started = set(self._adopted_race.pop(number, ()))
+                self._race[number] = side
             self._trial_log.info(
                 "Trial %d (%r over %d seeds) races the best, trial %d (%r over %d seeds), on the chunks they share.",
                 *(challenger.number, mean, seeds, best.number, best_mean, best_seeds),
@@ -5007,13 +4992,9 @@ class _Controller:
 
     def _advance_race(self) -> bool:
         """Take the race's new chunks; once none runs, decide (``_race_step``): add chunks, or end it."""
-        news = False
-        for side in self._race.values():
-            fresh = {k: c for k, c in self._executor.results(side.paths).items() if k not in side.chunks}
-            side.chunks.update(fresh)
-            news |= bool(fresh)
+        news = [self._take_results(side) for side in self._race.values()]  # each side's, not the first's only
         if not self._race or any(self._executor.running(side.paths) for side in self._race.values()):
-            return news
+            return any(news)
         for number, side in self._race.items():
             if side.started - side.chunks.keys():
                 logger.warning("trial %d: chunks started for its race ended without a result; it gets no more", number)
@@ -5021,27 +5002,20 @@ class _Controller:
             side.started = set()
         best, challenger = (side.racer() for side in self._race.values())
         step = _race_step(best, challenger, self.tally.direction, self._settings.racing_level)
-        if step.first is None:
-            for number, chunks in step.add.items():
-                side = self._race[number]
-                side.started.update(chunks)
-                self._clear_errors_and_start(side.paths, side.expected, chunks, 0)
-            return True
-        self._end_race(step, best, challenger)
+        for number, chunks in step.add.items():
+            self._start_chunks(self._race[number], chunks)
+        if step.first is not None:
+            self._end_race(step, best, challenger)
         return True
 
     def _end_race(self, step: _RaceStep, best: _Racer, challenger: _Racer) -> None:
         """Merge and reduce both trials again with their new chunks, rank them, rewrite the run's summary."""
-        t = self.tally
         for number, side in self._race.items():
             self._executor.finished(side.paths)
             _merge_chunk_records(side.paths, side.chunks)
             self._rescore(number, reduce_trial(self._run, number, True, known=side.chunks, ran=side.chunks.keys()))
             self._racers.pop(number, None)
         self._race = {}
-        frozen = t.challengers.pop(0)
-        if step.first == frozen.number:
-            t.best = frozen
         self._trial_log.info(
             "Trial %d ranks first after its race with trial %d (%s; one-sided paired t-test p=%.3g on %d shared "
             "chunks): trial %d %r over %d seeds, trial %d %r over %d seeds.",
@@ -5051,8 +5025,15 @@ class _Controller:
             *(best.number, best.pooled.mean, best.pooled.count),
             *(challenger.number, challenger.pooled.mean, challenger.pooled.count),
         )
-        self._update_best_set(frozen.number)
-        _write_json_atomic(self._run.summary, t.summary(self._settings))
+        self._end_turn(step.first == challenger.number)
+
+    def _end_turn(self, won: bool) -> None:
+        """The first challenger's turn is over: it replaces the best if it won; the best set and summary follow."""
+        challenger = self.tally.challengers.pop(0)
+        if won:
+            self.tally.best = challenger
+        self._update_best_set(challenger.number)
+        _write_json_atomic(self._run.summary, self.tally.summary(self._settings))
 
     def _update_best_set(self, new: int | None = None) -> None:
         """The trials a paired test cannot tell from the best (``_best_set``), for the run's summary.json.
