@@ -4359,6 +4359,8 @@ def _racer_of(expected: TrialParams, chunks: Mapping[int, ChunkResult], stuck: b
 class _Tally:
     """The run's finished trials, counted as they finish, and its best: the run's ``summary.json``."""
 
+    direction: str  # the first objective's
+    racing: bool = False  # target_standard_error: a trial with fewer seeds than the best races it
     n_complete: int = 0
     n_failed: int = 0
     n_pruned: int = 0
@@ -4366,12 +4368,11 @@ class _Tally:
     seeds_saved: int = 0  # seeds that pruned trials did not use
     best: Any = None  # the best complete FrozenTrial (one objective)
     pareto: list[Any] = field(default_factory=list)  # the complete trials no other beats (several objectives)
-    # the loss's mean (no objectives): each complete trial's (mean, standard error, seeds), as races leave them
+    # one objective: each complete trial's (mean, standard error or nan, seeds), as races leave them (races
+    # add seeds Optuna does not see)
     scores: dict[int, tuple[float, float, int]] = field(default_factory=dict)
-    racing: bool = False  # target_standard_error: a trial with fewer seeds than the best races it
     challengers: list[Any] = field(default_factory=list)  # complete trials waiting to race the best, in turn
     judged: int = 0  # complete trials judged against the best so far (their completion order)
-    direction: str = "minimize"
     best_set: list[BestSetTrial] = field(default_factory=list)
 
     @classmethod
@@ -4381,12 +4382,13 @@ class _Tally:
         With racing, the best and the challengers come from the run's ``summary.json``
         (``recorded``): the trials judged since it was written, in completion order, are judged again.
         """
-        tally = cls(racing=settings.target_standard_error is not None and not settings.objectives)
+        racing = settings.target_standard_error is not None and not settings.objectives
+        tally = cls(_directions(settings)[0], racing)
         trials = study.get_trials(deepcopy=False)
         for frozen in trials:
-            tally.count(frozen, settings, judge=not tally.racing)
+            tally.count(frozen, settings, judge=not racing)
         tally.seeds_done = 0
-        if tally.racing:
+        if racing:
             by_number = {t.number: t for t in trials if t.state.name == "COMPLETE"}
             race = (recorded or {}).get("race") or {}
             tally.best = by_number.get((recorded or {}).get("best_trial")) if race else None
@@ -4407,15 +4409,16 @@ class _Tally:
         n_seeds = frozen.user_attrs.get("n_seeds", 0) if state != "FAIL" else 0
         if state == "COMPLETE":
             self.n_complete += 1
-            directions = _directions(settings)
-            self.direction = directions[0]
-            if not settings.objectives:
-                error = _standard_error_of(frozen.user_attrs)
+            if len(settings.objectives or ()) > 1:
+                self.pareto = _pareto_front([*self.pareto, frozen], _directions(settings))
+            else:
+                if settings.objectives:  # one objective: the component's
+                    error = frozen.user_attrs.get("component_standard_errors", {}).get(next(iter(settings.objectives)))
+                else:
+                    error = _standard_error_of(frozen.user_attrs)
                 self.scores[frozen.number] = (frozen.value, math.nan if error is None else error, n_seeds)
-            if len(directions) > 1:
-                self.pareto = _pareto_front([*self.pareto, frozen], directions)
-            elif judge:
-                self.judge(frozen)
+                if judge:
+                    self.judge(frozen)
         elif state == "FAIL":
             self.n_failed += 1
         elif state == "PRUNED":
@@ -4429,65 +4432,46 @@ class _Tally:
         """A complete trial against the run's best: it replaces it, waits to race it (racing: a better
         mean on fewer seeds), or neither."""
         self.judged += 1
-        if self.best is not None and not _better(self.score(frozen)[0], self.score(self.best)[0], self.direction):
+        (mean, _, seeds), best = self.scores[frozen.number], self.best
+        if best is not None and not _better(mean, self.scores[best.number][0], self.direction):
             return
-        if self.best is not None and self.racing and self.score(frozen)[2] < self.score(self.best)[2]:
+        if best is not None and self.racing and seeds < self.scores[best.number][2]:
             self.challengers.append(frozen)
         else:
             self.best = frozen
 
-    def score(self, frozen: optuna.trial.FrozenTrial) -> tuple[float, float, int]:
-        """The trial's (mean, standard error, seeds) as the run ranks it (races add seeds Optuna does not see)."""
-        return self.scores.get(frozen.number) or (frozen.value, math.nan, frozen.user_attrs.get("n_seeds", 0))
-
     @property
     def best_value(self) -> float | None:
-        return self.score(self.best)[0] if self.best else None
+        return self.scores[self.best.number][0] if self.best else None
 
     def best_trials(self) -> list[Any]:
         """As Optuna's ``study.best_trials``: the Pareto set, or the one best trial."""
         return self.pareto if self.pareto else [self.best] if self.best else []
 
-    def best_standard_error(self, settings: _RunSettings) -> float | None:
-        attrs = self.best.user_attrs if self.best else {}
-        if settings.objectives:  # one objective: the component's
-            return attrs.get("component_standard_errors", {}).get(next(iter(settings.objectives)))
-        error = self.score(self.best)[1] if self.best else math.nan
+    @property
+    def best_standard_error(self) -> float | None:
+        error = self.scores[self.best.number][1] if self.best else math.nan
         return None if math.isnan(error) else error
 
     def summary(self, settings: _RunSettings) -> dict[str, Any]:
         """The run's ``summary.json``; with several objectives, the Pareto set instead of one best."""
-        if settings.objectives and len(settings.objectives) > 1:
-            return {
-                "loss_name": settings.loss_name,
-                "run_name": settings.run_name,
-                "objectives": settings.objectives,
-                "best_trials": [_pareto_record(t, settings.objectives) for t in self.pareto],
-                "best_value": None,  # as Optuna's study.best_trial refuses: see best_trials
-                "best_standard_error": None,
-                "best_params": None,
-                "best_trial": None,
-                **self._counts(settings),
-            }
+        several = len(settings.objectives or ()) > 1  # no best then, as Optuna's study.best_trial refuses
         return {
             "loss_name": settings.loss_name,
             "run_name": settings.run_name,
-            "best_value": self.best_value,
-            "best_standard_error": self.best_standard_error(settings),
-            "best_params": self.best.params if self.best else {},
-            "best_trial": self.best.number if self.best else None,
             **({"objectives": settings.objectives} if settings.objectives else {}),
+            **({"best_trials": [_pareto_record(t, settings.objectives) for t in self.pareto]} if several else {}),
+            "best_value": self.best_value,
+            "best_standard_error": self.best_standard_error,
+            "best_params": self.best.params if self.best else None if several else {},
+            "best_trial": self.best.number if self.best else None,
             **({"best_set": [asdict(t) for t in self.best_set]} if not settings.objectives else {}),
-            **({"race": self.race_record()} if self.racing else {}),
-            **self._counts(settings),
-        }
-
-    def race_record(self) -> dict[str, Any]:
-        """What a resume needs of the races (with best_trial): who waits to race, how many trials were judged."""
-        return {"challengers": [t.number for t in self.challengers], "judged": self.judged}
-
-    def _counts(self, settings: _RunSettings) -> dict[str, Any]:
-        return {
+            # what a resume needs of the races (with best_trial): who waits to race, how many trials were judged
+            **(
+                {"race": {"challengers": [t.number for t in self.challengers], "judged": self.judged}}
+                if self.racing
+                else {}
+            ),
             "n_trials": settings.n_trials,
             "n_complete": self.n_complete,
             "n_failed": self.n_failed,
@@ -4794,28 +4778,23 @@ class _Controller:
         action = _decide(view)
         if action is _Next.WAIT:
             return news
+        if action in (_Next.PRUNE, _Next.FAIL_LOSS, _Next.FAIL_ALL_CHUNKS, _Next.CANCEL_OVERDUE, _Next.AT_TARGET):
+            self._executor.cancel([active.paths])  # AT_TARGET: the chunks queued past the target are not needed
         if action is _Next.PRUNE:
-            self._executor.cancel([active.paths])
             self._prune(active)
         elif action is _Next.START_MORE:
-            self._start_chunks(active, list(view.to_start))
+            self._start_chunks(active, view.to_start)
         elif action is _Next.STOP_RUN:
-            failure = next(f for f in _chunk_failures(active.paths) if f.kind == "import")
-            raise LossError(failure.message)
+            raise LossError(next(f.message for f in _chunk_failures(active.paths) if f.kind == "import"))
         elif action in (_Next.FAIL_LOSS, _Next.FAIL_ALL_CHUNKS):
-            self._executor.cancel([active.paths])
-            self._fail(active, self._failure_message(active, _chunk_failures(active.paths)))
+            self._fail(active, self._failure_message(_chunk_failures(active.paths)))
         elif action is _Next.CANCEL_OVERDUE:
+            limit = self._settings.slurm_timeout_minutes
             logger.warning(
-                "trial %d: over slurm_timeout_minutes=%s, cancelling its chunk tasks",
-                active.trial.number,
-                self._settings.slurm_timeout_minutes,
+                "trial %d: over slurm_timeout_minutes=%s, cancelling its chunk tasks", active.trial.number, limit
             )
-            self._executor.cancel([active.paths])
             active.deadline = None
         elif action in (_Next.COMPLETE, _Next.COMPLETE_PARTIAL, _Next.AT_TARGET):
-            if action is _Next.AT_TARGET:
-                self._executor.cancel([active.paths])  # chunks queued past the target: not needed
             ran = None if view.started is None else view.done_chunks | view.failed_chunks
             partial_ok = action is _Next.COMPLETE_PARTIAL or bool(view.failed_chunks)
             summary = reduce_trial(self._run, active.trial.number, partial_ok, known=active.chunks, ran=ran)
@@ -4842,26 +4821,29 @@ class _Controller:
         )
         self._start_chunks(active, missing)
 
-    def _failure_message(self, active: _ActiveTrial, failures: list[ChunkFailure]) -> str:
+    @staticmethod
+    def _failure_message(failures: list[ChunkFailure]) -> str:
         first = failures[0]
-        log = first.log
         more = f"\n({len(failures) - 1} more chunk(s) failed too)" if len(failures) > 1 else ""
-        return first.describe() + (f"\nlog: {log}" if log else "") + more
+        return first.describe() + (f"\nlog: {first.log}" if first.log else "") + more
 
     # ---- telling Optuna: the one way a trial ends
 
     def _finish(
-        self, active: _ActiveTrial, state: Any, value: float | list[float] | None = None
+        self, active: _ActiveTrial, state: str, attrs: Mapping[str, Any], value: float | list[float] | None = None
     ) -> optuna.trial.FrozenTrial:
-        """Let the executor forget the trial, merge its chunk records, tell Optuna, count it, rewrite
-        summary.json, then call the user's callbacks as ``study.optimize`` does (each gets its own copy).
+        """Set the trial's user attributes, let the executor forget it, merge its chunk records, tell
+        Optuna, count it, rewrite summary.json, then call the user's callbacks as ``study.optimize``
+        does (each gets its own copy).
 
         The records are merged before Optuna is told: a crash in between leaves a RUNNING
         trial whose chunks are all there, completed again on resume.
         """
+        for key, attr in attrs.items():
+            active.trial.set_user_attr(key, attr)
         self._executor.finished(active.paths)
         _merge_chunk_records(active.paths, active.chunks)
-        frozen = self._study.tell(active.trial, value, state=state)
+        frozen = self._study.tell(active.trial, value, state=self._optuna.trial.TrialState[state])
         self._active.remove(active)
         self.tally.count(frozen, self._settings)
         if frozen.state.name == "COMPLETE" and not self._settings.objectives:
@@ -4884,7 +4866,6 @@ class _Controller:
         return frozen
 
     def _complete(self, active: _ActiveTrial, summary: TrialSummary) -> None:
-        trial = active.trial
         objectives = self._settings.objectives
         missing = [name for name in objectives or () if name not in summary.components]
         if missing:
@@ -4896,75 +4877,52 @@ class _Controller:
             )
             return
         self._report_chunks(active)  # the best trial must have every step, for WilcoxonPruner
-        trial.set_user_attr("n_seeds", summary.n_seeds)
-        trial.set_user_attr("std", summary.std)
-        trial.set_user_attr("standard_error", summary.standard_error)
-        if active.attempt:
-            trial.set_user_attr("attempts", active.attempt + 1)
+        attrs = {"n_seeds": summary.n_seeds, "std": summary.std, "standard_error": summary.standard_error}
         if summary.components:
-            trial.set_user_attr("components", summary.components)
-            trial.set_user_attr("component_standard_errors", summary.component_standard_errors)
+            attrs.update(components=summary.components, component_standard_errors=summary.component_standard_errors)
         if summary.missing_chunks:
-            trial.set_user_attr("missing_chunks", summary.missing_chunks)
+            attrs.update(missing_chunks=summary.missing_chunks)
+        values = [summary.components[name] for name in objectives] if objectives else summary.mean
+        frozen = self._finish(active, "COMPLETE", attrs, values)
         if objectives:
-            values = [summary.components[name] for name in objectives]
-            self._finish(active, self._optuna.trial.TrialState.COMPLETE, values)
-            self._log_objectives(trial.number, summary, trial.params)
-            return
-        frozen = self._finish(active, self._optuna.trial.TrialState.COMPLETE, summary.mean)
-        best = self.tally.best
-        self._trial_log.info(
-            "Trial %d finished with value: %r (standard error %.3g over %d seeds) and parameters: %s. "
-            "%.1f s. Best is trial %d with value: %r.",
-            frozen.number,
-            summary.mean,
-            summary.standard_error,
-            summary.n_seeds,
-            frozen.params,
-            frozen.duration.total_seconds() if frozen.duration else 0.0,
-            best.number,
-            best.value,
-        )
-
-    def _log_objectives(self, number: int, summary: TrialSummary, params: Mapping[str, ParamValue]) -> None:
-        errors = summary.component_standard_errors
-        shown = ", ".join(
-            f"{n} {summary.components[n]!r} ± {errors.get(n, math.nan):.3g}" for n in self._settings.objectives
-        )
-        best = f"Best is trial {self.tally.best.number}" if self.tally.best else "Best is -"
-        if len(self._settings.objectives) > 1:
+            errors = summary.component_standard_errors
+            shown = ", ".join(f"{n} {summary.components[n]!r} ± {errors.get(n, math.nan):.3g}" for n in objectives)
+            shown += f" (mean ± standard error over {summary.n_seeds} seeds)"
+        else:
+            error = math.nan if summary.standard_error is None else summary.standard_error  # an older run's summary
+            shown = f"value: {summary.mean!r} (standard error {error:.3g} over {summary.n_seeds} seeds)"
+        if len(objectives or ()) > 1:
             best = f"Pareto front: trials {[t.number for t in self.tally.pareto]}"
+        else:
+            best = f"Best is trial {self.tally.best.number} with value: {self.tally.best.value!r}"
+        seconds = frozen.duration.total_seconds() if frozen.duration else 0.0
         self._trial_log.info(
-            "Trial %d finished with %s (mean ± standard error over %d seeds) and parameters: %s. %s.",
-            number,
+            "Trial %d finished with %s and parameters: %s. %.1f s. %s.",
+            frozen.number,
             shown,
-            summary.n_seeds,
-            params,
+            frozen.params,
+            seconds,
             best,
         )
 
     def _fail(self, active: _ActiveTrial, reason: str) -> None:
         logger.error("trial %d failed: %s", active.trial.number, reason)
-        active.trial.set_user_attr("fail_reason", reason[-20000:])
-        self._finish(active, self._optuna.trial.TrialState.FAIL)
+        self._finish(active, "FAIL", {"fail_reason": reason[-20000:]})
 
     def _prune(self, active: _ActiveTrial) -> None:
         """Tell Optuna the trial is pruned, with the statistics of the chunks it used; their files stay."""
-        trial = active.trial
         used = ChunkStats.pool([c.stats for c in active.chunks.values()]).loss
-        trial.set_user_attr("n_seeds", used.count)
-        trial.set_user_attr("running_mean", used.mean)
-        trial.set_user_attr("std", used.std)
-        trial.set_user_attr("standard_error", used.standard_error)
-        self._finish(active, self._optuna.trial.TrialState.PRUNED)
+        attrs = {
+            "n_seeds": used.count,
+            "running_mean": used.mean,
+            "std": used.std,
+            "standard_error": used.standard_error,
+        }
+        self._finish(active, "PRUNED", attrs)
         self._progress.pruned = (self.tally.n_pruned, self.tally.seeds_saved)
         self._trial_log.info(
             "Trial %d pruned after %d seeds (running mean %r, standard error %.3g) with parameters: %s.",
-            trial.number,
-            used.count,
-            used.mean,
-            used.standard_error,
-            trial.params,
+            *(active.trial.number, used.count, used.mean, used.standard_error, active.trial.params),
         )
 
     # ---- racing and the best set
@@ -4974,7 +4932,7 @@ class _Controller:
         t = self.tally
         while not self._race and t.challengers:
             challenger, best = t.challengers[0], t.best
-            (mean, _, seeds), (best_mean, _, best_seeds) = t.score(challenger), t.score(best)
+            (mean, _, seeds), (best_mean, _, best_seeds) = t.scores[challenger.number], t.scores[best.number]
             if not _better(mean, best_mean, t.direction) or seeds >= best_seeds:
                 self._end_turn(_better(mean, best_mean, t.direction))
                 continue
@@ -5080,10 +5038,6 @@ class _Controller:
         if summary is not None:
             error = math.nan if summary.standard_error is None else summary.standard_error
             self.tally.scores[number] = (summary.mean, error, summary.n_seeds)
-
-    def run_summary(self) -> dict[str, Any]:
-        """The run's ``summary.json``."""
-        return self.tally.summary(self._settings)
 
     # ---- seeds as a budget: reporting chunks, pruning
 
@@ -5430,7 +5384,7 @@ def _run_study(
             raise
         finally:
             executor.close()
-        summary = controller.run_summary()
+        summary = controller.tally.summary(settings)
         _write_json_atomic(run.summary, summary)
     return OptimizeResult(
         loss_name=settings.loss_name,
