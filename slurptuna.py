@@ -4338,7 +4338,8 @@ class _ActiveTrial:
     results_seen: int = 0  # how many results the executor had at the last look
     attempt: int = 0
     deadline: float | None = None
-    reports: _TrialReports | None = None  # None without a pruner
+    reported: set[int] = field(default_factory=set)  # steps told the pruner (on resume: from the storage), once each
+    asked_pruner: bool = False  # should_prune() asked at least once
     started: set[int] = field(default_factory=set)  # chunks started (or found done, or adopted)
     stuck: bool = False  # racing: chunks started for it ended without a result, it gets no more
 
@@ -4368,12 +4369,12 @@ class _Tally:
     seeds_saved: int = 0  # seeds that pruned trials did not use
     best: Any = None  # the best complete FrozenTrial (one objective)
     pareto: list[Any] = field(default_factory=list)  # the complete trials no other beats (several objectives)
-    # one objective: each complete trial's (mean, standard error or nan, seeds), as races leave them (races
+    # one objective: each complete trial's (mean, standard error or None, seeds), as races leave them (races
     # add seeds Optuna does not see)
-    scores: dict[int, tuple[float, float, int]] = field(default_factory=dict)
+    scores: dict[int, tuple[float, float | None, int]] = field(default_factory=dict)
     challengers: list[Any] = field(default_factory=list)  # complete trials waiting to race the best, in turn
     judged: int = 0  # complete trials judged against the best so far (their completion order)
-    best_set: list[BestSetTrial] = field(default_factory=list)
+    best_set: list[_Racer] = field(default_factory=list)  # the best first, then its members (_best_set)
 
     @classmethod
     def of_study(cls, study: optuna.Study, settings: _RunSettings, recorded: Mapping[str, Any] | None = None) -> _Tally:
@@ -4416,7 +4417,7 @@ class _Tally:
                     error = frozen.user_attrs.get("component_standard_errors", {}).get(next(iter(settings.objectives)))
                 else:
                     error = _standard_error_of(frozen.user_attrs)
-                self.scores[frozen.number] = (frozen.value, math.nan if error is None else error, n_seeds)
+                self.scores[frozen.number] = (frozen.value, error, n_seeds)
                 if judge:
                     self.judge(frozen)
         elif state == "FAIL":
@@ -4450,8 +4451,7 @@ class _Tally:
 
     @property
     def best_standard_error(self) -> float | None:
-        error = self.scores[self.best.number][1] if self.best else math.nan
-        return None if math.isnan(error) else error
+        return self.scores[self.best.number][1] if self.best else None
 
     def summary(self, settings: _RunSettings) -> dict[str, Any]:
         """The run's ``summary.json``; with several objectives, the Pareto set instead of one best."""
@@ -4465,7 +4465,7 @@ class _Tally:
             "best_standard_error": self.best_standard_error,
             "best_params": self.best.params if self.best else None if several else {},
             "best_trial": self.best.number if self.best else None,
-            **({"best_set": [asdict(t) for t in self.best_set]} if not settings.objectives else {}),
+            **({"best_set": [asdict(r.record()) for r in self.best_set]} if not settings.objectives else {}),
             # what a resume needs of the races (with best_trial): who waits to race, how many trials were judged
             **(
                 {"race": {"challengers": [t.number for t in self.challengers], "judged": self.judged}}
@@ -4534,14 +4534,6 @@ class _Progress:
 # of chunks from chunk 0 counts, so that a step means the same seeds in every trial.
 
 
-@dataclass
-class _TrialReports:
-    """What the controller has told Optuna of one trial's chunks."""
-
-    reported: set[int]  # steps already reported (from the storage on resume): never reported twice
-    asked: bool = False  # should_prune() asked at least once
-
-
 def _report_form(optuna: Any, pruner: Any, chosen: str) -> str | None:
     """``'chunk'`` or ``'running_mean'`` (``prune_report``; ``'auto'`` by pruner), or None without a pruner."""
     if pruner is None or isinstance(pruner, optuna.pruners.NopPruner):
@@ -4606,8 +4598,6 @@ class _Controller:
         self._active: list[_ActiveTrial] = []
         self._race: dict[int, _ActiveTrial] = {}  # the best and its challenger while they race, by trial number
         self._adopted_race: dict[int, frozenset[int]] = {}  # on resume: a race's chunks still queued
-        self._best_set_of: tuple[int, int] | None = None  # (the best, its seeds) the best set was computed against
-        self._racers: dict[int, _Racer] = {}  # complete trials read for the best set (the best set's members kept)
         for frozen in [self.tally.best, *self.tally.challengers] if self.tally.racing and self.tally.best else []:
             self._rescore(frozen.number, load_valid_summary(run.trial(frozen.number), self._expected(frozen.number)))
         # One line per finished trial, through Optuna's logger: its format, its verbosity, and a
@@ -4698,8 +4688,7 @@ class _Controller:
         expected = TrialParams(trial.number, dict(trial.params), s.seeds.to_json(), s.entry_id, s.code_id)
         if _read_json(paths.params) != expected.to_json():
             _write_json_atomic(paths.params, expected.to_json())
-        reports = None if self._report_form is None else _TrialReports(reported or set())
-        active = _ActiveTrial(trial, paths, expected, attempt=attempt, reports=reports)
+        active = _ActiveTrial(trial, paths, expected, attempt=attempt, reported=reported or set())
         active.chunks = _read_valid_chunks(paths, expected)
         self._active.append(active)
         summary = load_valid_summary(paths, expected)
@@ -4847,8 +4836,7 @@ class _Controller:
         self._active.remove(active)
         self.tally.count(frozen, self._settings)
         if frozen.state.name == "COMPLETE" and not self._settings.objectives:
-            self._racers[frozen.number] = _racer_of(active.expected, active.chunks)
-            self._update_best_set(frozen.number)
+            self._update_best_set(active.racer())
         if self._index is not None:
             self._index.append(FinishedTrial.of(frozen, ((c, c.finished_at) for c in active.chunks.values())).to_json())
         _write_json_atomic(self._run.summary, self.tally.summary(self._settings))
@@ -4972,7 +4960,7 @@ class _Controller:
             self._executor.finished(side.paths)
             _merge_chunk_records(side.paths, side.chunks)
             self._rescore(number, reduce_trial(self._run, number, True, known=side.chunks, ran=side.chunks.keys()))
-            self._racers.pop(number, None)
+        self.tally.best_set = [r for r in self.tally.best_set if r.number not in self._race]  # their chunks grew
         self._race = {}
         self._trial_log.info(
             "Trial %d ranks first after its race with trial %d (%s; one-sided paired t-test p=%.3g on %d shared "
@@ -4990,81 +4978,71 @@ class _Controller:
         challenger = self.tally.challengers.pop(0)
         if won:
             self.tally.best = challenger
-        self._update_best_set(challenger.number)
+        self._update_best_set(self._read_racer(challenger.number))
         _write_json_atomic(self._run.summary, self.tally.summary(self._settings))
 
-    def _update_best_set(self, new: int | None = None) -> None:
+    def _update_best_set(self, new: _Racer) -> None:
         """The trials a paired test cannot tell from the best (``_best_set``), for the run's summary.json.
 
         Candidates are prefiltered by their unpaired means and standard errors (within _NEAR_BEST
-        of the best's); while the best and its seeds stay, only the ``new`` trial can join.
+        of the best's); while the best and its seeds stay, only the ``new`` trial can join. The
+        members' chunks are kept, the others' read from their files.
         """
         t = self.tally
         if t.best is None or self._settings.objectives:
             return
-        best = self._racer(t.best.number)
+        kept = {r.number: r for r in [*t.best_set, new]}
+        best = kept.get(t.best.number) or self._read_racer(t.best.number)
         sign = 1.0 if t.direction == "minimize" else -1.0
 
         def near(number: int) -> bool:
             mean, error, _ = t.scores[number]
             gap = sign * (mean - best.pooled.mean)
-            return not gap > _NEAR_BEST * math.hypot(error, best.pooled.standard_error)
+            return error is None or not gap > _NEAR_BEST * math.hypot(error, best.pooled.standard_error)
 
-        if new is not None and self._best_set_of == (best.number, best.pooled.count):
-            candidates = [m.number for m in t.best_set] + [new]
-        else:
-            candidates = list(t.scores)
-        members = _best_set(
-            best,
-            [self._racer(n) for n in candidates if n in t.scores and near(n)],
-            t.direction,
-            self._settings.racing_level,
+        same_best = t.best_set and (t.best_set[0].number, t.best_set[0].pooled.count) == (
+            best.number,
+            best.pooled.count,
         )
-        self._racers = {r.number: r for r in members}
-        t.best_set = [r.record() for r in members]
-        self._best_set_of = (best.number, best.pooled.count)
+        candidates = [n for n in (kept if same_best else t.scores) if n in t.scores and near(n)]
+        racers = [kept.get(n) or self._read_racer(n) for n in candidates]
+        t.best_set = _best_set(best, racers, t.direction, self._settings.racing_level)
 
-    def _racer(self, number: int) -> _Racer:
-        """A complete trial's chunks as the best set sees them: kept for its members, else read from its files."""
-        if number not in self._racers:
-            expected = self._expected(number)
-            self._racers[number] = _racer_of(expected, _read_valid_chunks(self._run.trial(number), expected))
-        return self._racers[number]
+    def _read_racer(self, number: int) -> _Racer:
+        expected = self._expected(number)
+        return _racer_of(expected, _read_valid_chunks(self._run.trial(number), expected))
 
     def _expected(self, number: int) -> TrialParams:
         return TrialParams.load(self._run.trial(number))
 
     def _rescore(self, number: int, summary: TrialSummary | None) -> None:
         if summary is not None:
-            error = math.nan if summary.standard_error is None else summary.standard_error
-            self.tally.scores[number] = (summary.mean, error, summary.n_seeds)
+            self.tally.scores[number] = (summary.mean, summary.standard_error, summary.n_seeds)
 
     # ---- seeds as a budget: reporting chunks, pruning
 
     def _report_chunks(self, active: _ActiveTrial) -> bool:
         """Tell Optuna of the trial's chunks that arrived since the last look; True if there was news."""
-        reports = active.reports
-        if reports is None:
+        if self._report_form is None:
             return False
         steps = _chunk_reports(active.chunks, self._report_form)
-        new = sorted(step for step in steps if step not in reports.reported)
+        new = sorted(step for step in steps if step not in active.reported)
         for step in new:
             active.trial.report(steps[step], step)
-            reports.reported.add(step)
+            active.reported.add(step)
         return bool(new)
 
     def _should_prune(self, active: _ActiveTrial, reported: bool) -> bool:
         """Ask the pruner after news (or once after a resume); never once every chunk is in."""
-        reports = active.reports
         if (
-            reports is None
+            self._report_form is None
             or not active.chunks
-            or not reports.reported
+            or not active.reported
             or len(active.chunks) == active.n_chunks
-            or (reports.asked and not reported)
+            or (active.asked_pruner and not reported)
         ):
             return False
-        reports.asked = True
+        active.asked_pruner = True
         return active.trial.should_prune()
 
 
@@ -5400,7 +5378,7 @@ def _run_study(
         n_pruned=summary["n_pruned"],
         best_standard_error=summary["best_standard_error"],
         best_trials=controller.tally.best_trials(),
-        best_set=list(controller.tally.best_set),
+        best_set=[r.record() for r in controller.tally.best_set],
         study=study,
     )
 
