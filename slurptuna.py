@@ -4597,7 +4597,6 @@ class _Controller:
         self._index = _open_trial_index(run, study)
         self._active: list[_ActiveTrial] = []
         self._race: dict[int, _ActiveTrial] = {}  # the best and its challenger while they race, by trial number
-        self._adopted_race: dict[int, frozenset[int]] = {}  # on resume: a race's chunks still queued
         for frozen in [self.tally.best, *self.tally.challengers] if self.tally.racing and self.tally.best else []:
             self._rescore(frozen.number, load_valid_summary(run.trial(frozen.number), self._expected(frozen.number)))
         # One line per finished trial, through Optuna's logger: its format, its verbosity, and a
@@ -4669,7 +4668,7 @@ class _Controller:
         running = self._study.get_trials(deepcopy=False, states=(self._optuna.trial.TrialState.RUNNING,))
         racing = [self.tally.best.number, self.tally.challengers[0].number] if self.tally.challengers else []
         adopted = self._executor.adopt([self._run.trial(n) for n in [t.number for t in running] + racing])
-        self._adopted_race = {n: adopted[n] for n in racing if n in adopted}  # a race's chunks still queued
+        self._begin_race(adopted)  # with its chunks still queued
         for frozen in running:
             trial = self._optuna.trial.Trial(self._study, frozen._trial_id)
             attempt = frozen.user_attrs.get("attempts", 1) - 1
@@ -4915,7 +4914,7 @@ class _Controller:
 
     # ---- racing and the best set
 
-    def _begin_race(self) -> bool:
+    def _begin_race(self, queued: Mapping[int, frozenset[int]] | None = None) -> bool:
         """The first challenger races the best; one no longer better, or no longer on fewer seeds, need not."""
         t = self.tally
         while not self._race and t.challengers:
@@ -4924,11 +4923,10 @@ class _Controller:
             if not _better(mean, best_mean, t.direction) or seeds >= best_seeds:
                 self._end_turn(_better(mean, best_mean, t.direction))
                 continue
-            for number in (best.number, challenger.number):  # the best first
-                paths, expected = self._run.trial(number), self._expected(number)
-                side = _ActiveTrial(None, paths, expected, _read_valid_chunks(paths, expected))  # a resume goes on
-                side.started = set(self._adopted_race.pop(number, ()))
-                self._race[number] = side
+            for number in (best.number, challenger.number):  # the best first; a resume goes on from their chunks
+                paths, expected, adopted = self._run.trial(number), self._expected(number), (queued or {}).get(number)
+                chunks = _read_valid_chunks(paths, expected)
+                self._race[number] = _ActiveTrial(None, paths, expected, chunks, started=set(adopted or ()))
             self._trial_log.info(
                 "Trial %d (%r over %d seeds) races the best, trial %d (%r over %d seeds), on the chunks they share.",
                 *(challenger.number, mean, seeds, best.number, best_mean, best_seeds),
