@@ -4604,8 +4604,6 @@ class _Controller:
         self._trial_log = optuna.logging.get_logger("optuna.slurptuna")
         self._progress = _Progress(settings.progress, settings.n_trials)
         self._report_form = _report_form(optuna, study.pruner, settings.prune_report)
-        if self._report_form is not None:
-            self._progress.pruned = (self.tally.n_pruned, self.tally.seeds_saved)
         if self._report_form == "chunk":  # WilcoxonPruner's first test imports scipy.stats: a second, not mid-run
             with contextlib.suppress(ImportError):
                 importlib.import_module("scipy.stats")
@@ -4628,6 +4626,8 @@ class _Controller:
                         changed = self._advance(active) or changed
                     changed = self._advance_race() or changed
                 t = self.tally
+                if self._report_form is not None:
+                    self._progress.pruned = (t.n_pruned, t.seeds_saved)
                 waiting = not self._executor.has_room()
                 self._progress.show(t.n_finished, len(self._active), t.n_failed, t.best_value, t.seeds_done, waiting)
                 # a free slot is filled at once, and the last trial's (or race's) end ends the run
@@ -4906,7 +4906,6 @@ class _Controller:
             "standard_error": used.standard_error,
         }
         self._finish(active, "PRUNED", attrs)
-        self._progress.pruned = (self.tally.n_pruned, self.tally.seeds_saved)
         self._trial_log.info(
             "Trial %d pruned after %d seeds (running mean %r, standard error %.3g) with parameters: %s.",
             *(active.trial.number, used.count, used.mean, used.standard_error, active.trial.params),
@@ -5099,20 +5098,18 @@ def _better(value: float, than: float, direction: str) -> bool:
     return value < than if direction == "minimize" else value > than
 
 
-def _dominates(a: Sequence[float], b: Sequence[float], directions: Sequence[str]) -> bool:
-    """``a`` is no worse than ``b`` in every objective and better in one (Pareto dominance)."""
-    signs = [1.0 if d == "minimize" else -1.0 for d in directions]
-    a_, b_ = [s * v for s, v in zip(signs, a, strict=True)], [s * v for s, v in zip(signs, b, strict=True)]
-    return all(x <= y for x, y in zip(a_, b_, strict=True)) and a_ != b_
-
-
 def _pareto_front(trials: Iterable[Any], directions: Sequence[str]) -> list[Any]:
     """The complete trials that no other dominates (as Optuna's ``study.best_trials``), by number."""
+    signs = [1.0 if d == "minimize" else -1.0 for d in directions]
+
+    def dominates(a: Any, b: Any) -> bool:  # no worse in every objective and better in one
+        x, y = ([s * v for s, v in zip(signs, t.values, strict=True)] for t in (a, b))
+        return all(p <= q for p, q in zip(x, y, strict=True)) and x != y
+
     front: list[Any] = []
     for trial in trials:
-        if any(_dominates(f.values, trial.values, directions) for f in front):
-            continue
-        front = [f for f in front if not _dominates(trial.values, f.values, directions)] + [trial]
+        if not any(dominates(f, trial) for f in front):
+            front = [f for f in front if not dominates(trial, f)] + [trial]
     return sorted(front, key=lambda t: t.number)
 
 
@@ -5258,11 +5255,7 @@ def _stops_when_unwritable(
         path = cause.filename or (run.dir if run else settings.run_root)
         cause_text = f"{os.strerror(cause.errno)} ({errno.errorcode[cause.errno]})"
         when = _UNWRITABLE[cause.errno]
-        resume = (
-            f"Run it again {when}"
-            if settings.run_name is None
-            else f"Resume with run_name={settings.run_name!r} (run_root={settings.run_root!r}) {when}"
-        )
+        resume = f"Run it again {when}" if settings.run_name is None else f"{_resume_hint(settings)} {when}"
         jobs = "its Slurm jobs cancelled, " if settings.mode == ExecutionMode.DISTRIBUTED.value else ""
         stopped = f"the run stopped ({jobs}the chunks written are kept)"
         raise RunDirError(
@@ -5271,6 +5264,10 @@ def _stops_when_unwritable(
             errno.errorcode[cause.errno],
             settings.run_name,
         ) from exc
+
+
+def _resume_hint(settings: _RunSettings) -> str:
+    return f"Resume with run_name={settings.run_name!r} (run_root={settings.run_root!r})"
 
 
 def _sqlite_file(storage: Any, run: RunPaths) -> Path | None:
@@ -5346,15 +5343,11 @@ def _run_study(
         try:
             controller.run()
         except _Interrupted as exc:
-            print(
-                f"slurptuna: {exc}. Resume with run_name={settings.run_name!r} (run_root={settings.run_root!r})",
-                file=sys.stderr,
-            )
+            print(f"slurptuna: {exc}. {_resume_hint(settings)}", file=sys.stderr)
             raise SystemExit(130 if stop.signum == signal.SIGINT else 143) from None
         except SlurmError as exc:  # the run's jobs are cancelled; what was computed stays
             print(
-                f"slurptuna: the run stopped: {exc}\nResume with run_name={settings.run_name!r} "
-                f"(run_root={settings.run_root!r}) once Slurm accepts the jobs",
+                f"slurptuna: the run stopped: {exc}\n{_resume_hint(settings)} once Slurm accepts the jobs",
                 file=sys.stderr,
             )
             raise
@@ -5581,10 +5574,7 @@ def _fresh_seeds(
 def _seed_overlap(a: SeedPlan, b: SeedPlan) -> str:
     """The seeds both plans hold, as ranges ``"5-9,12"``; "" if none."""
     x, y = (range(p.start, p.start + p.count) if p.explicit is None else frozenset(p.explicit) for p in (a, b))
-    if isinstance(x, range) and isinstance(y, range):
-        low, high = max(x.start, y.start), min(x.stop, y.stop)
-        return "" if low >= high else str(low) if high - low == 1 else f"{low}-{high - 1}"
-    small, large = sorted((x, y), key=len)
+    small, large = sorted((x, y), key=len)  # membership in a range is arithmetic
     return _format_ranges(s for s in small if s in large)
 
 
