@@ -4074,9 +4074,6 @@ class _StopSignal:
         self.signum = signum
         self.event.set()
 
-    def wait(self, seconds: float) -> bool:
-        return self.event.wait(seconds)
-
     def __exit__(self, *exc: object) -> None:
         for signum, handler in self._saved.items():
             signal.signal(signum, handler)
@@ -5562,20 +5559,15 @@ def _fresh_seeds(
     plan = SeedPlan.resolve(definition, seeds, count, used.chunk_size if chunk_size is None else chunk_size, None)
     if seeds is None:
         plan = replace(plan, start=last + 1 if seed_start is None else seed_start)
-    overlap = _seed_overlap(plan, used)
+    x, y = (range(p.start, p.start + p.count) if p.explicit is None else frozenset(p.explicit) for p in (plan, used))
+    small, large = sorted((x, y), key=len)  # membership in a range is arithmetic
+    overlap = _format_ranges(s for s in small if s in large)  # "5-9,12"
     if overlap:
         raise ConfigError(
             f"{plan.describe()} overlap the run's {used.describe()} at seeds {overlap}: validation needs seeds "
             f"the run never used; give seed_start >= {last + 1} (the default) or seeds outside the run's"
         )
     return plan
-
-
-def _seed_overlap(a: SeedPlan, b: SeedPlan) -> str:
-    """The seeds both plans hold, as ranges ``"5-9,12"``; "" if none."""
-    x, y = (range(p.start, p.start + p.count) if p.explicit is None else frozenset(p.explicit) for p in (a, b))
-    small, large = sorted((x, y), key=len)  # membership in a range is arithmetic
-    return _format_ranges(s for s in small if s in large)
 
 
 def _validation_name(run: RunPaths, child: _RunSettings) -> str:
