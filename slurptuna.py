@@ -4345,12 +4345,8 @@ class _ActiveTrial:
         return self.expected.plan.n_chunks
 
     def racer(self) -> _Racer:
-        return _racer_of(self.expected, self.chunks, self.stuck)
-
-
-def _racer_of(expected: TrialParams, chunks: Mapping[int, ChunkResult], stuck: bool = False) -> _Racer:
-    losses = {k: c.stats.loss for k, c in chunks.items()}
-    return _Racer(expected.trial_number, losses, expected.plan.n_chunks, expected.params, stuck)
+        losses = {k: c.stats.loss for k, c in self.chunks.items()}
+        return _Racer(self.expected.trial_number, losses, self.n_chunks, self.expected.params, self.stuck)
 
 
 @dataclass
@@ -4595,7 +4591,8 @@ class _Controller:
         self._active: list[_ActiveTrial] = []
         self._race: dict[int, _ActiveTrial] = {}  # the best and its challenger while they race, by trial number
         for frozen in [self.tally.best, *self.tally.challengers] if self.tally.racing and self.tally.best else []:
-            self._rescore(frozen.number, load_valid_summary(run.trial(frozen.number), self._expected(frozen.number)))
+            trial = run.trial(frozen.number)  # races add seeds Optuna does not see: their summary.json has them
+            self._rescore(frozen.number, load_valid_summary(trial, TrialParams.load(trial)))
         # One line per finished trial, through Optuna's logger: its format, its verbosity, and a
         # controller's log file tells the story (Optuna's tell() says nothing itself)
         self._trial_log = optuna.logging.get_logger("optuna.slurptuna")
@@ -4772,7 +4769,9 @@ class _Controller:
         elif action is _Next.STOP_RUN:
             raise LossError(next(f.message for f in _chunk_failures(active.paths) if f.kind == "import"))
         elif action in (_Next.FAIL_LOSS, _Next.FAIL_ALL_CHUNKS):
-            self._fail(active, self._failure_message(_chunk_failures(active.paths)))
+            first, *more = _chunk_failures(active.paths)
+            log = f"\nlog: {first.log}" if first.log else ""
+            self._fail(active, first.describe() + log + (f"\n({len(more)} more chunk(s) failed too)" if more else ""))
         elif action is _Next.CANCEL_OVERDUE:
             limit = self._settings.slurm_timeout_minutes
             logger.warning(
@@ -4805,12 +4804,6 @@ class _Controller:
             reason,
         )
         self._start_chunks(active, missing)
-
-    @staticmethod
-    def _failure_message(failures: list[ChunkFailure]) -> str:
-        first = failures[0]
-        more = f"\n({len(failures) - 1} more chunk(s) failed too)" if len(failures) > 1 else ""
-        return first.describe() + (f"\nlog: {first.log}" if first.log else "") + more
 
     # ---- telling Optuna: the one way a trial ends
 
@@ -4920,9 +4913,8 @@ class _Controller:
                 self._end_turn(_better(mean, best_mean, t.direction))
                 continue
             for number in (best.number, challenger.number):  # the best first; a resume goes on from their chunks
-                paths, expected, adopted = self._run.trial(number), self._expected(number), (queued or {}).get(number)
-                chunks = _read_valid_chunks(paths, expected)
-                self._race[number] = _ActiveTrial(None, paths, expected, chunks, started=set(adopted or ()))
+                side = self._race[number] = self._read_complete(number)
+                side.started = set((queued or {}).get(number, ()))
             self._trial_log.info(
                 "Trial %d (%r over %d seeds) races the best, trial %d (%r over %d seeds), on the chunks they share.",
                 *(challenger.number, mean, seeds, best.number, best_mean, best_seeds),
@@ -4972,7 +4964,7 @@ class _Controller:
         challenger = self.tally.challengers.pop(0)
         if won:
             self.tally.best = challenger
-        self._update_best_set(self._read_racer(challenger.number))
+        self._update_best_set(self._read_complete(challenger.number).racer())
         _write_json_atomic(self._run.summary, self.tally.summary(self._settings))
 
     def _update_best_set(self, new: _Racer) -> None:
@@ -4986,7 +4978,7 @@ class _Controller:
         if t.best is None or self._settings.objectives:
             return
         kept = {r.number: r for r in [*t.best_set, new]}
-        best = kept.get(t.best.number) or self._read_racer(t.best.number)
+        best = kept.get(t.best.number) or self._read_complete(t.best.number).racer()
         sign = 1.0 if t.direction == "minimize" else -1.0
 
         def near(number: int) -> bool:
@@ -4999,15 +4991,14 @@ class _Controller:
             best.pooled.count,
         )
         candidates = [n for n in (kept if same_best else t.scores) if n in t.scores and near(n)]
-        racers = [kept.get(n) or self._read_racer(n) for n in candidates]
+        racers = [kept.get(n) or self._read_complete(n).racer() for n in candidates]
         t.best_set = _best_set(best, racers, t.direction, self._settings.racing_level)
 
-    def _read_racer(self, number: int) -> _Racer:
-        expected = self._expected(number)
-        return _racer_of(expected, _read_valid_chunks(self._run.trial(number), expected))
-
-    def _expected(self, number: int) -> TrialParams:
-        return TrialParams.load(self._run.trial(number))
+    def _read_complete(self, number: int) -> _ActiveTrial:
+        """A complete trial (Optuna was told) with its valid chunks on disk, to race or to rank in the best set."""
+        paths = self._run.trial(number)
+        expected = TrialParams.load(paths)
+        return _ActiveTrial(None, paths, expected, _read_valid_chunks(paths, expected))
 
     def _rescore(self, number: int, summary: TrialSummary | None) -> None:
         if summary is not None:
