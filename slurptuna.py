@@ -4543,15 +4543,9 @@ def _chunk_reports(chunks: Mapping[int, ChunkResult], form: str) -> dict[int, fl
     """Step -> value for these chunks, in the given form (see above)."""
     if form == "chunk":
         return {index: chunk.stats.loss.mean for index, chunk in chunks.items()}
-    reports: dict[int, float] = {}
-    running: _Moments | None = None
-    index = 0
-    while index in chunks:
-        loss = chunks[index].stats.loss
-        running = loss if running is None else _Moments.pool([running, loss])
-        reports[running.count] = running.mean
-        index += 1
-    return reports
+    unbroken = itertools.takewhile(chunks.__contains__, itertools.count())  # chunks 0, 1, ... up to the first gap
+    running = itertools.accumulate((chunks[i].stats.loss for i in unbroken), lambda a, b: _Moments.pool([a, b]))
+    return {m.count: m.mean for m in running}
 
 
 class _Controller:
