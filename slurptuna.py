@@ -4980,10 +4980,8 @@ class _Controller:
             gap = sign * (mean - best.pooled.mean)
             return error is None or not gap > _NEAR_BEST * math.hypot(error, best.pooled.standard_error)
 
-        same_best = t.best_set and (t.best_set[0].number, t.best_set[0].pooled.count) == (
-            best.number,
-            best.pooled.count,
-        )
+        last = t.best_set[0] if t.best_set else None  # the best the set was computed against
+        same_best = last is not None and (last.number, last.pooled.count) == (best.number, best.pooled.count)
         candidates = [n for n in (kept if same_best else t.scores) if n in t.scores and near(n)]
         racers = [kept.get(n) or self._read_complete(n).racer() for n in candidates]
         t.best_set = _best_set(best, racers, t.direction, self._settings.racing_level)
