@@ -3767,9 +3767,6 @@ class _StopSignal:
         self.signum = signum
         self.event.set()
 
-    def wait(self, seconds: float) -> bool:
-        return self.event.wait(seconds)
-
     def __exit__(self, *exc: object) -> None:
         for signum, handler in self._saved.items():
             signal.signal(signum, handler)
@@ -4019,46 +4016,38 @@ _NEAR_BEST = 3.0  # best-set candidates: within this many (unpaired) standard er
 
 @dataclass
 class _ActiveTrial:
-    """A trial the controller is waiting for: its results so far, its attempt, its reports to the pruner."""
+    """A trial the controller is waiting for: its results so far, its attempt, its reports to the pruner.
 
-    trial: optuna.trial.Trial
+    A complete trial racing the best is one too, with no Optuna trial (Optuna was told already).
+    """
+
+    trial: optuna.trial.Trial | None
     paths: TrialPaths
     expected: TrialParams
     chunks: dict[int, ChunkResult] = field(default_factory=dict)  # valid results so far
     results_seen: int = 0  # how many results the executor had at the last look
     attempt: int = 0
     deadline: float | None = None
-    reports: _TrialReports | None = None  # None without a pruner
+    reported: set[int] = field(default_factory=set)  # steps told the pruner (on resume: from the storage), once each
+    asked_pruner: bool = False  # should_prune() asked at least once
     started: set[int] = field(default_factory=set)  # chunks started (or found done, or adopted)
+    stuck: bool = False  # racing: chunks started for it ended without a result, it gets no more
 
     @property
     def n_chunks(self) -> int:
         return self.expected.plan.n_chunks
 
-
-@dataclass
-class _RaceSide:
-    """A complete trial in a race: its chunks so far and those started for the race's current step."""
-
-    paths: TrialPaths
-    expected: TrialParams
-    chunks: dict[int, ChunkResult] = field(default_factory=dict)
-    started: set[int] = field(default_factory=set)
-    stuck: bool = False  # chunks started for it ended without a result: it gets no more
-
     def racer(self) -> _Racer:
-        return _racer_of(self.expected, self.chunks, self.stuck)
-
-
-def _racer_of(expected: TrialParams, chunks: Mapping[int, ChunkResult], stuck: bool = False) -> _Racer:
-    losses = {k: c.stats.loss for k, c in chunks.items()}
-    return _Racer(expected.trial_number, losses, expected.plan.n_chunks, expected.params, stuck)
+        losses = {k: c.stats.loss for k, c in self.chunks.items()}
+        return _Racer(self.expected.trial_number, losses, self.n_chunks, self.expected.params, self.stuck)
 
 
 @dataclass
 class _Tally:
     """The run's finished trials, counted as they finish, and its best: the run's ``summary.json``."""
 
+    direction: str  # the first objective's
+    racing: bool = False  # target_standard_error: a trial with fewer seeds than the best races it
     n_complete: int = 0
     n_failed: int = 0
     n_pruned: int = 0
@@ -4066,13 +4055,12 @@ class _Tally:
     seeds_saved: int = 0  # seeds that pruned trials did not use
     best: Any = None  # the best complete FrozenTrial (one objective)
     pareto: list[Any] = field(default_factory=list)  # the complete trials no other beats (several objectives)
-    # the loss's mean (no objectives): each complete trial's (mean, standard error, seeds), as races leave them
-    scores: dict[int, tuple[float, float, int]] = field(default_factory=dict)
-    racing: bool = False  # target_standard_error: a trial with fewer seeds than the best races it
+    # one objective: each complete trial's (mean, standard error or None, seeds), as races leave them (races
+    # add seeds Optuna does not see)
+    scores: dict[int, tuple[float, float | None, int]] = field(default_factory=dict)
     challengers: list[Any] = field(default_factory=list)  # complete trials waiting to race the best, in turn
     judged: int = 0  # complete trials judged against the best so far (their completion order)
-    direction: str = "minimize"
-    best_set: list[BestSetTrial] = field(default_factory=list)
+    best_set: list[_Racer] = field(default_factory=list)  # the best first, then its members (_best_set)
 
     @classmethod
     def of_study(cls, study: optuna.Study, settings: _RunSettings, recorded: Mapping[str, Any] | None = None) -> _Tally:
@@ -4081,12 +4069,13 @@ class _Tally:
         With racing, the best and the challengers come from the run's ``summary.json``
         (``recorded``): the trials judged since it was written, in completion order, are judged again.
         """
-        tally = cls(racing=settings.target_standard_error is not None and not settings.objectives)
+        racing = settings.target_standard_error is not None and not settings.objectives
+        tally = cls(_directions(settings)[0], racing)
         trials = study.get_trials(deepcopy=False)
         for frozen in trials:
-            tally.count(frozen, settings, judge=not tally.racing)
+            tally.count(frozen, settings, judge=not racing)
         tally.seeds_done = 0
-        if tally.racing:
+        if racing:
             by_number = {t.number: t for t in trials if t.state.name == "COMPLETE"}
             race = (recorded or {}).get("race") or {}
             tally.best = by_number.get((recorded or {}).get("best_trial")) if race else None
@@ -4107,15 +4096,16 @@ class _Tally:
         n_seeds = frozen.user_attrs.get("n_seeds", 0) if state != "FAIL" else 0
         if state == "COMPLETE":
             self.n_complete += 1
-            directions = _directions(settings)
-            self.direction = directions[0]
-            if not settings.objectives:
-                error = _standard_error_of(frozen.user_attrs)
-                self.scores[frozen.number] = (frozen.value, math.nan if error is None else error, n_seeds)
-            if len(directions) > 1:
-                self.pareto = _pareto_front([*self.pareto, frozen], directions)
-            elif judge:
-                self.judge(frozen)
+            if len(settings.objectives or ()) > 1:
+                self.pareto = _pareto_front([*self.pareto, frozen], _directions(settings))
+            else:
+                if settings.objectives:  # one objective: the component's
+                    error = frozen.user_attrs.get("component_standard_errors", {}).get(next(iter(settings.objectives)))
+                else:
+                    error = _standard_error_of(frozen.user_attrs)
+                self.scores[frozen.number] = (frozen.value, error, n_seeds)
+                if judge:
+                    self.judge(frozen)
         elif state == "FAIL":
             self.n_failed += 1
         elif state == "PRUNED":
@@ -4129,65 +4119,45 @@ class _Tally:
         """A complete trial against the run's best: it replaces it, waits to race it (racing: a better
         mean on fewer seeds), or neither."""
         self.judged += 1
-        if self.best is not None and not _better(self.score(frozen)[0], self.score(self.best)[0], self.direction):
+        (mean, _, seeds), best = self.scores[frozen.number], self.best
+        if best is not None and not _better(mean, self.scores[best.number][0], self.direction):
             return
-        if self.best is not None and self.racing and self.score(frozen)[2] < self.score(self.best)[2]:
+        if best is not None and self.racing and seeds < self.scores[best.number][2]:
             self.challengers.append(frozen)
         else:
             self.best = frozen
 
-    def score(self, frozen: optuna.trial.FrozenTrial) -> tuple[float, float, int]:
-        """The trial's (mean, standard error, seeds) as the run ranks it (races add seeds Optuna does not see)."""
-        return self.scores.get(frozen.number) or (frozen.value, math.nan, frozen.user_attrs.get("n_seeds", 0))
-
     @property
     def best_value(self) -> float | None:
-        return self.score(self.best)[0] if self.best else None
+        return self.scores[self.best.number][0] if self.best else None
 
     def best_trials(self) -> list[Any]:
         """As Optuna's ``study.best_trials``: the Pareto set, or the one best trial."""
         return self.pareto if self.pareto else [self.best] if self.best else []
 
-    def best_standard_error(self, settings: _RunSettings) -> float | None:
-        attrs = self.best.user_attrs if self.best else {}
-        if settings.objectives:  # one objective: the component's
-            return attrs.get("component_standard_errors", {}).get(next(iter(settings.objectives)))
-        error = self.score(self.best)[1] if self.best else math.nan
-        return None if math.isnan(error) else error
+    @property
+    def best_standard_error(self) -> float | None:
+        return self.scores[self.best.number][1] if self.best else None
 
     def summary(self, settings: _RunSettings) -> dict[str, Any]:
         """The run's ``summary.json``; with several objectives, the Pareto set instead of one best."""
-        if settings.objectives and len(settings.objectives) > 1:
-            return {
-                "loss_name": settings.loss_name,
-                "run_name": settings.run_name,
-                "objectives": settings.objectives,
-                "best_trials": [_pareto_record(t, settings.objectives) for t in self.pareto],
-                "best_value": None,  # as Optuna's study.best_trial refuses: see best_trials
-                "best_standard_error": None,
-                "best_params": None,
-                "best_trial": None,
-                **self._counts(settings),
-            }
+        several = len(settings.objectives or ()) > 1  # no best then, as Optuna's study.best_trial refuses
         return {
             "loss_name": settings.loss_name,
             "run_name": settings.run_name,
-            "best_value": self.best_value,
-            "best_standard_error": self.best_standard_error(settings),
-            "best_params": self.best.params if self.best else {},
-            "best_trial": self.best.number if self.best else None,
             **({"objectives": settings.objectives} if settings.objectives else {}),
-            **({"best_set": [asdict(t) for t in self.best_set]} if not settings.objectives else {}),
-            **({"race": self.race_record()} if self.racing else {}),
-            **self._counts(settings),
-        }
-
-    def race_record(self) -> dict[str, Any]:
-        """What a resume needs of the races (with best_trial): who waits to race, how many trials were judged."""
-        return {"challengers": [t.number for t in self.challengers], "judged": self.judged}
-
-    def _counts(self, settings: _RunSettings) -> dict[str, Any]:
-        return {
+            **({"best_trials": [_pareto_record(t, settings.objectives) for t in self.pareto]} if several else {}),
+            "best_value": self.best_value,
+            "best_standard_error": self.best_standard_error,
+            "best_params": self.best.params if self.best else None if several else {},
+            "best_trial": self.best.number if self.best else None,
+            **({"best_set": [asdict(r.record()) for r in self.best_set]} if not settings.objectives else {}),
+            # what a resume needs of the races (with best_trial): who waits to race, how many trials were judged
+            **(
+                {"race": {"challengers": [t.number for t in self.challengers], "judged": self.judged}}
+                if self.racing
+                else {}
+            ),
             "n_trials": settings.n_trials,
             "n_complete": self.n_complete,
             "n_failed": self.n_failed,
@@ -4250,14 +4220,6 @@ class _Progress:
 # of chunks from chunk 0 counts, so that a step means the same seeds in every trial.
 
 
-@dataclass
-class _TrialReports:
-    """What the controller has told Optuna of one trial's chunks."""
-
-    reported: set[int]  # steps already reported (from the storage on resume): never reported twice
-    asked: bool = False  # should_prune() asked at least once
-
-
 def _report_form(optuna: Any, pruner: Any, chosen: str) -> str | None:
     """``'chunk'`` or ``'running_mean'`` (``prune_report``; ``'auto'`` by pruner), or None without a pruner."""
     if pruner is None or isinstance(pruner, optuna.pruners.NopPruner):
@@ -4274,15 +4236,9 @@ def _chunk_reports(chunks: Mapping[int, ChunkResult], form: str) -> dict[int, fl
     """Step -> value for these chunks, in the given form (see above)."""
     if form == "chunk":
         return {index: chunk.stats.loss.mean for index, chunk in chunks.items()}
-    reports: dict[int, float] = {}
-    running: _Moments | None = None
-    index = 0
-    while index in chunks:
-        loss = chunks[index].stats.loss
-        running = loss if running is None else _Moments.pool([running, loss])
-        reports[running.count] = running.mean
-        index += 1
-    return reports
+    unbroken = itertools.takewhile(chunks.__contains__, itertools.count())  # chunks 0, 1, ... up to the first gap
+    running = itertools.accumulate((chunks[i].stats.loss for i in unbroken), lambda a, b: _Moments.pool([a, b]))
+    return {m.count: m.mean for m in running}
 
 
 class _Controller:
@@ -4320,19 +4276,15 @@ class _Controller:
         self.tally = _Tally.of_study(study, settings, _read_json(run.summary))
         self._index = _open_trial_index(run, study)
         self._active: list[_ActiveTrial] = []
-        self._race: dict[int, _RaceSide] = {}  # the best and its challenger while they race, by trial number
-        self._adopted_race: dict[int, frozenset[int]] = {}  # on resume: a race's chunks still queued
-        self._best_set_of: tuple[int, int] | None = None  # (the best, its seeds) the best set was computed against
-        self._racers: dict[int, _Racer] = {}  # complete trials read for the best set (the best set's members kept)
+        self._race: dict[int, _ActiveTrial] = {}  # the best and its challenger while they race, by trial number
         for frozen in [self.tally.best, *self.tally.challengers] if self.tally.racing and self.tally.best else []:
-            self._rescore(frozen.number, load_valid_summary(run.trial(frozen.number), self._expected(frozen.number)))
+            trial = run.trial(frozen.number)  # races add seeds Optuna does not see: their summary.json has them
+            self._rescore(frozen.number, load_valid_summary(trial, TrialParams.load(trial)))
         # One line per finished trial, through Optuna's logger: its format, its verbosity, and a
         # controller's log file tells the story (Optuna's tell() says nothing itself)
         self._trial_log = optuna.logging.get_logger("optuna.slurptuna")
         self._progress = _Progress(settings.progress, settings.n_trials)
         self._report_form = _report_form(optuna, study.pruner, settings.prune_report)
-        if self._report_form is not None:
-            self._progress.pruned = (self.tally.n_pruned, self.tally.seeds_saved)
         if self._report_form == "chunk":  # WilcoxonPruner's first test imports scipy.stats: a second, not mid-run
             with contextlib.suppress(ImportError):
                 importlib.import_module("scipy.stats")
@@ -4355,6 +4307,8 @@ class _Controller:
                         changed = self._advance(active) or changed
                     changed = self._advance_race() or changed
                 t = self.tally
+                if self._report_form is not None:
+                    self._progress.pruned = (t.n_pruned, t.seeds_saved)
                 waiting = not self._executor.has_room()
                 self._progress.show(t.n_finished, len(self._active), t.n_failed, t.best_value, t.seeds_done, waiting)
                 # a free slot is filled at once, and the last trial's (or race's) end ends the run
@@ -4363,7 +4317,7 @@ class _Controller:
                 if self._stop.event.is_set():
                     raise _Interrupted(f"interrupted by signal {self._stop.signum}")
         except BaseException as exc:  # Ctrl-C, a loss that cannot be imported, Slurm refusing: leave no job
-            cancelled = self._executor.cancel([a.paths for a in self._active] + [r.paths for r in self._race.values()])
+            cancelled = self._executor.cancel([a.paths for a in [*self._active, *self._race.values()]])
             if isinstance(exc, _Interrupted):
                 raise _Interrupted(f"{exc}; cancelled {cancelled} job(s)") from None
             raise
@@ -4395,7 +4349,7 @@ class _Controller:
         running = self._study.get_trials(deepcopy=False, states=(self._optuna.trial.TrialState.RUNNING,))
         racing = [self.tally.best.number, self.tally.challengers[0].number] if self.tally.challengers else []
         adopted = self._executor.adopt([self._run.trial(n) for n in [t.number for t in running] + racing])
-        self._adopted_race = {n: adopted[n] for n in racing if n in adopted}  # a race's chunks still queued
+        self._begin_race(adopted)  # with its chunks still queued
         for frozen in running:
             trial = self._optuna.trial.Trial(self._study, frozen._trial_id)
             attempt = frozen.user_attrs.get("attempts", 1) - 1
@@ -4414,8 +4368,7 @@ class _Controller:
         expected = TrialParams(trial.number, dict(trial.params), s.seeds.to_json(), s.entry_id, s.code_id)
         if _read_json(paths.params) != expected.to_json():
             _write_json_atomic(paths.params, expected.to_json())
-        reports = None if self._report_form is None else _TrialReports(reported or set())
-        active = _ActiveTrial(trial, paths, expected, attempt=attempt, reports=reports)
+        active = _ActiveTrial(trial, paths, expected, attempt=attempt, reported=reported or set())
         active.chunks = _read_valid_chunks(paths, expected)
         self._active.append(active)
         summary = load_valid_summary(paths, expected)
@@ -4430,20 +4383,15 @@ class _Controller:
         if to_run:
             self._start_chunks(active, to_run)
 
-    def _start_chunks(self, active: _ActiveTrial, chunks: list[int]) -> None:
-        active.started.update(chunks)
-        self._clear_errors_and_start(active.paths, active.expected, chunks, active.attempt)
-        if self._settings.slurm_timeout_minutes:
-            active.deadline = self._clock() + 60 * self._settings.slurm_timeout_minutes
-
-    def _clear_errors_and_start(
-        self, paths: TrialPaths, expected: TrialParams, chunks: Sequence[int], attempt: int
-    ) -> None:
+    def _start_chunks(self, active: _ActiveTrial, chunks: Sequence[int]) -> None:
         """Start the chunks on the executor, their stale error files removed first: the one place those go."""
+        active.started.update(chunks)
         for chunk in chunks:
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(paths.chunk_error(chunk))
-        self._executor.start(paths, expected, chunks, attempt)
+                os.unlink(active.paths.chunk_error(chunk))
+        self._executor.start(active.paths, active.expected, chunks, active.attempt)
+        if self._settings.slurm_timeout_minutes:
+            active.deadline = self._clock() + 60 * self._settings.slurm_timeout_minutes
 
     # ---- following a trial
 
@@ -4499,28 +4447,25 @@ class _Controller:
         action = _decide(view)
         if action is _Next.WAIT:
             return news
+        if action in (_Next.PRUNE, _Next.FAIL_LOSS, _Next.FAIL_ALL_CHUNKS, _Next.CANCEL_OVERDUE, _Next.AT_TARGET):
+            self._executor.cancel([active.paths])  # AT_TARGET: the chunks queued past the target are not needed
         if action is _Next.PRUNE:
-            self._executor.cancel([active.paths])
             self._prune(active)
         elif action is _Next.START_MORE:
-            self._start_chunks(active, list(view.to_start))
+            self._start_chunks(active, view.to_start)
         elif action is _Next.STOP_RUN:
-            failure = next(f for f in _chunk_failures(active.paths) if f.kind == "import")
-            raise LossError(failure.message)
+            raise LossError(next(f.message for f in _chunk_failures(active.paths) if f.kind == "import"))
         elif action in (_Next.FAIL_LOSS, _Next.FAIL_ALL_CHUNKS):
-            self._executor.cancel([active.paths])
-            self._fail(active, self._failure_message(active, _chunk_failures(active.paths)))
+            first, *more = _chunk_failures(active.paths)
+            log = f"\nlog: {first.log}" if first.log else ""
+            self._fail(active, first.describe() + log + (f"\n({len(more)} more chunk(s) failed too)" if more else ""))
         elif action is _Next.CANCEL_OVERDUE:
+            limit = self._settings.slurm_timeout_minutes
             logger.warning(
-                "trial %d: over slurm_timeout_minutes=%s, cancelling its chunk tasks",
-                active.trial.number,
-                self._settings.slurm_timeout_minutes,
+                "trial %d: over slurm_timeout_minutes=%s, cancelling its chunk tasks", active.trial.number, limit
             )
-            self._executor.cancel([active.paths])
             active.deadline = None
         elif action in (_Next.COMPLETE, _Next.COMPLETE_PARTIAL, _Next.AT_TARGET):
-            if action is _Next.AT_TARGET:
-                self._executor.cancel([active.paths])  # chunks queued past the target: not needed
             ran = None if view.started is None else view.done_chunks | view.failed_chunks
             partial_ok = action is _Next.COMPLETE_PARTIAL or bool(view.failed_chunks)
             summary = reduce_trial(self._run, active.trial.number, partial_ok, known=active.chunks, ran=ran)
@@ -4547,31 +4492,27 @@ class _Controller:
         )
         self._start_chunks(active, missing)
 
-    def _failure_message(self, active: _ActiveTrial, failures: list[ChunkFailure]) -> str:
-        first = failures[0]
-        log = first.log
-        more = f"\n({len(failures) - 1} more chunk(s) failed too)" if len(failures) > 1 else ""
-        return first.describe() + (f"\nlog: {log}" if log else "") + more
-
     # ---- telling Optuna: the one way a trial ends
 
     def _finish(
-        self, active: _ActiveTrial, state: Any, value: float | list[float] | None = None
+        self, active: _ActiveTrial, state: str, attrs: Mapping[str, Any], value: float | list[float] | None = None
     ) -> optuna.trial.FrozenTrial:
-        """Let the executor forget the trial, merge its chunk records, tell Optuna, count it, rewrite
-        summary.json, then call the user's callbacks as ``study.optimize`` does (each gets its own copy).
+        """Set the trial's user attributes, let the executor forget it, merge its chunk records, tell
+        Optuna, count it, rewrite summary.json, then call the user's callbacks as ``study.optimize``
+        does (each gets its own copy).
 
         The records are merged before Optuna is told: a crash in between leaves a RUNNING
         trial whose chunks are all there, completed again on resume.
         """
+        for key, attr in attrs.items():
+            active.trial.set_user_attr(key, attr)
         self._executor.finished(active.paths)
         _merge_chunk_records(active.paths, active.chunks)
-        frozen = self._study.tell(active.trial, value, state=state)
+        frozen = self._study.tell(active.trial, value, state=self._optuna.trial.TrialState[state])
         self._active.remove(active)
         self.tally.count(frozen, self._settings)
         if frozen.state.name == "COMPLETE" and not self._settings.objectives:
-            self._racers[frozen.number] = _racer_of(active.expected, active.chunks)
-            self._update_best_set(frozen.number)
+            self._update_best_set(active.racer())
         if self._index is not None:
             self._index.append(FinishedTrial.of(frozen, ((c, c.finished_at) for c in active.chunks.values())).to_json())
         _write_json_atomic(self._run.summary, self.tally.summary(self._settings))
@@ -4589,7 +4530,6 @@ class _Controller:
         return frozen
 
     def _complete(self, active: _ActiveTrial, summary: TrialSummary) -> None:
-        trial = active.trial
         objectives = self._settings.objectives
         missing = [name for name in objectives or () if name not in summary.components]
         if missing:
@@ -4601,96 +4541,67 @@ class _Controller:
             )
             return
         self._report_chunks(active)  # the best trial must have every step, for WilcoxonPruner
-        trial.set_user_attr("n_seeds", summary.n_seeds)
-        trial.set_user_attr("std", summary.std)
-        trial.set_user_attr("standard_error", summary.standard_error)
-        if active.attempt:
-            trial.set_user_attr("attempts", active.attempt + 1)
+        attrs = {"n_seeds": summary.n_seeds, "std": summary.std, "standard_error": summary.standard_error}
         if summary.components:
-            trial.set_user_attr("components", summary.components)
-            trial.set_user_attr("component_standard_errors", summary.component_standard_errors)
+            attrs.update(components=summary.components, component_standard_errors=summary.component_standard_errors)
         if summary.missing_chunks:
-            trial.set_user_attr("missing_chunks", summary.missing_chunks)
+            attrs.update(missing_chunks=summary.missing_chunks)
+        values = [summary.components[name] for name in objectives] if objectives else summary.mean
+        frozen = self._finish(active, "COMPLETE", attrs, values)
         if objectives:
-            values = [summary.components[name] for name in objectives]
-            self._finish(active, self._optuna.trial.TrialState.COMPLETE, values)
-            self._log_objectives(trial.number, summary, trial.params)
-            return
-        frozen = self._finish(active, self._optuna.trial.TrialState.COMPLETE, summary.mean)
-        best = self.tally.best
-        self._trial_log.info(
-            "Trial %d finished with value: %r (standard error %.3g over %d seeds) and parameters: %s. "
-            "%.1f s. Best is trial %d with value: %r.",
-            frozen.number,
-            summary.mean,
-            summary.standard_error,
-            summary.n_seeds,
-            frozen.params,
-            frozen.duration.total_seconds() if frozen.duration else 0.0,
-            best.number,
-            best.value,
-        )
-
-    def _log_objectives(self, number: int, summary: TrialSummary, params: Mapping[str, ParamValue]) -> None:
-        errors = summary.component_standard_errors
-        shown = ", ".join(
-            f"{n} {summary.components[n]!r} ± {errors.get(n, math.nan):.3g}" for n in self._settings.objectives
-        )
-        best = f"Best is trial {self.tally.best.number}" if self.tally.best else "Best is -"
-        if len(self._settings.objectives) > 1:
+            errors = summary.component_standard_errors
+            shown = ", ".join(f"{n} {summary.components[n]!r} ± {errors.get(n, math.nan):.3g}" for n in objectives)
+            shown += f" (mean ± standard error over {summary.n_seeds} seeds)"
+        else:
+            error = math.nan if summary.standard_error is None else summary.standard_error  # an older run's summary
+            shown = f"value: {summary.mean!r} (standard error {error:.3g} over {summary.n_seeds} seeds)"
+        if len(objectives or ()) > 1:
             best = f"Pareto front: trials {[t.number for t in self.tally.pareto]}"
+        else:
+            best = f"Best is trial {self.tally.best.number} with value: {self.tally.best.value!r}"
+        seconds = frozen.duration.total_seconds() if frozen.duration else 0.0
         self._trial_log.info(
-            "Trial %d finished with %s (mean ± standard error over %d seeds) and parameters: %s. %s.",
-            number,
+            "Trial %d finished with %s and parameters: %s. %.1f s. %s.",
+            frozen.number,
             shown,
-            summary.n_seeds,
-            params,
+            frozen.params,
+            seconds,
             best,
         )
 
     def _fail(self, active: _ActiveTrial, reason: str) -> None:
         logger.error("trial %d failed: %s", active.trial.number, reason)
-        active.trial.set_user_attr("fail_reason", reason[-20000:])
-        self._finish(active, self._optuna.trial.TrialState.FAIL)
+        self._finish(active, "FAIL", {"fail_reason": reason[-20000:]})
 
     def _prune(self, active: _ActiveTrial) -> None:
         """Tell Optuna the trial is pruned, with the statistics of the chunks it used; their files stay."""
-        trial = active.trial
         used = ChunkStats.pool([c.stats for c in active.chunks.values()]).loss
-        trial.set_user_attr("n_seeds", used.count)
-        trial.set_user_attr("running_mean", used.mean)
-        trial.set_user_attr("std", used.std)
-        trial.set_user_attr("standard_error", used.standard_error)
-        self._finish(active, self._optuna.trial.TrialState.PRUNED)
-        self._progress.pruned = (self.tally.n_pruned, self.tally.seeds_saved)
+        attrs = {
+            "n_seeds": used.count,
+            "running_mean": used.mean,
+            "std": used.std,
+            "standard_error": used.standard_error,
+        }
+        self._finish(active, "PRUNED", attrs)
         self._trial_log.info(
             "Trial %d pruned after %d seeds (running mean %r, standard error %.3g) with parameters: %s.",
-            trial.number,
-            used.count,
-            used.mean,
-            used.standard_error,
-            trial.params,
+            *(active.trial.number, used.count, used.mean, used.standard_error, active.trial.params),
         )
 
     # ---- racing and the best set
 
-    def _begin_race(self) -> bool:
+    def _begin_race(self, queued: Mapping[int, frozenset[int]] | None = None) -> bool:
         """The first challenger races the best; one no longer better, or no longer on fewer seeds, need not."""
         t = self.tally
         while not self._race and t.challengers:
             challenger, best = t.challengers[0], t.best
-            (mean, _, seeds), (best_mean, _, best_seeds) = t.score(challenger), t.score(best)
+            (mean, _, seeds), (best_mean, _, best_seeds) = t.scores[challenger.number], t.scores[best.number]
             if not _better(mean, best_mean, t.direction) or seeds >= best_seeds:
-                t.challengers.pop(0)
-                if _better(mean, best_mean, t.direction):
-                    t.best = challenger
-                self._update_best_set(challenger.number)
-                _write_json_atomic(self._run.summary, t.summary(self._settings))
+                self._end_turn(_better(mean, best_mean, t.direction))
                 continue
-            for number in (best.number, challenger.number):  # the best first
-                side = self._race[number] = _RaceSide(self._run.trial(number), self._expected(number))
-                side.chunks = _read_valid_chunks(side.paths, side.expected)  # a resume goes on from these
-                side.started = set(self._adopted_race.pop(number, ()))
+            for number in (best.number, challenger.number):  # the best first; a resume goes on from their chunks
+                side = self._race[number] = self._read_complete(number)
+                side.started = set((queued or {}).get(number, ()))
             self._trial_log.info(
                 "Trial %d (%r over %d seeds) races the best, trial %d (%r over %d seeds), on the chunks they share.",
                 *(challenger.number, mean, seeds, best.number, best_mean, best_seeds),
@@ -4700,13 +4611,9 @@ class _Controller:
 
     def _advance_race(self) -> bool:
         """Take the race's new chunks; once none runs, decide (``_race_step``): add chunks, or end it."""
-        news = False
-        for side in self._race.values():
-            fresh = {k: c for k, c in self._executor.results(side.paths).items() if k not in side.chunks}
-            side.chunks.update(fresh)
-            news |= bool(fresh)
+        news = [self._take_results(side) for side in self._race.values()]  # each side's, not the first's only
         if not self._race or any(self._executor.running(side.paths) for side in self._race.values()):
-            return news
+            return any(news)
         for number, side in self._race.items():
             if side.started - side.chunks.keys():
                 logger.warning("trial %d: chunks started for its race ended without a result; it gets no more", number)
@@ -4714,27 +4621,20 @@ class _Controller:
             side.started = set()
         best, challenger = (side.racer() for side in self._race.values())
         step = _race_step(best, challenger, self.tally.direction, self._settings.racing_level)
-        if step.first is None:
-            for number, chunks in step.add.items():
-                side = self._race[number]
-                side.started.update(chunks)
-                self._clear_errors_and_start(side.paths, side.expected, chunks, 0)
-            return True
-        self._end_race(step, best, challenger)
+        for number, chunks in step.add.items():
+            self._start_chunks(self._race[number], chunks)
+        if step.first is not None:
+            self._end_race(step, best, challenger)
         return True
 
     def _end_race(self, step: _RaceStep, best: _Racer, challenger: _Racer) -> None:
         """Merge and reduce both trials again with their new chunks, rank them, rewrite the run's summary."""
-        t = self.tally
         for number, side in self._race.items():
             self._executor.finished(side.paths)
             _merge_chunk_records(side.paths, side.chunks)
             self._rescore(number, reduce_trial(self._run, number, True, known=side.chunks, ran=side.chunks.keys()))
-            self._racers.pop(number, None)
+        self.tally.best_set = [r for r in self.tally.best_set if r.number not in self._race]  # their chunks grew
         self._race = {}
-        frozen = t.challengers.pop(0)
-        if step.first == frozen.number:
-            t.best = frozen
         self._trial_log.info(
             "Trial %d ranks first after its race with trial %d (%s; one-sided paired t-test p=%.3g on %d shared "
             "chunks): trial %d %r over %d seeds, trial %d %r over %d seeds.",
@@ -4744,85 +4644,75 @@ class _Controller:
             *(best.number, best.pooled.mean, best.pooled.count),
             *(challenger.number, challenger.pooled.mean, challenger.pooled.count),
         )
-        self._update_best_set(frozen.number)
-        _write_json_atomic(self._run.summary, t.summary(self._settings))
+        self._end_turn(step.first == challenger.number)
 
-    def _update_best_set(self, new: int | None = None) -> None:
+    def _end_turn(self, won: bool) -> None:
+        """The first challenger's turn is over: it replaces the best if it won; the best set and summary follow."""
+        challenger = self.tally.challengers.pop(0)
+        if won:
+            self.tally.best = challenger
+        self._update_best_set(self._read_complete(challenger.number).racer())
+        _write_json_atomic(self._run.summary, self.tally.summary(self._settings))
+
+    def _update_best_set(self, new: _Racer) -> None:
         """The trials a paired test cannot tell from the best (``_best_set``), for the run's summary.json.
 
         Candidates are prefiltered by their unpaired means and standard errors (within _NEAR_BEST
-        of the best's); while the best and its seeds stay, only the ``new`` trial can join.
+        of the best's); while the best and its seeds stay, only the ``new`` trial can join. The
+        members' chunks are kept, the others' read from their files.
         """
         t = self.tally
         if t.best is None or self._settings.objectives:
             return
-        best = self._racer(t.best.number)
+        kept = {r.number: r for r in [*t.best_set, new]}
+        best = kept.get(t.best.number) or self._read_complete(t.best.number).racer()
         sign = 1.0 if t.direction == "minimize" else -1.0
 
         def near(number: int) -> bool:
             mean, error, _ = t.scores[number]
             gap = sign * (mean - best.pooled.mean)
-            return not gap > _NEAR_BEST * math.hypot(error, best.pooled.standard_error)
+            return error is None or not gap > _NEAR_BEST * math.hypot(error, best.pooled.standard_error)
 
-        if new is not None and self._best_set_of == (best.number, best.pooled.count):
-            candidates = [m.number for m in t.best_set] + [new]
-        else:
-            candidates = list(t.scores)
-        members = _best_set(
-            best,
-            [self._racer(n) for n in candidates if n in t.scores and near(n)],
-            t.direction,
-            self._settings.racing_level,
-        )
-        self._racers = {r.number: r for r in members}
-        t.best_set = [r.record() for r in members]
-        self._best_set_of = (best.number, best.pooled.count)
+        last = t.best_set[0] if t.best_set else None  # the best the set was computed against
+        same_best = last is not None and (last.number, last.pooled.count) == (best.number, best.pooled.count)
+        candidates = [n for n in (kept if same_best else t.scores) if n in t.scores and near(n)]
+        racers = [kept.get(n) or self._read_complete(n).racer() for n in candidates]
+        t.best_set = _best_set(best, racers, t.direction, self._settings.racing_level)
 
-    def _racer(self, number: int) -> _Racer:
-        """A complete trial's chunks as the best set sees them: kept for its members, else read from its files."""
-        if number not in self._racers:
-            expected = self._expected(number)
-            self._racers[number] = _racer_of(expected, _read_valid_chunks(self._run.trial(number), expected))
-        return self._racers[number]
-
-    def _expected(self, number: int) -> TrialParams:
-        return TrialParams.load(self._run.trial(number))
+    def _read_complete(self, number: int) -> _ActiveTrial:
+        """A complete trial (Optuna was told) with its valid chunks on disk, to race or to rank in the best set."""
+        paths = self._run.trial(number)
+        expected = TrialParams.load(paths)
+        return _ActiveTrial(None, paths, expected, _read_valid_chunks(paths, expected))
 
     def _rescore(self, number: int, summary: TrialSummary | None) -> None:
         if summary is not None:
-            error = math.nan if summary.standard_error is None else summary.standard_error
-            self.tally.scores[number] = (summary.mean, error, summary.n_seeds)
-
-    def run_summary(self) -> dict[str, Any]:
-        """The run's ``summary.json``."""
-        return self.tally.summary(self._settings)
+            self.tally.scores[number] = (summary.mean, summary.standard_error, summary.n_seeds)
 
     # ---- seeds as a budget: reporting chunks, pruning
 
     def _report_chunks(self, active: _ActiveTrial) -> bool:
         """Tell Optuna of the trial's chunks that arrived since the last look; True if there was news."""
-        reports = active.reports
-        if reports is None:
+        if self._report_form is None:
             return False
         steps = _chunk_reports(active.chunks, self._report_form)
-        new = sorted(step for step in steps if step not in reports.reported)
+        new = sorted(step for step in steps if step not in active.reported)
         for step in new:
             active.trial.report(steps[step], step)
-            reports.reported.add(step)
+            active.reported.add(step)
         return bool(new)
 
     def _should_prune(self, active: _ActiveTrial, reported: bool) -> bool:
         """Ask the pruner after news (or once after a resume); never once every chunk is in."""
-        reports = active.reports
         if (
-            reports is None
+            self._report_form is None
             or not active.chunks
-            or not reports.reported
+            or not active.reported
             or len(active.chunks) == active.n_chunks
-            or (reports.asked and not reported)
+            or (active.asked_pruner and not reported)
         ):
             return False
-        reports.asked = True
+        active.asked_pruner = True
         return active.trial.should_prune()
 
 
@@ -4881,20 +4771,18 @@ def _better(value: float, than: float, direction: str) -> bool:
     return value < than if direction == "minimize" else value > than
 
 
-def _dominates(a: Sequence[float], b: Sequence[float], directions: Sequence[str]) -> bool:
-    """``a`` is no worse than ``b`` in every objective and better in one (Pareto dominance)."""
-    signs = [1.0 if d == "minimize" else -1.0 for d in directions]
-    a_, b_ = [s * v for s, v in zip(signs, a, strict=True)], [s * v for s, v in zip(signs, b, strict=True)]
-    return all(x <= y for x, y in zip(a_, b_, strict=True)) and a_ != b_
-
-
 def _pareto_front(trials: Iterable[Any], directions: Sequence[str]) -> list[Any]:
     """The complete trials that no other dominates (as Optuna's ``study.best_trials``), by number."""
+    signs = [1.0 if d == "minimize" else -1.0 for d in directions]
+
+    def dominates(a: Any, b: Any) -> bool:  # no worse in every objective and better in one
+        x, y = ([s * v for s, v in zip(signs, t.values, strict=True)] for t in (a, b))
+        return all(p <= q for p, q in zip(x, y, strict=True)) and x != y
+
     front: list[Any] = []
     for trial in trials:
-        if any(_dominates(f.values, trial.values, directions) for f in front):
-            continue
-        front = [f for f in front if not _dominates(trial.values, f.values, directions)] + [trial]
+        if not any(dominates(f, trial) for f in front):
+            front = [f for f in front if not dominates(trial, f)] + [trial]
     return sorted(front, key=lambda t: t.number)
 
 
@@ -5040,11 +4928,7 @@ def _stops_when_unwritable(
         path = cause.filename or (run.dir if run else settings.run_root)
         cause_text = f"{os.strerror(cause.errno)} ({errno.errorcode[cause.errno]})"
         when = _UNWRITABLE[cause.errno]
-        resume = (
-            f"Run it again {when}"
-            if settings.run_name is None
-            else f"Resume with run_name={settings.run_name!r} (run_root={settings.run_root!r}) {when}"
-        )
+        resume = f"Run it again {when}" if settings.run_name is None else f"{_resume_hint(settings)} {when}"
         jobs = "its Slurm jobs cancelled, " if settings.mode == ExecutionMode.DISTRIBUTED.value else ""
         stopped = f"the run stopped ({jobs}the chunks written are kept)"
         raise RunDirError(
@@ -5053,6 +4937,10 @@ def _stops_when_unwritable(
             errno.errorcode[cause.errno],
             settings.run_name,
         ) from exc
+
+
+def _resume_hint(settings: _RunSettings) -> str:
+    return f"Resume with run_name={settings.run_name!r} (run_root={settings.run_root!r})"
 
 
 def _sqlite_file(storage: Any, run: RunPaths) -> Path | None:
@@ -5128,21 +5016,17 @@ def _run_study(
         try:
             controller.run()
         except _Interrupted as exc:
-            print(
-                f"slurptuna: {exc}. Resume with run_name={settings.run_name!r} (run_root={settings.run_root!r})",
-                file=sys.stderr,
-            )
+            print(f"slurptuna: {exc}. {_resume_hint(settings)}", file=sys.stderr)
             raise SystemExit(130 if stop.signum == signal.SIGINT else 143) from None
         except SlurmError as exc:  # the run's jobs are cancelled; what was computed stays
             print(
-                f"slurptuna: the run stopped: {exc}\nResume with run_name={settings.run_name!r} "
-                f"(run_root={settings.run_root!r}) once Slurm accepts the jobs",
+                f"slurptuna: the run stopped: {exc}\n{_resume_hint(settings)} once Slurm accepts the jobs",
                 file=sys.stderr,
             )
             raise
         finally:
             executor.close()
-        summary = controller.run_summary()
+        summary = controller.tally.summary(settings)
         _write_json_atomic(run.summary, summary)
     return OptimizeResult(
         loss_name=settings.loss_name,
@@ -5158,7 +5042,7 @@ def _run_study(
         n_pruned=summary["n_pruned"],
         best_standard_error=summary["best_standard_error"],
         best_trials=controller.tally.best_trials(),
-        best_set=list(controller.tally.best_set),
+        best_set=[r.record() for r in controller.tally.best_set],
         study=study,
     )
 
@@ -5351,23 +5235,15 @@ def _fresh_seeds(
     plan = SeedPlan.resolve(definition, seeds, count, used.chunk_size if chunk_size is None else chunk_size, None)
     if seeds is None:
         plan = replace(plan, start=last + 1 if seed_start is None else seed_start)
-    overlap = _seed_overlap(plan, used)
+    x, y = (range(p.start, p.start + p.count) if p.explicit is None else frozenset(p.explicit) for p in (plan, used))
+    small, large = sorted((x, y), key=len)  # membership in a range is arithmetic
+    overlap = _format_ranges(s for s in small if s in large)  # "5-9,12"
     if overlap:
         raise ConfigError(
             f"{plan.describe()} overlap the run's {used.describe()} at seeds {overlap}: validation needs seeds "
             f"the run never used; give seed_start >= {last + 1} (the default) or seeds outside the run's"
         )
     return plan
-
-
-def _seed_overlap(a: SeedPlan, b: SeedPlan) -> str:
-    """The seeds both plans hold, as ranges ``"5-9,12"``; "" if none."""
-    x, y = (range(p.start, p.start + p.count) if p.explicit is None else frozenset(p.explicit) for p in (a, b))
-    if isinstance(x, range) and isinstance(y, range):
-        low, high = max(x.start, y.start), min(x.stop, y.stop)
-        return "" if low >= high else str(low) if high - low == 1 else f"{low}-{high - 1}"
-    small, large = sorted((x, y), key=len)
-    return _format_ranges(s for s in small if s in large)
 
 
 def _validation_name(run: RunPaths, child: _RunSettings) -> str:
