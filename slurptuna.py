@@ -5078,7 +5078,7 @@ class ValidationCandidate:
 
 
 @dataclass(frozen=True)
-class ValidationResult:
+class ValidationResult(_Record):
     """What ``validate`` returns and ``RUN_DIR/validation.json`` holds; ``pick`` is the chosen trial's number."""
 
     run_dir: str
@@ -5092,9 +5092,6 @@ class ValidationResult:
     @property
     def best(self) -> ValidationCandidate | None:
         return next((c for c in self.candidates if c.trial == self.pick), None)
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
 
     @classmethod
     def from_json(cls, record: Mapping[str, Any]) -> ValidationResult:
@@ -5359,8 +5356,7 @@ def _validate_main(argv: Sequence[str]) -> int:
             chunk_size=args.chunk_size,
         )
     except SlurptunaError as exc:
-        print(f"slurptuna validate: {_first_line(str(exc))}", file=sys.stderr)
-        return 2
+        return _command_failed("validate", exc)
     print(json.dumps(result.to_json(), indent=1) if args.json else "\n".join(format_validation(result)))
     return 0
 
