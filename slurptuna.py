@@ -2224,7 +2224,8 @@ def serve_pool(
     answered by one line as soon as it ends, so that when this process dies the controller
     knows which unit killed it: a whole chunk by its record, the very line appended to this
     worker's record file of the trial (``_RecordFile``: one open file, not a file per chunk);
-    a slice by its statistics; a failure by its ``ChunkFailure``. A reader thread takes the
+    a part by its statistics (and a chunk whose record could not be written: the controller
+    writes it); a failure by its ``ChunkFailure``. A reader thread takes the
     commands, so that the end of the pipe (the controller exited or died) ends this process
     even while a loss runs.
     """
@@ -2275,13 +2276,10 @@ def _evaluate_unit(
     processes: int,
     use_processes: bool,
 ) -> bytes:
-    """One unit of pool work -> its answer: a whole chunk's record (appended to ``records``), a part's statistics
-    or the failing seed."""
+    """One unit of pool work -> its answer: a whole chunk's record (appended to ``records``), or the statistics
+    of a part (or of a chunk whose record cannot be written: the controller writes it), or the failing seed."""
     chunk, part, n_parts = unit
-    seeds = expected.plan.chunk(chunk)
-    if n_parts > 1:
-        lo, hi = _split_evenly(len(seeds), n_parts)[part]
-        seeds = seeds[lo:hi]
+    seeds = _part_seeds(expected.plan, chunk, part, n_parts)
     started = time.perf_counter()
     try:
         stats = run_chunk(
@@ -2295,11 +2293,20 @@ def _evaluate_unit(
         print(failure.describe(), file=sys.stderr, flush=True)  # the worker's log tells it too
         return _json_line({"failure": failure.to_json()})
     seconds = time.perf_counter() - started
-    if n_parts > 1:
-        return _json_line({"part": stats.to_json(), "seconds": seconds})
-    record = ChunkResult.of(expected, chunk, stats, seconds, processes).to_json()
-    line = _json_line(record)
-    return line if _append_or_leave_to_controller(records, line) else _json_line({"unwritten": record})
+    if n_parts == 1:
+        line = _json_line(ChunkResult.of(expected, chunk, stats, seconds, processes).to_json())
+        if _append_or_leave_to_controller(records, line):
+            return line
+    return _json_line({"part": stats.to_json(), "seconds": seconds})
+
+
+def _part_seeds(plan: SeedPlan, chunk: int, part: int, n_parts: int) -> Sequence[int]:
+    """The seeds of part ``part`` of ``n_parts`` of a chunk (the whole chunk when ``n_parts`` is 1)."""
+    seeds = plan.chunk(chunk)
+    if n_parts == 1:
+        return seeds
+    lo, hi = _split_evenly(len(seeds), n_parts)[part]
+    return seeds[lo:hi]
 
 
 def _json_line(record: Mapping[str, Any] | list[Any]) -> bytes:
@@ -3795,10 +3802,8 @@ class _LocalExecutor:
             chunk = local.chunks.get(index) if local else None
             if chunk is None:
                 return "never submitted", None
-            return (
-                chunk.state.value if chunk.state is not _ChunkState.COMPLETED else "ended without a result",
-                chunk.log,
-            )
+            ended = chunk.state.value if chunk.state is not _ChunkState.COMPLETED else "ended without a result"
+            return ended, chunk.log
 
         return _explain_missing(chunks, describe)
 
@@ -3917,13 +3922,10 @@ class _LocalExecutor:
             elif "part" in answer:
                 self._add_part(chunk, ChunkStats.from_json(answer["part"]), answer["seconds"])
             else:
-                result = ChunkResult.from_json(answer.get("unwritten", answer))
-                if "unwritten" in answer:  # the worker could not append it
-                    _write_chunk_result(chunk.trial.paths, result)
-                self._complete(chunk, result)
+                self._complete(chunk, ChunkResult.from_json(answer))
 
     def _add_part(self, chunk: _LocalChunk, stats: ChunkStats, seconds: float) -> None:
-        """A part's statistics; the last part completes the chunk, whose file is written here."""
+        """A part's statistics; the last part completes the chunk, whose file is written here (not by a worker)."""
         chunk.parts.append((stats, seconds))
         self._learn_speed(seconds, stats.loss.count)
         if len(chunk.parts) == chunk.n_parts:
@@ -3934,7 +3936,7 @@ class _LocalExecutor:
             self._complete(chunk, result)
 
     def _complete(self, chunk: _LocalChunk, result: ChunkResult) -> None:
-        if chunk.n_parts == 1:
+        if not chunk.parts:  # a worker's record
             self._learn_speed(result.elapsed_seconds, result.stats.loss.count)
         chunk.trial.results[chunk.index] = result
         self._settle(chunk, _ChunkState.COMPLETED)
@@ -3967,10 +3969,7 @@ class _LocalExecutor:
         if worker.units and worker.units[0].chunk.wanted:
             unit = worker.units[0]
             expected = unit.chunk.trial.expected
-            seeds = expected.plan.chunk(unit.chunk.index)
-            if unit.chunk.n_parts > 1:
-                lo, hi = _split_evenly(len(seeds), unit.chunk.n_parts)[unit.part]
-                seeds = seeds[lo:hi]
+            seeds = _part_seeds(expected.plan, unit.chunk.index, unit.part, unit.chunk.n_parts)
             died = f"the worker process died ({_describe_exit(worker.exit_code)})"
             failure = ChunkFailure(
                 expected.trial_number,
