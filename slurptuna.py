@@ -2250,21 +2250,19 @@ def serve_pool(
         return
     answer(_json_line({"ready": os.getpid()}))
     processes = 1 if settings.use_processes else settings.worker_parallelism  # threads: one process, p threads
-    trials: dict[tuple[str, int], tuple[TrialPaths, TrialParams, _RecordFile]] = {}
+
+    @functools.lru_cache(maxsize=64)
+    def trial(run_dir: str, number: int) -> tuple[TrialPaths, TrialParams]:
+        paths = RunPaths(Path(run_dir)).trial(number)
+        return paths, TrialParams.load(paths)
+
     while True:
         command = json.loads(inbox.get())
-        key = (command["run_dir"], command["trial"])
-        if key not in trials:
-            if len(trials) > 64:
-                for _, _, records in trials.values():
-                    records.close()
-                trials.clear()
-            paths = RunPaths(Path(key[0])).trial(key[1])
-            trials[key] = (paths, TrialParams.load(paths), _RecordFile(paths.worker_records(os.getpid())))
-        paths, expected, records = trials[key]
-        records.follow()
+        paths, expected = trial(command["run_dir"], command["trial"])
+        records = _RecordFile(paths.worker_records(os.getpid()))  # per command: a trial merged meanwhile may race
         for unit in command["units"]:
             answer(_evaluate_unit(definition, paths, expected, records, unit, processes, settings.use_processes))
+        records.close()
 
 
 def _evaluate_unit(
@@ -2338,11 +2336,6 @@ class _RecordFile:
         view = memoryview(line)
         while view:
             view = view[os.write(self._fd, view) :]
-
-    def follow(self) -> None:
-        """Start a new file if this one was removed: the trial's records were merged, and a race runs it again."""
-        if self._fd is not None and not os.path.exists(self.path):
-            self.close()
 
     def close(self) -> None:
         if self._fd is not None:
@@ -3574,9 +3567,6 @@ class _PoolWorker:
         data = os.read(self.results_fd, 1 << 16)
         if not data:
             return None
-        return self._answers(data)
-
-    def _answers(self, data: bytes) -> list[dict[str, Any]]:
         *lines, self.received = (self.received + data).split(b"\n")
         return json.loads(b"[" + b",".join(lines) + b"]")
 
@@ -3601,13 +3591,13 @@ class _PoolWorker:
                 self.exit_code = 0
         with contextlib.suppress(OSError):
             self.commands.close()
-        left = b""
+        answers: list[dict[str, Any]] = []
         os.set_blocking(self.results_fd, False)  # a process of its loss that left its session may hold the pipe
         with contextlib.suppress(OSError):
-            while data := os.read(self.results_fd, 1 << 16):
-                left += data
+            while (more := self.receive()) is not None:
+                answers += more
         os.close(self.results_fd)
-        return self._answers(left)
+        return answers
 
 
 def _usable_cores() -> int:
@@ -5129,14 +5119,33 @@ def _merge_chunk_records(trial: TrialPaths, chunks: Mapping[int, ChunkResult]) -
     chunk once; failed chunks keep their error records.
     """
     if chunks:
-        text = "".join(json.dumps(chunks[i].to_json()) + "\n" for i in sorted(chunks))
-        _write_atomic(trial.merged_chunks, text.encode())
+        _write_atomic(trial.merged_chunks, _merged_records(trial, chunks))
     with contextlib.suppress(FileNotFoundError), os.scandir(trial.chunks_dir) as entries:
         for entry in list(entries):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(entry.path)
     with contextlib.suppress(OSError):  # gone already, or a cancelled task wrote meanwhile
         os.rmdir(trial.chunks_dir)
+
+
+def _merged_records(trial: TrialPaths, chunks: Mapping[int, ChunkResult]) -> bytes:
+    """The lines of the trial's record files when they hold just ``chunks`` (as many whole lines as
+    chunks: no stale, repeated or cut record among them), else the records encoded anew.
+
+    Encoding is the cost: 2,000 records take about as long as a pool evaluating 200,000 seeds of
+    a no-op loss.
+    """
+    paths = [trial.merged_chunks]
+    with contextlib.suppress(FileNotFoundError), os.scandir(trial.chunks_dir) as entries:
+        paths += sorted(e.path for e in entries if e.name.endswith(".jsonl") or _CHUNK_FILE_NAME.fullmatch(e.name))
+    lines: list[bytes] = []
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError), open(path, "rb") as handle:
+            data = handle.read()
+            lines += data[: data.rfind(b"\n") + 1].splitlines()
+    if len(lines) == len(chunks):
+        return b"\n".join(lines) + b"\n"
+    return "".join(json.dumps(chunks[i].to_json()) + "\n" for i in sorted(chunks)).encode()
 
 
 def _open_trial_index(run: RunPaths, study: optuna.Study) -> _RecordFile | None:
