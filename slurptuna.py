@@ -2096,17 +2096,6 @@ def missing_chunks(trial: TrialPaths, expected: TrialParams) -> list[int]:
     return [i for i in range(expected.plan.n_chunks) if i not in valid]
 
 
-@contextlib.contextmanager
-def _argv_as(argv: list[str]) -> Iterable[None]:
-    """Set ``sys.argv`` to the launcher's for the duration of an import, then restore it."""
-    saved = sys.argv
-    sys.argv = list(argv)
-    try:
-        yield
-    finally:
-        sys.argv = saved
-
-
 def _import_loss(settings: _RunSettings, code_id: str | None = None) -> LossDefinition:
     """Import the loss's module the way the launcher recorded, then find the loss by name.
 
@@ -2117,14 +2106,16 @@ def _import_loss(settings: _RunSettings, code_id: str | None = None) -> LossDefi
         if entry not in sys.path:
             sys.path.insert(0, entry)
     where = ref["module"] or ref["file"]
+    saved, sys.argv = sys.argv, list(settings.argv)  # the launcher's, for the import only
     try:
-        with _argv_as(settings.argv):
-            if ref["module"]:
-                importlib.import_module(ref["module"])
-            else:
-                _import_file(ref["file"])
+        if ref["module"]:
+            importlib.import_module(ref["module"])
+        else:
+            _import_file(ref["file"])
     except BaseException as exc:
         raise LossError(f"importing {where} failed: {type(exc).__name__}: {exc}\n{traceback.format_exc()}") from None
+    finally:
+        sys.argv = saved
     definition = _LOSSES.get(settings.loss_name)
     if definition is None:
         found = ", ".join(sorted(_LOSSES)) or "none"
@@ -3549,18 +3540,8 @@ class _PoolWorker:
     ready: bool = False
     received: bytes = b""
     units: collections.deque[_Unit] = field(default_factory=collections.deque)  # sent, not yet answered, in order
-    seeds: int = 0  # about how many seeds those units hold
     unit_started: float = 0.0  # when it began the unit it runs (its last answer)
     exit_code: int | None = None  # once killed and reaped
-
-    def send(self, command: dict[str, Any]) -> bool:
-        """One command line; False if the pipe is closed (the worker died)."""
-        try:
-            self.commands.write(_json_line(command))
-            self.commands.flush()
-            return True
-        except BrokenPipeError:
-            return False
 
     def receive(self) -> list[dict[str, Any]] | None:
         """The whole answers that arrived; None once the pipe closed."""
@@ -3848,7 +3829,8 @@ class _LocalExecutor:
             self._replace(worker)
         rate = self._seconds_per_seed
         for worker in sorted(self._workers, key=lambda w: len(w.units)):
-            if worker.ready and (not worker.units or (rate is not None and worker.seeds * rate < _BATCH_SECONDS)):
+            fed = worker.units and (rate is None or len(worker.units) * worker.units[0].seeds * rate >= _BATCH_SECONDS)
+            if worker.ready and not fed:  # a busy worker: its next batch before it ends the last
                 batch = self._next_batch()
                 if not batch:
                     return
@@ -3882,8 +3864,10 @@ class _LocalExecutor:
         worker.units.extend(batch)
         for unit in batch:
             unit.chunk.state, unit.chunk.log = _ChunkState.RUNNING, worker.log
-            worker.seeds += unit.seeds
-        if not worker.send(command):
+        try:
+            worker.commands.write(_json_line(command))
+            worker.commands.flush()
+        except BrokenPipeError:  # it died
             self._lost(worker)
 
     def _take_answers(self, worker: _PoolWorker) -> None:
@@ -3902,9 +3886,7 @@ class _LocalExecutor:
                 continue
             if "import_error" in answer:
                 raise LossError(answer["import_error"])
-            unit = worker.units.popleft()
-            worker.seeds -= unit.seeds
-            chunk = unit.chunk
+            chunk = worker.units.popleft().chunk
             if not chunk.wanted:
                 continue
             if "failure" in answer:
