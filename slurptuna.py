@@ -1979,17 +1979,6 @@ def missing_chunks(trial: TrialPaths, expected: TrialParams) -> list[int]:
     return [i for i in range(expected.plan.n_chunks) if i not in valid]
 
 
-@contextlib.contextmanager
-def _argv_as(argv: list[str]) -> Iterable[None]:
-    """Set ``sys.argv`` to the launcher's for the duration of an import, then restore it."""
-    saved = sys.argv
-    sys.argv = list(argv)
-    try:
-        yield
-    finally:
-        sys.argv = saved
-
-
 def _import_loss(settings: _RunSettings, code_id: str | None = None) -> LossDefinition:
     """Import the loss's module the way the launcher recorded, then find the loss by name.
 
@@ -2000,14 +1989,16 @@ def _import_loss(settings: _RunSettings, code_id: str | None = None) -> LossDefi
         if entry not in sys.path:
             sys.path.insert(0, entry)
     where = ref["module"] or ref["file"]
+    saved, sys.argv = sys.argv, list(settings.argv)  # the launcher's, for the import only
     try:
-        with _argv_as(settings.argv):
-            if ref["module"]:
-                importlib.import_module(ref["module"])
-            else:
-                _import_file(ref["file"])
+        if ref["module"]:
+            importlib.import_module(ref["module"])
+        else:
+            _import_file(ref["file"])
     except BaseException as exc:
         raise LossError(f"importing {where} failed: {type(exc).__name__}: {exc}\n{traceback.format_exc()}") from None
+    finally:
+        sys.argv = saved
     definition = _LOSSES.get(settings.loss_name)
     if definition is None:
         found = ", ".join(sorted(_LOSSES)) or "none"
@@ -2102,14 +2093,15 @@ def serve_pool(
 ) -> None:
     """A single-mode pool worker: import the loss once, then evaluate work until the controller goes.
 
-    Each command is one JSON line ``{"run_dir", "trial", "units": [[chunk, lo, hi], ...]}``
-    (``lo:hi`` slices the chunk's seeds); each unit is answered by one JSON line with its
-    statistics or its failure. A whole chunk's record is appended here to this worker's record
-    file of the trial (``_RecordFile``: one open file, not a file per chunk), so the
-    controller's work per chunk is one short message. Answers to quick
-    units are sent together (at most ``_REPLY_SECONDS`` late): one pipe write per batch,
-    not per 100 seeds. A reader thread takes the commands, so that the end of the pipe
-    (the controller exited or died) ends this process even while a loss runs.
+    Each command is one JSON line ``{"run_dir", "trial", "units": [[chunk, part, n_parts], ...]}``,
+    a few ms of work (a unit is a chunk, or slice ``part`` of ``n_parts`` of it). Each unit is
+    answered by one line as soon as it ends, so that when this process dies the controller
+    knows which unit killed it: a whole chunk by its record, the very line appended to this
+    worker's record file of the trial (``_RecordFile``: one open file, not a file per chunk);
+    a part by its statistics (and a chunk whose record could not be written: the controller
+    writes it); a failure by its ``ChunkFailure``. A reader thread takes the
+    commands, so that the end of the pipe (the controller exited or died) ends this process
+    even while a loss runs.
     """
     import queue
 
@@ -2120,43 +2112,31 @@ def serve_pool(
             inbox.put(line)
         os._exit(0)
 
-    sent = time.monotonic()
-
-    def reply(record: dict[str, Any], now: bool = True) -> None:
-        nonlocal sent
-        results.write(json.dumps(record).encode() + b"\n")
-        if now or time.monotonic() - sent > _REPLY_SECONDS:
-            results.flush()
-            sent = time.monotonic()
+    def answer(line: bytes) -> None:
+        results.write(line)
+        results.flush()
 
     threading.Thread(target=read_commands, name="slurptuna-commands", daemon=True).start()
     try:
         definition = definition or _import_loss(settings, settings.code_id)
     except LossError as exc:
-        reply({"import_error": str(exc)})
+        answer(_json_line({"import_error": str(exc)}))
         return
-    reply({"ready": os.getpid()})
+    answer(_json_line({"ready": os.getpid()}))
     processes = 1 if settings.use_processes else settings.worker_parallelism  # threads: one process, p threads
-    trials: dict[tuple[str, int], tuple[TrialPaths, TrialParams, _RecordFile]] = {}
+
+    @functools.lru_cache(maxsize=64)
+    def trial(run_dir: str, number: int) -> tuple[TrialPaths, TrialParams]:
+        paths = RunPaths(Path(run_dir)).trial(number)
+        return paths, TrialParams.load(paths)
+
     while True:
         command = json.loads(inbox.get())
-        key = (command["run_dir"], command["trial"])
-        if key not in trials:
-            if len(trials) > 64:
-                for _, _, records in trials.values():
-                    records.close()
-                trials.clear()
-            paths = RunPaths(Path(key[0])).trial(key[1])
-            trials[key] = (paths, TrialParams.load(paths), _RecordFile(paths.worker_records(os.getpid())))
-        paths, expected, records = trials[key]
-        records.follow()
-        units = command["units"]
-        for i, (chunk, lo, hi) in enumerate(units):
-            answer = _evaluate_unit(definition, paths, expected, records, (chunk, lo, hi), processes, settings)
-            reply(answer, now=i == len(units) - 1 or answer.get("seconds", 1.0) > 0.001)
-
-
-_REPLY_SECONDS = 0.02
+        paths, expected = trial(command["run_dir"], command["trial"])
+        records = _RecordFile(paths.worker_records(os.getpid()))  # per command: a trial merged meanwhile may race
+        for unit in command["units"]:
+            answer(_evaluate_unit(definition, paths, expected, records, unit, processes, settings.use_processes))
+        records.close()
 
 
 def _evaluate_unit(
@@ -2166,27 +2146,43 @@ def _evaluate_unit(
     records: _RecordFile,
     unit: tuple[int, int, int],
     processes: int,
-    settings: _RunSettings,
-) -> dict[str, Any]:
-    """One unit of pool work: seeds ``lo:hi`` of a chunk -> its statistics (or the failing seed)."""
-    chunk, lo, hi = unit
-    seeds = expected.plan.chunk(chunk)[lo:hi]
-    context = expected.loss_context(chunk, trial.run_dir)
+    use_processes: bool,
+) -> bytes:
+    """One unit of pool work -> its answer: a whole chunk's record (appended to ``records``), or the statistics
+    of a part (or of a chunk whose record cannot be written: the controller writes it), or the failing seed."""
+    chunk, part, n_parts = unit
+    seeds = _part_seeds(expected.plan, chunk, part, n_parts)
     started = time.perf_counter()
     try:
-        stats = run_chunk(definition, expected.params, seeds, context, processes, settings.use_processes)
+        stats = run_chunk(
+            definition, expected.params, seeds, expected.loss_context(chunk, trial.run_dir), processes, use_processes
+        )
     except _SeedError as exc:
         seed, kind, message, trace = exc.args
         failure = ChunkFailure(
             expected.trial_number, chunk, definition.name, kind, message, seed, expected.params, trace
         )
         print(failure.describe(), file=sys.stderr, flush=True)  # the worker's log tells it too
-        return {"failure": failure.to_json()}
+        return _json_line({"failure": failure.to_json()})
     seconds = time.perf_counter() - started
-    whole = hi - lo == len(expected.plan.chunk(chunk))
-    if whole:
-        whole = _record_or_leave_to_controller(records, ChunkResult.of(expected, chunk, stats, seconds, processes))
-    return {"stats": stats.to_json(), "seconds": seconds, "written": whole}
+    if n_parts == 1:
+        line = _json_line(ChunkResult.of(expected, chunk, stats, seconds, processes).to_json())
+        if _append_or_leave_to_controller(records, line):
+            return line
+    return _json_line({"part": stats.to_json(), "seconds": seconds})
+
+
+def _part_seeds(plan: SeedPlan, chunk: int, part: int, n_parts: int) -> Sequence[int]:
+    """The seeds of part ``part`` of ``n_parts`` of a chunk (the whole chunk when ``n_parts`` is 1)."""
+    seeds = plan.chunk(chunk)
+    if n_parts == 1:
+        return seeds
+    lo, hi = _split_evenly(len(seeds), n_parts)[part]
+    return seeds[lo:hi]
+
+
+def _json_line(record: Mapping[str, Any] | list[Any]) -> bytes:
+    return (json.dumps(record) + "\n").encode()
 
 
 class _RecordFile:
@@ -2201,6 +2197,9 @@ class _RecordFile:
         self._fd: int | None = None
 
     def append(self, record: Mapping[str, Any]) -> None:
+        self.write(_json_line(record))
+
+    def write(self, line: bytes) -> None:
         if self._fd is None:
             flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
             try:
@@ -2208,14 +2207,9 @@ class _RecordFile:
             except FileNotFoundError:
                 os.makedirs(self.path.parent, exist_ok=True)
                 self._fd = os.open(self.path, flags, 0o666)
-        view = memoryview((json.dumps(record) + "\n").encode())
+        view = memoryview(line)
         while view:
             view = view[os.write(self._fd, view) :]
-
-    def follow(self) -> None:
-        """Start a new file if this one was removed: the trial's records were merged, and a race runs it again."""
-        if self._fd is not None and not os.path.exists(self.path):
-            self.close()
 
     def close(self) -> None:
         if self._fd is not None:
@@ -2223,14 +2217,14 @@ class _RecordFile:
             self._fd = None
 
 
-def _record_or_leave_to_controller(records: _RecordFile, result: ChunkResult) -> bool:
+def _append_or_leave_to_controller(records: _RecordFile, line: bytes) -> bool:
     """Append the chunk's record; if the disk is full (over quota, read-only), say so and leave it to the controller.
 
     The controller then writes it as it writes a split chunk's: if it cannot either, the run
     stops (``RunDirError``), and this chunk is not counted as the loss's failure.
     """
     try:
-        records.append(result.to_json())
+        records.write(line)
         return True
     except OSError as exc:
         if exc.errno not in _UNWRITABLE:
@@ -3229,7 +3223,7 @@ def _fold_task_logs(run: RunPaths, state: _SlurmTrial) -> None:
 
 @dataclass(eq=False)
 class _PoolWorker:
-    """A pool process as the controller sees it: its pipes, its log and the work it was sent."""
+    """A pool process as the controller sees it: its pipes, its log and the units sent to it."""
 
     pid: int
     commands: IO[bytes]
@@ -3238,9 +3232,46 @@ class _PoolWorker:
     process: subprocess.Popen[bytes] | None  # None for a forked worker
     ready: bool = False
     received: bytes = b""
-    batch: list[_Unit] = field(default_factory=list)  # sent and not yet answered, in order
-    unit_started: float = 0.0
+    units: collections.deque[_Unit] = field(default_factory=collections.deque)  # sent, not yet answered, in order
+    unit_started: float = 0.0  # when it began the unit it runs (its last answer)
     exit_code: int | None = None  # once killed and reaped
+
+    def receive(self) -> list[dict[str, Any]] | None:
+        """The whole answers that arrived; None once the pipe closed."""
+        data = os.read(self.results_fd, 1 << 16)
+        if not data:
+            return None
+        *lines, self.received = (self.received + data).split(b"\n")
+        return json.loads(b"[" + b",".join(lines) + b"]")
+
+    def kill(self) -> list[dict[str, Any]]:
+        """Kill the worker and every process its loss started (its session), reap it; the answers it left unread.
+
+        Once only: a second call returns nothing and closes no file descriptor again (its
+        number may belong to another file by then).
+        """
+        if self.exit_code is not None:
+            return []
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGKILL)
+        if self.process is not None:
+            self.exit_code = self.process.wait()
+        else:
+            try:
+                self.exit_code = os.waitstatus_to_exitcode(os.waitpid(self.pid, 0)[1])
+            except ChildProcessError:
+                self.exit_code = 0
+        with contextlib.suppress(OSError):
+            self.commands.close()
+        answers: list[dict[str, Any]] = []
+        os.set_blocking(self.results_fd, False)  # a process of its loss that left its session may hold the pipe
+        with contextlib.suppress(OSError):
+            while (more := self.receive()) is not None:
+                answers += more
+        os.close(self.results_fd)
+        return answers
 
 
 def _usable_cores() -> int:
@@ -3260,143 +3291,6 @@ def _uses_fork(settings: _RunSettings) -> bool:
 
     method = multiprocessing.get_start_method(allow_none=True) or ("fork" if sys.platform == "linux" else "spawn")
     return method == "fork" and hasattr(os, "fork") and settings.python == sys.executable
-
-
-class _Pool:
-    """The pool's processes, started once per run, each importing the loss once.
-
-    Forked where multiprocessing forks, else ``python -m slurptuna worker pool``; each in a
-    session of its own (Ctrl-C reaches the controller, which stops them), answering over a
-    pipe. This class knows processes and pipes, not chunks: ``_LocalExecutor`` decides what
-    each worker does.
-    """
-
-    def __init__(self, settings: _RunSettings, run: RunPaths, size: int) -> None:
-        self._settings = settings
-        self._run = run
-        self._fork = _uses_fork(settings)
-        if not self._fork:
-            _compile_for_workers(settings)
-        if not self._fork and settings.loss_ref.get("interactive"):
-            raise ConfigError(
-                f"loss {settings.loss_name!r} was defined interactively and this platform starts worker "
-                "processes afresh (spawn), so they cannot see it: define it in a .py file"
-            )
-        self._env = {**_worker_env(settings), "SLURPTUNA_CONTROLLER_PID": str(os.getpid())}
-        self._started = 0
-        self.workers: list[_PoolWorker] = []
-        for _ in range(size):
-            self.workers.append(self._start_worker())
-
-    def readable(self, timeout: float) -> list[_PoolWorker]:
-        """The workers that answered (or whose pipe closed) within ``timeout`` seconds."""
-        import select
-
-        by_fd = {w.results_fd: w for w in self.workers}
-        ready, _, _ = select.select(list(by_fd), [], [], timeout)
-        return [by_fd[fd] for fd in ready]
-
-    def send(self, worker: _PoolWorker, command: dict[str, Any]) -> bool:
-        """One command line to the worker; False if its pipe is closed (it died)."""
-        try:
-            worker.commands.write(json.dumps(command).encode() + b"\n")
-            worker.commands.flush()
-            return True
-        except BrokenPipeError:
-            return False
-
-    def receive(self, worker: _PoolWorker) -> list[dict[str, Any]] | None:
-        """The whole answers that arrived from the worker; None once its pipe closed."""
-        data = os.read(worker.results_fd, 1 << 16)
-        if not data:
-            return None
-        *lines, worker.received = (worker.received + data).split(b"\n")
-        return [json.loads(line) for line in lines]
-
-    def replace(self, worker: _PoolWorker) -> int:
-        """Kill the worker and start another in its place; the old one's exit code."""
-        code = self.kill(worker)
-        self.workers.remove(worker)  # before the fork: the new worker must not inherit its closed pipes
-        self.workers.append(self._start_worker())
-        return code
-
-    def close(self) -> None:
-        """Stop every worker at once (the end of the run, an error or Ctrl-C)."""
-        for worker in self.workers:
-            self.kill(worker)
-        self.workers = []
-
-    def _start_worker(self) -> _PoolWorker:
-        self._started += 1
-        log = self._run.worker_log(f"{os.getpid()}_{self._started}")
-        log.parent.mkdir(parents=True, exist_ok=True)
-        command_read, command_write = os.pipe()
-        result_read, result_write = os.pipe()
-        process = None
-        if self._fork:
-            inherited = [fd for w in self.workers for fd in (w.commands.fileno(), w.results_fd)]
-            sys.stdout.flush()
-            sys.stderr.flush()
-            pid = os.fork()
-            if pid == 0:
-                _become_pool_worker(
-                    self._settings, command_read, result_write, log, [command_write, result_read, *inherited]
-                )
-            os.close(command_read)
-        else:
-            import subprocess
-
-            argv = [
-                self._settings.python,
-                "-m",
-                "slurptuna",
-                "worker",
-                "pool",
-                str(self._run.dir),
-                "--results-fd",
-                str(result_write),
-            ]
-            with open(log, "ab") as out:
-                process = subprocess.Popen(
-                    argv,
-                    stdin=command_read,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    pass_fds=(result_write,),
-                    env=self._env,
-                    start_new_session=True,
-                )
-            os.close(command_read)
-            pid = process.pid
-        os.close(result_write)
-        return _PoolWorker(pid, os.fdopen(command_write, "wb"), result_read, log, process)
-
-    @staticmethod
-    def kill(worker: _PoolWorker) -> int:
-        """Kill the worker and every process its loss started (its session), reap it; its return code.
-
-        Once only: a second call returns the same code and closes no file descriptor again
-        (its number may belong to another file by then).
-        """
-        if worker.exit_code is not None:
-            return worker.exit_code
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(worker.pid, signal.SIGKILL)
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(worker.pid, signal.SIGKILL)
-        if worker.process is not None:
-            code = worker.process.wait()
-        else:
-            try:
-                code = os.waitstatus_to_exitcode(os.waitpid(worker.pid, 0)[1])
-            except ChildProcessError:
-                code = 0
-        with contextlib.suppress(OSError):
-            worker.commands.close()
-        with contextlib.suppress(OSError):
-            os.close(worker.results_fd)
-        worker.exit_code = code
-        return code
 
 
 def _become_pool_worker(
@@ -3446,46 +3340,50 @@ class _LocalTrial:
     chunks: dict[int, _LocalChunk] = field(default_factory=dict)
     results: dict[int, ChunkResult] = field(default_factory=dict)
     n_wanted: int = 0  # chunks still pending or running: kept as they change, not counted per event
-    open_units: int = 0  # units sent or queued and not answered
 
 
 @dataclass(eq=False)
 class _LocalChunk:
-    """One chunk in the pool: where it stands, its units not yet answered, its slices so far."""
+    """One chunk in the pool: where it stands; split among workers, its parts' statistics so far."""
 
     trial: _LocalTrial
     index: int
-    n_slices: int
-    open_units: int
+    n_parts: int
     state: _ChunkState = _ChunkState.PENDING
     log: Path | None = None
-    slices: list[tuple[ChunkStats, float]] = field(default_factory=list)
+    parts: list[tuple[ChunkStats, float]] = field(default_factory=list)
 
     @property
     def wanted(self) -> bool:
         return self.state in (_ChunkState.PENDING, _ChunkState.RUNNING)
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(eq=False)
 class _Unit:
-    """Seeds ``lo:hi`` of one chunk: what a pool worker is sent."""
+    """Part ``part`` of a chunk's ``n_parts`` (the whole chunk when it has one): what a pool worker is sent."""
 
     chunk: _LocalChunk
-    lo: int
-    hi: int
+    part: int = 0
+
+    @property
+    def seeds(self) -> int:
+        return self.chunk.trial.expected.plan.chunk_size // self.chunk.n_parts  # about: the last chunk may be short
 
 
-_BATCH_SECONDS = 0.02  # work sent to a worker at once, once the loss's speed is known: few messages, fair shares
+_BATCH_SECONDS = 0.005  # work sent to a worker at once, once the loss's speed is known: few messages, quick pruning
 
 
 class _LocalExecutor:
-    """Single mode: chunk tasks in one pool of worker processes per run (``_Pool``).
+    """Single mode: chunk tasks in one pool of worker processes per run, each importing the loss once.
 
-    The controller's chunks become units of work (a few chunks, or a slice of one when a
-    trial has fewer chunks than the pool has processes) sent over pipes; statistics come
-    back and are held here as results. Workers write whole chunks' files, this executor
-    those of split chunks, so a trial's fixed cost is a few file writes, not a process
-    start. A worker that dies (a crash in the loss, the OOM killer) or passes
+    Forked where multiprocessing forks, else ``python -m slurptuna worker pool``; each in a
+    session of its own (Ctrl-C reaches the controller, which stops them), answering over a
+    pipe. The controller's chunks become units of work (a chunk, or a part of one when a
+    trial has fewer chunks than the pool has processes), sent about ``_BATCH_SECONDS`` of
+    work at a time, the next batch before a worker ends the last; each unit is answered
+    as it ends, and its result held here. Workers write whole chunks' records, this
+    executor the files of split chunks, so a trial's fixed cost is a few file writes, not a
+    process start. A worker that dies (a crash in the loss, the OOM killer) or passes
     ``worker_time_limit`` is killed and replaced; only its chunk fails.
     """
 
@@ -3503,9 +3401,22 @@ class _LocalExecutor:
     ) -> None:
         """``cores``: what this run may use (optimize_entries shares the machine's among its runs)."""
         self._settings = settings
+        self._run = run
         self._stop = stop
         self._clock = clock
-        self._pool = _Pool(settings, run, _pool_size(settings, cores or _usable_cores()))
+        self._fork = _uses_fork(settings)
+        if not self._fork:
+            _compile_for_workers(settings)
+            if settings.loss_ref.get("interactive"):
+                raise ConfigError(
+                    f"loss {settings.loss_name!r} was defined interactively and this platform starts worker "
+                    "processes afresh (spawn), so they cannot see it: define it in a .py file"
+                )
+        self._env = {**_worker_env(settings), "SLURPTUNA_CONTROLLER_PID": str(os.getpid())}
+        self._n_started = 0
+        self._workers: list[_PoolWorker] = []
+        for _ in range(_pool_size(settings, cores or _usable_cores())):
+            self._workers.append(self._start_worker())
         self._trials: dict[int, _LocalTrial] = {}
         self._queue: collections.deque[_Unit] = collections.deque()
         self._seconds_per_seed: float | None = None
@@ -3515,16 +3426,14 @@ class _LocalExecutor:
 
     def start(self, trial: TrialPaths, expected: TrialParams, chunks: Sequence[int], attempt: int) -> None:
         local = self._trials.setdefault(trial.number, _LocalTrial(trial, expected))
-        size = len(self._pool.workers)
-        split = math.ceil(size / len(chunks)) if len(chunks) < size else 1
+        split = math.ceil(len(self._workers) / len(chunks))  # fewer chunks than workers: each in parts
         for index in chunks:
             if index in local.chunks:
                 self._settle(local.chunks[index], _ChunkState.CANCELLED)  # an earlier attempt's units are dropped
-            bounds = _split_evenly(len(expected.plan.chunk(index)), split)
-            chunk = local.chunks[index] = _LocalChunk(local, index, len(bounds), len(bounds))
+            n_parts = min(split, len(expected.plan.chunk(index))) if split > 1 else 1
+            chunk = local.chunks[index] = _LocalChunk(local, index, n_parts)
             local.n_wanted += 1
-            local.open_units += len(bounds)
-            self._queue.extend(_Unit(chunk, lo, hi) for lo, hi in bounds)
+            self._queue.extend([_Unit(chunk, part) for part in range(n_parts)])
 
     def poll(self) -> bool:
         return True  # the pool's news arrive during wait()
@@ -3542,8 +3451,8 @@ class _LocalExecutor:
         cancelled = [c for n in numbers if n in self._trials for c in self._trials[n].chunks.values() if c.wanted]
         for chunk in cancelled:
             self._settle(chunk, _ChunkState.CANCELLED)
-        for worker in [w for w in self._pool.workers if w.batch and w.batch[0].chunk.trial.paths.number in numbers]:
-            self._replace(worker, requeue=[])  # its work is dropped, so stop it now
+        for worker in [w for w in self._workers if w.units and w.units[0].chunk.trial.paths.number in numbers]:
+            self._replace(worker)  # its unit is dropped, so stop it now
         return len(cancelled)
 
     def finished(self, trial: TrialPaths) -> None:
@@ -3557,10 +3466,8 @@ class _LocalExecutor:
             chunk = local.chunks.get(index) if local else None
             if chunk is None:
                 return "never submitted", None
-            return (
-                chunk.state.value if chunk.state is not _ChunkState.COMPLETED else "ended without a result",
-                chunk.log,
-            )
+            ended = chunk.state.value if chunk.state is not _ChunkState.COMPLETED else "ended without a result"
+            return ended, chunk.log
 
         return _explain_missing(chunks, describe)
 
@@ -3576,6 +3483,8 @@ class _LocalExecutor:
         Returns early when a trial's last running chunk ends or the run is stopped, so the
         controller reacts at once.
         """
+        import select
+
         deadline = self._clock() + seconds
         while True:
             self._step()
@@ -3585,50 +3494,55 @@ class _LocalExecutor:
             left = deadline - self._clock()
             if left <= 0:
                 return
-            for worker in self._pool.readable(min(left, self.max_poll_seconds)):
-                if worker in self._pool.workers:
-                    self._take_answers(worker)
+            by_fd = {w.results_fd: w for w in self._workers}
+            for fd in select.select(list(by_fd), [], [], min(left, self.max_poll_seconds))[0]:
+                if by_fd[fd] in self._workers:  # not replaced meanwhile
+                    self._take_answers(by_fd[fd])
 
     def close(self) -> None:
-        self._pool.close()
+        """Stop every worker at once (the end of the run, an error or Ctrl-C)."""
+        for worker in self._workers:
+            worker.kill()
+        self._workers = []
 
     # ---- units: sending, answers, failures
 
     def _step(self) -> None:
-        """Enforce the time limit, then send work to idle workers."""
+        """Enforce the time limit, then feed the workers: the idle ones first, then each one's next batch."""
         now = self._clock()
         limit = self._settings.worker_time_limit
-        for worker in [w for w in self._pool.workers if w.batch and now - w.unit_started > limit]:
-            unit = worker.batch[0]
+        for worker in [w for w in self._workers if w.units and now - w.unit_started > limit]:
+            chunk = worker.units[0].chunk
             with open(worker.log, "a") as log:
                 log.write(
-                    f"slurptuna: *** chunk {unit.chunk.index} of trial {unit.chunk.trial.paths.number} "
+                    f"slurptuna: *** chunk {chunk.index} of trial {chunk.trial.paths.number} "
                     f"CANCELLED DUE TO TIME LIMIT ({limit} s) ***\n"
                 )
-            if self._answer(unit):
-                self._settle(unit.chunk, _ChunkState.TIMEOUT)
-            self._replace(worker, requeue=worker.batch[1:])
-        for worker in self._pool.workers:
-            if worker.ready and not worker.batch:
+            self._settle(chunk, _ChunkState.TIMEOUT)
+            self._replace(worker)
+        rate = self._seconds_per_seed
+        for worker in sorted(self._workers, key=lambda w: len(w.units)):
+            fed = worker.units and (rate is None or len(worker.units) * worker.units[0].seeds * rate >= _BATCH_SECONDS)
+            if worker.ready and not fed:  # a busy worker: its next batch before it ends the last
                 batch = self._next_batch()
                 if not batch:
-                    break
+                    return
                 self._send(worker, batch, now)
 
     def _next_batch(self) -> list[_Unit]:
-        """The next units of one trial, about ``_BATCH_SECONDS`` of work, no more than a fair share."""
-        while self._queue and not self._queue[0].chunk.wanted:
-            self._answer(self._queue.popleft())  # its trial was cancelled or its chunk failed: drop it
-        if not self._queue:
+        """The next units of one trial, about ``_BATCH_SECONDS`` of work, no more than a fair share of the queue."""
+        queue = self._queue
+        while queue and not queue[0].chunk.wanted:
+            queue.popleft()  # its trial was cancelled or its chunk failed
+        if not queue:
             return []
-        batch = [self._queue.popleft()]
+        batch = [queue.popleft()]
+        trial = batch[0].chunk.trial
         if self._seconds_per_seed is not None:
-            first = batch[0]
-            trial = first.chunk.trial
-            wanted = _BATCH_SECONDS / max(self._seconds_per_seed * (first.hi - first.lo), 1e-9)
-            fair = trial.open_units / len(self._pool.workers)
-            while len(batch) < min(wanted, fair) and self._queue and self._queue[0].chunk.trial is trial:
-                batch.append(self._queue.popleft())
+            wanted = _BATCH_SECONDS / max(self._seconds_per_seed * batch[0].seeds, 1e-9)
+            fair = (len(queue) + 1) / len(self._workers)
+            while len(batch) < min(wanted, fair) and queue and queue[0].chunk.trial is trial:
+                batch.append(queue.popleft())
         return batch
 
     def _send(self, worker: _PoolWorker, batch: list[_Unit], now: float) -> None:
@@ -3636,108 +3550,148 @@ class _LocalExecutor:
         command = {
             "run_dir": str(trial.paths.run_dir),
             "trial": trial.paths.number,
-            "units": [[u.chunk.index, u.lo, u.hi] for u in batch],
+            "units": [[u.chunk.index, u.part, u.chunk.n_parts] for u in batch],
         }
-        worker.batch, worker.unit_started = batch, now
+        if not worker.units:
+            worker.unit_started = now
+        worker.units.extend(batch)
         for unit in batch:
             unit.chunk.state, unit.chunk.log = _ChunkState.RUNNING, worker.log
-        if not self._pool.send(worker, command):
+        try:
+            worker.commands.write(_json_line(command))
+            worker.commands.flush()
+        except BrokenPipeError:  # it died
             self._lost(worker)
 
     def _take_answers(self, worker: _PoolWorker) -> None:
-        answers = self._pool.receive(worker)
+        answers = worker.receive()
         if answers is None:
             self._lost(worker)
-            return
+        else:
+            self._take(worker, answers)
+            worker.unit_started = self._clock()
+
+    def _take(self, worker: _PoolWorker, answers: list[dict[str, Any]]) -> None:
+        """Answers in the order of the units sent: a whole chunk's record, a part's statistics, or a failure."""
         for answer in answers:
             if "ready" in answer:
                 worker.ready = True
-            elif "import_error" in answer:
+                continue
+            if "import_error" in answer:
                 raise LossError(answer["import_error"])
+            chunk = worker.units.popleft().chunk
+            if not chunk.wanted:
+                continue
+            if "failure" in answer:
+                self._fail(chunk, ChunkFailure.from_json({**answer["failure"], "log": str(worker.log)}))
+            elif "part" in answer:
+                self._add_part(chunk, ChunkStats.from_json(answer["part"]), answer["seconds"])
             else:
-                unit = worker.batch.pop(0)
-                worker.unit_started = self._clock()
-                if "stats" in answer:
-                    self._add_slice(unit, ChunkStats.from_json(answer["stats"]), answer["seconds"], answer["written"])
-                else:
-                    self._fail_unit(unit, ChunkFailure.from_json({**answer["failure"], "log": str(worker.log)}))
+                self._complete(chunk, ChunkResult.from_json(answer))
 
-    def _add_slice(self, unit: _Unit, stats: ChunkStats, seconds: float, written: bool) -> None:
-        """A unit's statistics; the last slice of a split chunk completes it (the worker wrote whole ones)."""
-        chunk = unit.chunk
-        if not self._answer(unit):
-            return
-        chunk.slices.append((stats, seconds))
-        rate = seconds / max(unit.hi - unit.lo, 1)
-        self._seconds_per_seed = rate if self._seconds_per_seed is None else 0.8 * self._seconds_per_seed + 0.2 * rate
-        if len(chunk.slices) < chunk.n_slices:
-            return
-        trial = chunk.trial
-        result = ChunkResult.of(
-            trial.expected,
-            chunk.index,
-            ChunkStats.pool([p for p, _ in chunk.slices]),
-            sum(t for _, t in chunk.slices),
-            processes=len(chunk.slices),
-        )
-        chunk.slices = []
-        if not written:
-            _write_chunk_result(trial.paths, result)
-        trial.results[chunk.index] = result
+    def _add_part(self, chunk: _LocalChunk, stats: ChunkStats, seconds: float) -> None:
+        """A part's statistics; the last part completes the chunk, whose file is written here (not by a worker)."""
+        chunk.parts.append((stats, seconds))
+        self._learn_speed(seconds, stats.loss.count)
+        if len(chunk.parts) == chunk.n_parts:
+            pooled = ChunkStats.pool([s for s, _ in chunk.parts])
+            seconds = sum(t for _, t in chunk.parts)
+            result = ChunkResult.of(chunk.trial.expected, chunk.index, pooled, seconds, processes=chunk.n_parts)
+            _write_chunk_result(chunk.trial.paths, result)
+            self._complete(chunk, result)
+
+    def _complete(self, chunk: _LocalChunk, result: ChunkResult) -> None:
+        if not chunk.parts:  # a worker's record
+            self._learn_speed(result.elapsed_seconds, result.stats.loss.count)
+        chunk.trial.results[chunk.index] = result
         self._settle(chunk, _ChunkState.COMPLETED)
 
-    def _fail_unit(self, unit: _Unit, failure: ChunkFailure) -> None:
-        if self._answer(unit):
-            _write_chunk_failure(unit.chunk.trial.paths, failure)
-            self._settle(unit.chunk, _ChunkState.FAILED)
+    def _learn_speed(self, seconds: float, n_seeds: int) -> None:
+        rate = seconds / max(n_seeds, 1)
+        self._seconds_per_seed = rate if self._seconds_per_seed is None else 0.8 * self._seconds_per_seed + 0.2 * rate
+
+    def _fail(self, chunk: _LocalChunk, failure: ChunkFailure) -> None:
+        _write_chunk_failure(chunk.trial.paths, failure)
+        self._settle(chunk, _ChunkState.FAILED)
 
     def _settle(self, chunk: _LocalChunk, state: _ChunkState) -> None:
-        """The chunk ended (COMPLETED, FAILED, TIMEOUT or CANCELLED); a trial whose last chunk ended wakes the wait."""
+        """A wanted chunk ended (COMPLETED, FAILED, TIMEOUT or CANCELLED); its trial's last one wakes the wait."""
         if chunk.wanted:
             chunk.trial.n_wanted -= 1
             self._ended |= chunk.trial.n_wanted == 0
-        chunk.state = state
-
-    @staticmethod
-    def _answer(unit: _Unit) -> bool:
-        """Count a unit as answered; True if its result still matters (its chunk goes on)."""
-        unit.chunk.open_units -= 1
-        unit.chunk.trial.open_units -= 1
-        return unit.chunk.wanted
+            chunk.state = state
 
     # ---- workers that die or are stopped
 
     def _lost(self, worker: _PoolWorker) -> None:
-        """A worker ended by itself: its current unit's chunk fails, saying how; the rest goes back."""
-        code = self._pool.kill(worker)
+        """A worker ended by itself: after what it answered, its unit's chunk fails, saying how; the rest goes back."""
+        self._take(worker, worker.kill())
         if not worker.ready:
             raise LossError(
-                f"a worker process died while importing the loss ({_describe_exit(code)}); "
+                f"a worker process died while importing the loss ({_describe_exit(worker.exit_code)}); "
                 f"log {worker.log}:\n{_tail(worker.log)}"
             )
-        if worker.batch:
-            unit = worker.batch[0]
+        if worker.units and worker.units[0].chunk.wanted:
+            unit = worker.units[0]
             expected = unit.chunk.trial.expected
-            seeds = expected.plan.chunk(unit.chunk.index)[unit.lo : unit.hi]
-            message = f"the worker process died ({_describe_exit(code)}) while evaluating {_describe_seed_range(seeds)}"
+            seeds = _part_seeds(expected.plan, unit.chunk.index, unit.part, unit.chunk.n_parts)
+            died = f"the worker process died ({_describe_exit(worker.exit_code)})"
             failure = ChunkFailure(
                 expected.trial_number,
                 unit.chunk.index,
                 self._settings.loss_name,
                 "crashed",
-                message,
+                f"{died} while evaluating {_describe_seed_range(seeds)}",
                 params=expected.params,
                 log=str(worker.log),
             )
-            self._fail_unit(unit, failure)
-        self._replace(worker, requeue=worker.batch[1:])
+            self._fail(unit.chunk, failure)
+        self._replace(worker)
 
-    def _replace(self, worker: _PoolWorker, requeue: list[_Unit]) -> None:
-        self._pool.replace(worker)
-        for unit in reversed(requeue):
+    def _replace(self, worker: _PoolWorker) -> None:
+        """Kill the worker (taking what it answered) and start another; its units still wanted go back to the queue."""
+        self._take(worker, worker.kill())
+        self._workers.remove(worker)  # before the fork: the new worker must not inherit its closed pipes
+        self._workers.append(self._start_worker())
+        for unit in reversed(worker.units):
             if unit.chunk.wanted:
                 unit.chunk.state = _ChunkState.PENDING
-            self._queue.appendleft(unit)
+                self._queue.appendleft(unit)
+
+    def _start_worker(self) -> _PoolWorker:
+        self._n_started += 1
+        log = self._run.worker_log(f"{os.getpid()}_{self._n_started}")
+        log.parent.mkdir(parents=True, exist_ok=True)
+        command_read, command_write = os.pipe()
+        result_read, result_write = os.pipe()
+        process = None
+        if self._fork:
+            inherited = [fd for w in self._workers for fd in (w.commands.fileno(), w.results_fd)]
+            sys.stdout.flush()
+            sys.stderr.flush()
+            pid = os.fork()
+            if pid == 0:
+                _become_pool_worker(
+                    self._settings, command_read, result_write, log, [command_write, result_read, *inherited]
+                )
+        else:
+            import subprocess
+
+            argv = [self._settings.python, "-m", "slurptuna", "worker", "pool", str(self._run.dir)]
+            with open(log, "ab") as out:
+                process = subprocess.Popen(
+                    [*argv, "--results-fd", str(result_write)],
+                    stdin=command_read,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    pass_fds=(result_write,),
+                    env=self._env,
+                    start_new_session=True,
+                )
+            pid = process.pid
+        os.close(command_read)
+        os.close(result_write)
+        return _PoolWorker(pid, os.fdopen(command_write, "wb"), result_read, log, process)
 
 
 # ============================================================================
@@ -4386,9 +4340,13 @@ class _Controller:
     def _start_chunks(self, active: _ActiveTrial, chunks: Sequence[int]) -> None:
         """Start the chunks on the executor, their stale error files removed first: the one place those go."""
         active.started.update(chunks)
-        for chunk in chunks:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(active.paths.chunk_error(chunk))
+        stale: set[str] = set()
+        with contextlib.suppress(FileNotFoundError):  # one look, not an unlink per chunk (2,000 chunks: 30 ms)
+            stale = set(os.listdir(active.paths.errors_dir))
+        for path in [active.paths.chunk_error(c) for c in chunks] if stale else []:
+            if path.name in stale:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
         self._executor.start(active.paths, active.expected, chunks, active.attempt)
         if self._settings.slurm_timeout_minutes:
             active.deadline = self._clock() + 60 * self._settings.slurm_timeout_minutes
@@ -4726,14 +4684,33 @@ def _merge_chunk_records(trial: TrialPaths, chunks: Mapping[int, ChunkResult]) -
     chunk once; failed chunks keep their error records.
     """
     if chunks:
-        text = "".join(json.dumps(chunks[i].to_json()) + "\n" for i in sorted(chunks))
-        _write_atomic(trial.merged_chunks, text.encode())
+        _write_atomic(trial.merged_chunks, _merged_records(trial, chunks))
     with contextlib.suppress(FileNotFoundError), os.scandir(trial.chunks_dir) as entries:
         for entry in list(entries):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(entry.path)
     with contextlib.suppress(OSError):  # gone already, or a cancelled task wrote meanwhile
         os.rmdir(trial.chunks_dir)
+
+
+def _merged_records(trial: TrialPaths, chunks: Mapping[int, ChunkResult]) -> bytes:
+    """The lines of the trial's record files when they hold just ``chunks`` (as many whole lines as
+    chunks: no stale, repeated or cut record among them), else the records encoded anew.
+
+    Encoding is the cost: 2,000 records take about as long as a pool evaluating 200,000 seeds of
+    a no-op loss.
+    """
+    paths = [trial.merged_chunks]
+    with contextlib.suppress(FileNotFoundError), os.scandir(trial.chunks_dir) as entries:
+        paths += sorted(e.path for e in entries if e.name.endswith(".jsonl") or _CHUNK_FILE_NAME.fullmatch(e.name))
+    lines: list[bytes] = []
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError), open(path, "rb") as handle:
+            data = handle.read()
+            lines += data[: data.rfind(b"\n") + 1].splitlines()
+    if len(lines) == len(chunks):
+        return b"\n".join(lines) + b"\n"
+    return "".join(json.dumps(chunks[i].to_json()) + "\n" for i in sorted(chunks)).encode()
 
 
 def _open_trial_index(run: RunPaths, study: optuna.Study) -> _RecordFile | None:
