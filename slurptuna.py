@@ -1560,9 +1560,10 @@ class _Moments(_Record):
 
     @classmethod
     def of(cls, values: Sequence[float]) -> _Moments:
-        """Two passes with ``math.fsum``: exact mean, stable M2."""
+        """Two passes with ``math.fsum``: exact mean, stable M2 (a list, not a generator: half the time)."""
         mean = math.fsum(values) / len(values)
-        return cls(len(values), mean, math.fsum((v - mean) ** 2 for v in values), min(values), max(values))
+        m2 = math.fsum([(v - mean) * (v - mean) for v in values])
+        return cls(len(values), mean, m2, min(values), max(values))
 
     @classmethod
     def pool(cls, parts: Sequence[_Moments]) -> _Moments:
