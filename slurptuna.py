@@ -36,7 +36,6 @@ import importlib.util
 import inspect
 import itertools
 import json
-import logging
 import math
 import numbers
 import os
@@ -61,7 +60,7 @@ if TYPE_CHECKING:  # types only: workers never import optuna (see below)
     import optuna
 
 # Imported where used, not here: a worker starts in well under 0.1 s, and never loads
-# optuna, multiprocessing, subprocess or concurrent.futures unless it needs them.
+# optuna, multiprocessing, subprocess, concurrent.futures or logging unless it needs them.
 
 __version__ = "0.1.0"
 __all__ = [
@@ -86,7 +85,17 @@ __all__ = [
     "validate",
 ]
 
-logger = logging.getLogger("slurptuna")
+
+class _Logger:
+    """The ``slurptuna`` logger, made on first use: a worker that logs nothing never imports logging."""
+
+    def __getattr__(self, name: str) -> Any:
+        import logging
+
+        return getattr(logging.getLogger("slurptuna"), name)
+
+
+logger = _Logger()
 
 ParamValue = float | int | str | bool | None
 
@@ -6582,7 +6591,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"slurptuna worker: cannot write {exc.filename}: {exc.strerror}", file=sys.stderr)
             return 1
     if argv[:1] in (["status"], ["report"]):
-        logger.setLevel(logging.ERROR)  # stale chunk files are the controller's to warn of; readers skip them
+        logger.setLevel("ERROR")  # stale chunk files are the controller's to warn of; readers skip them
     commands = {"status": _status_main, "report": _report_main, "validate": _validate_main}
     if argv and argv[0] in commands:
         return commands[argv[0]](argv[1:])
@@ -6590,6 +6599,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(_options_table())
         return 0
     if argv[:1] == ["--selftest"]:
+        import logging
+
         logging.basicConfig(level=logging.WARNING)
         return selftest()
     if argv[:1] in (["--help"], ["-h"], []):
