@@ -44,7 +44,6 @@ import signal
 import sys
 import threading
 import time
-import traceback
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, make_dataclass, replace
 from datetime import datetime, timedelta, timezone
@@ -60,7 +59,8 @@ if TYPE_CHECKING:  # types only: workers never import optuna (see below)
     import optuna
 
 # Imported where used, not here: a worker starts in well under 0.1 s, and never loads
-# optuna, multiprocessing, subprocess, concurrent.futures or logging unless it needs them.
+# optuna, multiprocessing, subprocess, concurrent.futures, logging or traceback unless it
+# needs them.
 
 __version__ = "0.1.0"
 __all__ = [
@@ -1718,6 +1718,8 @@ def _evaluate_block(call: Callable[..., Any], params: dict[str, ParamValue], see
     except _BadLossValue as exc:
         raise _SeedError(seed, "bad_value", str(exc), "") from None
     except Exception as exc:
+        import traceback
+
         raise _SeedError(seed, "raised", f"{type(exc).__name__}: {exc}", traceback.format_exc()) from None
     return ChunkStats(_Moments.of(totals), {n: _Moments.of(v) for n, v in components.items()})
 
@@ -1774,6 +1776,8 @@ def _leave_forked_child(body: Callable[[], None]) -> NoReturn:
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
     except BaseException:
+        import traceback
+
         traceback.print_exc()
     finally:
         with contextlib.suppress(BaseException):
@@ -2016,6 +2020,8 @@ def _import_loss(settings: _RunSettings, code_id: str | None = None) -> LossDefi
             else:
                 _import_file(ref["file"])
     except BaseException as exc:
+        import traceback
+
         raise LossError(f"importing {where} failed: {type(exc).__name__}: {exc}\n{traceback.format_exc()}") from None
     definition = _LOSSES.get(settings.loss_name)
     if definition is None:
