@@ -585,7 +585,7 @@ def _safe_label(text: str) -> str:
 # table of options (``python -m slurptuna options``; a test compares the two).
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class _Option:
     """One option: its line of help, the kind of value it takes, and whether a resume may change it.
 
@@ -1925,7 +1925,7 @@ def _load_valid_chunk(trial: TrialPaths, expected: TrialParams, index: int) -> C
 _CHUNK_FILE_NAME = re.compile(r"chunk_(\d+)\.json")  # TrialPaths.chunk's names
 
 
-@dataclass
+@dataclass(eq=False)
 class _ChunkFiles:
     """The one reader of a trial's chunk records, incremental: what was read is not read again.
 
@@ -2618,7 +2618,7 @@ def _command_error(process: subprocess.CompletedProcess[str]) -> SlurmError:
 _INVALID_JOB_ID = "Invalid job id"  # squeue or scancel of a job id Slurm has already forgotten
 
 
-@dataclass
+@dataclass(eq=False)
 class _Outage:
     """When to ask Slurm again while it does not answer: after 1 s, doubling up to 60 s, for ``limit`` s.
 
@@ -2736,7 +2736,7 @@ def _task_of_spec(spec: str, task: int) -> tuple[int, int]:
     raise ValueError(f"task {asked} is not in {spec!r}")
 
 
-@dataclass
+@dataclass(eq=False)
 class _SlurmTrial:
     """One trial on Slurm: the arrays holding its chunks (``jobs.json``), the chunks waiting for one."""
 
@@ -2761,7 +2761,7 @@ class _SlurmTrial:
                     yield job.job_id, job.task_of(chunk), chunk
 
 
-@dataclass
+@dataclass(eq=False)
 class _CallBudget:
     """At most ``rate`` Slurm calls a second, ``burst`` at once: a site may rate-limit a user's calls.
 
@@ -3811,7 +3811,7 @@ class _Next(Enum):
     FAIL_NO_RESULT = "fail: no result after the retries"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class _TrialView:
     """What the results, the error files, the executor and the clock say about one trial."""
 
@@ -3950,7 +3950,7 @@ def _paired_p(better: Mapping[int, float], than: Mapping[int, float], direction:
     return _t_survival(spread.mean / spread.standard_error, len(gains) - 1)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class _Racer:
     """A complete trial as a race or the best set sees it: its chunks' losses by chunk index."""
 
@@ -4029,7 +4029,7 @@ _BEST_SET_MAX = 50  # the best set's members listed: the best means among the tr
 _NEAR_BEST = 3.0  # best-set candidates: within this many (unpaired) standard errors of the best's mean
 
 
-@dataclass
+@dataclass(eq=False)
 class _ActiveTrial:
     """A trial the controller is waiting for: its results so far, its attempt, its reports to the pruner.
 
@@ -4057,7 +4057,7 @@ class _ActiveTrial:
         return _Racer(self.expected.trial_number, losses, self.n_chunks, self.expected.params, self.stuck)
 
 
-@dataclass
+@dataclass(eq=False)
 class _Tally:
     """The run's finished trials, counted as they finish, and its best: the run's ``summary.json``."""
 
