@@ -36,7 +36,6 @@ import importlib.util
 import inspect
 import itertools
 import json
-import logging
 import math
 import numbers
 import os
@@ -45,7 +44,6 @@ import signal
 import sys
 import threading
 import time
-import traceback
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, make_dataclass, replace
 from datetime import datetime, timedelta, timezone
@@ -61,7 +59,8 @@ if TYPE_CHECKING:  # types only: workers never import optuna (see below)
     import optuna
 
 # Imported where used, not here: a worker starts in well under 0.1 s, and never loads
-# optuna, multiprocessing, subprocess or concurrent.futures unless it needs them.
+# optuna, multiprocessing, subprocess, concurrent.futures, logging or traceback unless it
+# needs them.
 
 __version__ = "0.1.0"
 __all__ = [
@@ -86,7 +85,17 @@ __all__ = [
     "validate",
 ]
 
-logger = logging.getLogger("slurptuna")
+
+class _Logger:
+    """The ``slurptuna`` logger, made on first use: a worker that logs nothing never imports logging."""
+
+    def __getattr__(self, name: str) -> Any:
+        import logging
+
+        return getattr(logging.getLogger("slurptuna"), name)
+
+
+logger = _Logger()
 
 ParamValue = float | int | str | bool | None
 
@@ -576,7 +585,7 @@ def _safe_label(text: str) -> str:
 # table of options (``python -m slurptuna options``; a test compares the two).
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class _Option:
     """One option: its line of help, the kind of value it takes, and whether a resume may change it.
 
@@ -1710,6 +1719,8 @@ def _evaluate_block(call: Callable[..., Any], params: dict[str, ParamValue], see
     except _BadLossValue as exc:
         raise _SeedError(seed, "bad_value", str(exc), "") from None
     except Exception as exc:
+        import traceback
+
         raise _SeedError(seed, "raised", f"{type(exc).__name__}: {exc}", traceback.format_exc()) from None
     return ChunkStats(_Moments.of(totals), {n: _Moments.of(v) for n, v in components.items()})
 
@@ -1766,6 +1777,8 @@ def _leave_forked_child(body: Callable[[], None]) -> NoReturn:
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
     except BaseException:
+        import traceback
+
         traceback.print_exc()
     finally:
         with contextlib.suppress(BaseException):
@@ -1913,7 +1926,7 @@ def _load_valid_chunk(trial: TrialPaths, expected: TrialParams, index: int) -> C
 _CHUNK_FILE_NAME = re.compile(r"chunk_(\d+)\.json")  # TrialPaths.chunk's names
 
 
-@dataclass
+@dataclass(eq=False)
 class _ChunkFiles:
     """The one reader of a trial's chunk records, incremental: what was read is not read again.
 
@@ -1997,6 +2010,8 @@ def _import_loss(settings: _RunSettings, code_id: str | None = None) -> LossDefi
         else:
             _import_file(ref["file"])
     except BaseException as exc:
+        import traceback
+
         raise LossError(f"importing {where} failed: {type(exc).__name__}: {exc}\n{traceback.format_exc()}") from None
     finally:
         sys.argv = saved
@@ -2598,7 +2613,7 @@ def _command_error(process: subprocess.CompletedProcess[str]) -> SlurmError:
 _INVALID_JOB_ID = "Invalid job id"  # squeue or scancel of a job id Slurm has already forgotten
 
 
-@dataclass
+@dataclass(eq=False)
 class _Outage:
     """When to ask Slurm again while it does not answer: after 1 s, doubling up to 60 s, for ``limit`` s.
 
@@ -2716,7 +2731,7 @@ def _task_of_spec(spec: str, task: int) -> tuple[int, int]:
     raise ValueError(f"task {asked} is not in {spec!r}")
 
 
-@dataclass
+@dataclass(eq=False)
 class _SlurmTrial:
     """One trial on Slurm: the arrays holding its chunks (``jobs.json``), the chunks waiting for one."""
 
@@ -2741,7 +2756,7 @@ class _SlurmTrial:
                     yield job.job_id, job.task_of(chunk), chunk
 
 
-@dataclass
+@dataclass(eq=False)
 class _CallBudget:
     """At most ``rate`` Slurm calls a second, ``burst`` at once: a site may rate-limit a user's calls.
 
@@ -3751,7 +3766,7 @@ class _Next(Enum):
     FAIL_NO_RESULT = "fail: no result after the retries"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class _TrialView:
     """What the results, the error files, the executor and the clock say about one trial."""
 
@@ -3890,7 +3905,7 @@ def _paired_p(better: Mapping[int, float], than: Mapping[int, float], direction:
     return _t_survival(spread.mean / spread.standard_error, len(gains) - 1)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class _Racer:
     """A complete trial as a race or the best set sees it: its chunks' losses by chunk index."""
 
@@ -3969,7 +3984,7 @@ _BEST_SET_MAX = 50  # the best set's members listed: the best means among the tr
 _NEAR_BEST = 3.0  # best-set candidates: within this many (unpaired) standard errors of the best's mean
 
 
-@dataclass
+@dataclass(eq=False)
 class _ActiveTrial:
     """A trial the controller is waiting for: its results so far, its attempt, its reports to the pruner.
 
@@ -3997,7 +4012,7 @@ class _ActiveTrial:
         return _Racer(self.expected.trial_number, losses, self.n_chunks, self.expected.params, self.stuck)
 
 
-@dataclass
+@dataclass(eq=False)
 class _Tally:
     """The run's finished trials, counted as they finish, and its best: the run's ``summary.json``."""
 
@@ -6560,7 +6575,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"slurptuna worker: cannot write {exc.filename}: {exc.strerror}", file=sys.stderr)
             return 1
     if argv[:1] in (["status"], ["report"]):
-        logger.setLevel(logging.ERROR)  # stale chunk files are the controller's to warn of; readers skip them
+        logger.setLevel("ERROR")  # stale chunk files are the controller's to warn of; readers skip them
     commands = {"status": _status_main, "report": _report_main, "validate": _validate_main}
     if argv and argv[0] in commands:
         return commands[argv[0]](argv[1:])
@@ -6568,6 +6583,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(_options_table())
         return 0
     if argv[:1] == ["--selftest"]:
+        import logging
+
         logging.basicConfig(level=logging.WARNING)
         return selftest()
     if argv[:1] in (["--help"], ["-h"], []):
