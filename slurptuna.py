@@ -5655,8 +5655,8 @@ def _read_study_trials(run: RunPaths, study_name: str, attempts: int = 4) -> lis
     if run.journal.exists():
         try:
             return optuna.load_study(study_name=study_name, storage=_study_storage(run)).get_trials(deepcopy=False)
-        except KeyError:
-            raise StatusError(f"{run.journal} has no study named {study_name!r}") from None
+        except KeyError:  # the controller has created the journal, not yet its study
+            return []
     if not run.optuna_db.exists():
         return []
     import urllib.parse
