@@ -1610,7 +1610,8 @@ class ChunkStats:
         )
 
     def to_json(self) -> dict[str, Any]:
-        return {**self.loss.to_json(), "components": {n: m.to_json() for n, m in self.components.items()}}
+        # vars, not asdict's deep copy: every chunk record is encoded through here
+        return {**vars(self.loss), "components": {n: {**vars(m)} for n, m in self.components.items()}}
 
     @classmethod
     def from_json(cls, record: Mapping[str, Any]) -> ChunkStats:
