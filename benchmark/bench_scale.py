@@ -128,8 +128,8 @@ def controller_child(spec: dict) -> None:
     original_finish = slurptuna._Controller._finish
     original_adopt = slurptuna._Controller._adopt_interrupted_trials
 
-    def finish(self, active, state_, value=None):
-        frozen = original_finish(self, active, state_, value)
+    def finish(self, active, state_, attrs, value=None):
+        frozen = original_finish(self, active, state_, attrs, value)
         n = self.tally.n_finished
         records.append([n, time.process_time(), sim.own_seconds, sampler_seconds[0], sim.now, time.time()])
         if n % 500 == 0:
